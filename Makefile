@@ -1,0 +1,52 @@
+# Herald: `make run` starts everything on SQLite and an embedded broker; `make test` tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run install migrate test ci lint format services-up services-down test-services clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Herald needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py setup_schedules
+
+run: migrate
+	$(BIN)/python manage.py seed_demo --if-empty
+	$(BIN)/python manage.py ensure_dev_superuser
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+
+# Fast suite: SQLite, embedded broker, no servers. Tests that need PostgreSQL, Redis or a
+# browser are deselected here (not skipped) and run by `make ci`.
+test: install
+	$(BIN)/pytest -q -m "not postgres and not redis and not browser"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The marked tests against a real PostgreSQL 15, Redis and Debian's chromium, started in a
+# temporary folder by .ci/services.sh and stopped afterwards, pass or fail.
+test-services: install
+	.ci/services.sh install
+	@set -e; eval "$$(.ci/services.sh start)"; \
+	trap '.ci/services.sh stop' EXIT; \
+	$(BIN)/pytest -q -m "postgres or redis or browser"
+
+ci: lint test test-services
+
+clean:
+	rm -rf $(VENV) var test-artifacts

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class KiosksConfig(AppConfig):
+    name = "kiosks"
+    verbose_name = "Kiosks"
