@@ -3,5 +3,9 @@
 from collections.abc import Callable
 from datetime import datetime
 
-# (label, function(now) -> rows created). Filled in order; later issues extend it.
-STEPS: list[tuple[str, Callable[[datetime], int]]] = []
+from notifications import demo as notifications_demo
+
+# (label, function(now) -> rows created), run in order inside one transaction.
+STEPS: list[tuple[str, Callable[[datetime], int]]] = [
+    ("templates, a demo workflow and deliveries in each state", notifications_demo.seed),
+]

@@ -54,6 +54,14 @@ SCHEDULES = [
         description="Claims due deliveries, sends them, retries transient failures.",
         every_seconds=60,
     ),
+    # Event subscribers run after commit; this sweep retries failed handlings and picks up
+    # any whose "look now" message was lost.
+    Schedule(
+        name="Handle pending events every minute",
+        task="herald.handle_events",
+        description="Runs event subscribers that are due or being retried.",
+        every_seconds=60,
+    ),
     # Seed 001: the verify cron wakes at :08 and :38 every hour.
     Schedule(
         name="Run verify checks at :08 and :38",

@@ -156,6 +156,9 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # for a human to reconcile; it is never resent blindly.
 DISPATCH_SENDING_TIMEOUT_SECONDS = env.int("DISPATCH_SENDING_TIMEOUT_SECONDS", default=600)
 DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
+# Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so
+# failures of one burst do not all retry at the same instant.
+DISPATCH_RETRY_JITTER = env.float("DISPATCH_RETRY_JITTER", default=0.1)
 
 # --- Logging ------------------------------------------------------------------------------
 LOGGING = {

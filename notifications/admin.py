@@ -1,1 +1,316 @@
-from django.contrib import admin  # noqa: F401
+"""Admin for the delivery engine. Actions are thin: they call notifications.operations and
+report a count."""
+
+import json
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from notifications import operations
+from notifications.models import (
+    Delivery,
+    DeliveryEvent,
+    Event,
+    EventHandling,
+    MessageTemplate,
+    Notification,
+    RecordedMessage,
+    Workflow,
+    WorkflowRun,
+)
+from notifications.templating import TemplateProblem, compile_template
+
+STATUS_COLOURS = {
+    "scheduled": "#2563eb",
+    "sending": "#7c3aed",
+    "sent": "#059669",
+    "delivered": "#047857",
+    "opened": "#047857",
+    "clicked": "#047857",
+    "failed": "#dc2626",
+    "bounced": "#dc2626",
+    "complained": "#dc2626",
+    "unknown": "#d97706",
+    "expired": "#6b7280",
+    "cancelled": "#6b7280",
+    "skipped": "#6b7280",
+}
+
+
+def badge(status: str, label: str):
+    colour = STATUS_COLOURS.get(status, "#6b7280")
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 7px;border-radius:9px;'
+        'font-size:11px;white-space:nowrap">{}</span>',
+        colour,
+        label,
+    )
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class DeliveryEventInline(ReadOnlyInline):
+    model = DeliveryEvent
+    fields = ("at", "kind", "reason", "provider_event_id")
+    readonly_fields = fields
+    verbose_name = "timeline entry"
+    verbose_name_plural = "Timeline (every state change and provider event)"
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "channel",
+        "address",
+        "subject_short",
+        "status_badge",
+        "status_reason",
+        "send_at",
+        "attempts",
+        "provider",
+    )
+    list_filter = ("status", "channel", "provider", ("send_at", admin.DateFieldListFilter))
+    date_hierarchy = "send_at"
+    search_fields = ("address", "recipient_key", "idempotency_key", "provider_message_id")
+    list_select_related = ("notification",)
+    inlines = [DeliveryEventInline]
+    actions = ["retry_failed", "cancel_scheduled"]
+    fieldsets = (
+        (None, {"fields": ("status", "status_reason", "send_at", "expires_at", "sent_at")}),
+        ("Recipient", {"fields": ("recipient_key", "channel", "address")}),
+        ("Message", {"fields": ("subject", "body", "html_preview", "payload_pretty")}),
+        (
+            "Delivery",
+            {
+                "fields": (
+                    "idempotency_key",
+                    "attempts",
+                    "max_attempts",
+                    "last_error",
+                    "provider",
+                    "provider_message_id",
+                    "claimed_at",
+                    "fallback_of",
+                    "notification",
+                    "workflow_run",
+                )
+            },
+        ),
+    )
+
+    def has_add_permission(self, request):
+        return False  # deliveries come from workflows, never typed in
+
+    def get_readonly_fields(self, request, obj=None):
+        # The outbox is a record: what was (or will be) sent is never edited by hand.
+        # Use the actions to retry or cancel.
+        return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
+
+    @admin.display(description="subject", ordering="subject")
+    def subject_short(self, obj):
+        text = obj.subject or obj.body
+        return text[:60] + ("…" if len(text) > 60 else "")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="HTML")
+    def html_preview(self, obj):
+        if not obj.html_body:
+            return "—"
+        return format_html(
+            '<iframe sandbox="" srcdoc="{}" style="width:640px;height:360px;border:1px solid #ddd">'
+            "</iframe>",
+            obj.html_body,
+        )
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, ensure_ascii=False))
+
+    @admin.action(description="Retry selected failed deliveries")
+    def retry_failed(self, request, queryset):
+        count = operations.delivery_retry(
+            ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
+        )
+        skipped = queryset.count() - count
+        self.message_user(request, f"{count} failed deliveries scheduled again.")
+        if skipped:
+            self.message_user(
+                request, f"{skipped} were not failed and were left alone.", messages.WARNING
+            )
+
+    @admin.action(description="Cancel selected scheduled deliveries")
+    def cancel_scheduled(self, request, queryset):
+        count = operations.delivery_cancel(
+            ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
+        )
+        skipped = queryset.count() - count
+        self.message_user(request, f"{count} scheduled deliveries cancelled.")
+        if skipped:
+            self.message_user(
+                request, f"{skipped} were not scheduled and were left alone.", messages.WARNING
+            )
+
+
+@admin.register(MessageTemplate)
+class MessageTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "channel", "message_type", "subject", "updated_at")
+    list_filter = ("channel", "message_type")
+    search_fields = ("name", "subject", "body", "whatsapp_template")
+    readonly_fields = ("preview",)
+    fields = (
+        "name",
+        "channel",
+        "message_type",
+        "variables",
+        "subject",
+        "body",
+        "whatsapp_template",
+        "sample_context",
+        "preview",
+    )
+
+    @admin.display(description="Preview (rendered from the sample values)")
+    def preview(self, obj):
+        if obj is None or not obj.pk:
+            return "Save the template to see a preview."
+        try:
+            rendered = compile_template(obj).render(obj.sample_context or {})
+        except TemplateProblem as problem:
+            return format_html('<span style="color:#dc2626">{}</span>', problem)
+        parts = [format_html("<p><strong>Subject:</strong> {}</p>", rendered.subject)]
+        if rendered.html_body:
+            parts.append(
+                format_html(
+                    '<iframe sandbox="" srcdoc="{}" style="width:640px;height:360px;'
+                    'border:1px solid #ddd"></iframe>',
+                    rendered.html_body,
+                )
+            )
+        else:
+            parts.append(format_html("<pre>{}</pre>", rendered.body))
+        return format_html_join("", "{}", ((p,) for p in parts))
+
+
+class EventHandlingInline(ReadOnlyInline):
+    model = EventHandling
+    fields = ("subscriber", "status", "attempts", "last_error", "next_attempt_at", "handled_at")
+    readonly_fields = fields
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("name", "idempotency_key", "created_at", "handling_summary")
+    list_filter = ("name", "handlings__status")
+    search_fields = ("name", "idempotency_key")
+    date_hierarchy = "created_at"
+    readonly_fields = ("name", "payload", "idempotency_key", "created_at")
+    inlines = [EventHandlingInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                handled=Count("handlings", filter=Q(handlings__status="done")),
+                handling_total=Count("handlings"),
+            )
+        )
+
+    @admin.display(description="handled")
+    def handling_summary(self, obj):
+        return f"{obj.handled}/{obj.handling_total}"
+
+
+@admin.register(EventHandling)
+class EventHandlingAdmin(admin.ModelAdmin):
+    list_display = ("event", "subscriber", "status", "attempts", "last_error", "next_attempt_at")
+    list_filter = ("status", "subscriber")
+    search_fields = ("event__name", "event__idempotency_key", "subscriber")
+    list_select_related = ("event",)
+    readonly_fields = [f.name for f in EventHandling._meta.fields if f.name != "id"]
+    actions = ["retry_now"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Retry selected failed handlings now")
+    def retry_now(self, request, queryset):
+        count = operations.handling_retry(
+            ids=queryset.values_list("id", flat=True), now=timezone.now()
+        )
+        self.message_user(request, f"{count} handlings will run again.")
+
+
+@admin.register(RecordedMessage)
+class RecordedMessageAdmin(admin.ModelAdmin):
+    """What the development backends would have sent."""
+
+    list_display = ("created_at", "channel", "to", "subject", "provider_message_id")
+    list_filter = ("channel",)
+    search_fields = ("to", "subject", "body", "provider_message_id")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in RecordedMessage._meta.fields if f.name != "id"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ("id", "origin", "template", "message_type", "created_at", "delivery_count")
+    list_filter = ("message_type",)
+    search_fields = ("origin",)
+    readonly_fields = (
+        "template",
+        "context",
+        "origin",
+        "message_type",
+        "workflow_run",
+        "created_at",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n=Count("deliveries"))
+
+    @admin.display(description="deliveries", ordering="n")
+    def delivery_count(self, obj):
+        return obj.n
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    list_display = ("name", "type", "risk_level", "is_active", "retry_max_attempts")
+    list_filter = ("type", "is_active", "risk_level")
+    search_fields = ("name", "description")
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "workflow", "status", "started_at", "completed_at")
+    list_filter = ("status", "workflow")
+    date_hierarchy = "started_at"
+    readonly_fields = ("workflow", "status", "started_at", "completed_at", "summary")
+
+    def has_add_permission(self, request):
+        return False

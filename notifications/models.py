@@ -1,1 +1,362 @@
-from django.db import models  # noqa: F401
+"""The delivery engine's data: templates, notifications, the outbox (Delivery), what happened
+to each delivery (DeliveryEvent) and the event ledger (Event, EventHandling).
+
+Models hold data and single-row rules; the work is done in templating.py, dispatch.py and
+events.py."""
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    WHATSAPP = "whatsapp", "WhatsApp"
+
+
+class MessageType(models.TextChoices):
+    """Seed 003's message types; cadence limits some of them per day."""
+
+    REPORT = "report", "Report"
+    ALERT = "alert", "Alert"
+    STORY_SO_FAR = "story_so_far", "Story so far"
+    CUSTOM = "custom", "Custom"
+
+
+class Workflow(models.Model):
+    class Type(models.TextChoices):
+        BATCH_NOTIFY = "batch_notify", "Batch customer notification"
+        TRIGGER = "trigger", "Trigger events"
+        SCHEDULE = "schedule", "Schedule"
+
+    name = models.CharField(max_length=120, unique=True)
+    type = models.CharField(max_length=20, choices=Type.choices)
+    description = models.TextField(blank=True)
+    risk_level = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="1 (low) to 5. Side effects of risk 3 or more need an approved proposed action.",
+    )
+    is_active = models.BooleanField(default=True)
+    retry_max_attempts = models.PositiveSmallIntegerField(
+        default=3, help_text="Attempts per delivery, the first one included (seed 001: 3)."
+    )
+    retry_base_seconds = models.FloatField(
+        default=2.0, help_text="Wait after the first failure; doubles after each further one."
+    )
+    retry_max_seconds = models.FloatField(default=30.0, help_text="Longest wait between attempts.")
+    reflexion_enabled = models.BooleanField(
+        default=False, help_text="Write a reflexion entry (narrative + tags) after each run."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class WorkflowRun(models.Model):
+    """One execution of a workflow [workflow_run_log]."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        PARTIAL = "partial", "Partial"
+        FAILED = "failed", "Failed"
+        ABORTED = "aborted", "Aborted"
+        CANCELLED = "cancelled", "Cancelled"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    started_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.workflow.name} run {self.pk}"
+
+
+class MessageTemplate(models.Model):
+    """Subject and body in Django template syntax over declared variables only."""
+
+    name = models.CharField(max_length=120)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    subject = models.CharField(
+        max_length=300, blank=True, help_text="Email only. Template syntax allowed."
+    )
+    body = models.TextField(
+        help_text=(
+            "Django template syntax, e.g. Hello {{ customer_name }}. Only the declared "
+            "variables are available; email bodies are placed into the layout in "
+            "templates/emails/."
+        )
+    )
+    variables = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Declared variable names, e.g. ["customer_name", "account_ref"].',
+    )
+    sample_context = models.JSONField(
+        default=dict, blank=True, help_text="Sample values used by the admin preview."
+    )
+    whatsapp_template = models.CharField(
+        max_length=120,
+        blank=True,
+        help_text="WhatsApp only: the approved template name at Meta; variables fill {{1}}..{{n}}.",
+    )
+    message_type = models.CharField(
+        max_length=20, choices=MessageType.choices, default=MessageType.CUSTOM
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "channel"], name="template_name_channel")
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.get_channel_display()})"
+
+    def clean(self):
+        from notifications.templating import TemplateProblem, compile_template
+
+        if not isinstance(self.variables, list) or not all(
+            isinstance(v, str) and v.isidentifier() for v in self.variables
+        ):
+            raise ValidationError({"variables": 'Give a list of variable names, e.g. ["name"].'})
+        if self.channel == Channel.WHATSAPP and not self.whatsapp_template:
+            raise ValidationError({"whatsapp_template": "A WhatsApp template needs its name."})
+        try:
+            compile_template(self)
+        except TemplateProblem as problem:
+            raise ValidationError({problem.field: str(problem)}) from problem
+
+
+class Notification(models.Model):
+    """One message intent: a template and its context, for a set of recipients [CommsInstance]."""
+
+    template = models.ForeignKey(
+        MessageTemplate, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    context = models.JSONField(default=dict, blank=True)
+    origin = models.CharField(
+        max_length=200, help_text="What asked for it, e.g. batch_notify:run_12 or kiosk_offline."
+    )
+    message_type = models.CharField(
+        max_length=20, choices=MessageType.choices, default=MessageType.CUSTOM
+    )
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.origin} #{self.pk}"
+
+
+class Delivery(models.Model):
+    """One notification to one address on one channel: the outbox row."""
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+        FAILED = "failed", "Failed"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+        SKIPPED = "skipped", "Skipped"
+        UNKNOWN = "unknown", "Unknown (reconcile)"
+
+    # Statuses a delivery can still leave by being sent.
+    PENDING_STATUSES = (Status.SCHEDULED,)
+    FINAL_STATUSES = (
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.EXPIRED,
+        Status.SKIPPED,
+    )
+
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    recipient_key = models.CharField(
+        max_length=120, help_text="Who this is for, e.g. customer:42 or stakeholder:7."
+    )
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    address = models.CharField(max_length=254, help_text="Email address or E.164 phone number.")
+    subject = models.CharField(max_length=300, blank=True)
+    body = models.TextField(blank=True, help_text="Rendered plain text.")
+    html_body = models.TextField(blank=True, help_text="Rendered HTML (email).")
+    payload = models.JSONField(
+        default=dict, blank=True, help_text="Channel extras: headers, attachments, template."
+    )
+    idempotency_key = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="At most one delivery per key, e.g. <workflow_run_id>:<customer_id>.",
+    )
+    send_at = models.DateTimeField(default=timezone.now, help_text="Not sent before this time.")
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Not sent after this time; then marked expired."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.SCHEDULED)
+    status_reason = models.CharField(
+        max_length=300, blank=True, help_text="Why it is in its current state."
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    retry_base_seconds = models.FloatField(default=2.0)
+    retry_max_seconds = models.FloatField(default=30.0)
+    last_error = models.TextField(blank=True)
+    provider = models.CharField(max_length=40, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)
+    fallback_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="fallbacks"
+    )
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
+    )
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            # dispatch: WHERE status='scheduled' AND send_at <= now ORDER BY send_at
+            models.Index(fields=["status", "send_at"], name="delivery_due"),
+            # tracking webhooks: WHERE provider_message_id = ...
+            models.Index(fields=["provider_message_id"], name="delivery_provider_id"),
+            # cadence history: WHERE recipient_key IN (...) AND send_at >= ...
+            models.Index(fields=["recipient_key", "send_at"], name="delivery_recipient_time"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_channel_display()} to {self.address} ({self.status})"
+
+
+class DeliveryEvent(models.Model):
+    """A state change or provider event of one delivery."""
+
+    class Kind(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        DEFERRED = "deferred", "Deferred"
+        CLAIMED = "claimed", "Claimed"
+        SENT = "sent", "Sent"
+        RETRY = "retry", "Retry scheduled"
+        DELIVERED = "delivered", "Delivered"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+        FAILED = "failed", "Failed"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+        SKIPPED = "skipped", "Skipped"
+        UNKNOWN = "unknown", "Unknown"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=300, blank=True)
+    provider_event_id = models.CharField(max_length=200, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        constraints = [
+            # The same provider event (webhook retry) is recorded once.
+            models.UniqueConstraint(
+                fields=["delivery", "provider_event_id"],
+                condition=~models.Q(provider_event_id=""),
+                name="delivery_event_once",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class Event(models.Model):
+    """A row in the event ledger [recordEvent]. Subscribers match its name by pattern."""
+
+    name = models.CharField(max_length=120, db_index=True)
+    payload = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.name} ({self.idempotency_key})"
+
+
+class EventHandling(models.Model):
+    """One subscriber's handling of one event: recorded once, retried when it fails."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed (retrying)"
+        GAVE_UP = "gave_up", "Gave up"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="handlings")
+    subscriber = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    handled_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "subscriber"], name="event_handled_once")
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="handling_due")]
+
+    def __str__(self):
+        return f"{self.subscriber} ← {self.event.name}"
+
+
+class RecordedMessage(models.Model):
+    """What a development backend would have handed to a provider (nothing leaves the box)."""
+
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    to = models.CharField(max_length=500)
+    subject = models.CharField(max_length=300, blank=True)
+    body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    provider_message_id = models.CharField(max_length=200, default="", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.channel} to {self.to}"

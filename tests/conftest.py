@@ -42,3 +42,12 @@ def artifacts_dir():
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings():
+    """No persistent connections in tests: threads and the live server would otherwise keep
+    the PostgreSQL test database open when it is dropped."""
+    from django.conf import settings
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -20,7 +20,7 @@ def test_running_it_twice_changes_nothing():
     assert [{**row, "date_changed": None} for row in after] == [
         {**row, "date_changed": None} for row in before
     ]
-    assert len(after) == 4
+    assert len(after) == len(SCHEDULES) == 5
 
 
 def test_discoverer_crontab_carries_asia_kolkata_and_starts_disabled():

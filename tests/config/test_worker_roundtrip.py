@@ -19,10 +19,22 @@ def _roundtrip(broker_url: str, var_dir: Path) -> str:
     env = {**os.environ, "HERALD_VAR_DIR": str(var_dir), "CELERY_BROKER_URL": broker_url}
     env.pop("DATABASE_URL", None)  # the worker needs no database for a ping
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-         "--loglevel=WARNING", f"--hostname=roundtrip-{os.getpid()}@%h"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=solo",
+            "--loglevel=WARNING",
+            f"--hostname=roundtrip-{os.getpid()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     client = Celery("roundtrip-client", broker=url, backend=results)
     client.conf.broker_transport_options = options
     try:

@@ -4,7 +4,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.demo import STEPS
-from config.management.base import parse_at
+from notifications.cli import parse_at
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""Argument parsing shared by Herald's management commands."""
+"""Argument parsing shared by Herald's management commands (--at)."""
 
 import argparse
 from datetime import datetime

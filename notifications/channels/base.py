@@ -1,0 +1,108 @@
+"""What every channel shares: the message it is handed and the errors it may raise.
+
+Dispatch only ever sees `ChannelError`. Each channel decides at the edge, where the
+provider's answer is understood, whether trying again could help (transient) or never will
+(permanent), so the retry policy upstream needs no knowledge of any provider.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One rendered message for one address; everything a provider needs, nothing it doesn't.
+
+    `payload` carries the channel-specific extras (email headers and attachments, the SMS
+    sender override, the WhatsApp template and its parameters).
+    """
+
+    channel: str
+    to: str
+    idempotency_key: str
+    subject: str = ""
+    body: str = ""
+    html_body: str = ""
+    payload: dict = field(default_factory=dict)
+    status_callback: str = ""
+
+
+class ChannelError(Exception):
+    """A send that did not happen. `permanent` says whether a retry could ever succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        code: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.code = code
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, permanent={self.permanent}, "
+            f"retry_after={self.retry_after}, code={self.code!r})"
+        )
+
+
+class TransientError(ChannelError):
+    """The provider was busy, slow or unreachable: the same message may go through later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str = "") -> None:
+        super().__init__(message, permanent=False, retry_after=retry_after, code=code)
+
+
+class PermanentError(ChannelError):
+    """The provider refused this message for good (bad address, opted out, bad template)."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message, permanent=True, code=code)
+
+
+class Channel:
+    """One way of reaching a person. Subclasses talk to exactly one provider."""
+
+    name: str = ""
+    provider: str = ""
+
+    def send(self, message: OutgoingMessage) -> str:
+        """Hand the message to the provider and return its id for later status callbacks."""
+        raise NotImplementedError
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if any.
+
+    Honouring the provider's own estimate beats a blind backoff when it bothered to say.
+    """
+    value = (headers or {}).get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def http_status_error(
+    status: int, message: str, *, code: str = "", retry_after: float | None = None
+) -> ChannelError:
+    """Classify an HTTP failure the same way for every provider: 429 and 5xx may pass later."""
+    code = code or f"http_{status}"
+    if status == 429 or status >= 500:
+        return TransientError(message, retry_after=retry_after, code=code)
+    return PermanentError(message, code=code)

@@ -1,0 +1,120 @@
+"""Email through Django's mail API, so settings.EMAIL_BACKEND alone picks the ESP.
+
+Anymail backends and plain SMTP fail in different vocabularies; both are translated here
+into transient/permanent so dispatch never has to know which one is configured.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import smtplib
+from email.utils import parseaddr
+from pathlib import Path
+
+import requests
+from anymail.exceptions import (
+    AnymailAPIError,
+    AnymailError,
+    AnymailInvalidAddress,
+    AnymailRecipientsRefused,
+)
+from django.conf import settings
+from django.core.mail import BadHeaderError, EmailMultiAlternatives, make_msgid
+
+from .base import (
+    Channel,
+    ChannelError,
+    OutgoingMessage,
+    PermanentError,
+    TransientError,
+    http_status_error,
+    parse_retry_after,
+)
+
+
+class EmailChannel(Channel):
+    name = "email"
+    provider = "anymail"
+
+    def send(self, message: OutgoingMessage) -> str:
+        email = self.build(message)
+        try:
+            email.send(fail_silently=False)
+        except Exception as exc:
+            error = classify_email_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+        status = getattr(email, "anymail_status", None)
+        message_id = getattr(status, "message_id", None)
+        if message_id is not None:
+            if isinstance(message_id, set):  # one id per recipient; we only ever send one
+                return ",".join(sorted(str(m) for m in message_id))
+            return str(message_id)
+        return email.extra_headers["Message-ID"]
+
+    def build(self, message: OutgoingMessage) -> EmailMultiAlternatives:
+        payload = message.payload
+        from_email = payload.get("from_email") or settings.DEFAULT_FROM_EMAIL
+        # Our own Message-ID, so non-anymail backends (SMTP) still yield a known id.
+        domain = parseaddr(from_email)[1].rpartition("@")[2] or None
+        headers = {**payload.get("headers", {}), "Message-ID": make_msgid(domain=domain)}
+        email = EmailMultiAlternatives(
+            message.subject, message.body, from_email, [message.to], headers=headers
+        )
+        if message.html_body:
+            email.attach_alternative(message.html_body, "text/html")
+        for attachment in payload.get("attachments", []):
+            path = Path(attachment["path"])
+            filename = attachment.get("filename") or path.name
+            mimetype = attachment.get("mimetype") or mimetypes.guess_type(filename)[0]
+            try:
+                content = path.read_bytes()
+            except OSError as exc:
+                # A missing file will still be missing on the next attempt.
+                raise PermanentError(
+                    f"attachment {filename!r} unreadable: {exc}", code="attachment_unreadable"
+                ) from exc
+            email.attach(filename, content, mimetype)
+        if payload.get("tags"):
+            email.tags = list(payload["tags"])
+        email.metadata = {**payload.get("metadata", {}), "idempotency_key": message.idempotency_key}
+        return email
+
+
+def classify_email_error(exc: Exception) -> ChannelError | None:
+    """Map anymail/SMTP/socket failures to transient or permanent; None if not a send error.
+
+    Order matters: anymail's requests errors and every smtplib error are also OSErrors.
+    """
+    if isinstance(exc, AnymailRecipientsRefused | AnymailInvalidAddress):
+        return PermanentError(f"recipient refused: {exc}", code="recipient_refused")
+    if isinstance(exc, AnymailAPIError):
+        if isinstance(exc, requests.Timeout | requests.ConnectionError):
+            return TransientError(f"ESP unreachable: {exc}", code="connection_error")
+        status = exc.status_code
+        if status is None or status < 400:  # no answer, or an answer we could not read
+            return TransientError(f"ESP error: {exc}", code=f"http_{status}" if status else "")
+        headers = getattr(exc.response, "headers", None)
+        return http_status_error(
+            status, f"ESP error: {exc}", retry_after=parse_retry_after(headers)
+        )
+    if isinstance(exc, BadHeaderError):  # a newline in a rendered subject or header
+        return PermanentError(f"invalid header: {exc}", code="bad_header")
+    if isinstance(exc, AnymailError):  # unsupported feature, unserializable data: ours to fix
+        return PermanentError(f"ESP cannot send this message: {exc}")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        if codes and all(400 <= code < 500 for code in codes):  # greylisting, mailbox busy
+            return TransientError(f"recipient deferred: {exc.recipients}", code=str(codes[0]))
+        return PermanentError(
+            f"recipient refused: {exc.recipients}", code=str(codes[0] if codes else "")
+        )
+    if isinstance(exc, smtplib.SMTPResponseException):
+        code = str(exc.smtp_code)
+        if 400 <= exc.smtp_code < 500:
+            return TransientError(f"SMTP {code}: {exc.smtp_error!r}", code=code)
+        return PermanentError(f"SMTP {code}: {exc.smtp_error!r}", code=code)
+    if isinstance(exc, smtplib.SMTPException | OSError):  # disconnected, refused, timed out
+        return TransientError(f"mail server unreachable: {exc}", code="connection_error")
+    return None

@@ -1,0 +1,113 @@
+"""Development backends: record what would have been sent, so staff can read it in the admin.
+
+They refuse what a real provider would refuse (a malformed number, a template-less WhatsApp
+message, an invalid email address), so a flow that works against them does not first fail
+in production.
+"""
+
+from __future__ import annotations
+
+import uuid
+from email.utils import parseaddr
+
+import phonenumbers
+from anymail.exceptions import AnymailInvalidAddress
+from django.core.exceptions import ValidationError
+from django.core.mail.backends.base import BaseEmailBackend
+from django.core.validators import validate_email
+
+from .base import Channel, OutgoingMessage, PermanentError
+from .whatsapp import template_request
+
+
+def recorded_id() -> str:
+    return f"rec-{uuid.uuid4().hex}"
+
+
+def check_e164(number: str) -> None:
+    """Twilio and Meta both reject numbers that are not valid E.164; so do we."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise PermanentError(
+            f"{number!r} is not a phone number: {exc}", code="invalid_number"
+        ) from exc
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if not phonenumbers.is_valid_number(parsed) or e164 != number:
+        raise PermanentError(f"{number!r} is not a valid E.164 number", code="invalid_number")
+
+
+class EmailBackend(BaseEmailBackend):
+    """A Django email backend writing one RecordedMessage per message instead of sending."""
+
+    def send_messages(self, email_messages) -> int:
+        from notifications.models import RecordedMessage
+
+        sent = 0
+        for message in email_messages:
+            try:
+                for recipient in message.recipients():
+                    validate_email(parseaddr(recipient)[1])
+            except ValidationError as exc:
+                if self.fail_silently:
+                    continue
+                # The error an anymail ESP raises, so EmailChannel classifies it the same way.
+                raise AnymailInvalidAddress(f"invalid recipient in {message.recipients()}") from exc
+            html = next(
+                (content for content, mimetype in message.alternatives if mimetype == "text/html"),
+                "",
+            )
+            attachments = [
+                a.get_filename() if hasattr(a, "get_filename") else a[0]
+                for a in message.attachments
+            ]
+            provider_id = recorded_id()
+            message.extra_headers["X-Recorded-Id"] = provider_id
+            RecordedMessage.objects.create(
+                channel="email",
+                to=", ".join(message.recipients()),
+                subject=message.subject,
+                body=message.body,
+                html_body=html,
+                payload={"headers": dict(message.extra_headers), "attachments": attachments},
+                provider_message_id=provider_id,
+            )
+            sent += 1
+        return sent
+
+
+class SMSChannel(Channel):
+    name = "sms"
+    provider = "recording"
+
+    def send(self, message: OutgoingMessage) -> str:
+        check_e164(message.to)
+        if not message.body:
+            raise PermanentError("SMS body is empty", code="empty_body")  # Twilio 21602
+        return record(self.name, message)
+
+
+class WhatsAppChannel(Channel):
+    name = "whatsapp"
+    provider = "recording"
+
+    def send(self, message: OutgoingMessage) -> str:
+        check_e164(message.to)
+        template_request(message)  # raises for what the Cloud API would refuse to build
+        return record(self.name, message)
+
+
+def record(channel: str, message: OutgoingMessage) -> str:
+    from notifications.models import RecordedMessage
+
+    provider_id = recorded_id()
+    RecordedMessage.objects.create(
+        channel=channel,
+        to=message.to,
+        subject=message.subject,
+        body=message.body,
+        html_body=message.html_body,
+        payload=message.payload,
+        provider_message_id=provider_id,
+    )
+    return provider_id

@@ -1,0 +1,140 @@
+"""The event ledger [recordEvent, eventBus].
+
+`record_event` writes an Event once per idempotency key and, for every subscriber whose
+pattern matches the name, one EventHandling row; after commit a worker runs them. A failed
+handling is retried with backoff and stays visible in the admin; a handling that succeeded
+is never run again.
+
+Domain apps register subscribers from AppConfig.ready():
+
+    events.subscribe("production_run.*", handle_production_run_event)
+"""
+
+import fnmatch
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from notifications.models import Event, EventHandling
+
+logger = logging.getLogger(__name__)
+
+MAX_HANDLING_ATTEMPTS = 5
+# A handling 'running' longer than this was interrupted (worker killed); it is run again,
+# which is why subscribers must be idempotent (they dedup on their own keys).
+HANDLING_TIMEOUT = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    pattern: str
+    name: str
+    handler: Callable[[Event], dict | None]
+
+    def matches(self, event_name: str) -> bool:
+        return fnmatch.fnmatchcase(event_name, self.pattern)
+
+
+_subscribers: dict[str, Subscriber] = {}
+
+
+def subscribe(pattern: str, handler: Callable[[Event], dict | None], *, name: str = "") -> None:
+    name = name or f"{handler.__module__}.{handler.__qualname__}"
+    _subscribers[name] = Subscriber(pattern, name, handler)
+
+
+def subscribers() -> list[Subscriber]:
+    return list(_subscribers.values())
+
+
+def record_event(
+    name: str, payload: dict, *, idempotency_key: str, now: datetime | None = None
+) -> tuple[Event, bool]:
+    """Record an event once per key; returns (event, created). A repeat returns the first."""
+    now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            event = Event.objects.create(
+                name=name, payload=payload, idempotency_key=idempotency_key, created_at=now
+            )
+            handlings = EventHandling.objects.bulk_create(
+                [
+                    EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
+                    for s in _subscribers.values()
+                    if s.matches(name)
+                ]
+            )
+    except IntegrityError:
+        return Event.objects.get(idempotency_key=idempotency_key), False
+    if handlings:
+        transaction.on_commit(kick_handlers)
+    return event, True
+
+
+def kick_handlers() -> None:
+    from notifications.tasks import handle_events_task
+
+    try:
+        handle_events_task.delay()
+    except Exception as error:
+        logger.warning("could not kick event handlers (%s); the sweep will run them", error)
+
+
+def _claim(*, now: datetime, limit: int) -> list[EventHandling]:
+    token = uuid.uuid4()
+    due = EventHandling.objects.filter(
+        Q(status__in=[EventHandling.Status.PENDING, EventHandling.Status.FAILED])
+        | Q(status=EventHandling.Status.RUNNING, claimed_at__lt=now - HANDLING_TIMEOUT),
+        next_attempt_at__lte=now,
+    ).order_by("next_attempt_at", "id")
+    with transaction.atomic():
+        ids = list(due.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+        EventHandling.objects.filter(id__in=ids).update(
+            status=EventHandling.Status.RUNNING, claim_token=token, claimed_at=now
+        )
+    return list(
+        EventHandling.objects.filter(claim_token=token, status=EventHandling.Status.RUNNING)
+        .select_related("event")
+        .order_by("id")
+    )
+
+
+def handle_due(*, now: datetime, limit: int = 100) -> dict[str, int]:
+    """Run due handlings; returns counts of done, failed (will retry) and gave_up."""
+    counts = {"done": 0, "failed": 0, "gave_up": 0}
+    for handling in _claim(now=now, limit=limit):
+        counts[_run(handling, now=now)] += 1
+    return counts
+
+
+def _run(handling: EventHandling, *, now: datetime) -> str:
+    subscriber = _subscribers.get(handling.subscriber)
+    attempts = handling.attempts + 1
+    try:
+        if subscriber is None:
+            raise LookupError(f"no subscriber named {handling.subscriber} is installed")
+        result = subscriber.handler(handling.event) or {}
+    except Exception as error:
+        logger.exception("event %s: subscriber %s failed", handling.event_id, handling.subscriber)
+        gave_up = attempts >= MAX_HANDLING_ATTEMPTS
+        EventHandling.objects.filter(id=handling.id, claim_token=handling.claim_token).update(
+            status=EventHandling.Status.GAVE_UP if gave_up else EventHandling.Status.FAILED,
+            attempts=attempts,
+            last_error=f"{type(error).__name__}: {error}"[:2000],
+            next_attempt_at=now + timedelta(seconds=min(3600, 30 * 2 ** (attempts - 1))),
+        )
+        return "gave_up" if gave_up else "failed"
+    EventHandling.objects.filter(id=handling.id, claim_token=handling.claim_token).update(
+        status=EventHandling.Status.DONE,
+        attempts=attempts,
+        handled_at=now,
+        last_error="",
+        result=result,
+    )
+    return "done"

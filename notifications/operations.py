@@ -1,0 +1,64 @@
+"""What staff do to deliveries and event handlings from the admin: plain functions, each a
+conditional update that only touches rows still in the state the action expects."""
+
+from datetime import datetime
+
+from django.db import transaction
+
+from notifications.events import kick_handlers
+from notifications.models import Delivery, DeliveryEvent, EventHandling
+from notifications.outbox import kick_dispatch_on_commit
+
+Status = Delivery.Status
+
+
+def _transition(ids, *, now, from_statuses, kind, reason, **fields) -> int:
+    with transaction.atomic():
+        rows = Delivery.objects.filter(id__in=list(ids), status__in=from_statuses)
+        moved = list(rows.values_list("id", flat=True))
+        Delivery.objects.filter(id__in=moved, status__in=from_statuses).update(
+            status_reason=reason, updated_at=now, **fields
+        )
+        DeliveryEvent.objects.bulk_create(
+            [DeliveryEvent(delivery_id=i, kind=kind, at=now, reason=reason) for i in moved]
+        )
+    return len(moved)
+
+
+def delivery_retry(*, ids, now: datetime, by: str) -> int:
+    """Failed deliveries get a fresh set of attempts, due now."""
+    count = _transition(
+        ids,
+        now=now,
+        from_statuses=[Status.FAILED],
+        kind="queued",
+        reason=f"retry requested by {by}",
+        status=Status.SCHEDULED,
+        send_at=now,
+        attempts=0,
+        claim_token=None,
+    )
+    if count:
+        kick_dispatch_on_commit()
+    return count
+
+
+def delivery_cancel(*, ids, now: datetime, by: str) -> int:
+    """Scheduled deliveries that should not go out any more."""
+    return _transition(
+        ids,
+        now=now,
+        from_statuses=[Status.SCHEDULED],
+        kind="cancelled",
+        reason=f"cancelled by {by}",
+        status=Status.CANCELLED,
+    )
+
+
+def handling_retry(*, ids, now: datetime) -> int:
+    count = EventHandling.objects.filter(
+        id__in=list(ids), status__in=[EventHandling.Status.FAILED, EventHandling.Status.GAVE_UP]
+    ).update(status=EventHandling.Status.PENDING, next_attempt_at=now)
+    if count:
+        transaction.on_commit(kick_handlers)
+    return count

@@ -1,0 +1,115 @@
+"""Putting deliveries in the outbox: one row per recipient, rendered from a template compiled
+once, unique by idempotency key, then a "look now" hint to the dispatcher after commit."""
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+
+from notifications.models import Delivery, Notification, Workflow
+from notifications.templating import compile_template
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    key: str  # e.g. customer:42
+    address: str
+    context: Mapping = field(default_factory=dict)
+    channel: str = ""  # "" = the template's channel
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    base_seconds: float = 2.0
+    max_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, workflow: Workflow | None) -> "RetryPolicy":
+        if workflow is None:
+            return cls()
+        return cls(
+            workflow.retry_max_attempts, workflow.retry_base_seconds, workflow.retry_max_seconds
+        )
+
+
+def stage_deliveries(
+    *,
+    notification: Notification,
+    recipients: Iterable[Recipient],
+    now: datetime,
+    key_prefix: str,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    policy: RetryPolicy | None = None,
+    payload: Mapping | None = None,
+) -> int:
+    """Render and insert one Delivery per recipient; returns how many rows are new.
+
+    The idempotency key is `<key_prefix>:<recipient key>`; a recipient already staged under
+    that key is left as it is (a duplicate trigger no-ops).
+    """
+    compiled = compile_template(notification.template)
+    policy = policy or RetryPolicy.of(
+        notification.workflow_run.workflow if notification.workflow_run else None
+    )
+    base_payload = dict(payload or {})
+    if notification.template.whatsapp_template:
+        base_payload.setdefault("template", notification.template.whatsapp_template)
+    rows = []
+    for recipient in recipients:
+        context = {**notification.context, **recipient.context}
+        rendered = compiled.render(context)
+        row_payload = dict(base_payload)
+        if "template" in row_payload:
+            row_payload.setdefault(
+                "parameters", [str(context.get(v, "")) for v in compiled.variables]
+            )
+        rows.append(
+            Delivery(
+                notification=notification,
+                workflow_run=notification.workflow_run,
+                recipient_key=recipient.key,
+                channel=recipient.channel or compiled.channel,
+                address=recipient.address,
+                subject=rendered.subject,
+                body=rendered.body,
+                html_body=rendered.html_body,
+                payload=row_payload,
+                idempotency_key=f"{key_prefix}:{recipient.key}",
+                send_at=send_at or now,
+                expires_at=expires_at,
+                max_attempts=policy.max_attempts,
+                retry_base_seconds=policy.base_seconds,
+                retry_max_seconds=policy.max_seconds,
+                created_at=now,
+            )
+        )
+    keys = [row.idempotency_key for row in rows]
+    existing = set(
+        Delivery.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", flat=True)
+    )
+    new_rows = [row for row in rows if row.idempotency_key not in existing]
+    Delivery.objects.bulk_create(new_rows, batch_size=1000, ignore_conflicts=True)
+    if new_rows:
+        kick_dispatch_on_commit()
+    return len(new_rows)
+
+
+def kick_dispatch_on_commit() -> None:
+    transaction.on_commit(kick_dispatch)
+
+
+def kick_dispatch() -> None:
+    """Ask a worker to look at the outbox now. Only a hint: the every-minute sweep finds the
+    rows anyway, so a broker that is down delays the send but loses nothing."""
+    from notifications.tasks import dispatch_due_task
+
+    try:
+        dispatch_due_task.delay()
+    except Exception as error:  # the broker is down; the beat sweep will find the rows
+        logger.warning("could not kick the dispatcher (%s); the sweep will send", error)

@@ -1,0 +1,26 @@
+"""Celery doors onto the engine. Tasks only say "look now"; the rows say what to do."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from notifications.dispatch import dispatch_due, next_due_in
+from notifications.events import handle_due
+
+# A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
+_HINT_HORIZON_SECONDS = 60
+
+
+@shared_task(name="herald.dispatch_due", ignore_result=True)
+def dispatch_due_task() -> dict:
+    report = dispatch_due(now=timezone.now())
+    wait = next_due_in(now=timezone.now())
+    if wait is not None and wait < _HINT_HORIZON_SECONDS:
+        # A hint only (the beat sweep would find the row too); duplicates are harmless
+        # because every delivery is claimed before it is sent.
+        dispatch_due_task.apply_async(countdown=max(1.0, wait))
+    return report.as_dict()
+
+
+@shared_task(name="herald.handle_events", ignore_result=True)
+def handle_events_task() -> dict:
+    return handle_due(now=timezone.now())

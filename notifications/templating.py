@@ -1,0 +1,176 @@
+"""Message templates: checked when saved, compiled once per batch, rendered over plain data.
+
+A template sees only its declared variables, converted to plain values (str, numbers,
+dates, lists, dicts), so nothing in a template can call a method that changes data or reach
+settings. Email bodies are placed into the layout in templates/emails/ (header and footer
+components), sent as HTML with the plain text as the alternative.
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.template import Engine, Template, TemplateSyntaxError, loader
+from django.template import defaulttags as tags
+from django.template.base import FilterExpression, Node, NodeList, TextNode, Variable, VariableNode
+from django.template.smartif import TokenBase
+
+# Engine for message templates: no loaders (so {% include %} finds nothing), no autoescape
+# (the text is plain; the HTML layout escapes it).
+_ENGINE = Engine(autoescape=False, string_if_invalid="")
+
+# Control-flow tags only: no {% load %}, {% include %}, {% url %}, {% debug %}, {% csrf_token %}.
+_ALLOWED_NODES = (
+    TextNode,
+    VariableNode,
+    tags.IfNode,
+    tags.ForNode,
+    tags.WithNode,
+    tags.FirstOfNode,
+    tags.CommentNode,
+    tags.SpacelessNode,
+    tags.VerbatimNode,
+    tags.FilterNode,
+    tags.NowNode,
+    tags.IfChangedNode,
+    tags.CycleNode,
+    tags.TemplateTagNode,
+)
+EMAIL_LAYOUT = "emails/layout.html"
+
+
+class TemplateProblem(ValueError):
+    """A template that cannot be used; `field` names where the problem is."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    body: str
+    html_body: str
+
+
+def plain(value):
+    """Reduce a value to plain data a template may see (model instances become text)."""
+    if value is None or isinstance(value, str | int | float | bool | date | datetime):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(item) for item in value]
+    return str(value)
+
+
+def _walk(nodelist: NodeList) -> Iterator[Node]:
+    for node in nodelist:
+        yield node
+        if isinstance(node, tags.IfNode):
+            for _, branch in node.conditions_nodelists:
+                yield from _walk(branch)
+            continue
+        for attr in node.child_nodelists:
+            yield from _walk(getattr(node, attr, None) or [])
+
+
+def _expressions(value) -> Iterator[FilterExpression]:
+    if isinstance(value, FilterExpression):
+        yield value
+    elif isinstance(value, TokenBase):  # {% if %} conditions: literals and operators
+        for part in ("value", "first", "second"):
+            yield from _expressions(getattr(value, part, None))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _expressions(item)
+    elif isinstance(value, list | tuple) and not isinstance(value, NodeList):
+        for item in value:
+            yield from _expressions(item)
+
+
+def _names_used(expression: FilterExpression) -> Iterator[str]:
+    if isinstance(expression.var, Variable) and expression.var.lookups:
+        yield expression.var.lookups[0]
+    for _, args in expression.filters:
+        for is_variable, arg in args:
+            if is_variable and arg.lookups:
+                yield arg.lookups[0]
+
+
+def _bound_names(node: Node) -> set[str]:
+    if isinstance(node, tags.ForNode):
+        return {*node.loopvars, "forloop"}
+    if isinstance(node, tags.WithNode):
+        return set(node.extra_context)
+    return set()
+
+
+def check_source(field: str, source: str, declared: set[str]) -> Template:
+    """Compile one template source; raise TemplateProblem naming what is wrong."""
+    try:
+        template = _ENGINE.from_string(source)
+    except TemplateSyntaxError as error:
+        raise TemplateProblem(field, f"Template syntax error in {field}: {error}") from error
+    nodes = list(_walk(template.nodelist))
+    bound = set().union(*(_bound_names(node) for node in nodes))
+    used: set[str] = set()
+    for node in nodes:
+        if not isinstance(node, _ALLOWED_NODES):
+            tag = node.token.contents.split()[0] if getattr(node, "token", None) else node
+            raise TemplateProblem(field, f"The tag {{% {tag} %}} is not allowed in {field}.")
+        for value in vars(node).values():
+            for expression in _expressions(value):
+                used.update(_names_used(expression))
+    unknown = sorted(used - declared - bound)
+    if unknown:
+        raise TemplateProblem(
+            field,
+            f"Unknown variable{'s' if len(unknown) > 1 else ''} in {field}: "
+            f"{', '.join(unknown)}. Declare {'them' if len(unknown) > 1 else 'it'} in variables.",
+        )
+    return template
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A template compiled once, rendered for many recipients."""
+
+    channel: str
+    variables: tuple[str, ...]
+    subject: Template
+    body: Template
+
+    def render(self, context: Mapping, *, layout_context: Mapping | None = None) -> Rendered:
+        from django.template import Context
+
+        data = Context(
+            {name: plain(context.get(name, "")) for name in self.variables}, autoescape=False
+        )
+        subject = " ".join(self.subject.render(data).split())  # one line, as a header must be
+        body = self.body.render(data).strip()
+        html_body = ""
+        if self.channel == "email":
+            html_body = _layout().render(
+                {"subject": subject, "body": body, **(layout_context or {})}
+            )
+        return Rendered(subject=subject, body=body, html_body=html_body)
+
+
+def _layout():
+    return loader.get_template(EMAIL_LAYOUT)
+
+
+def compile_template(template) -> CompiledTemplate:
+    """Compile a MessageTemplate (or anything with channel, subject, body, variables)."""
+    declared = set(template.variables or [])
+    return CompiledTemplate(
+        channel=template.channel,
+        variables=tuple(template.variables or []),
+        subject=check_source("subject", template.subject or "", declared),
+        body=check_source("body", template.body or "", declared),
+    )

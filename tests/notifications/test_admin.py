@@ -1,0 +1,112 @@
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+
+from notifications.models import Delivery, DeliveryEvent, MessageTemplate, RecordedMessage
+from tests.notifications.factories import DeliveryFactory, MessageTemplateFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_delivery_list_filters_by_status_and_searches_by_address(admin_client):
+    DeliveryFactory(address="alice@example.com", status="failed")
+    DeliveryFactory(address="bob@example.com", status="sent")
+    url = reverse("admin:notifications_delivery_changelist")
+    page = admin_client.get(url, {"status__exact": "failed"}).content.decode()
+    assert "alice@example.com" in page and "bob@example.com" not in page
+    page = admin_client.get(url, {"q": "bob@"}).content.decode()
+    assert "bob@example.com" in page and "alice@example.com" not in page
+
+
+def test_delivery_detail_shows_its_timeline_and_cannot_be_edited(admin_client):
+    delivery = DeliveryFactory(status="sent", subject="Prices change")
+    DeliveryEvent.objects.create(delivery=delivery, kind="sent", reason="accepted by anymail")
+    url = reverse("admin:notifications_delivery_change", args=[delivery.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Timeline" in page and "accepted by anymail" in page
+    assert 'name="subject"' not in page  # read-only
+    admin_client.post(url, {"subject": "Edited"})
+    delivery.refresh_from_db()
+    assert delivery.subject == "Prices change"
+
+
+def test_retry_failed_action_reschedules_only_failed_rows(admin_client):
+    failed = DeliveryFactory(status="failed", attempts=3)
+    sent = DeliveryFactory(status="sent")
+    response = admin_client.post(
+        reverse("admin:notifications_delivery_changelist"),
+        {"action": "retry_failed", "_selected_action": [failed.pk, sent.pk]},
+        follow=True,
+    )
+    failed.refresh_from_db()
+    sent.refresh_from_db()
+    assert (failed.status, failed.attempts) == ("scheduled", 0)
+    assert failed.status_reason == "retry requested by admin"
+    assert sent.status == "sent"
+    assert "1 failed deliveries scheduled again." in response.content.decode()
+    assert "1 were not failed and were left alone." in response.content.decode()
+
+
+def test_cancel_scheduled_action(admin_client):
+    scheduled = DeliveryFactory(send_at=timezone.now() + timedelta(hours=2))
+    admin_client.post(
+        reverse("admin:notifications_delivery_changelist"),
+        {"action": "cancel_scheduled", "_selected_action": [scheduled.pk]},
+    )
+    scheduled.refresh_from_db()
+    assert scheduled.status == "cancelled"
+    assert scheduled.events.get().kind == "cancelled"
+
+
+def test_template_with_an_unknown_variable_is_refused_inline(admin_client):
+    response = admin_client.post(
+        reverse("admin:notifications_messagetemplate_add"),
+        {
+            "name": "Recall",
+            "channel": "email",
+            "message_type": "custom",
+            "variables": '["customer_name"]',
+            "subject": "Recall",
+            "body": "Dear {{ customer }}",
+            "whatsapp_template": "",
+            "sample_context": "{}",
+        },
+    )
+    assert response.status_code == 200
+    assert (
+        "Unknown variable in body: customer. Declare it in variables." in response.content.decode()
+    )
+    assert not MessageTemplate.objects.exists()
+
+
+def test_template_page_previews_the_sample_values(admin_client):
+    template = MessageTemplateFactory(
+        sample_context={"customer_name": "Brooklyn Tech", "account_ref": "NYC-1"}
+    )
+    page = admin_client.get(
+        reverse("admin:notifications_messagetemplate_change", args=[template.pk])
+    ).content.decode()
+    assert "Hello Brooklyn Tech" in page
+    assert "your account NYC-1 is ready" in page
+
+
+def test_seed_demo_shows_each_state_and_running_it_twice_changes_nothing():
+    call_command("seed_demo")
+    counts = {
+        s: Delivery.objects.filter(status=s).count()
+        for s in ("sent", "failed", "unknown", "expired", "scheduled")
+    }
+    assert all(counts.values()), counts
+    assert set(MessageTemplate.objects.values_list("channel", flat=True)) == {
+        "email",
+        "sms",
+        "whatsapp",
+    }
+    total = Delivery.objects.count()
+    call_command("seed_demo")
+    assert Delivery.objects.count() == total
+    assert MessageTemplate.objects.count() == 3
+    assert not RecordedMessage.objects.exists()  # demo data records history, sends nothing

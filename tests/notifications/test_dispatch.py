@@ -1,0 +1,264 @@
+import json
+import multiprocessing
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import responses
+from django.core.management import call_command
+from django.db import connections
+
+from notifications.dispatch import dispatch_due, retry_delay
+from notifications.models import Delivery, DeliveryEvent, Event, RecordedMessage
+from tests.notifications.factories import DeliveryFactory
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+TWILIO_URL = "https://api.twilio.com/2010-04-01/Accounts/AC123/Messages.json"
+
+
+@pytest.fixture(autouse=True)
+def recording_email(settings):
+    """Development's email backend: every message becomes a RecordedMessage row."""
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+
+@pytest.fixture
+def twilio(settings):
+    settings.SMS_BACKEND = "notifications.channels.sms.TwilioSMSChannel"
+    settings.TWILIO_ACCOUNT_SID = "AC123"
+    settings.TWILIO_AUTH_TOKEN = "token"
+    settings.TWILIO_FROM_NUMBER = "+15005550006"
+    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    with responses.RequestsMock() as mock:
+        yield mock
+
+
+def _sms(**fields):
+    return DeliveryFactory(channel="sms", address="+14155550100", send_at=NOW, **fields)
+
+
+def _twilio_error(status, code):
+    return {"code": code, "message": f"error {code}", "more_info": "", "status": status}
+
+
+@pytest.mark.django_db
+def test_a_due_delivery_is_sent_once_and_recorded():
+    delivery = DeliveryFactory(send_at=NOW)
+    report = dispatch_due(now=NOW)
+    assert report.sent == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+    assert delivery.sent_at == NOW
+    assert delivery.provider_message_id
+    assert RecordedMessage.objects.get().to == delivery.address
+    assert list(delivery.events.values_list("kind", flat=True)) == ["sent"]
+    assert dispatch_due(now=NOW + timedelta(minutes=1)).sent == 0
+    assert RecordedMessage.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_delivery_scheduled_for_later_waits():
+    DeliveryFactory(send_at=NOW + timedelta(hours=3))
+    assert dispatch_due(now=NOW).sent == 0
+    assert dispatch_due(now=NOW + timedelta(hours=3)).sent == 1
+
+
+@pytest.mark.django_db
+def test_expired_deliveries_are_not_sent_and_say_why():
+    delivery = DeliveryFactory(
+        send_at=NOW - timedelta(hours=11), expires_at=NOW - timedelta(hours=1)
+    )
+    report = dispatch_due(now=NOW)
+    assert (report.sent, report.expired) == (0, 1)
+    delivery.refresh_from_db()
+    assert delivery.status == "expired"
+    assert delivery.status_reason == "expired before it could be sent"
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_row_left_sending_becomes_unknown_and_is_not_resent(settings):
+    settings.DISPATCH_SENDING_TIMEOUT_SECONDS = 600
+    delivery = DeliveryFactory(
+        status="sending", claimed_at=NOW - timedelta(minutes=11), attempts=1, send_at=NOW
+    )
+    fresh = DeliveryFactory(status="sending", claimed_at=NOW - timedelta(minutes=5), send_at=NOW)
+    report = dispatch_due(now=NOW)
+    assert (report.unknown, report.sent) == (1, 0)
+    delivery.refresh_from_db()
+    fresh.refresh_from_db()
+    assert delivery.status == "unknown"
+    assert "check the provider" in delivery.status_reason
+    assert fresh.status == "sending"
+    assert not RecordedMessage.objects.exists()
+    assert dispatch_due(now=NOW + timedelta(hours=1)).sent == 0
+
+
+@pytest.mark.django_db
+def test_default_retry_policy_attempt_times(twilio, settings):
+    """Seed 001: 3 attempts, exponential backoff from 2 s, at most 30 s. Jitter off here."""
+    settings.DISPATCH_RETRY_JITTER = 0
+    twilio.add(responses.POST, TWILIO_URL, json=_twilio_error(503, 20503), status=503)
+    delivery = _sms()
+    attempt_times = []
+    now = NOW
+    for _ in range(3):
+        attempt_times.append(now)
+        dispatch_due(now=now)
+        delivery.refresh_from_db()
+        now = delivery.send_at
+    assert attempt_times == [NOW, NOW + timedelta(seconds=2), NOW + timedelta(seconds=6)]
+    assert delivery.status == "failed"
+    assert delivery.attempts == 3
+    assert len(twilio.calls) == 3
+    assert "gave up after 3 attempts" in delivery.status_reason
+    assert [e.kind for e in delivery.events.all()] == ["retry", "retry", "failed"]
+    event = Event.objects.get(name="delivery.failed")
+    assert event.payload["delivery_id"] == delivery.id
+    assert dispatch_due(now=now + timedelta(minutes=5)).sent == 0
+    assert len(twilio.calls) == 3
+
+
+def test_backoff_doubles_up_to_the_cap_and_jitter_stays_within_its_fraction():
+    plain = [retry_delay(attempt=n, base=2, cap=30, key="k", jitter=0) for n in range(1, 7)]
+    assert plain == [2, 4, 8, 16, 30, 30]
+    jittered = [retry_delay(attempt=n, base=2, cap=30, key="k", jitter=0.1) for n in range(1, 5)]
+    for base, delay in zip(plain, jittered, strict=False):
+        assert base <= delay <= base * 1.1
+    other = [retry_delay(attempt=n, base=2, cap=30, key="other", jitter=0.1) for n in range(1, 5)]
+    assert other != jittered  # two deliveries of one burst do not retry in lockstep
+
+
+@pytest.mark.django_db
+def test_a_permanent_error_is_not_retried(twilio):
+    twilio.add(responses.POST, TWILIO_URL, json=_twilio_error(400, 21211), status=400)
+    delivery = _sms()
+    report = dispatch_due(now=NOW)
+    assert (report.failed, report.retried) == (1, 0)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert delivery.status_reason.startswith("permanent error")
+    assert dispatch_due(now=NOW + timedelta(minutes=10)).failed == 0
+    assert len(twilio.calls) == 1
+
+
+@pytest.mark.django_db
+def test_retry_after_from_the_provider_stretches_the_wait(twilio, settings):
+    settings.DISPATCH_RETRY_JITTER = 0
+    twilio.add(
+        responses.POST,
+        TWILIO_URL,
+        json=_twilio_error(429, 20429),
+        status=429,
+        headers={"Retry-After": "20"},
+    )
+    delivery = _sms()
+    dispatch_due(now=NOW)
+    delivery.refresh_from_db()
+    assert delivery.status == "scheduled"
+    assert delivery.send_at >= NOW + timedelta(seconds=2)
+
+
+@pytest.mark.django_db
+def test_dispatch_due_command_prints_json_counts():
+    DeliveryFactory(send_at=NOW - timedelta(minutes=1))
+    DeliveryFactory(send_at=NOW - timedelta(hours=2), expires_at=NOW - timedelta(hours=1))
+    DeliveryFactory(send_at=NOW + timedelta(days=1))
+    from io import StringIO
+
+    out = StringIO()
+    call_command("dispatch_due", "--at", NOW.isoformat(), "--json", stdout=out)
+    assert json.loads(out.getvalue()) == {
+        "sent": 1,
+        "failed": 0,
+        "retried": 0,
+        "expired": 1,
+        "deferred": 0,
+        "unknown": 0,
+    }
+
+
+def test_dispatch_due_command_refuses_a_bad_time():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="ISO 8601"):
+        call_command("dispatch_due", "--at", "tomorrow-ish")
+
+
+def _race(count: int, workers: int, start) -> None:
+    DeliveryFactory.create_batch(count, send_at=NOW)
+    start(workers)
+    assert Delivery.objects.filter(status="sent").count() == count
+    keys = list(RecordedMessage.objects.values_list("to", flat=True))
+    assert len(keys) == count == len(set(keys))
+    assert DeliveryEvent.objects.filter(kind="sent").count() == count
+
+
+def _dispatch_in_thread(barrier):
+    try:
+        barrier.wait()
+        dispatch_due(now=NOW)
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_racing_in_threads_send_each_delivery_once(settings):
+    settings.DISPATCH_BATCH_SIZE = 7
+
+    def start(workers):
+        barrier = threading.Barrier(workers)
+        threads = [
+            threading.Thread(target=_dispatch_in_thread, args=(barrier,)) for _ in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    _race(60, 2, start)
+
+
+def _dispatch_in_process(barrier):
+    connections.close_all()
+    barrier.wait()
+    dispatch_due(now=NOW)
+    connections.close_all()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_four_dispatcher_processes_on_postgresql_send_each_delivery_once(settings):
+    settings.DISPATCH_BATCH_SIZE = 5
+
+    def start(workers):
+        connections.close_all()
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(workers)
+        procs = [ctx.Process(target=_dispatch_in_process, args=(barrier,)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+
+    _race(200, 4, start)
+
+
+@pytest.mark.django_db
+def test_an_unreadable_ok_from_the_provider_is_unknown_not_resent(settings):
+    settings.WHATSAPP_BACKEND = "notifications.channels.whatsapp.CloudAPIWhatsAppChannel"
+    settings.WHATSAPP_PHONE_NUMBER_ID = "1055"
+    settings.WHATSAPP_ACCESS_TOKEN = "token"
+    delivery = DeliveryFactory(
+        channel="whatsapp", address="+919812345678", send_at=NOW, payload={"template": "t"}
+    )
+    with responses.RequestsMock() as mock:
+        mock.add(responses.POST, f"{settings.WHATSAPP_GRAPH_URL}/1055/messages", body="<html>")
+        report = dispatch_due(now=NOW)
+        assert report.unknown == 1
+        assert dispatch_due(now=NOW + timedelta(minutes=5)).sent == 0
+        assert len(mock.calls) == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "unknown"
+    assert "check before resending" in delivery.status_reason

@@ -1,0 +1,96 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from notifications import events
+from notifications.models import Event, EventHandling
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def calls():
+    """A subscriber for production_run.* that records what it saw."""
+    seen = []
+
+    def on_production_run(event):
+        seen.append((event.name, event.payload["production_run_id"]))
+        return {"handled": event.payload["production_run_id"]}
+
+    events.subscribe("production_run.*", on_production_run, name="test.on_production_run")
+    yield seen
+    events._subscribers.pop("test.on_production_run")
+
+
+def test_an_event_recorded_twice_exists_once_and_its_subscriber_runs_once(calls):
+    first, created = events.record_event(
+        "production_run.reminder_idle", {"production_run_id": 7}, idempotency_key="k1", now=NOW
+    )
+    again, created_again = events.record_event(
+        "production_run.reminder_idle", {"production_run_id": 999}, idempotency_key="k1", now=NOW
+    )
+    assert (created, created_again) == (True, False)
+    assert again.pk == first.pk and again.payload == {"production_run_id": 7}
+    assert events.handle_due(now=NOW) == {"done": 1, "failed": 0, "gave_up": 0}
+    assert events.handle_due(now=NOW + timedelta(hours=1)) == {"done": 0, "failed": 0, "gave_up": 0}
+    assert calls == [("production_run.reminder_idle", 7)]
+    handling = EventHandling.objects.get()
+    assert (handling.status, handling.attempts, handling.result) == ("done", 1, {"handled": 7})
+    assert Event.objects.count() == 1
+
+
+def test_subscribers_match_by_pattern_only(calls):
+    events.record_event("workflow.completed", {"run": 1}, idempotency_key="w1", now=NOW)
+    assert not EventHandling.objects.exists()
+    events.handle_due(now=NOW)
+    assert calls == []
+
+
+def test_a_failed_handling_is_retried_with_backoff_and_visible():
+    attempts = []
+
+    def flaky(event):
+        attempts.append(event.id)
+        if len(attempts) < 3:
+            raise RuntimeError("partner API down")
+
+    events.subscribe("delivery.*", flaky, name="test.flaky")
+    try:
+        events.record_event("delivery.failed", {}, idempotency_key="d1", now=NOW)
+        assert events.handle_due(now=NOW)["failed"] == 1
+        handling = EventHandling.objects.get()
+        assert (handling.status, handling.attempts) == ("failed", 1)
+        assert handling.last_error == "RuntimeError: partner API down"
+        assert handling.next_attempt_at == NOW + timedelta(seconds=30)
+        assert events.handle_due(now=NOW + timedelta(seconds=10))["failed"] == 0  # not yet due
+        assert events.handle_due(now=NOW + timedelta(seconds=30))["failed"] == 1
+        assert events.handle_due(now=NOW + timedelta(seconds=90))["done"] == 1
+        handling.refresh_from_db()
+        assert (handling.status, handling.attempts, handling.last_error) == ("done", 3, "")
+        assert len(attempts) == 3
+    finally:
+        events._subscribers.pop("test.flaky")
+
+
+def test_a_handling_gives_up_after_five_attempts():
+    def broken(event):
+        raise ValueError("bad payload")
+
+    events.subscribe("x.*", broken, name="test.broken")
+    try:
+        events.record_event("x.y", {}, idempotency_key="x1", now=NOW)
+        now = NOW
+        outcomes = []
+        for _ in range(5):
+            result = events.handle_due(now=now)
+            outcomes.append("gave_up" if result["gave_up"] else "failed")
+            now = EventHandling.objects.get().next_attempt_at
+        assert outcomes == ["failed"] * 4 + ["gave_up"]
+        assert events.handle_due(now=now + timedelta(days=1)) == {
+            "done": 0,
+            "failed": 0,
+            "gave_up": 0,
+        }
+    finally:
+        events._subscribers.pop("test.broken")

@@ -1,0 +1,103 @@
+import pytest
+from django.core.exceptions import ValidationError
+
+from notifications.models import MessageTemplate
+from notifications.templating import compile_template
+from tests.notifications.factories import DeliveryFactory
+
+
+def _template(**fields):
+    values = {
+        "name": "pricing",
+        "channel": "email",
+        "subject": "Hi {{ customer_name }}",
+        "body": "Account {{ account_ref }}",
+        "variables": ["customer_name", "account_ref"],
+    }
+    values.update(fields)
+    return MessageTemplate(**values)
+
+
+def test_a_syntax_error_is_a_validation_error_naming_the_field_and_problem():
+    with pytest.raises(ValidationError) as caught:
+        _template(body="Hello {% if customer_name %}").clean()
+    errors = caught.value.message_dict
+    assert list(errors) == ["body"]
+    assert "syntax error" in errors["body"][0]
+    assert "endif" in errors["body"][0]
+
+
+def test_an_undeclared_variable_is_named():
+    with pytest.raises(ValidationError) as caught:
+        _template(subject="Hi {{ first_name }} {{ customer_name|default:nickname }}").clean()
+    assert caught.value.message_dict["subject"] == [
+        "Unknown variables in subject: first_name, nickname. Declare them in variables."
+    ]
+
+
+def test_loop_and_with_variables_are_not_unknown():
+    _template(
+        variables=["runs", "customer_name"],
+        subject="",
+        body="{% for run in runs %}{{ forloop.counter }} {{ run.id }}{% endfor %}"
+        "{% with who=customer_name %}{{ who }}{% endwith %}"
+        "{% if customer_name and runs|length > 1 %}many{% endif %}",
+    ).clean()
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("{% load static %}", "'static' is not a registered tag library"),
+        ("{% debug %}", "The tag {% debug %} is not allowed in body."),
+        ("{% include 'admin/base.html' %}", "The tag {% include %} is not allowed in body."),
+        ("{% url 'admin:index' %}", "The tag {% url %} is not allowed in body."),
+    ],
+)
+def test_tags_that_reach_outside_the_message_are_refused(body, problem):
+    with pytest.raises(ValidationError) as caught:
+        _template(body=body).clean()
+    assert problem in caught.value.message_dict["body"][0]
+
+
+def test_rendering_sees_only_declared_variables_as_plain_text():
+    class Account:
+        secret = "hidden"
+
+        def __str__(self):
+            return "ACME-1"
+
+    compiled = compile_template(
+        _template(
+            subject="", body="{{ account_ref }}|{{ account_ref.secret }}", variables=["account_ref"]
+        )
+    )
+    assert compiled.render({"account_ref": Account(), "other": "x"}).body == "ACME-1|"
+
+
+@pytest.mark.django_db
+def test_a_template_cannot_call_a_data_changing_method():
+    delivery = DeliveryFactory()
+    compiled = compile_template(
+        _template(
+            subject="", body="{{ delivery.delete }}{{ delivery.save }}", variables=["delivery"]
+        )
+    )
+    rendered = compiled.render({"delivery": delivery})
+    assert type(delivery).objects.filter(pk=delivery.pk).exists()
+    assert rendered.body == ""  # a plain string has no .delete or .save
+
+
+def test_email_body_is_compiled_into_the_layout_as_html_with_escaping():
+    compiled = compile_template(_template(body="Dear {{ customer_name }},\n\nPrices change."))
+    rendered = compiled.render({"customer_name": "Tom & <Jerry>", "account_ref": "A1"})
+    assert rendered.subject == "Hi Tom & <Jerry>"
+    assert rendered.body == "Dear Tom & <Jerry>,\n\nPrices change."
+    assert "<p>Dear Tom &amp; &lt;Jerry&gt;,</p>" in rendered.html_body
+    assert "<p>Prices change.</p>" in rendered.html_body
+    assert "Sent by Herald" in rendered.html_body  # footer component
+
+
+def test_sms_has_no_html():
+    compiled = compile_template(_template(channel="sms", subject=""))
+    assert compiled.render({"account_ref": "A1"}).html_body == ""
