@@ -44,7 +44,7 @@ def broker_config(url: str, *, var_dir: Path) -> tuple[str, dict, str]:
     Empty means the embedded default: kombu's filesystem transport under var/, which needs
     no server. redis:// and amqp:// URLs are used as given.
     """
-    if not url or url.startswith("filesystem://"):
+    if not url or url.startswith("filesystem:"):
         folder = var_dir / "broker"
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def broker_config(url: str, *, var_dir: Path) -> tuple[str, dict, str]:
         }
         results = var_dir / "results"
         results.mkdir(parents=True, exist_ok=True)
-        return "filesystem://", options, f"file://{results}"
+        return "filesystem://localhost/", options, f"file://{results}"
     scheme = url.split("://", 1)[0]
     if scheme in ("redis", "rediss"):
         # A delivery is never scheduled through a broker ETA (see DESIGN, invariant 1), so the

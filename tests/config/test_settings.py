@@ -34,7 +34,7 @@ def test_unknown_database_scheme_is_refused(tmp_path):
 
 def test_empty_broker_url_means_the_filesystem_broker_under_var(tmp_path):
     url, options, results = broker_config("", var_dir=tmp_path)
-    assert url == "filesystem://"
+    assert url == "filesystem://localhost/"
     assert options["data_folder_in"] == options["data_folder_out"]
     assert Path(options["data_folder_in"]).is_dir()
     assert results == f"file://{tmp_path / 'results'}"
