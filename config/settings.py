@@ -160,6 +160,22 @@ DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
 # failures of one burst do not all retry at the same instant.
 DISPATCH_RETRY_JITTER = env.float("DISPATCH_RETRY_JITTER", default=0.1)
 
+# Pacing: messages per second per sender unless set on the sender in the admin
+# (Twilio US long code: 1/s; WhatsApp Cloud API: 80/s per phone number).
+SENDER_DEFAULT_RATES = {
+    "email": env.float("EMAIL_RATE_PER_SECOND", default=14.0),
+    "sms": env.float("SMS_RATE_PER_SECOND", default=1.0),
+    "whatsapp": env.float("WHATSAPP_RATE_PER_SECOND", default=80.0),
+}
+# A paced delivery whose slot is further away than this is put back until its slot.
+PACING_HORIZON_SECONDS = env.float("PACING_HORIZON_SECONDS", default=1.0)
+# How long a provider keeps a queued message before dropping it (Twilio SMS: 10 hours).
+SENDER_MAX_QUEUE_HOURS = {"sms": 10.0}
+# Provider circuit breaker: this many consecutive transient failures open it; after the
+# cool-off a single trial call closes it again or re-opens it.
+BREAKER_THRESHOLD = env.int("BREAKER_THRESHOLD", default=5)
+BREAKER_COOLOFF_SECONDS = env.int("BREAKER_COOLOFF_SECONDS", default=60)
+
 # --- Logging ------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,

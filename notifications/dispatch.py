@@ -4,24 +4,38 @@ Claims are conditional updates (plus SELECT ... FOR UPDATE SKIP LOCKED on Postgr
 any number of workers may run this at once and each delivery is handed to a provider at most
 once. A delivery left "sending" by a crash is marked "unknown" for a human to reconcile; it
 is never resent blindly.
+
+Before a claimed delivery is handed over, the holds are applied in this order: kill switches
+(not even claimed), the provider's circuit breaker (not claimed; fallback channel if set),
+suppression (skipped), pacing (sent at its sender's next slot, or put back until then), the
+provider's queue lifetime (expired rather than delivered late).
 """
 
 import hashlib
 import logging
+import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
+from django.utils.module_loading import import_string
 
+from notifications import breakers, pacing, tracking
 from notifications.channels import ChannelError, OutgoingMessage, get_channel
 from notifications.events import record_event
-from notifications.models import Delivery, DeliveryEvent
+from notifications.killswitches import active_switches, frozen_filter
+from notifications.models import Channel, Delivery, DeliveryEvent
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
+
+# The provider answered "OK" with a body we cannot read: it may well have taken the message,
+# so sending again could send twice. A human reconciles instead.
+AMBIGUOUS_ERROR_CODES = {"malformed_response"}
 
 
 @dataclass
@@ -32,12 +46,52 @@ class DispatchReport:
     expired: int = 0
     deferred: int = 0
     unknown: int = 0
+    skipped: int = 0
+    frozen: int = 0
 
-    def add(self, outcome: str) -> None:
-        setattr(self, outcome, getattr(self, outcome) + 1)
+    def add(self, outcome: str, count: int = 1) -> None:
+        setattr(self, outcome, getattr(self, outcome) + count)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Clock:
+    """Dispatch time: starts at `now` and runs with the real clock. Tests pass a clock whose
+    waits move it instead of sleeping."""
+
+    start: datetime
+    _started: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self._started)
+
+    def sleep_until(self, moment: datetime) -> None:
+        wait = (moment - self.now()).total_seconds()
+        if wait > 0:
+            time.sleep(wait)
+
+
+@dataclass
+class ManualClock:
+    """A clock that only moves when waited on (tests and benchmarks: time is moved, never
+    slept). Never use it for real sends: it would hand a paced burst over at once."""
+
+    current: datetime
+
+    def now(self) -> datetime:
+        return self.current
+
+    def sleep_until(self, moment: datetime) -> None:
+        self.current = max(self.current, moment)
+
+
+def provider_of(channel: str) -> str:
+    if channel == Channel.EMAIL:
+        return "anymail"
+    setting = {"sms": settings.SMS_BACKEND, "whatsapp": settings.WHATSAPP_BACKEND}[channel]
+    return import_string(setting).provider
 
 
 def retry_delay(*, attempt: int, base: float, cap: float, key: str, jitter: float) -> float:
@@ -50,51 +104,75 @@ def retry_delay(*, attempt: int, base: float, cap: float, key: str, jitter: floa
     return min(cap, delay * (1 + jitter * spread))
 
 
+def _bulk_transition(ids, *, now, from_status, kind, reason, **fields) -> int:
+    if not ids:
+        return 0
+    with transaction.atomic():
+        count = Delivery.objects.filter(id__in=ids, status=from_status).update(
+            status_reason=reason[:300], updated_at=now, **fields
+        )
+        DeliveryEvent.objects.bulk_create(
+            [DeliveryEvent(delivery_id=i, kind=kind, at=now, reason=reason[:300]) for i in ids]
+        )
+    return count
+
+
 def mark_stuck_unknown(*, now: datetime) -> int:
     """Deliveries 'sending' for longer than the timeout: the provider may or may not have
     them. Mark them unknown, for reconciliation, instead of sending again."""
     cutoff = now - timedelta(seconds=settings.DISPATCH_SENDING_TIMEOUT_SECONDS)
-    stuck = Delivery.objects.filter(status=Status.SENDING, claimed_at__lt=cutoff)
-    ids = list(stuck.values_list("id", flat=True))
-    if not ids:
-        return 0
-    reason = "worker stopped while sending: check the provider before resending"
-    with transaction.atomic():
-        count = stuck.filter(id__in=ids).update(
-            status=Status.UNKNOWN, status_reason=reason, updated_at=now
+    ids = list(
+        Delivery.objects.filter(status=Status.SENDING, claimed_at__lt=cutoff).values_list(
+            "id", flat=True
         )
-        DeliveryEvent.objects.bulk_create(
-            [DeliveryEvent(delivery_id=i, kind="unknown", at=now, reason=reason) for i in ids]
-        )
-    return count
+    )
+    return _bulk_transition(
+        ids,
+        now=now,
+        from_status=Status.SENDING,
+        kind="unknown",
+        reason="worker stopped while sending: check the provider before resending",
+        status=Status.UNKNOWN,
+    )
 
 
 def expire_overdue(*, now: datetime) -> int:
-    overdue = Delivery.objects.filter(status=Status.SCHEDULED, expires_at__lte=now)
-    ids = list(overdue.values_list("id", flat=True))
-    if not ids:
-        return 0
-    reason = "expired before it could be sent"
-    with transaction.atomic():
-        count = overdue.filter(id__in=ids).update(
-            status=Status.EXPIRED, status_reason=reason, updated_at=now
+    ids = list(
+        Delivery.objects.filter(status=Status.SCHEDULED, expires_at__lte=now).values_list(
+            "id", flat=True
         )
-        DeliveryEvent.objects.bulk_create(
-            [DeliveryEvent(delivery_id=i, kind="expired", at=now, reason=reason) for i in ids]
-        )
-    return count
+    )
+    return _bulk_transition(
+        ids,
+        now=now,
+        from_status=Status.SCHEDULED,
+        kind="expired",
+        reason="expired before it could be sent",
+        status=Status.EXPIRED,
+    )
 
 
-def claim_due(*, now: datetime, limit: int) -> list[Delivery]:
+def _due(*, now: datetime, frozen: Q | None):
+    due = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    return due.exclude(frozen) if frozen is not None else due
+
+
+def claim_due(
+    *, now: datetime, limit: int, channel: str | None = None, frozen: Q | None = None
+) -> list[Delivery]:
     """Take up to `limit` due deliveries for this worker; others get different rows."""
     token = uuid.uuid4()
-    due = (
-        Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("send_at", "id")
-    )
+    due = _due(now=now, frozen=frozen)
+    if channel:
+        due = due.filter(channel=channel)
     with transaction.atomic():
-        ids = list(due.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+        ids = list(
+            due.order_by("send_at", "id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
         if not ids:
             return []
         Delivery.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
@@ -107,7 +185,38 @@ def claim_due(*, now: datetime, limit: int) -> list[Delivery]:
     return list(Delivery.objects.filter(claim_token=token, status=Status.SENDING).order_by("id"))
 
 
-def _message(delivery: Delivery) -> OutgoingMessage:
+def release(
+    deliveries: list[Delivery], *, now: datetime, reason: str, send_at=None, paced_until=None
+) -> int:
+    """Put claimed deliveries back, unsent, as if never claimed."""
+    count = 0
+    with transaction.atomic():
+        for delivery in deliveries:
+            fields = {"send_at": send_at or delivery.send_at}
+            if paced_until is not None:
+                fields["paced_until"] = paced_until
+            count += Delivery.objects.filter(
+                id=delivery.id, claim_token=delivery.claim_token, status=Status.SENDING
+            ).update(
+                status=Status.SCHEDULED,
+                status_reason=reason[:300],
+                claim_token=None,
+                attempts=F("attempts") - 1,
+                updated_at=now,
+                **fields,
+            )
+    return count
+
+
+def _message(
+    delivery: Delivery, *, now: datetime, max_queue_hours: float | None
+) -> OutgoingMessage:
+    payload = dict(delivery.payload)
+    if delivery.channel == Channel.SMS and (delivery.expires_at or max_queue_hours):
+        lifetimes = [max_queue_hours * 3600] if max_queue_hours else []
+        if delivery.expires_at:
+            lifetimes.append((delivery.expires_at - now).total_seconds())
+        payload["validity_period"] = max(1, int(min(lifetimes)))
     return OutgoingMessage(
         channel=delivery.channel,
         to=delivery.address,
@@ -115,13 +224,13 @@ def _message(delivery: Delivery) -> OutgoingMessage:
         subject=delivery.subject,
         body=delivery.body,
         html_body=delivery.html_body,
-        payload=delivery.payload,
+        payload=payload,
         status_callback=status_callback_url(delivery),
     )
 
 
 def status_callback_url(delivery: Delivery) -> str:
-    if delivery.channel == "sms":
+    if delivery.channel in (Channel.SMS, Channel.WHATSAPP):
         return f"{settings.SITE_URL}/webhooks/twilio/status"
     return ""
 
@@ -137,20 +246,27 @@ def _finish(delivery: Delivery, *, now: datetime, kind: str, reason: str, **fiel
         DeliveryEvent.objects.create(delivery=delivery, kind=kind, at=now, reason=reason[:300])
 
 
-def send_claimed(delivery: Delivery, *, now: datetime, channels: dict | None = None) -> str:
-    """Hand one claimed delivery to its channel; returns the outcome name for the report.
-    `channels` caches one channel object per channel name for a whole batch."""
+def send_claimed(
+    delivery: Delivery,
+    *,
+    now: datetime,
+    channels: dict | None = None,
+    max_queue_hours: float | None = None,
+) -> tuple[str, ChannelError | None]:
+    """Hand one claimed delivery to its channel. Returns the outcome name for the report and
+    the error when there was one. `channels` caches one channel object per channel name."""
     channels = {} if channels is None else channels
     try:
         if delivery.channel not in channels:
             channels[delivery.channel] = get_channel(delivery.channel)
         channel = channels[delivery.channel]
-        provider_id = channel.send(_message(delivery))
+        provider_id = channel.send(_message(delivery, now=now, max_queue_hours=max_queue_hours))
     except ChannelError as error:
-        return _failed_attempt(delivery, error, now=now)
+        return _failed_attempt(delivery, error, now=now), error
     except Exception as error:  # a bug or a library surprise: retried like a transient error
         logger.exception("delivery %s: unexpected error while sending", delivery.id)
-        return _failed_attempt(delivery, ChannelError(f"{type(error).__name__}: {error}"), now=now)
+        error = ChannelError(f"{type(error).__name__}: {error}")
+        return _failed_attempt(delivery, error, now=now), error
     _finish(
         delivery,
         now=now,
@@ -162,12 +278,9 @@ def send_claimed(delivery: Delivery, *, now: datetime, channels: dict | None = N
         sent_at=now,
         last_error="",
     )
-    return "sent"
-
-
-# The provider answered "OK" with a body we cannot read: it may well have taken the message,
-# so sending again could send twice. A human reconciles instead.
-AMBIGUOUS_ERROR_CODES = {"malformed_response"}
+    delivery.provider_message_id = provider_id
+    tracking.match_unmatched(delivery)
+    return "sent", None
 
 
 def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -> str:
@@ -226,22 +339,209 @@ def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -
     return "retried"
 
 
-def dispatch_due(*, now: datetime, limit: int | None = None) -> DispatchReport:
-    """Sweep stuck and expired rows, then send due deliveries in batches until none are due
-    (or `limit` have been handled)."""
+def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: DispatchReport):
+    """Drop claimed deliveries to suppressed addresses, recording the suppression's reason."""
+    by_channel = defaultdict(list)
+    for delivery in claimed:
+        by_channel[delivery.channel].append(delivery)
+    keep = []
+    for channel, group in by_channel.items():
+        found = tracking.suppressions_for([d.address for d in group], channel)
+        for delivery in group:
+            suppression = found.get(tracking.normalize_address(delivery.address, channel))
+            if suppression is None:
+                keep.append(delivery)
+                continue
+            source = f" ({suppression.source})" if suppression.source else ""
+            _finish(
+                delivery,
+                now=now,
+                kind="skipped",
+                reason=f"suppressed: {suppression.get_reason_display()}{source}",
+                status=Status.SKIPPED,
+                claim_token=None,
+            )
+            report.add("skipped")
+    return keep
+
+
+def _sender_key(delivery: Delivery) -> str:
+    return delivery.sender or pacing.sender_key(delivery.channel, delivery.payload)
+
+
+def _schedule_slots(claimed: list[Delivery], *, now: datetime) -> list[tuple[datetime, Delivery]]:
+    """The handover time of each claimed delivery under its sender's pace (earliest first).
+    A delivery put back earlier keeps the slot it already holds."""
+    needing = defaultdict(list)
+    slotted = []
+    for delivery in claimed:
+        if delivery.paced_until and delivery.paced_until <= now:
+            slotted.append((now, delivery))
+        else:
+            needing[_sender_key(delivery)].append(delivery)
+    for key, group in needing.items():
+        slots, _ = pacing.reserve_slots(key=key, count=len(group), now=now)
+        slotted.extend(zip(slots, group, strict=True))
+    return sorted(slotted, key=lambda pair: (pair[0], pair[1].id))
+
+
+def _expire_in_queue(delivery: Delivery, *, slot: datetime, now: datetime) -> None:
+    _finish(
+        delivery,
+        now=now,
+        kind="expired",
+        reason=f"would expire in the queue: its sending slot {slot:%H:%M:%S} is not before "
+        f"its expiry {delivery.expires_at:%H:%M:%S}",
+        status=Status.EXPIRED,
+    )
+
+
+def _put_back_paced(slotted, *, now: datetime, senders: dict, report: DispatchReport) -> None:
+    """Deliveries whose slot is beyond the horizon wait, holding their slot."""
+    for slot, delivery in slotted:
+        if delivery.expires_at and slot >= delivery.expires_at:
+            _expire_in_queue(delivery, slot=slot, now=now)
+            report.add("expired")
+            continue
+        sender = senders[_sender_key(delivery)]
+        report.add(
+            "deferred",
+            release(
+                [delivery],
+                now=now,
+                reason=f"paced: {sender.key} sends at most {sender.rate_per_second:g}/s; "
+                f"its slot is {slot:%H:%M:%S}",
+                send_at=slot,
+                paced_until=slot,
+            ),
+        )
+
+
+def _send_batch(
+    claimed: list[Delivery],
+    *,
+    clock: Clock | ManualClock,
+    breaker: str,
+    channels: dict,
+    report: DispatchReport,
+) -> bool:
+    """Send one claimed batch of one channel; returns False when the breaker opened."""
+    now = clock.now()
+    claimed = _skip_suppressed(claimed, now=now, report=report)
+    keys = {_sender_key(d) for d in claimed}
+    pacing.ensure_senders(keys)
+    senders = {s.key: s for s in pacing.Sender.objects.filter(key__in=keys)}
+    slotted = _schedule_slots(claimed, now=now)
+    horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
+    for index, (slot, delivery) in enumerate(slotted):
+        if delivery.expires_at and slot >= delivery.expires_at:
+            _expire_in_queue(delivery, slot=slot, now=now)
+            report.add("expired")
+            continue
+        if slot > clock.now() + horizon:
+            _put_back_paced(slotted[index:], now=now, senders=senders, report=report)
+            return True
+        clock.sleep_until(slot)
+        sender = senders[_sender_key(delivery)]
+        handed_at = clock.now()
+        outcome, error = send_claimed(
+            delivery, now=handed_at, channels=channels, max_queue_hours=sender.max_queue_hours
+        )
+        report.add(outcome)
+        if error is None:
+            breakers.record_success(breaker, now=handed_at)
+            continue
+        if error.retry_after:
+            pacing.pause(key=sender.key, until=handed_at + timedelta(seconds=error.retry_after))
+        if not error.permanent and breakers.record_failure(
+            breaker, now=handed_at, error=str(error)
+        ):
+            rest = [d for _, d in slotted[index + 1 :]]
+            report.add("deferred", release(rest, now=handed_at, reason=f"breaker {breaker} open"))
+            return False
+    return True
+
+
+def dispatch_due(
+    *, now: datetime, limit: int | None = None, clock: Clock | ManualClock | None = None
+) -> DispatchReport:
+    """Sweep stuck and expired rows, then send due deliveries channel by channel in batches
+    until none are due (or `limit` have been handled)."""
+    clock = clock or Clock(now)
     report = DispatchReport(unknown=mark_stuck_unknown(now=now), expired=expire_overdue(now=now))
-    batch = settings.DISPATCH_BATCH_SIZE
+    frozen = frozen_filter(active_switches())
+    if frozen is not None:
+        report.frozen = _due(now=now, frozen=None).filter(frozen).count()
     handled = 0
     channels: dict = {}
-    while limit is None or handled < limit:
-        size = batch if limit is None else min(batch, limit - handled)
-        claimed = claim_due(now=now, limit=size)
-        for delivery in claimed:
-            report.add(send_claimed(delivery, now=now, channels=channels))
-        handled += len(claimed)
-        if len(claimed) < size:
-            break
+    for channel in Channel.values:
+        breaker = breakers.breaker_key(channel, provider_of(channel))
+        gate = breakers.gate(breaker, now=now)
+        if gate == "open":
+            report.add("deferred", reroute_to_fallback(channel=channel, now=now, frozen=frozen))
+            continue
+        while limit is None or handled < limit:
+            size = 1 if gate == "trial" else settings.DISPATCH_BATCH_SIZE
+            size = size if limit is None else min(size, limit - handled)
+            claimed = claim_due(now=clock.now(), limit=size, channel=channel, frozen=frozen)
+            handled += len(claimed)
+            closed = _send_batch(
+                claimed, clock=clock, breaker=breaker, channels=channels, report=report
+            )
+            if not closed or gate == "trial" or len(claimed) < size:
+                break
     return report
+
+
+def reroute_to_fallback(*, channel: str, now: datetime, frozen: Q | None) -> int:
+    """While a provider's breaker is open, due deliveries that name a fallback channel go
+    there instead (email → SMS); the rest wait for the breaker to close."""
+    breaker = breakers.breaker_key(channel, provider_of(channel))
+    due = _due(now=now, frozen=frozen).filter(channel=channel).exclude(fallback_channel="")
+    moved = 0
+    for original in due.order_by("send_at", "id")[: settings.DISPATCH_BATCH_SIZE]:
+        other = breakers.breaker_key(
+            original.fallback_channel, provider_of(original.fallback_channel)
+        )
+        if breakers.get_breaker(other).state == breakers.State.OPEN:
+            continue
+        moved += fallback_create(original, now=now, reason=f"breaker {breaker} open")
+    return moved
+
+
+def fallback_create(original: Delivery, *, now: datetime, reason: str) -> int:
+    """Replace a scheduled delivery by one on its fallback channel (idempotent)."""
+    with transaction.atomic():
+        if not Delivery.objects.filter(id=original.id, status=Status.SCHEDULED).update(
+            status=Status.SKIPPED,
+            status_reason=f"{reason}: sent by {original.fallback_channel} instead"[:300],
+            updated_at=now,
+        ):
+            return 0
+        fallback, _ = Delivery.objects.get_or_create(
+            idempotency_key=f"{original.idempotency_key}:fallback:{original.fallback_channel}",
+            defaults={
+                "notification_id": original.notification_id,
+                "workflow_run_id": original.workflow_run_id,
+                "recipient_key": original.recipient_key,
+                "channel": original.fallback_channel,
+                "address": original.fallback_address,
+                "subject": original.subject,
+                "body": original.body,
+                "send_at": now,
+                "expires_at": original.expires_at,
+                "max_attempts": original.max_attempts,
+                "retry_base_seconds": original.retry_base_seconds,
+                "retry_max_seconds": original.retry_max_seconds,
+                "fallback_of": original,
+                "status_reason": f"fallback for delivery {original.id}: {reason}"[:300],
+                "created_at": now,
+            },
+        )
+        DeliveryEvent.objects.create(
+            delivery=original, kind="skipped", at=now, reason=f"{reason}: fallback {fallback.id}"
+        )
+    return 1
 
 
 def next_due_in(*, now: datetime) -> float | None:

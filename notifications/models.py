@@ -228,6 +228,24 @@ class Delivery(models.Model):
     fallback_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="fallbacks"
     )
+    fallback_channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        blank=True,
+        help_text="Where to send instead when this channel cannot (e.g. email → SMS).",
+    )
+    fallback_address = models.CharField(max_length=254, blank=True)
+    sender = models.CharField(
+        max_length=200,
+        blank=True,
+        db_index=True,
+        help_text="The paced sending identity, e.g. sms:+15005550006 or whatsapp:1055.",
+    )
+    paced_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The sending slot this delivery already holds with its sender's pacing.",
+    )
     workflow_run = models.ForeignKey(
         WorkflowRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
     )
@@ -360,3 +378,177 @@ class RecordedMessage(models.Model):
 
     def __str__(self):
         return f"{self.channel} to {self.to}"
+
+
+class Suppression(models.Model):
+    """An address Herald must not contact on a channel: a hard bounce, a complaint, an
+    unsubscribe or a manual block. Dispatch skips it with the reason recorded."""
+
+    class Reason(models.TextChoices):
+        BOUNCE = "bounce", "Hard bounce"
+        COMPLAINT = "complaint", "Spam complaint"
+        UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
+        MANUAL = "manual", "Manual"
+
+    address = models.CharField(max_length=254, help_text="Lower-case email or E.164 number.")
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    source = models.CharField(
+        max_length=300, blank=True, help_text="What caused it, e.g. the tracking event."
+    )
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["address", "channel"], name="suppressed_once")
+        ]
+
+    def __str__(self):
+        return f"{self.address} ({self.channel}): {self.get_reason_display()}"
+
+
+class UnmatchedProviderEvent(models.Model):
+    """A tracking callback for a message id Herald does not know (yet): kept so it can be
+    matched when the delivery records its provider id, instead of failing the webhook."""
+
+    provider = models.CharField(max_length=40)
+    provider_message_id = models.CharField(max_length=200, db_index=True)
+    kind = models.CharField(max_length=20)
+    provider_event_id = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+    data = models.JSONField(default=dict, blank=True)
+    matched_delivery = models.ForeignKey(
+        Delivery, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self):
+        return f"{self.provider} {self.kind} for {self.provider_message_id}"
+
+
+class Sender(models.Model):
+    """A sending identity with its provider rate (an email account, a Twilio number, a
+    WhatsApp phone-number id). Sends are spaced at least 1/rate seconds apart across every
+    worker, so no one-second window carries more than `rate_per_second` messages."""
+
+    key = models.CharField(max_length=200, unique=True, help_text="e.g. sms:+15005550006")
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    rate_per_second = models.FloatField(
+        default=1.0, help_text="Most messages per second (US long code: 1; WhatsApp: 80)."
+    )
+    next_slot_at = models.DateTimeField(
+        null=True, blank=True, help_text="Earliest time the next message may be handed over."
+    )
+    paused_until = models.DateTimeField(
+        null=True, blank=True, help_text="Set by a 429 with Retry-After: nothing before this."
+    )
+    max_queue_hours = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="How long the provider holds a queued message (Twilio SMS: 10 h). A delivery "
+        "that would expire in the provider's queue is not handed over.",
+    )
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return f"{self.key} ({self.rate_per_second:g}/s)"
+
+
+class ProviderBreaker(models.Model):
+    """A provider's circuit breaker, shared by every worker."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "Closed (sending)"
+        OPEN = "open", "Open (holding)"
+        HALF_OPEN = "half_open", "Half-open (one trial call)"
+
+    provider = models.CharField(max_length=40, unique=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    threshold = models.PositiveIntegerField(
+        default=5, help_text="Consecutive transient failures that open the breaker."
+    )
+    cooloff_seconds = models.PositiveIntegerField(
+        default=60, help_text="How long it stays open before one trial call."
+    )
+    opened_at = models.DateTimeField(null=True, blank=True)
+    trial_token = models.UUIDField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["provider"]
+
+    def __str__(self):
+        return f"{self.provider}: {self.state}"
+
+
+class BreakerTransition(models.Model):
+    breaker = models.ForeignKey(ProviderBreaker, on_delete=models.CASCADE, related_name="history")
+    at = models.DateTimeField(default=timezone.now)
+    from_state = models.CharField(max_length=20)
+    to_state = models.CharField(max_length=20)
+    reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{self.from_state} → {self.to_state} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class KillSwitch(models.Model):
+    """Stops matching deliveries in place (they stay scheduled) while it is on."""
+
+    class Scope(models.TextChoices):
+        EVERYTHING = "everything", "Everything"
+        CHANNEL = "channel", "One channel"
+        WORKFLOW = "workflow", "One workflow"
+        HIGH_RISK = "high_risk_ops", "High-risk operations (workflows of risk 3 or more)"
+
+    name = models.CharField(max_length=120, unique=True, help_text="e.g. high_risk_ops")
+    scope = models.CharField(max_length=20, choices=Scope.choices)
+    channel = models.CharField(max_length=20, choices=Channel.choices, blank=True)
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    is_on = models.BooleanField(default=False)
+    reason = models.CharField(max_length=300, blank=True)
+    changed_by = models.CharField(max_length=150, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "kill switches"
+        permissions = [("toggle_killswitch", "Can turn kill switches on and off")]
+
+    def __str__(self):
+        return f"{self.name} ({'ON' if self.is_on else 'off'})"
+
+    def clean(self):
+        if self.scope == self.Scope.CHANNEL and not self.channel:
+            raise ValidationError({"channel": "A channel switch needs its channel."})
+        if self.scope == self.Scope.WORKFLOW and not self.workflow_id:
+            raise ValidationError({"workflow": "A workflow switch needs its workflow."})
+
+
+class KillSwitchChange(models.Model):
+    """Audit: who turned which switch on or off, when, and why."""
+
+    switch = models.ForeignKey(KillSwitch, on_delete=models.CASCADE, related_name="changes")
+    turned_on = models.BooleanField()
+    by = models.CharField(max_length=150)
+    reason = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{'on' if self.turned_on else 'off'} by {self.by} at {self.at:%Y-%m-%d %H:%M}"

@@ -9,6 +9,7 @@ from datetime import datetime
 from django.db import transaction
 
 from notifications.models import Delivery, Notification, Workflow
+from notifications.pacing import sender_key
 from notifications.templating import compile_template
 
 logger = logging.getLogger(__name__)
@@ -69,12 +70,14 @@ def stage_deliveries(
             row_payload.setdefault(
                 "parameters", [str(context.get(v, "")) for v in compiled.variables]
             )
+        channel = recipient.channel or compiled.channel
         rows.append(
             Delivery(
                 notification=notification,
                 workflow_run=notification.workflow_run,
                 recipient_key=recipient.key,
-                channel=recipient.channel or compiled.channel,
+                channel=channel,
+                sender=sender_key(channel, row_payload),
                 address=recipient.address,
                 subject=rendered.subject,
                 body=rendered.body,

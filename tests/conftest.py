@@ -51,3 +51,10 @@ def django_db_modify_db_settings():
     from django.conf import settings
 
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(autouse=True)
+def fast_senders(settings):
+    """Tests that are not about pacing should not wait for it: every sender starts at a
+    rate no test reaches. Pacing tests set their senders' rates themselves."""
+    settings.SENDER_DEFAULT_RATES = {"email": 1e6, "sms": 1e6, "whatsapp": 1e6}

@@ -65,6 +65,9 @@ class TwilioSMSChannel(Channel):
             params["from_"] = self.from_number
         if message.status_callback:
             params["status_callback"] = message.status_callback
+        if message.payload.get("validity_period"):
+            # Twilio drops the message rather than deliver it after this many seconds.
+            params["validity_period"] = int(message.payload["validity_period"])
         try:
             return self.client.messages.create(**params).sid
         except (TwilioException, requests.RequestException) as exc:

@@ -8,11 +8,19 @@ import responses
 from django.core.management import call_command
 from django.db import connections
 
-from notifications.dispatch import dispatch_due, retry_delay
+from notifications import dispatch
+from notifications.dispatch import ManualClock, retry_delay
 from notifications.models import Delivery, DeliveryEvent, Event, RecordedMessage
 from tests.notifications.factories import DeliveryFactory
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def dispatch_due(*, now, **kwargs):
+    """Dispatch on a clock that stands still unless pacing waits (then it is moved)."""
+    return dispatch.dispatch_due(now=now, clock=ManualClock(now), **kwargs)
+
+
 TWILIO_URL = "https://api.twilio.com/2010-04-01/Accounts/AC123/Messages.json"
 
 
@@ -175,6 +183,8 @@ def test_dispatch_due_command_prints_json_counts():
         "expired": 1,
         "deferred": 0,
         "unknown": 0,
+        "skipped": 0,
+        "frozen": 0,
     }
 
 

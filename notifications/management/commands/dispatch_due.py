@@ -10,8 +10,10 @@ from notifications.dispatch import dispatch_due
 class Command(BaseCommand):
     help = (
         "Send every delivery that is due: marks rows stuck in 'sending' as unknown, expires "
-        "overdue rows, claims and sends the rest, schedules retries. Prints the counts "
-        "(sent, failed, retried, expired, deferred, unknown)."
+        "overdue rows, claims and sends the rest at each sender's pace, schedules retries. "
+        "Prints the counts: sent, failed, retried, expired, deferred (paced, breaker open or "
+        "moved to a fallback channel), unknown (to reconcile), skipped (suppressed), frozen "
+        "(held by a kill switch)."
     )
 
     def add_arguments(self, parser):

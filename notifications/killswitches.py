@@ -1,0 +1,69 @@
+"""Kill switches: while one is on, matching deliveries stay scheduled and are not claimed."""
+
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+
+from notifications.models import Delivery, KillSwitch, KillSwitchChange
+
+HIGH_RISK_LEVEL = 3
+HIGH_RISK_OPS = "high_risk_ops"
+
+
+def active_switches() -> list[KillSwitch]:
+    return list(KillSwitch.objects.filter(is_on=True).select_related("workflow"))
+
+
+def frozen_filter(switches: list[KillSwitch]) -> Q | None:
+    """A filter matching the deliveries the switches freeze (None: nothing frozen)."""
+    frozen = Q(pk__in=[])
+    for switch in switches:
+        if switch.scope == KillSwitch.Scope.EVERYTHING:
+            return Q()
+        if switch.scope == KillSwitch.Scope.CHANNEL:
+            frozen |= Q(channel=switch.channel)
+        elif switch.scope == KillSwitch.Scope.WORKFLOW:
+            frozen |= Q(workflow_run__workflow_id=switch.workflow_id)
+        elif switch.scope == KillSwitch.Scope.HIGH_RISK:
+            frozen |= Q(workflow_run__workflow__risk_level__gte=HIGH_RISK_LEVEL)
+    return frozen if switches else None
+
+
+def switch_for(delivery: Delivery, switches: list[KillSwitch]) -> KillSwitch | None:
+    """The first switch that freezes this delivery, if any."""
+    workflow = delivery.workflow_run.workflow if delivery.workflow_run_id else None
+    Scope = KillSwitch.Scope
+    for switch in switches:
+        if switch.scope == Scope.EVERYTHING:
+            return switch
+        if switch.scope == Scope.CHANNEL and switch.channel == delivery.channel:
+            return switch
+        if workflow is None:
+            continue
+        if switch.scope == Scope.WORKFLOW and switch.workflow_id == workflow.id:
+            return switch
+        if switch.scope == Scope.HIGH_RISK and workflow.risk_level >= HIGH_RISK_LEVEL:
+            return switch
+    return None
+
+
+def is_on(name: str) -> bool:
+    return KillSwitch.objects.filter(name=name, is_on=True).exists()
+
+
+def killswitch_set(*, switch: KillSwitch, on: bool, by: str, reason: str, now: datetime) -> bool:
+    """Turn a switch on or off, with an audit row. Returns False if it already was."""
+    with transaction.atomic():
+        changed = KillSwitch.objects.filter(pk=switch.pk, is_on=not on).update(
+            is_on=on, reason=reason, changed_by=by, changed_at=now
+        )
+        if changed:
+            KillSwitchChange.objects.create(
+                switch=switch, turned_on=on, by=by, reason=reason, at=now
+            )
+    if changed and not on:
+        from notifications.outbox import kick_dispatch_on_commit
+
+        kick_dispatch_on_commit()
+    return bool(changed)
