@@ -1,5 +1,6 @@
 """Turn environment values into settings. Plain functions so tests can feed them variants."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -31,7 +32,9 @@ def database_config(url: str, *, var_dir: Path) -> dict:
         )
         # Tests use a file too (not :memory:), so threads in race tests get SQLite's real
         # file locking and busy timeout instead of shared-cache "table is locked" errors.
-        config.setdefault("TEST", {}).setdefault("NAME", str(var_dir / "test-herald.sqlite3"))
+        # One file per test process, so two test runs side by side never share one.
+        test_name = var_dir / f"test-herald-{os.getpid()}.sqlite3"
+        config.setdefault("TEST", {}).setdefault("NAME", str(test_name))
     elif engine.endswith("postgresql"):
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)

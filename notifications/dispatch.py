@@ -348,7 +348,7 @@ def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: Dispatch
     for channel, group in by_channel.items():
         found = tracking.suppressions_for([d.address for d in group], channel)
         for delivery in group:
-            suppression = found.get(tracking.normalize_address(delivery.address, channel))
+            suppression = found.get(delivery.address)
             if suppression is None:
                 keep.append(delivery)
                 continue
@@ -433,16 +433,29 @@ def _send_batch(
     senders = {s.key: s for s in pacing.Sender.objects.filter(key__in=keys)}
     slotted = _schedule_slots(claimed, now=now)
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
+    paused: dict[str, datetime] = {}
     for index, (slot, delivery) in enumerate(slotted):
+        sender = senders[_sender_key(delivery)]
+        if sender.key in paused:
+            report.add(
+                "deferred",
+                release(
+                    [delivery],
+                    now=now,
+                    reason=f"paced: provider asked {sender.key} to wait until "
+                    f"{paused[sender.key]:%H:%M:%S}",
+                    send_at=paused[sender.key],
+                ),
+            )
+            continue
         if delivery.expires_at and slot >= delivery.expires_at:
             _expire_in_queue(delivery, slot=slot, now=now)
             report.add("expired")
             continue
-        if slot > clock.now() + horizon:
+        if slot > now + horizon:
             _put_back_paced(slotted[index:], now=now, senders=senders, report=report)
             return True
         clock.sleep_until(slot)
-        sender = senders[_sender_key(delivery)]
         handed_at = clock.now()
         outcome, error = send_claimed(
             delivery, now=handed_at, channels=channels, max_queue_hours=sender.max_queue_hours
@@ -452,7 +465,8 @@ def _send_batch(
             breakers.record_success(breaker, now=handed_at)
             continue
         if error.retry_after:
-            pacing.pause(key=sender.key, until=handed_at + timedelta(seconds=error.retry_after))
+            paused[sender.key] = handed_at + timedelta(seconds=error.retry_after)
+            pacing.pause(key=sender.key, until=paused[sender.key])
         if not error.permanent and breakers.record_failure(
             breaker, now=handed_at, error=str(error)
         ):

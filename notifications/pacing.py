@@ -5,6 +5,7 @@ database and advanced under a row lock, so every worker shares one pace and no o
 window holds more than the rate. A 429 with Retry-After pauses the sender.
 """
 
+import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -50,7 +51,8 @@ def reserve_slots(*, key: str, count: int, now: datetime) -> tuple[list[datetime
     """Reserve `count` consecutive sending slots for one sender (earliest first)."""
     with transaction.atomic():
         sender = Sender.objects.select_for_update().get(key=key)
-        interval = timedelta(seconds=1 / sender.rate_per_second)
+        # Rounded up to the microsecond, so `rate` slots never fit inside one second.
+        interval = timedelta(microseconds=math.ceil(1_000_000 / sender.rate_per_second))
         start = max(t for t in (now, sender.next_slot_at, sender.paused_until) if t is not None)
         slots = [start + interval * i for i in range(count)]
         sender.next_slot_at = start + interval * count
