@@ -9,18 +9,29 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from notifications import operations
+from notifications.admin_confirm import confirm_page, confirmed
+from notifications.holds import HoldContext, explain
+from notifications.killswitches import killswitch_set
 from notifications.models import (
+    BreakerTransition,
     Delivery,
     DeliveryEvent,
     Event,
     EventHandling,
+    KillSwitch,
+    KillSwitchChange,
     MessageTemplate,
     Notification,
+    ProviderBreaker,
     RecordedMessage,
+    Sender,
+    Suppression,
+    UnmatchedProviderEvent,
     Workflow,
     WorkflowRun,
 )
 from notifications.templating import TemplateProblem, compile_template
+from notifications.tracking import suppress
 
 STATUS_COLOURS = {
     "scheduled": "#2563eb",
@@ -76,7 +87,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         "address",
         "subject_short",
         "status_badge",
-        "status_reason",
+        "why_and_when",
         "send_at",
         "attempts",
         "provider",
@@ -88,7 +99,19 @@ class DeliveryAdmin(admin.ModelAdmin):
     inlines = [DeliveryEventInline]
     actions = ["retry_failed", "cancel_scheduled"]
     fieldsets = (
-        (None, {"fields": ("status", "status_reason", "send_at", "expires_at", "sent_at")}),
+        (
+            None,
+            {
+                "fields": (
+                    "status",
+                    "status_reason",
+                    "why_and_when",
+                    "send_at",
+                    "expires_at",
+                    "sent_at",
+                )
+            },
+        ),
         ("Recipient", {"fields": ("recipient_key", "channel", "address")}),
         ("Message", {"fields": ("subject", "body", "html_preview", "payload_pretty")}),
         (
@@ -102,6 +125,9 @@ class DeliveryAdmin(admin.ModelAdmin):
                     "provider",
                     "provider_message_id",
                     "claimed_at",
+                    "sender",
+                    "fallback_channel",
+                    "fallback_address",
                     "fallback_of",
                     "notification",
                     "workflow_run",
@@ -117,6 +143,28 @@ class DeliveryAdmin(admin.ModelAdmin):
         # The outbox is a record: what was (or will be) sent is never edited by hand.
         # Use the actions to retry or cancel.
         return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
+
+    def changelist_view(self, request, extra_context=None):
+        # Read the switches, breakers and pauses once for the whole page.
+        request.hold_context = HoldContext.load()
+        return super().changelist_view(request, extra_context)
+
+    def get_queryset(self, request):
+        self._request = request
+        return super().get_queryset(request)
+
+    @admin.display(description="why not sent yet / when")
+    def why_and_when(self, obj):
+        context = getattr(getattr(self, "_request", None), "hold_context", None)
+        hold = explain(obj, now=timezone.now(), context=context)
+        if hold is None:
+            return obj.status_reason or "—"
+        when = (
+            f" — expected {hold.expected_at:%Y-%m-%d %H:%M:%S}"
+            if hold.expected_at
+            else (" — waits for a person")
+        )
+        return f"{hold.reason}{when}"
 
     @admin.display(description="subject", ordering="subject")
     def subject_short(self, obj):
@@ -311,6 +359,171 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     list_filter = ("status", "workflow")
     date_hierarchy = "started_at"
     readonly_fields = ("workflow", "status", "started_at", "completed_at", "summary")
+
+    def has_add_permission(self, request):
+        return False
+
+
+class KillSwitchChangeInline(ReadOnlyInline):
+    model = KillSwitchChange
+    fields = ("at", "turned_on", "by", "reason")
+    readonly_fields = fields
+    verbose_name_plural = "Audit: every time it was turned on or off"
+
+
+@admin.register(KillSwitch)
+class KillSwitchAdmin(admin.ModelAdmin):
+    """Turning a switch on or off needs notifications.toggle_killswitch and is audited."""
+
+    list_display = (
+        "name",
+        "scope",
+        "channel",
+        "workflow",
+        "state",
+        "reason",
+        "changed_by",
+        "changed_at",
+    )  # noqa: E501
+    list_filter = ("is_on", "scope")
+    readonly_fields = ("is_on", "reason", "changed_by", "changed_at")
+    fields = ("name", "scope", "channel", "workflow", "is_on", "reason", "changed_by", "changed_at")
+    inlines = [KillSwitchChangeInline]
+    actions = ["turn_on", "turn_off"]
+
+    @admin.display(description="state", ordering="is_on")
+    def state(self, obj):
+        return badge(
+            "failed" if obj.is_on else "sent", "ON — holding sends" if obj.is_on else "off"
+        )
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not request.user.has_perm("notifications.toggle_killswitch"):
+            actions.pop("turn_on", None)
+            actions.pop("turn_off", None)
+        return actions
+
+    def _toggle(self, request, queryset, *, on: bool):
+        if not request.user.has_perm("notifications.toggle_killswitch"):
+            self.message_user(request, "You may not turn kill switches on or off.", messages.ERROR)
+            return None
+        targets = queryset.filter(is_on=not on)
+        if not confirmed(request):
+            frozen = (
+                "freezes every matching scheduled delivery in place"
+                if on
+                else ("releases the deliveries it holds; they are sent on the next dispatch round")
+            )
+            return confirm_page(
+                self,
+                request,
+                targets,
+                action="turn_on" if on else "turn_off",
+                title=f"Turn {'on' if on else 'off'} {targets.count()} kill switch(es)",
+                summary=f"Turning {'on' if on else 'off'} {targets.count()} switch(es) {frozen}.",
+                items=[str(s) for s in targets],
+                confirm_label=f"Yes, turn {'on' if on else 'off'}",
+                ask_reason=True,
+            )
+        reason = request.POST.get("reason", "").strip()
+        count = sum(
+            killswitch_set(
+                switch=s, on=on, by=request.user.username, reason=reason, now=timezone.now()
+            )  # noqa: E501
+            for s in targets
+        )
+        self.message_user(request, f"{count} kill switch(es) turned {'on' if on else 'off'}.")
+        return None
+
+    @admin.action(description="Turn on (freeze matching deliveries)")
+    def turn_on(self, request, queryset):
+        return self._toggle(request, queryset, on=True)
+
+    @admin.action(description="Turn off (release held deliveries)")
+    def turn_off(self, request, queryset):
+        return self._toggle(request, queryset, on=False)
+
+
+@admin.register(Sender)
+class SenderAdmin(admin.ModelAdmin):
+    list_display = (
+        "key",
+        "channel",
+        "rate_per_second",
+        "max_queue_hours",
+        "next_slot_at",
+        "paused_until",
+    )  # noqa: E501
+    list_filter = ("channel",)
+    search_fields = ("key",)
+    list_editable = ("rate_per_second",)
+    readonly_fields = ("next_slot_at", "paused_until")
+
+
+class BreakerTransitionInline(ReadOnlyInline):
+    model = BreakerTransition
+    fields = ("at", "from_state", "to_state", "reason")
+    readonly_fields = fields
+    verbose_name_plural = "History"
+
+
+@admin.register(ProviderBreaker)
+class ProviderBreakerAdmin(admin.ModelAdmin):
+    list_display = (
+        "provider",
+        "state_badge",
+        "consecutive_failures",
+        "threshold",
+        "opened_at",
+        "last_error",
+    )  # noqa: E501
+    list_filter = ("state",)
+    readonly_fields = ("provider", "state", "consecutive_failures", "opened_at", "last_error")
+    fields = readonly_fields + ("threshold", "cooloff_seconds")
+    inlines = [BreakerTransitionInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj):
+        colour = {"closed": "sent", "open": "failed", "half_open": "unknown"}[obj.state]
+        return badge(colour, obj.get_state_display())
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    list_display = ("address", "channel", "reason", "source", "created_by", "created_at")
+    list_filter = ("channel", "reason")
+    search_fields = ("address", "source")
+    date_hierarchy = "created_at"
+    fields = ("address", "channel", "reason", "source")
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields if obj else ()
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        suppress(
+            address=obj.address,
+            channel=obj.channel,
+            reason=obj.reason,
+            source=obj.source or "added in the admin",
+            by=request.user.username,
+            now=timezone.now(),
+        )
+
+
+@admin.register(UnmatchedProviderEvent)
+class UnmatchedProviderEventAdmin(admin.ModelAdmin):
+    """Tracking callbacks for message ids not (yet) known: matched once the id is recorded."""
+
+    list_display = ("received_at", "provider", "provider_message_id", "kind", "matched_delivery")
+    list_filter = ("provider", "kind")
+    search_fields = ("provider_message_id",)
+    readonly_fields = [f.name for f in UnmatchedProviderEvent._meta.fields if f.name != "id"]
 
     def has_add_permission(self, request):
         return False

@@ -1,0 +1,115 @@
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+from django.utils import timezone
+
+from notifications.holds import explain
+from notifications.models import KillSwitch, KillSwitchChange, ProviderBreaker, Suppression
+from tests.notifications.factories import DeliveryFactory
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = "admin:notifications_killswitch_changelist"
+
+
+@pytest.fixture
+def switch():
+    return KillSwitch.objects.create(name="high_risk_ops", scope="high_risk_ops")
+
+
+def _staff(client, *perms):
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    codenames = ["view_killswitch", "change_killswitch", *perms]
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return user
+
+
+def test_turning_a_switch_on_shows_a_confirmation_then_audits(admin_client, switch):
+    url = reverse(CHANGELIST)
+    page = admin_client.post(url, {"action": "turn_on", "_selected_action": [switch.pk]})
+    assert (
+        "Turning on 1 switch(es) freezes every matching scheduled delivery" in page.content.decode()
+    )
+    switch.refresh_from_db()
+    assert switch.is_on is False  # nothing happens before the confirmation
+
+    admin_client.post(
+        url,
+        {"action": "turn_on", "_selected_action": [switch.pk], "post": "yes", "reason": "bad copy"},
+    )
+    switch.refresh_from_db()
+    assert (switch.is_on, switch.changed_by, switch.reason) == (True, "admin", "bad copy")
+    assert KillSwitchChange.objects.get().turned_on is True
+
+
+def test_staff_without_the_toggle_permission_cannot_turn_a_switch_on(client, switch):
+    _staff(client)
+    client.post(
+        reverse(CHANGELIST),
+        {"action": "turn_on", "_selected_action": [switch.pk], "post": "yes", "reason": "x"},
+    )
+    switch.refresh_from_db()
+    assert switch.is_on is False
+    assert not KillSwitchChange.objects.exists()
+
+
+def test_staff_with_the_toggle_permission_can(client, switch):
+    _staff(client, "toggle_killswitch")
+    client.post(
+        reverse(CHANGELIST),
+        {"action": "turn_on", "_selected_action": [switch.pk], "post": "yes", "reason": "x"},
+    )
+    switch.refresh_from_db()
+    assert switch.is_on is True
+
+
+def test_the_is_on_flag_cannot_be_edited_in_the_form(admin_client, switch):
+    admin_client.post(
+        reverse("admin:notifications_killswitch_change", args=[switch.pk]),
+        {"name": switch.name, "scope": switch.scope, "is_on": "on"},
+    )
+    switch.refresh_from_db()
+    assert switch.is_on is False
+
+
+def test_the_delivery_list_says_why_a_delivery_waits_and_until_when(admin_client):
+    now = timezone.now()
+    KillSwitch.objects.create(
+        name="stop sms", scope="channel", channel="sms", is_on=True, reason="outage"
+    )  # noqa: E501
+    DeliveryFactory(channel="sms", address="+14155550100", send_at=now)
+    later = DeliveryFactory(send_at=now + timedelta(hours=3), status_reason="cadence: daily limit")
+    page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
+    assert "frozen by kill switch stop sms: outage — waits for a person" in page
+    assert f"cadence: daily limit — expected {later.send_at:%Y-%m-%d %H:%M:%S}" in page
+
+
+def test_holds_name_the_breaker_and_its_trial_time():
+    now = timezone.now()
+    ProviderBreaker.objects.create(
+        provider="email:anymail", state="open", opened_at=now, cooloff_seconds=60
+    )  # noqa: E501
+    hold = explain(DeliveryFactory(send_at=now), now=now)
+    assert hold.kind == "breaker"
+    assert hold.expected_at == now + timedelta(seconds=60)
+
+
+def test_holds_name_a_suppression():
+    Suppression.objects.create(address="x@example.com", channel="email", reason="unsubscribe")
+    hold = explain(DeliveryFactory(address="x@example.com"), now=timezone.now())
+    assert (hold.kind, hold.reason, hold.expected_at) == (
+        "suppressed",
+        "will be skipped: Unsubscribed",
+        None,
+    )  # noqa: E501
+
+
+def test_manual_suppression_in_the_admin_records_who(admin_client):
+    admin_client.post(
+        reverse("admin:notifications_suppression_add"),
+        {"address": "Angry@Example.com", "channel": "email", "reason": "manual", "source": ""},
+    )
+    suppression = Suppression.objects.get()
+    assert (suppression.address, suppression.created_by) == ("angry@example.com", "admin")
