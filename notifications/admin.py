@@ -384,7 +384,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         "reason",
         "changed_by",
         "changed_at",
-    )  # noqa: E501
+    )
     list_filter = ("is_on", "scope")
     readonly_fields = ("is_on", "reason", "changed_by", "changed_at")
     fields = ("name", "scope", "channel", "workflow", "is_on", "reason", "changed_by", "changed_at")
@@ -430,7 +430,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         count = sum(
             killswitch_set(
                 switch=s, on=on, by=request.user.username, reason=reason, now=timezone.now()
-            )  # noqa: E501
+            )
             for s in targets
         )
         self.message_user(request, f"{count} kill switch(es) turned {'on' if on else 'off'}.")
@@ -454,7 +454,7 @@ class SenderAdmin(admin.ModelAdmin):
         "max_queue_hours",
         "next_slot_at",
         "paused_until",
-    )  # noqa: E501
+    )
     list_filter = ("channel",)
     search_fields = ("key",)
     list_editable = ("rate_per_second",)
@@ -477,7 +477,7 @@ class ProviderBreakerAdmin(admin.ModelAdmin):
         "threshold",
         "opened_at",
         "last_error",
-    )  # noqa: E501
+    )
     list_filter = ("state",)
     readonly_fields = ("provider", "state", "consecutive_failures", "opened_at", "last_error")
     fields = readonly_fields + ("threshold", "cooloff_seconds")

@@ -47,6 +47,7 @@ class DispatchReport:
     deferred: int = 0
     unknown: int = 0
     skipped: int = 0
+    cancelled: int = 0
     frozen: int = 0
 
     def add(self, outcome: str, count: int = 1) -> None:
@@ -279,7 +280,7 @@ def send_claimed(
         last_error="",
     )
     delivery.provider_message_id = provider_id
-    tracking.match_unmatched(delivery)
+    tracking.match_unmatched(delivery, now=now)
     return "sent", None
 
 
@@ -365,6 +366,58 @@ def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: Dispatch
     return keep
 
 
+@dataclass(frozen=True)
+class SendDecision:
+    """What a send-time check says about one claimed delivery: 'defer' it until a time,
+    'fallback' to its fallback channel, or 'cancel' it. Always with the reason."""
+
+    action: str
+    reason: str
+    until: datetime | None = None
+
+
+# Checks other apps register (from AppConfig.ready()) to re-decide a delivery at the moment
+# it would be sent: check(deliveries, now) -> {delivery id: SendDecision}.
+_send_time_checks: list = []
+
+
+def register_send_time_check(check) -> None:
+    if check not in _send_time_checks:
+        _send_time_checks.append(check)
+
+
+def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -> list[Delivery]:
+    for check in _send_time_checks:
+        if not claimed:
+            break
+        decisions = check(claimed, now)
+        keep = []
+        for delivery in claimed:
+            decision = decisions.get(delivery.id)
+            if decision is None:
+                keep.append(delivery)
+            elif decision.action == "defer":
+                report.add(
+                    "deferred",
+                    release([delivery], now=now, reason=decision.reason, send_at=decision.until),
+                )
+            elif decision.action == "fallback":
+                release([delivery], now=now, reason=decision.reason)
+                report.add("deferred", fallback_create(delivery, now=now, reason=decision.reason))
+            else:
+                _finish(
+                    delivery,
+                    now=now,
+                    kind="cancelled",
+                    reason=decision.reason,
+                    status=Status.CANCELLED,
+                    claim_token=None,
+                )
+                report.add("cancelled")
+        claimed = keep
+    return claimed
+
+
 def _sender_key(delivery: Delivery) -> str:
     return delivery.sender or pacing.sender_key(delivery.channel, delivery.payload)
 
@@ -428,6 +481,7 @@ def _send_batch(
     """Send one claimed batch of one channel; returns False when the breaker opened."""
     now = clock.now()
     claimed = _skip_suppressed(claimed, now=now, report=report)
+    claimed = _apply_send_time_checks(claimed, now=now, report=report)
     keys = {_sender_key(d) for d in claimed}
     pacing.ensure_senders(keys)
     senders = {s.key: s for s in pacing.Sender.objects.filter(key__in=keys)}

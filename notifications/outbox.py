@@ -8,9 +8,10 @@ from datetime import datetime
 
 from django.db import transaction
 
-from notifications.models import Delivery, Notification, Workflow
+from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
 from notifications.templating import compile_template
+from notifications.unsubscribe import unsubscribe_headers, unsubscribe_url
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def stage_deliveries(
     expires_at: datetime | None = None,
     policy: RetryPolicy | None = None,
     payload: Mapping | None = None,
+    unsubscribe: bool = True,
 ) -> int:
     """Render and insert one Delivery per recipient; returns how many rows are new.
 
     The idempotency key is `<key_prefix>:<recipient key>`; a recipient already staged under
-    that key is left as it is (a duplicate trigger no-ops).
+    that key is left as it is (a duplicate trigger no-ops). Email carries a signed one-click
+    unsubscribe link (RFC 8058 headers and a footer link) unless `unsubscribe` is False.
     """
     compiled = compile_template(notification.template)
     policy = policy or RetryPolicy.of(
@@ -64,13 +67,20 @@ def stage_deliveries(
     rows = []
     for recipient in recipients:
         context = {**notification.context, **recipient.context}
-        rendered = compiled.render(context)
+        channel = recipient.channel or compiled.channel
         row_payload = dict(base_payload)
+        layout = {}
+        if channel == Channel.EMAIL and unsubscribe:
+            layout["unsubscribe_url"] = unsubscribe_url(recipient.address)
+            row_payload["headers"] = {
+                **row_payload.get("headers", {}),
+                **unsubscribe_headers(recipient.address),
+            }
+        rendered = compiled.render(context, layout_context=layout)
         if "template" in row_payload:
             row_payload.setdefault(
                 "parameters", [str(context.get(v, "")) for v in compiled.variables]
             )
-        channel = recipient.channel or compiled.channel
         rows.append(
             Delivery(
                 notification=notification,

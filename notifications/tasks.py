@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from notifications.dispatch import dispatch_due, next_due_in
 from notifications.events import handle_due
+from notifications.tracking import match_pending
 
 # A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
 _HINT_HORIZON_SECONDS = 60
@@ -13,6 +14,8 @@ _HINT_HORIZON_SECONDS = 60
 @shared_task(name="herald.dispatch_due", ignore_result=True)
 def dispatch_due_task() -> dict:
     report = dispatch_due(now=timezone.now())
+    # Tracking callbacks that arrived before their send recorded the provider id.
+    match_pending(now=timezone.now())
     wait = next_due_in(now=timezone.now())
     if wait is not None and wait < _HINT_HORIZON_SECONDS:
         # A hint only (the beat sweep would find the row too); duplicates are harmless

@@ -78,7 +78,7 @@ def test_the_delivery_list_says_why_a_delivery_waits_and_until_when(admin_client
     now = timezone.now()
     KillSwitch.objects.create(
         name="stop sms", scope="channel", channel="sms", is_on=True, reason="outage"
-    )  # noqa: E501
+    )
     DeliveryFactory(channel="sms", address="+14155550100", send_at=now)
     later = DeliveryFactory(send_at=now + timedelta(hours=3), status_reason="cadence: daily limit")
     page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
@@ -90,7 +90,7 @@ def test_holds_name_the_breaker_and_its_trial_time():
     now = timezone.now()
     ProviderBreaker.objects.create(
         provider="email:anymail", state="open", opened_at=now, cooloff_seconds=60
-    )  # noqa: E501
+    )
     hold = explain(DeliveryFactory(send_at=now), now=now)
     assert hold.kind == "breaker"
     assert hold.expected_at == now + timedelta(seconds=60)
@@ -103,7 +103,7 @@ def test_holds_name_a_suppression():
         "suppressed",
         "will be skipped: Unsubscribed",
         None,
-    )  # noqa: E501
+    )
 
 
 def test_manual_suppression_in_the_admin_records_who(admin_client):

@@ -184,6 +184,7 @@ def test_dispatch_due_command_prints_json_counts():
         "deferred": 0,
         "unknown": 0,
         "skipped": 0,
+        "cancelled": 0,
         "frozen": 0,
     }
 

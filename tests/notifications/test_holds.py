@@ -100,7 +100,7 @@ def test_a_paced_delivery_says_why_it_waits(settings):
     assert (
         third.status_reason
         == "paced: email:Herald <herald@localhost> sends at most 1/s; its slot is 10:00:02"
-    )  # noqa: E501
+    )
     assert third.send_at == third.paced_until == NOW + timedelta(seconds=2)
 
 

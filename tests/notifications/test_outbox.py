@@ -84,3 +84,30 @@ def test_whatsapp_rows_carry_the_template_name_and_ordered_parameters():
         "template": "production_run_idle_reminder",
         "parameters": ["Asha", "42"],
     }
+
+
+def test_email_carries_a_one_click_unsubscribe_that_works_end_to_end(client, settings):
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+    from django.core import mail
+
+    from notifications.dispatch import ManualClock, dispatch_due
+    from notifications.models import Suppression
+
+    stage_deliveries(
+        notification=NotificationFactory(),
+        recipients=_recipients(1),
+        now=NOW,
+        key_prefix="u",
+    )
+    dispatch_due(now=NOW, clock=ManualClock(NOW))
+    message = mail.outbox[0]
+    assert message.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = message.extra_headers["List-Unsubscribe"].strip("<>")
+    assert link.startswith(f"{settings.SITE_URL}/unsubscribe/")
+    html = message.alternatives[0][0]
+    assert link in html  # the footer link too
+
+    path = link.removeprefix(settings.SITE_URL)
+    response = client.post(path, {"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    assert Suppression.objects.get().address == "c0@example.com"

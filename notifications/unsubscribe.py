@@ -1,0 +1,89 @@
+"""Unsubscribe links: a signed token naming an address and a channel, a page to confirm,
+and RFC 8058 one-click support for mail clients.
+
+The signature is the protection: nobody can unsubscribe an address they were not sent, so
+the page needs no login and the one-click POST (which mail clients send without cookies or
+a CSRF token) is accepted. GET never changes anything, because link scanners fetch it.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.core import signing
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from notifications.models import Channel, Suppression
+from notifications.tracking import suppress
+
+SALT = "herald.unsubscribe"
+
+
+def unsubscribe_token(address: str, channel: str = Channel.EMAIL) -> str:
+    return signing.dumps({"a": address, "c": str(channel)}, salt=SALT, compress=True)
+
+
+def read_token(token: str) -> tuple[str, str] | None:
+    """(address, channel) from a token we signed, or None for anything else."""
+    try:
+        data = signing.loads(token, salt=SALT)
+    except signing.BadSignature:
+        return None
+    if not isinstance(data, dict):
+        return None
+    address, channel = data.get("a"), data.get("c")
+    if not isinstance(address, str) or not address or channel not in Channel.values:
+        return None
+    return address, channel
+
+
+def unsubscribe_url(address: str, channel: str = Channel.EMAIL) -> str:
+    path = reverse("unsubscribe", args=[unsubscribe_token(address, channel)])
+    return f"{settings.SITE_URL}{path}"
+
+
+def unsubscribe_headers(address: str) -> dict:
+    """The List-Unsubscribe headers for an email to `address` (RFC 2369 and RFC 8058), which
+    Gmail and Yahoo require of bulk senders."""
+    return {
+        "List-Unsubscribe": f"<{unsubscribe_url(address, Channel.EMAIL)}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def mask_address(address: str) -> str:
+    """Enough to recognise one's own address, not enough to harvest it from a shared link."""
+    local, at, domain = address.partition("@")
+    if at:
+        return f"{local[:2]}{'*' * max(3, len(local) - 2)}@{domain}"
+    if len(address) <= 5:
+        return "*" * len(address)
+    return f"{address[:3]}{'*' * (len(address) - 5)}{address[-2:]}"
+
+
+@csrf_exempt
+@login_not_required
+@require_http_methods(["GET", "POST"])
+def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
+    """GET: a confirmation page. POST (its button, or a mail client's one-click): suppress."""
+    found = read_token(token)
+    if found is None:
+        return render(request, "notifications/unsubscribe_invalid.html", status=400)
+    address, channel = found
+    context = {"masked": mask_address(address), "channel": Channel(channel).label}
+    if request.method == "GET":
+        return render(request, "notifications/unsubscribe_confirm.html", context)
+    suppress(
+        address=address,
+        channel=channel,
+        reason=Suppression.Reason.UNSUBSCRIBE,
+        source="one-click unsubscribe",
+        by="recipient",
+        now=timezone.now(),
+    )
+    return render(request, "notifications/unsubscribe_done.html", context)
