@@ -199,6 +199,18 @@ class Delivery(models.Model):
     )
     channel = models.CharField(max_length=20, choices=Channel.choices)
     address = models.CharField(max_length=254, help_text="Email address or E.164 phone number.")
+    message_type = models.CharField(
+        max_length=20,
+        choices=MessageType.choices,
+        default=MessageType.CUSTOM,
+        help_text="Seed 003's type; cadence limits some types per day.",
+    )
+    context_key = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="What it is about, e.g. kiosk_health_status:12:3:LOW_BATTERY or "
+        "production_run:42:reminder:2026-11-23 (cooldowns, dedup, resolved notices).",
+    )
     subject = models.CharField(max_length=300, blank=True)
     body = models.TextField(blank=True, help_text="Rendered plain text.")
     html_body = models.TextField(blank=True, help_text="Rendered HTML (email).")
@@ -265,6 +277,8 @@ class Delivery(models.Model):
             models.Index(fields=["provider_message_id"], name="delivery_provider_id"),
             # cadence history: WHERE recipient_key IN (...) AND send_at >= ...
             models.Index(fields=["recipient_key", "send_at"], name="delivery_recipient_time"),
+            # dedup and resolved notices: WHERE context_key = ... AND created_at >= ...
+            models.Index(fields=["context_key", "created_at"], name="delivery_context_time"),
         ]
 
     def __str__(self):

@@ -87,6 +87,7 @@ def stage_deliveries(
                 workflow_run=notification.workflow_run,
                 recipient_key=recipient.key,
                 channel=channel,
+                message_type=notification.message_type,
                 sender=sender_key(channel, row_payload),
                 address=recipient.address,
                 subject=rendered.subject,
