@@ -22,6 +22,8 @@ class Recipient:
     address: str
     context: Mapping = field(default_factory=dict)
     channel: str = ""  # "" = the template's channel
+    fallback_channel: str = ""  # where to go when this channel cannot (e.g. "sms")
+    fallback_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ def stage_deliveries(
     policy: RetryPolicy | None = None,
     payload: Mapping | None = None,
     unsubscribe: bool = True,
+    context_key: str = "",
 ) -> int:
     """Render and insert one Delivery per recipient; returns how many rows are new.
 
@@ -88,6 +91,9 @@ def stage_deliveries(
                 recipient_key=recipient.key,
                 channel=channel,
                 message_type=notification.message_type,
+                context_key=context_key,
+                fallback_channel=recipient.fallback_channel,
+                fallback_address=recipient.fallback_address,
                 sender=sender_key(channel, row_payload),
                 address=recipient.address,
                 subject=rendered.subject,
