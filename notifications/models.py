@@ -566,3 +566,8 @@ class KillSwitchChange(models.Model):
 
     def __str__(self):
         return f"{'on' if self.turned_on else 'off'} by {self.by} at {self.at:%Y-%m-%d %H:%M}"
+
+
+# Trigger workflows (seed 003) live in their own module; importing them here registers them
+# with this app. At the bottom so that module can import the models above.
+from notifications.trigger_models import *  # noqa: E402, F403
