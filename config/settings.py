@@ -176,6 +176,9 @@ SENDER_MAX_QUEUE_HOURS = {"sms": 10.0}
 BREAKER_THRESHOLD = env.int("BREAKER_THRESHOLD", default=5)
 BREAKER_COOLOFF_SECONDS = env.int("BREAKER_COOLOFF_SECONDS", default=60)
 
+# Batch notification: the highest max_recipients anyone may set (the default cap is 50).
+BATCH_MAX_RECIPIENTS_CEILING = env.int("BATCH_MAX_RECIPIENTS_CEILING", default=10000)
+
 # --- Logging ------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,

@@ -153,9 +153,15 @@ def expire_overdue(*, now: datetime) -> int:
     )
 
 
+# Deliveries of a run that was aborted (batch breaker) wait for a resume or a cancel.
+HALTED_RUN_STATUSES = ("aborted", "cancelled")
+
+
 def _due(*, now: datetime, frozen: Q | None):
-    due = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    due = (
+        Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .exclude(workflow_run__status__in=HALTED_RUN_STATUSES)
     )
     return due.exclude(frozen) if frozen is not None else due
 
@@ -418,6 +424,23 @@ def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -
     return claimed
 
 
+# Listeners told of every send outcome: listener(delivery, outcome, now) -> True to halt the
+# rest of that delivery's workflow run (e.g. the batch circuit breaker tripped).
+_outcome_listeners: list = []
+
+
+def register_outcome_listener(listener) -> None:
+    if listener not in _outcome_listeners:
+        _outcome_listeners.append(listener)
+
+
+def _tell_listeners(delivery: Delivery, outcome: str, now: datetime) -> bool:
+    halt = False
+    for listener in _outcome_listeners:
+        halt = bool(listener(delivery, outcome, now)) or halt
+    return halt
+
+
 def _sender_key(delivery: Delivery) -> str:
     return delivery.sender or pacing.sender_key(delivery.channel, delivery.payload)
 
@@ -488,8 +511,13 @@ def _send_batch(
     slotted = _schedule_slots(claimed, now=now)
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
+    halted_runs: set[int] = set()
     for index, (slot, delivery) in enumerate(slotted):
         sender = senders[_sender_key(delivery)]
+        if delivery.workflow_run_id in halted_runs:
+            release([delivery], now=now, reason="its run was halted: resume or cancel it")
+            report.add("deferred")
+            continue
         if sender.key in paused:
             report.add(
                 "deferred",
@@ -515,6 +543,8 @@ def _send_batch(
             delivery, now=handed_at, channels=channels, max_queue_hours=sender.max_queue_hours
         )
         report.add(outcome)
+        if _tell_listeners(delivery, outcome, handed_at):
+            halted_runs.add(delivery.workflow_run_id)
         if error is None:
             breakers.record_success(breaker, now=handed_at)
             continue

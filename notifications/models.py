@@ -62,24 +62,194 @@ class WorkflowRun(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval (HITL gate)"
+        AWAITING_REVIEW = "awaiting_review", "Awaiting per-recipient review"
+        RUNNING = "running", "Sending"
         COMPLETED = "completed", "Completed"
         PARTIAL = "partial", "Partial"
         FAILED = "failed", "Failed"
-        ABORTED = "aborted", "Aborted"
+        ABORTED = "aborted", "Aborted (resume or cancel)"
         CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.COMPLETED, Status.PARTIAL, Status.FAILED, Status.CANCELLED)
 
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.CharField(max_length=300, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
     summary = models.JSONField(default=dict, blank=True)
+    inputs = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The seed's inputs: customer_cohort_filter, subject, body_template, "
+        "max_recipients, and the recipients frozen at launch.",
+    )
+    created_by = models.CharField(max_length=150, blank=True)
+    consecutive_failures = models.PositiveIntegerField(
+        default=0,
+        help_text="Failed sends in a row; 5 trip the batch circuit breaker (seed 001).",
+    )
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [
+            ("launch_batch", "Can launch a batch customer notification"),
+            ("override_recipient_cap", "Can set max_recipients above 50"),
+            ("resume_batch", "Can resume or cancel an aborted batch"),
+        ]
 
     def __str__(self):
         return f"{self.workflow.name} run {self.pk}"
+
+
+class Customer(models.Model):
+    """A customer a batch notification can reach [customers, the NetSuite mirror]."""
+
+    company_name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    account_ref = models.CharField(max_length=60, unique=True)
+    bid = models.CharField(max_length=40, blank=True, help_text="Contract bid, e.g. B5875.")
+    region = models.CharField(max_length=60, blank=True, help_text="e.g. NYC DOE")
+    school_year = models.CharField(max_length=20, blank=True, help_text="e.g. 2026-27")
+    tags = models.CharField(max_length=300, blank=True, help_text="Comma-separated tags.")
+    is_inactive = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["company_name"]
+        indexes = [models.Index(fields=["bid", "region"], name="customer_cohort")]
+
+    def __str__(self):
+        return f"{self.company_name} ({self.account_ref})"
+
+
+class BatchAttachment(models.Model):
+    """A file sent with every message of one batch."""
+
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="attachments"
+    )
+    file = models.FileField(upload_to="attachments/%Y/%m/")
+    name = models.CharField(max_length=200)
+    mimetype = models.CharField(max_length=100, blank=True)
+
+    def __str__(self):
+        return self.name
+
+
+class ProposedAction(models.Model):
+    """A staged change waiting for a human decision [proposed_actions]."""
+
+    class Type(models.TextChoices):
+        BATCH_ENVELOPE = "workflow_batch_notify", "Batch notification (HITL gate)"
+        HITL_REVIEW = "hitl_review", "Per-recipient review"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    action_type = models.CharField(max_length=40, choices=Type.choices)
+    entity_ref = models.CharField(max_length=200, help_text="e.g. workflow:batch_notify:run_12")
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="proposed_actions"
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    subject = models.CharField(max_length=300, blank=True)
+    body = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        permissions = [("decide_proposedaction", "Can approve or reject proposed actions")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow_run", "action_type", "customer"],
+                name="one_proposal_per_recipient",
+            ),
+            models.UniqueConstraint(
+                fields=["workflow_run", "action_type"],
+                condition=models.Q(customer__isnull=True),
+                name="one_envelope_per_run",
+            ),
+        ]
+
+    def __str__(self):
+        who = f" for {self.customer}" if self.customer_id else ""
+        return f"{self.get_action_type_display()}{who} ({self.status})"
+
+
+class AuditEntry(models.Model):
+    """Who did what, when, with which value (e.g. a max_recipients override)."""
+
+    at = models.DateTimeField(default=timezone.now)
+    by = models.CharField(max_length=150)
+    action = models.CharField(max_length=80)
+    target = models.CharField(max_length=200)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self):
+        return f"{self.action} on {self.target} by {self.by}"
+
+
+class ReflexionEntry(models.Model):
+    """What happened in a run, in words, so later runs can look it up [reflexion_log]."""
+
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="reflexions"
+    )
+    narrative = models.TextField()
+    tags = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "reflexion entries"
+
+    def __str__(self):
+        return f"reflexion for run {self.workflow_run_id}"
+
+
+class VerifyCheck(models.Model):
+    """A post-run sanity check, run by the verify cron after its window
+    [workflow_verify_results]."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PASS = "pass", "Pass"
+        FAIL = "fail", "Fail"
+        TIMEOUT = "timeout", "Timeout"
+
+    workflow_run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="verify_checks"
+    )
+    name = models.CharField(max_length=80)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    due_at = models.DateTimeField(help_text="Not run before this (the end of its window).")
+    timeout_at = models.DateTimeField(help_text="Still not decidable by then: timeout.")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    expected = models.IntegerField(null=True, blank=True)
+    observed = models.IntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_run", "name"], name="verify_check_once")
+        ]
+
+    def __str__(self):
+        return f"{self.name}: {self.status}"
 
 
 class MessageTemplate(models.Model):

@@ -24,6 +24,9 @@ class Recipient:
     channel: str = ""  # "" = the template's channel
     fallback_channel: str = ""  # where to go when this channel cannot (e.g. "sms")
     fallback_address: str = ""
+    # Text a person already reviewed (subject, body): sent as approved, not re-rendered.
+    approved_text: tuple[str, str] | None = None
+    idempotency_key: str = ""  # "" = <key_prefix>:<key>
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def stage_deliveries(
                 **unsubscribe_headers(recipient.address),
             }
         rendered = compiled.render(context, layout_context=layout)
+        if recipient.approved_text is not None:
+            rendered = compiled.wrap(*recipient.approved_text, layout_context=layout)
         if "template" in row_payload:
             row_payload.setdefault(
                 "parameters", [str(context.get(v, "")) for v in compiled.variables]
@@ -100,7 +105,7 @@ def stage_deliveries(
                 body=rendered.body,
                 html_body=rendered.html_body,
                 payload=row_payload,
-                idempotency_key=f"{key_prefix}:{recipient.key}",
+                idempotency_key=recipient.idempotency_key or f"{key_prefix}:{recipient.key}",
                 send_at=send_at or now,
                 expires_at=expires_at,
                 max_attempts=policy.max_attempts,

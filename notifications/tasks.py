@@ -3,6 +3,7 @@
 from celery import shared_task
 from django.utils import timezone
 
+from notifications.batch import finalize_ready_runs, run_verify_checks
 from notifications.dispatch import dispatch_due, next_due_in
 from notifications.events import handle_due
 from notifications.tracking import match_pending
@@ -16,6 +17,8 @@ def dispatch_due_task() -> dict:
     report = dispatch_due(now=timezone.now())
     # Tracking callbacks that arrived before their send recorded the provider id.
     match_pending(now=timezone.now())
+    # Batches whose last delivery was decided by a sweep (expired, reconciled) close here.
+    finalize_ready_runs(now=timezone.now())
     wait = next_due_in(now=timezone.now())
     if wait is not None and wait < _HINT_HORIZON_SECONDS:
         # A hint only (the beat sweep would find the row too); duplicates are harmless
@@ -27,3 +30,8 @@ def dispatch_due_task() -> dict:
 @shared_task(name="herald.handle_events", ignore_result=True)
 def handle_events_task() -> dict:
     return handle_due(now=timezone.now())
+
+
+@shared_task(name="herald.run_verify_checks", ignore_result=True)
+def run_verify_checks_task() -> dict:
+    return run_verify_checks(now=timezone.now())

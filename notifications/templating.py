@@ -151,8 +151,15 @@ class CompiledTemplate:
         data = Context(
             {name: plain(context.get(name, "")) for name in self.variables}, autoescape=False
         )
-        subject = " ".join(self.subject.render(data).split())  # one line, as a header must be
-        body = self.body.render(data).strip()
+        return self.wrap(
+            self.subject.render(data), self.body.render(data), layout_context=layout_context
+        )
+
+    def wrap(self, subject: str, body: str, *, layout_context: Mapping | None = None) -> Rendered:
+        """Finish rendered text: one-line subject, trimmed body, and for email the HTML
+        layout around it."""
+        subject = " ".join(subject.split())  # one line, as a header must be
+        body = body.strip()
         html_body = ""
         if self.channel == "email":
             html_body = _layout().render(

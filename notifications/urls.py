@@ -3,6 +3,7 @@
 from django.urls import include, path
 
 from notifications.unsubscribe import unsubscribe_view
+from notifications.views import batch_resume
 from notifications.webhooks import twilio_status, whatsapp_webhook
 
 urlpatterns = [
@@ -12,4 +13,6 @@ urlpatterns = [
     path("webhooks/twilio/status", twilio_status, name="twilio_status"),
     path("webhooks/whatsapp", whatsapp_webhook, name="whatsapp_webhook"),
     path("unsubscribe/<str:token>", unsubscribe_view, name="unsubscribe"),
+    # Seed 001: "resumes with POST /admin/batch/resume?run_id=<id>" (staff, permission, CSRF).
+    path("admin/batch/resume", batch_resume, name="batch_resume"),
 ]

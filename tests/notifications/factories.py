@@ -51,3 +51,15 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     body = "Body"
     idempotency_key = factory.Sequence(lambda n: f"test:{n}")
     send_at = factory.LazyFunction(timezone.now)
+
+
+class CustomerFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "notifications.Customer"
+
+    company_name = factory.Sequence(lambda n: f"School {n:03d}")
+    email = factory.Sequence(lambda n: f"office{n:03d}@school.example.org")
+    account_ref = factory.Sequence(lambda n: f"NYC-{n:04d}")
+    bid = "B5875"
+    region = "NYC DOE"
+    school_year = "2026-27"

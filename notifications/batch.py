@@ -1,0 +1,648 @@
+"""Batch customer notification (`batch_notify`, seeds 000 and 001), every step real:
+
+launch (inputs → preconditions → HITL envelope) → approve the envelope (personalize: one
+`hitl_review` proposal per recipient) → approve or reject per recipient or cohort-wide
+(one Delivery per approved recipient, idempotency key `<run id>:<customer id>`) → dispatch
+(retry policy 3 × 2 s..30 s; 5 consecutive failed sends abort the batch; resume or cancel)
+→ post actions (run log, reflexion, `workflow.<status>` event, verify check staged).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Count, F, Max, Q
+
+from notifications import tracking
+from notifications.cohort import cohort
+from notifications.events import record_event
+from notifications.killswitches import HIGH_RISK_OPS, is_on
+from notifications.models import (
+    AuditEntry,
+    BatchAttachment,
+    Channel,
+    Customer,
+    Delivery,
+    DeliveryEvent,
+    MessageTemplate,
+    Notification,
+    ProposedAction,
+    ReflexionEntry,
+    VerifyCheck,
+    Workflow,
+    WorkflowRun,
+)
+from notifications.outbox import Recipient, kick_dispatch_on_commit, stage_deliveries
+from notifications.templating import CompiledTemplate, Rendered, TemplateProblem, check_source
+
+logger = logging.getLogger(__name__)
+
+WORKFLOW_NAME = "Batch customer notification"
+DEFAULT_CAP = 50  # seed 001: recipients_cap = COALESCE(max_recipients, 50)
+NO_SPAM_WINDOW = timedelta(hours=48)
+BREAKER_FAILURES = 5
+VERIFY_WINDOW = timedelta(seconds=60)
+VERIFY_TIMEOUT = timedelta(hours=24)
+VARIABLES = ("customer_name", "company_name", "account_ref", "school_year", "bid", "region")
+SENT_STATUSES = ("sent", "delivered", "opened", "clicked")
+LOGGED_STATUSES = (*SENT_STATUSES, "failed", "bounced", "complained", "skipped", "expired")
+Status = WorkflowRun.Status
+
+
+class BatchBlocked(Exception):
+    """A precondition blocks the launch; nothing was written."""
+
+    def __init__(self, messages: list[str]):
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+class NeedsConfirmation(Exception):
+    """A warning (48 h no-spam) that staff must confirm before the launch goes ahead."""
+
+    def __init__(self, messages: list[str]):
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    severity: str  # block | warn
+    passed: bool
+    message: str
+
+
+@dataclass
+class Preview:
+    recipients: list[Customer]
+    suppressed: list[tuple[Customer, str]]
+    recently_emailed: list[tuple[Customer, datetime]]
+    prior_sends: dict[int, datetime]
+    checks: list[Check]
+    samples: list[tuple[Customer, Rendered]] = field(default_factory=list)
+    cap: int = DEFAULT_CAP
+
+    @property
+    def blocks(self) -> list[str]:
+        return [c.message for c in self.checks if c.severity == "block" and not c.passed]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [c.message for c in self.checks if c.severity == "warn" and not c.passed]
+
+
+def batch_workflow() -> Workflow:
+    workflow, _ = Workflow.objects.get_or_create(
+        name=WORKFLOW_NAME,
+        defaults={
+            "type": Workflow.Type.BATCH_NOTIFY,
+            "risk_level": 4,
+            "reflexion_enabled": True,
+            "description": "Send templated email to a customer cohort (seed 001).",
+        },
+    )
+    return workflow
+
+
+def customer_context(customer: Customer) -> dict:
+    return {
+        "customer_name": customer.company_name,
+        "company_name": customer.company_name,
+        "account_ref": customer.account_ref,
+        "school_year": customer.school_year,
+        "bid": customer.bid,
+        "region": customer.region,
+    }
+
+
+def compile_message(subject: str, body_template: str) -> CompiledTemplate:
+    """The staff-written subject and body, checked; ValidationError naming the problem."""
+    declared = set(VARIABLES)
+    try:
+        return CompiledTemplate(
+            channel=Channel.EMAIL,
+            variables=VARIABLES,
+            subject=check_source("subject", subject, declared),
+            body=check_source("body_template", body_template, declared),
+        )
+    except TemplateProblem as problem:
+        raise ValidationError({problem.field: str(problem)}) from problem
+
+
+def clean_max_recipients(value, *, user=None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            {"max_recipients": "max_recipients must be a whole number."}
+        ) from None
+    ceiling = settings.BATCH_MAX_RECIPIENTS_CEILING
+    if not 1 <= number <= ceiling:
+        raise ValidationError(
+            {"max_recipients": f"max_recipients must be between 1 and {ceiling}."}
+        )
+    if (
+        number > DEFAULT_CAP
+        and user is not None
+        and not user.has_perm("notifications.override_recipient_cap")
+    ):
+        raise ValidationError(
+            {
+                "max_recipients": "Only staff with the cap-override permission may go above "
+                f"{DEFAULT_CAP}."
+            }
+        )
+    return number
+
+
+def prior_sends(customer_ids: list[int]) -> dict[int, datetime]:
+    """The seed's prior_sends: last batch_notify send per customer (one query)."""
+    rows = (
+        Delivery.objects.filter(
+            recipient_key__in=[f"customer:{i}" for i in customer_ids],
+            workflow_run__workflow__type=Workflow.Type.BATCH_NOTIFY,
+            status__in=SENT_STATUSES,
+        )
+        .values("recipient_key")
+        .annotate(last=Max("sent_at"))
+    )
+    return {int(row["recipient_key"].split(":")[1]): row["last"] for row in rows}
+
+
+def build_preview(
+    *,
+    cohort_filter: str,
+    subject: str,
+    body_template: str,
+    max_recipients,
+    now: datetime,
+    user=None,
+) -> Preview:
+    """Everything staff see before launching; raises ValidationError on bad input."""
+    compiled = compile_message(subject, body_template)
+    cap = clean_max_recipients(max_recipients, user=user) or DEFAULT_CAP
+    customers = list(cohort(cohort_filter))
+    found = tracking.suppressions_for([c.email for c in customers], Channel.EMAIL)
+    recipients = [c for c in customers if c.email not in found]
+    suppressed = [(c, found[c.email].get_reason_display()) for c in customers if c.email in found]
+    last = prior_sends([c.id for c in recipients])
+    recent = [
+        (c, last[c.id]) for c in recipients if c.id in last and last[c.id] >= now - NO_SPAM_WINDOW
+    ]
+    checks = [
+        Check(
+            "recipients_cap",
+            "block",
+            len(recipients) <= cap,
+            f"{len(recipients)} recipients is over the cap of {cap}: tighten the filter or "
+            "set a higher max_recipients (audited).",
+        ),
+        Check(
+            "no_recent_spam",
+            "warn",
+            not recent,
+            f"{len(recent)} recipient(s) were emailed by batch_notify in the last 48 hours: "
+            + ", ".join(c.company_name for c, _ in recent[:10]),
+        ),
+        Check(
+            "kill_switch",
+            "block",
+            not is_on(HIGH_RISK_OPS),
+            "The kill switch high_risk_ops is on: launches are blocked.",
+        ),
+    ]
+    if not recipients:
+        checks.append(
+            Check("empty_cohort", "block", False, "The filter selects no reachable customer.")
+        )
+    samples = [(c, compiled.render(customer_context(c))) for c in recipients[:3]]
+    return Preview(recipients, suppressed, recent, last, checks, samples, cap)
+
+
+def batch_launch(
+    *,
+    user,
+    cohort_filter: str,
+    subject: str,
+    body_template: str,
+    max_recipients=None,
+    attachments=(),
+    confirm_recent: bool = False,
+    now: datetime,
+) -> WorkflowRun:
+    """Check the preconditions and stage the HITL envelope. Nothing is sent yet."""
+    if not user.has_perm("notifications.launch_batch"):
+        raise PermissionDenied("You may not launch batch notifications.")
+    preview = build_preview(
+        cohort_filter=cohort_filter,
+        subject=subject,
+        body_template=body_template,
+        max_recipients=max_recipients,
+        now=now,
+        user=user,
+    )
+    if preview.blocks:
+        raise BatchBlocked(preview.blocks)
+    if preview.warnings and not confirm_recent:
+        raise NeedsConfirmation(preview.warnings)
+    cap = clean_max_recipients(max_recipients, user=user)
+    with transaction.atomic():
+        run = WorkflowRun.objects.create(
+            workflow=batch_workflow(),
+            status=Status.AWAITING_APPROVAL,
+            started_at=now,
+            created_by=user.get_username(),
+            inputs={
+                "customer_cohort_filter": cohort_filter,
+                "subject": subject,
+                "body_template": body_template,
+                "max_recipients": cap,
+                "customer_ids": [c.id for c in preview.recipients],
+                "suppressed": [c.id for c, _ in preview.suppressed],
+                "warnings_confirmed": preview.warnings,
+            },
+        )
+        template = MessageTemplate.objects.create(
+            name=f"batch_notify run {run.id}",
+            channel=Channel.EMAIL,
+            subject=subject,
+            body=body_template,
+            variables=list(VARIABLES),
+        )
+        run.inputs["template_id"] = template.id
+        run.save(update_fields=["inputs"])
+        for upload in attachments:
+            BatchAttachment.objects.create(
+                workflow_run=run,
+                file=upload,
+                name=upload.name,
+                mimetype=getattr(upload, "content_type", "") or "",
+            )
+        if cap and cap > DEFAULT_CAP:
+            AuditEntry.objects.create(
+                at=now,
+                by=user.get_username(),
+                action="max_recipients_override",
+                target=f"workflow:batch_notify:run_{run.id}",
+                detail={"max_recipients": cap, "recipients": len(preview.recipients)},
+            )
+        ProposedAction.objects.create(
+            action_type=ProposedAction.Type.BATCH_ENVELOPE,
+            entity_ref=f"workflow:batch_notify:run_{run.id}",
+            workflow_run=run,
+            subject=subject,
+            body=f"Send {subject!r} to {len(preview.recipients)} customers "
+            f"(filter {cohort_filter}).",
+            created_at=now,
+        )
+    return run
+
+
+def _claim(ids, *, status: str, user, now: datetime) -> list[int]:
+    """Move pending proposals to `status`; returns the ids this call moved. A second
+    decision on the same row, or two staff deciding at once, moves nothing (logged)."""
+    with transaction.atomic():
+        pending = list(
+            ProposedAction.objects.filter(id__in=list(ids), status=ProposedAction.Status.PENDING)
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)
+        )
+        ProposedAction.objects.filter(id__in=pending, status=ProposedAction.Status.PENDING).update(
+            status=status, decided_by=user.get_username(), decided_at=now
+        )
+    skipped = set(ids) - set(pending)
+    if skipped:
+        logger.info("proposals %s already decided: %s is a no-op", sorted(skipped), status)
+    return pending
+
+
+def _require_decider(user) -> None:
+    if not user.has_perm("notifications.decide_proposedaction"):
+        raise PermissionDenied("You may not approve or reject proposed actions.")
+
+
+def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
+    """Approve the HITL gate: personalize per recipient and stage one review each.
+    Returns how many reviews were staged (0 when the envelope was already decided)."""
+    _require_decider(user)
+    if not _claim([envelope.id], status=ProposedAction.Status.APPROVED, user=user, now=now):
+        return 0
+    run = envelope.workflow_run
+    compiled = compile_message(run.inputs["subject"], run.inputs["body_template"])
+    customers = Customer.objects.filter(id__in=run.inputs["customer_ids"]).order_by("id")
+    reviews = []
+    for customer in customers:
+        rendered = compiled.render(customer_context(customer))
+        reviews.append(
+            ProposedAction(
+                action_type=ProposedAction.Type.HITL_REVIEW,
+                entity_ref=f"workflow:batch_notify:run_{run.id}:customer_{customer.id}",
+                workflow_run=run,
+                customer=customer,
+                subject=rendered.subject,
+                body=rendered.body,
+                created_at=now,
+            )
+        )
+    with transaction.atomic():
+        ProposedAction.objects.bulk_create(reviews, batch_size=1000, ignore_conflicts=True)
+        WorkflowRun.objects.filter(id=run.id, status=Status.AWAITING_APPROVAL).update(
+            status=Status.AWAITING_REVIEW
+        )
+    return len(reviews)
+
+
+def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:
+    _require_decider(user)
+    if not _claim([envelope.id], status=ProposedAction.Status.REJECTED, user=user, now=now):
+        return False
+    WorkflowRun.objects.filter(id=envelope.workflow_run_id).update(
+        status=Status.CANCELLED, status_reason="rejected at the HITL gate", completed_at=now
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class Decided:
+    decided: int
+    already_decided: int
+    deliveries: int
+
+
+def reviews_decide(*, ids, approve: bool, user, now: datetime) -> Decided:
+    """Approve or reject per-recipient reviews (one row, a selection or a whole cohort).
+    Approved recipients become deliveries keyed `<run id>:<customer id>`."""
+    _require_decider(user)
+    ids = list(ids)
+    status = ProposedAction.Status.APPROVED if approve else ProposedAction.Status.REJECTED
+    moved = _claim(ids, status=status, user=user, now=now)
+    created = 0
+    if approve and moved:
+        created = _stage_approved(ProposedAction.objects.filter(id__in=moved), now=now)
+    runs = set(ProposedAction.objects.filter(id__in=ids).values_list("workflow_run_id", flat=True))
+    for run_id in runs:
+        WorkflowRun.objects.filter(id=run_id, status=Status.AWAITING_REVIEW).update(
+            status=Status.RUNNING
+        )
+        finalize_if_done(run_id, now=now)
+    return Decided(len(moved), len(ids) - len(moved), created)
+
+
+def _stage_approved(reviews, *, now: datetime) -> int:
+    created = 0
+    by_run: dict[int, list[ProposedAction]] = {}
+    for review in reviews.select_related("customer", "workflow_run"):
+        by_run.setdefault(review.workflow_run_id, []).append(review)
+    for group in by_run.values():
+        run = group[0].workflow_run
+        attachments = [
+            {"filename": a.name, "path": a.file.path, "mimetype": a.mimetype}
+            for a in run.attachments.all()
+        ]
+        notification, _ = Notification.objects.get_or_create(
+            workflow_run=run,
+            origin=f"batch_notify:run_{run.id}",
+            defaults={"template_id": run.inputs["template_id"], "created_at": now},
+        )
+        created += stage_deliveries(
+            notification=notification,
+            recipients=[
+                Recipient(
+                    key=f"customer:{r.customer_id}",
+                    address=r.customer.email,
+                    context=customer_context(r.customer),
+                    approved_text=(r.subject, r.body),
+                    # The seed's key: `${workflow_run_id}:${customer_id}`.
+                    idempotency_key=f"{run.id}:{r.customer_id}",
+                )
+                for r in group
+            ],
+            now=now,
+            key_prefix=str(run.id),
+            payload={"attachments": attachments} if attachments else None,
+        )
+    return created
+
+
+def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
+    """Dispatch tells every outcome; for batch runs, count consecutive failed sends and trip
+    the batch breaker at five. Returns True to halt the rest of the run."""
+    if not delivery.workflow_run_id or outcome not in ("sent", "failed", "retried"):
+        return False
+    runs = WorkflowRun.objects.filter(
+        id=delivery.workflow_run_id, workflow__type=Workflow.Type.BATCH_NOTIFY
+    )
+    if outcome == "sent":
+        runs.filter(consecutive_failures__gt=0).update(consecutive_failures=0)
+        finalize_if_done(delivery.workflow_run_id, now=now)
+        return False
+    runs.update(consecutive_failures=F("consecutive_failures") + 1)
+    tripped = runs.filter(status=Status.RUNNING, consecutive_failures__gte=BREAKER_FAILURES).update(
+        status=Status.ABORTED,
+        status_reason=f"circuit breaker: {BREAKER_FAILURES} consecutive failed sends "
+        f"(last: {delivery.address})",
+    )
+    if tripped:
+        record_event(
+            "workflow.aborted",
+            {"workflow_run_id": delivery.workflow_run_id, "reason": "circuit_breaker_tripped"},
+            idempotency_key=f"workflow_run:{delivery.workflow_run_id}:aborted:{now.isoformat()}",
+            now=now,
+        )
+        return True
+    if outcome == "failed":
+        finalize_if_done(delivery.workflow_run_id, now=now)
+    return runs.filter(status=Status.ABORTED).exists()
+
+
+def _require_resumer(user) -> None:
+    if not user.has_perm("notifications.resume_batch"):
+        raise PermissionDenied("You may not resume or cancel batch notifications.")
+
+
+def run_resume(*, run: WorkflowRun, user, now: datetime) -> bool:
+    """Continue an aborted batch from where it stopped: only its unsent deliveries go."""
+    _require_resumer(user)
+    resumed = WorkflowRun.objects.filter(id=run.id, status=Status.ABORTED).update(
+        status=Status.RUNNING,
+        status_reason=f"resumed by {user.get_username()}",
+        consecutive_failures=0,
+    )
+    if resumed:
+        AuditEntry.objects.create(
+            at=now, by=user.get_username(), action="batch_resume", target=f"run_{run.id}"
+        )
+        kick_dispatch_on_commit()
+    return bool(resumed)
+
+
+def run_cancel(*, run: WorkflowRun, user, now: datetime) -> int:
+    """Stop a batch for good: scheduled deliveries and pending reviews are cancelled."""
+    _require_resumer(user)
+    with transaction.atomic():
+        moved = (
+            WorkflowRun.objects.filter(id=run.id)
+            .exclude(status__in=WorkflowRun.FINISHED)
+            .update(status=Status.CANCELLED, status_reason=f"cancelled by {user.get_username()}")
+        )
+        if not moved:
+            return 0
+        pending = Delivery.objects.filter(workflow_run=run, status=Delivery.Status.SCHEDULED)
+        ids = list(pending.values_list("id", flat=True))
+        pending.filter(id__in=ids).update(
+            status=Delivery.Status.CANCELLED,
+            status_reason=f"batch cancelled by {user.get_username()}",
+        )
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(delivery_id=i, kind="cancelled", at=now, reason="batch cancelled")
+                for i in ids
+            ]
+        )
+        ProposedAction.objects.filter(
+            workflow_run=run, status=ProposedAction.Status.PENDING
+        ).update(
+            status=ProposedAction.Status.REJECTED, decided_by="batch cancelled", decided_at=now
+        )
+        AuditEntry.objects.create(
+            at=now, by=user.get_username(), action="batch_cancel", target=f"run_{run.id}"
+        )
+    _post_actions(WorkflowRun.objects.get(id=run.id), now=now)
+    return len(ids)
+
+
+def run_progress(run: WorkflowRun) -> dict:
+    """Counts for the progress bar: sent / failed / pending of the approved total."""
+    counts = Delivery.objects.filter(workflow_run=run).aggregate(
+        sent=Count("id", filter=Q(status__in=SENT_STATUSES)),
+        failed=Count("id", filter=Q(status__in=["failed", "bounced", "complained", "unknown"])),
+        skipped=Count("id", filter=Q(status__in=["skipped", "expired", "cancelled"])),
+        pending=Count("id", filter=Q(status__in=["scheduled", "sending"])),
+    )
+    reviews = ProposedAction.objects.filter(
+        workflow_run=run, action_type=ProposedAction.Type.HITL_REVIEW
+    ).aggregate(
+        awaiting=Count("id", filter=Q(status="pending")),
+        approved=Count("id", filter=Q(status="approved")),
+        rejected=Count("id", filter=Q(status="rejected")),
+    )
+    total = len(run.inputs.get("customer_ids", []))
+    done = counts["sent"] + counts["failed"] + counts["skipped"] + reviews["rejected"]
+    return {
+        **counts,
+        **reviews,
+        "total": total,
+        "percent": round(100 * done / total) if total else 0,
+    }
+
+
+def finalize_if_done(run_id: int, *, now: datetime) -> str | None:
+    """Close a running batch once nothing is left to decide or send."""
+    progress = run_progress(WorkflowRun.objects.get(id=run_id))
+    if progress["pending"] or progress["awaiting"]:
+        return None
+    if progress["sent"] and not (progress["failed"] or progress["skipped"] or progress["rejected"]):
+        status = Status.COMPLETED
+    elif progress["sent"]:
+        status = Status.PARTIAL
+    elif progress["failed"] or progress["skipped"]:
+        status = Status.FAILED
+    else:
+        status = Status.COMPLETED  # every recipient was rejected: nothing to send, nothing failed
+    if not WorkflowRun.objects.filter(id=run_id, status=Status.RUNNING).update(
+        status=status, completed_at=now, summary=progress
+    ):
+        return None
+    _post_actions(WorkflowRun.objects.get(id=run_id), now=now)
+    return status
+
+
+def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
+    """Seed 001's post actions: run log (the run row itself), reflexion, event, verify."""
+    progress = run_progress(run)
+    WorkflowRun.objects.filter(id=run.id).update(
+        summary=progress, completed_at=run.completed_at or now
+    )
+    if run.workflow.reflexion_enabled:
+        ReflexionEntry.objects.get_or_create(
+            workflow_run=run,
+            defaults={
+                "narrative": (
+                    f"batch_notify run {run.id} ({run.inputs.get('subject', '')!r}) ended "
+                    f"{run.status}: {progress['sent']} sent, {progress['failed']} failed, "
+                    f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
+                    f"{progress['total']}."
+                ),
+                "tags": ["batch_notify", run.status],
+                "created_at": now,
+            },
+        )
+    event = {"completed": "completed", "partial": "partial"}.get(run.status, "failed")
+    record_event(
+        f"workflow.{event}",
+        {
+            "workflow_run_id": run.id,
+            "workflow_type": "batch_notify",
+            "status": run.status,
+            **progress,
+        },
+        idempotency_key=f"workflow_run:{run.id}:finished",
+        now=now,
+    )
+    VerifyCheck.objects.get_or_create(
+        workflow_run=run,
+        name="all_recipients_logged",
+        defaults={"due_at": now + VERIFY_WINDOW, "timeout_at": now + VERIFY_TIMEOUT},
+    )
+
+
+def finalize_ready_runs(*, now: datetime) -> int:
+    """Sweep: running batches whose last delivery was decided outside a send (expired,
+    cancelled, reconciled) are closed here."""
+    closed = 0
+    for run_id in WorkflowRun.objects.filter(
+        status=Status.RUNNING, workflow__type=Workflow.Type.BATCH_NOTIFY
+    ).values_list("id", flat=True):
+        closed += finalize_if_done(run_id, now=now) is not None
+    return closed
+
+
+def run_verify_checks(*, now: datetime) -> dict[str, int]:
+    """The verify cron (:08 and :38): run checks whose window has passed."""
+    counts = {"pass": 0, "fail": 0, "timeout": 0, "waiting": 0}
+    for check in VerifyCheck.objects.filter(
+        status=VerifyCheck.Status.PENDING, due_at__lte=now
+    ).select_related("workflow_run"):
+        counts[_verify(check, now=now)] += 1
+    return counts
+
+
+def _verify(check: VerifyCheck, *, now: datetime) -> str:
+    run = check.workflow_run
+    expected = ProposedAction.objects.filter(
+        workflow_run=run, action_type=ProposedAction.Type.HITL_REVIEW, status="approved"
+    ).count()
+    observed = (
+        Delivery.objects.filter(workflow_run=run, status__in=LOGGED_STATUSES)
+        .values("recipient_key")
+        .distinct()
+        .count()
+    )
+    if observed == expected:
+        status, detail = VerifyCheck.Status.PASS, f"{observed} of {expected} recipients logged"
+    elif now >= check.timeout_at:
+        status, detail = VerifyCheck.Status.TIMEOUT, f"only {observed} of {expected} logged in time"
+    elif run.status in WorkflowRun.FINISHED:
+        status, detail = VerifyCheck.Status.FAIL, f"{observed} of {expected} recipients logged"
+    else:
+        return "waiting"
+    VerifyCheck.objects.filter(id=check.id, status=VerifyCheck.Status.PENDING).update(
+        status=status, checked_at=now, expected=expected, observed=observed, detail=detail
+    )
+    return status

@@ -1,0 +1,84 @@
+"""Customer cohorts: a django-filter FilterSet over declared fields, stored with the run as a
+query string (never raw SQL, unlike the seed's `WHERE __filter__`)."""
+
+from urllib.parse import parse_qsl
+
+import django_filters
+from django.core.exceptions import ValidationError
+from django.http import QueryDict
+
+from notifications.models import Customer
+
+
+class NumberInFilter(django_filters.BaseInFilter, django_filters.NumberFilter):
+    pass
+
+
+class CharInFilter(django_filters.BaseInFilter, django_filters.CharFilter):
+    pass
+
+
+class CustomerFilter(django_filters.FilterSet):
+    bid = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. B5875")
+    region = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. NYC DOE")
+    school_year = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. 2026-27")
+    tag = django_filters.CharFilter(field_name="tags", lookup_expr="icontains")
+    company = django_filters.CharFilter(field_name="company_name", lookup_expr="icontains")
+    email_domain = django_filters.CharFilter(field_name="email", lookup_expr="iendswith")
+    account_ref = CharInFilter(field_name="account_ref", lookup_expr="in")
+    id = NumberInFilter(field_name="id", lookup_expr="in")
+
+    class Meta:
+        model = Customer
+        fields: list[str] = []
+
+
+FILTER_FIELDS = tuple(CustomerFilter.base_filters)
+
+
+def reachable_customers():
+    """The seed's base: active customers with an email."""
+    return Customer.objects.filter(is_inactive=False).exclude(email="")
+
+
+def cohort(query: str):
+    """The customers a cohort filter selects; ValidationError naming the bad field.
+
+    Example: "bid=B5875&region=NYC DOE". An empty filter is refused: a cohort is never
+    "everyone" by accident.
+    """
+    query = (query or "").strip().lstrip("?")
+    if not query:
+        raise ValidationError(
+            {"customer_cohort_filter": f"Give a filter, e.g. bid=B5875 (fields: {_fields()})."}
+        )
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs:
+        raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
+    unknown = sorted({key for key, _ in pairs} - set(FILTER_FIELDS))
+    if unknown:
+        raise ValidationError(
+            {
+                "customer_cohort_filter": f"Unknown filter field {', '.join(unknown)}; "
+                f"use {_fields()}."
+            }
+        )
+    empty = sorted(key for key, value in pairs if not value.strip())
+    if empty:
+        raise ValidationError(
+            {"customer_cohort_filter": f"The filter field {', '.join(empty)} has no value."}
+        )
+    data = QueryDict(mutable=True)
+    for key, value in pairs:
+        data.appendlist(key, value)
+    filterset = CustomerFilter(data, queryset=reachable_customers())
+    if not filterset.is_valid():
+        problems = "; ".join(
+            f"{field}: {' '.join(errors)}" for field, errors in filterset.errors.items()
+        )
+        raise ValidationError({"customer_cohort_filter": f"Invalid filter: {problems}"})
+    return filterset.qs.order_by("id")
+
+
+def _fields() -> str:
+    return ", ".join(FILTER_FIELDS)

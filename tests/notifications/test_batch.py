@@ -1,0 +1,401 @@
+"""Batch customer notification (seeds 000/001): each failure mode the seed lists."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import responses
+from django.contrib.auth.models import Permission, User
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from notifications import batch, dispatch
+from notifications.dispatch import ManualClock
+from notifications.models import (
+    AuditEntry,
+    Delivery,
+    Event,
+    KillSwitch,
+    ProposedAction,
+    ReflexionEntry,
+    Suppression,
+    VerifyCheck,
+    WorkflowRun,
+)
+from tests.notifications.factories import CustomerFactory, DeliveryFactory
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+POSTMARK_URL = "https://api.postmarkapp.com/email"
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def recording_email(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+
+@pytest.fixture
+def mike(db):
+    return User.objects.create_superuser("mike", "mike@example.com", "pw")
+
+
+def _launch(user, *, query="bid=B5875", now=NOW, **kwargs):
+    values = {
+        "cohort_filter": query,
+        "subject": "Holiday schedule for {{ customer_name }}",
+        "body_template": "Dear {{ customer_name }},\nyour account {{ account_ref }} ({{ school_year }}).",
+    }
+    values.update(kwargs)
+    return batch.batch_launch(user=user, now=now, **values)
+
+
+def _approve_all(run, user, now=NOW):
+    envelope = run.proposed_actions.get(action_type="workflow_batch_notify")
+    batch.envelope_approve(envelope=envelope, user=user, now=now)
+    ids = run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
+    return batch.reviews_decide(ids=ids, approve=True, user=user, now=now)
+
+
+def _dispatch(now=NOW):
+    return dispatch.dispatch_due(now=now, clock=ManualClock(now))
+
+
+def test_a_bad_cohort_filter_is_an_error_naming_the_field(mike):
+    with pytest.raises(ValidationError) as caught:
+        _launch(mike, query="bid=B5875&colour=red")
+    assert "Unknown filter field colour" in caught.value.message_dict["customer_cohort_filter"][0]
+    assert not WorkflowRun.objects.exists()
+
+
+def test_personalization_per_recipient_after_the_hitl_gate(mike):
+    CustomerFactory(company_name="Brooklyn Tech", account_ref="NYC-1")
+    CustomerFactory(company_name="Stuyvesant", account_ref="NYC-2")
+    CustomerFactory(bid="OTHER")
+    run = _launch(mike)
+    envelope = run.proposed_actions.get()
+    assert (run.status, envelope.entity_ref) == (
+        "awaiting_approval",
+        f"workflow:batch_notify:run_{run.id}",
+    )
+    assert not Delivery.objects.exists()  # nothing before the gate
+
+    assert batch.envelope_approve(envelope=envelope, user=mike, now=NOW) == 2
+    reviews = {
+        r.customer.company_name: r for r in run.proposed_actions.filter(action_type="hitl_review")
+    }
+    assert reviews["Brooklyn Tech"].subject == "Holiday schedule for Brooklyn Tech"
+    assert reviews["Stuyvesant"].body == "Dear Stuyvesant,\nyour account NYC-2 (2026-27)."
+    assert (
+        batch.envelope_approve(envelope=envelope, user=mike, now=NOW) == 0
+    )  # second approve: no-op
+
+
+def test_approved_recipients_become_deliveries_keyed_by_run_and_customer(mike):
+    customers = CustomerFactory.create_batch(3)
+    run = _launch(mike)
+    decided = _approve_all(run, mike)
+    assert (decided.decided, decided.deliveries) == (3, 3)
+    keys = set(Delivery.objects.values_list("idempotency_key", flat=True))
+    assert keys == {f"{run.id}:{c.id}" for c in customers}
+    # Idempotency hit on retry / double approve: a no-op, logged, nothing new.
+    again = _approve_all(run, mike)
+    assert (again.decided, again.already_decided, again.deliveries) == (0, 3, 0)
+    assert Delivery.objects.count() == 3
+
+
+def test_per_recipient_reject_sends_to_the_rest_only(mike):
+    keep, drop = CustomerFactory.create_batch(2)
+    run = _launch(mike)
+    batch.envelope_approve(envelope=run.proposed_actions.get(), user=mike, now=NOW)
+    reviews = run.proposed_actions.filter(action_type="hitl_review")
+    batch.reviews_decide(ids=[reviews.get(customer=drop).id], approve=False, user=mike, now=NOW)
+    batch.reviews_decide(ids=[reviews.get(customer=keep).id], approve=True, user=mike, now=NOW)
+    _dispatch()
+    assert list(Delivery.objects.values_list("address", "status")) == [(keep.email, "sent")]
+    run.refresh_from_db()
+    assert run.status == "partial"
+
+
+def test_the_recipient_cap_blocks_the_launch_and_writes_nothing(mike):
+    CustomerFactory.create_batch(51)
+    with pytest.raises(batch.BatchBlocked) as caught:
+        _launch(mike)
+    assert "51 recipients is over the cap of 50" in caught.value.messages[0]
+    assert not WorkflowRun.objects.exists() and not ProposedAction.objects.exists()
+
+
+def test_the_cap_is_counted_after_suppressions(mike):
+    customers = CustomerFactory.create_batch(51)
+    Suppression.objects.create(address=customers[0].email, channel="email", reason="bounce")
+    run = _launch(mike)
+    assert len(run.inputs["customer_ids"]) == 50
+    assert run.inputs["suppressed"] == [customers[0].id]
+
+
+def test_an_audited_max_recipients_override_passes(mike):
+    CustomerFactory.create_batch(51)
+    run = _launch(mike, max_recipients=60)
+    audit = AuditEntry.objects.get()
+    assert (audit.by, audit.action, audit.detail) == (
+        "mike",
+        "max_recipients_override",
+        {"max_recipients": 60, "recipients": 51},
+    )
+    assert audit.target == f"workflow:batch_notify:run_{run.id}"
+
+
+def test_the_override_needs_its_permission(db):
+    CustomerFactory.create_batch(3)
+    clerk = User.objects.create_user("clerk", is_staff=True)
+    clerk.user_permissions.set(Permission.objects.filter(codename="launch_batch"))
+    with pytest.raises(ValidationError) as caught:
+        _launch(clerk, max_recipients=60)
+    assert "cap-override permission" in caught.value.message_dict["max_recipients"][0]
+    assert _launch(clerk, max_recipients=10).inputs["max_recipients"] == 10
+
+
+@pytest.mark.parametrize("value", [-1, 0, 10_000_000, "many"])
+def test_negative_zero_huge_or_text_max_recipients_is_refused(mike, value):
+    CustomerFactory()
+    with pytest.raises(ValidationError):
+        _launch(mike, max_recipients=value)
+    assert not WorkflowRun.objects.exists()
+
+
+def test_launching_needs_the_launch_permission(db):
+    CustomerFactory()
+    clerk = User.objects.create_user("clerk", is_staff=True)
+    with pytest.raises(PermissionDenied):
+        _launch(clerk)
+
+
+def test_the_kill_switch_blocks_a_launch(mike):
+    CustomerFactory()
+    KillSwitch.objects.create(name="high_risk_ops", scope="high_risk_ops", is_on=True)
+    with pytest.raises(batch.BatchBlocked) as caught:
+        _launch(mike)
+    assert caught.value.messages == ["The kill switch high_risk_ops is on: launches are blocked."]
+    assert not WorkflowRun.objects.exists()
+
+
+def test_the_48_hour_warning_lists_exactly_the_recently_emailed(mike):
+    recent, old, fresh = CustomerFactory.create_batch(3)
+    first = _launch(mike, query=f"id={recent.id},{old.id}")
+    _approve_all(first, mike, now=NOW - timedelta(hours=72))
+    _dispatch(NOW - timedelta(hours=72))
+    Delivery.objects.filter(recipient_key=f"customer:{recent.id}").update(
+        sent_at=NOW - timedelta(hours=47)
+    )
+
+    preview = batch.build_preview(
+        cohort_filter="bid=B5875", subject="s", body_template="b", max_recipients=None, now=NOW
+    )
+    assert [c for c, _ in preview.recently_emailed] == [recent]
+    with pytest.raises(batch.NeedsConfirmation) as caught:
+        _launch(mike)
+    assert recent.company_name in caught.value.messages[0]
+    assert old.company_name not in caught.value.messages[0]
+    run = _launch(mike, confirm_recent=True)  # a warn, not a block: Mike confirms
+    assert len(run.inputs["customer_ids"]) == 3
+
+
+@pytest.fixture
+def postmark(settings):
+    """A real anymail ESP backend whose HTTP answers fail for addresses containing 'bad'."""
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+
+    def answer(request):
+        to = json.loads(request.body)["To"]
+        if "bad" in to:
+            return 422, {}, json.dumps({"ErrorCode": 300, "Message": f"Invalid 'To' address: '{to}'."})
+        return (
+            200,
+            {},
+            json.dumps({"To": to, "MessageID": f"pm-{to}", "ErrorCode": 0, "Message": "OK"}),
+        )
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, POSTMARK_URL, callback=answer)
+        yield mock
+
+
+def _customers(pattern):
+    return [
+        CustomerFactory(email=f"{'bad' if kind == 'x' else 'ok'}{i:02d}@school.example.org")
+        for i, kind in enumerate(pattern)
+    ]
+
+
+def test_the_breaker_trips_after_exactly_five_consecutive_failures(mike, postmark):
+    _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    run.refresh_from_db()
+    assert run.status == "aborted"
+    assert run.status_reason.startswith("circuit breaker: 5 consecutive failed sends")
+    statuses = list(Delivery.objects.order_by("id").values_list("status", flat=True))
+    assert statuses == ["sent"] + ["failed"] * 5 + ["scheduled"] * 3  # the rest stay pending
+    assert len(postmark.calls) == 6
+
+
+@pytest.mark.parametrize("pattern", ["xxxxo", "xxxxoxxxxo", "xxoxxxoxxo"])
+def test_the_breaker_does_not_trip_on_four_or_non_consecutive_failures(mike, postmark, pattern):
+    _customers(pattern)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    run.refresh_from_db()
+    assert run.status == "partial"
+    assert not Delivery.objects.filter(status="scheduled").exists()
+
+
+def test_resume_sends_only_the_rest_and_never_resends(mike, postmark):
+    _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(mike)
+    page = client.get(f"/admin/notifications/workflowrun/{run.id}/change/")
+    token = page.cookies["csrftoken"].value
+    response = client.post(
+        f"/admin/batch/resume?run_id={run.id}",
+        HTTP_X_CSRFTOKEN=token,
+        HTTP_ACCEPT="application/json",
+    )
+    assert response.json() == {"run_id": run.id, "resumed": True, "status": "running"}
+    _dispatch(NOW + timedelta(seconds=5))
+    run.refresh_from_db()
+    assert run.status == "partial"
+    sent_to = [json.loads(c.request.body)["To"] for c in postmark.calls]
+    assert len(sent_to) == len(set(sent_to)) == 9  # every recipient once, none twice
+    assert Delivery.objects.filter(status="sent").count() == 4
+
+
+def test_the_resume_endpoint_enforces_csrf_and_permission(mike):
+    run = WorkflowRun.objects.create(workflow=batch.batch_workflow(), status="aborted")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(mike)
+    assert strict.post(f"/admin/batch/resume?run_id={run.id}").status_code == 403  # no CSRF token
+
+    clerk = User.objects.create_user("clerk", password="pw", is_staff=True)
+    client = Client()
+    client.force_login(clerk)
+    response = client.post(f"/admin/batch/resume?run_id={run.id}", HTTP_ACCEPT="application/json")
+    assert response.status_code == 403
+    run.refresh_from_db()
+    assert run.status == "aborted"
+    anonymous = Client().post(f"/admin/batch/resume?run_id={run.id}")
+    assert anonymous.status_code == 302  # to the login page
+
+
+def test_cancel_stops_the_pending_rest(mike, postmark):
+    _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    assert batch.run_cancel(run=run, user=mike, now=NOW) == 3
+    _dispatch(NOW + timedelta(minutes=1))
+    assert len(postmark.calls) == 6
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+
+
+def test_the_kill_switch_mid_batch_halts_pending_sends_then_releases_them(mike, settings):
+    settings.SENDER_DEFAULT_RATES = {"email": 1.0, "sms": 1.0, "whatsapp": 1.0}
+    CustomerFactory.create_batch(5)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()  # at 1/s with a 1 s horizon: two go, three wait for their slots
+    assert Delivery.objects.filter(status="sent").count() == 2
+    switch = KillSwitch.objects.create(name="high_risk_ops", scope="high_risk_ops", is_on=True)
+    report = _dispatch(NOW + timedelta(seconds=10))
+    assert (report.sent, report.frozen) == (0, 3)
+    assert Delivery.objects.filter(status="sent").count() == 2  # already sent stay sent
+    KillSwitch.objects.filter(id=switch.id).update(is_on=False)
+    _dispatch(NOW + timedelta(seconds=20))
+    _dispatch(NOW + timedelta(seconds=30))
+    assert Delivery.objects.filter(status="sent").count() == 5
+
+
+def test_post_actions_log_reflect_emit_and_stage_a_verify_check(mike):
+    CustomerFactory.create_batch(2)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert run.summary["sent"] == 2
+    assert NOW <= run.completed_at < NOW + timedelta(seconds=1)
+    reflexion = ReflexionEntry.objects.get(workflow_run=run)
+    assert reflexion.tags == ["batch_notify", "completed"]
+    assert "2 sent, 0 failed" in reflexion.narrative
+    event = Event.objects.get(name="workflow.completed")
+    assert event.idempotency_key == f"workflow_run:{run.id}:finished"
+    check = VerifyCheck.objects.get(workflow_run=run)
+    assert (check.name, check.status) == ("all_recipients_logged", "pending")
+    assert check.due_at == run.completed_at + timedelta(seconds=60)
+
+
+def test_the_verify_check_passes_after_its_window(mike):
+    CustomerFactory.create_batch(2)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    assert batch.run_verify_checks(now=NOW + timedelta(seconds=30)) == {
+        "pass": 0,
+        "fail": 0,
+        "timeout": 0,
+        "waiting": 0,
+    }
+    assert batch.run_verify_checks(now=NOW + timedelta(minutes=8))["pass"] == 1
+    check = VerifyCheck.objects.get()
+    assert (check.status, check.expected, check.observed) == ("pass", 2, 2)
+
+
+def test_the_verify_check_fails_when_a_recipient_is_not_logged(mike):
+    CustomerFactory.create_batch(2)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    Delivery.objects.filter(workflow_run=run).first().delete()  # a lost log row
+    batch.run_verify_checks(now=NOW + timedelta(minutes=8))
+    check = VerifyCheck.objects.get()
+    assert (check.status, check.expected, check.observed) == ("fail", 2, 1)
+
+
+def test_attachments_go_with_every_message(mike, settings):
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+    from django.core import mail
+
+    CustomerFactory.create_batch(2)
+    run = _launch(
+        mike,
+        attachments=[
+            SimpleUploadedFile("prices.pdf", b"%PDF-1.4 prices", content_type="application/pdf")
+        ],
+    )
+    _approve_all(run, mike)
+    _dispatch()
+    assert len(mail.outbox) == 2
+    for message in mail.outbox:
+        assert [(a[0], a[1]) for a in message.attachments] == [("prices.pdf", b"%PDF-1.4 prices")]
+
+
+def test_an_empty_cohort_is_refused(mike):
+    CustomerFactory(bid="OTHER")
+    with pytest.raises(batch.BatchBlocked) as caught:
+        _launch(mike)
+    assert "The filter selects no reachable customer." in caught.value.messages
+
+
+def test_unicode_names_personalize_cleanly(mike):
+    CustomerFactory(company_name="مدرسة النور 🌟", account_ref="NYC-ع")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    assert (
+        DeliveryFactory._meta.model.objects.get().subject == "Holiday schedule for مدرسة النور 🌟"
+    )
