@@ -28,7 +28,6 @@ from notifications.models import (
     Suppression,
     UnmatchedProviderEvent,
     Workflow,
-    WorkflowRun,
 )
 from notifications.templating import TemplateProblem, compile_template
 from notifications.tracking import suppress
@@ -92,7 +91,13 @@ class DeliveryAdmin(admin.ModelAdmin):
         "attempts",
         "provider",
     )
-    list_filter = ("status", "channel", "provider", ("send_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        "channel",
+        "provider",
+        ("send_at", admin.DateFieldListFilter),
+        ("workflow_run", admin.RelatedOnlyFieldListFilter),
+    )
     date_hierarchy = "send_at"
     search_fields = ("address", "recipient_key", "idempotency_key", "provider_message_id")
     list_select_related = ("notification",)
@@ -353,17 +358,6 @@ class WorkflowAdmin(admin.ModelAdmin):
     search_fields = ("name", "description")
 
 
-@admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "workflow", "status", "started_at", "completed_at")
-    list_filter = ("status", "workflow")
-    date_hierarchy = "started_at"
-    readonly_fields = ("workflow", "status", "started_at", "completed_at", "summary")
-
-    def has_add_permission(self, request):
-        return False
-
-
 class KillSwitchChangeInline(ReadOnlyInline):
     model = KillSwitchChange
     fields = ("at", "turned_on", "by", "reason")
@@ -527,3 +521,7 @@ class UnmatchedProviderEventAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+# Batch notification screens (runs, proposals, customers) live in their own module.
+from notifications import batch_admin  # noqa: E402, F401

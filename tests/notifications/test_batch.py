@@ -44,7 +44,8 @@ def _launch(user, *, query="bid=B5875", now=NOW, **kwargs):
     values = {
         "cohort_filter": query,
         "subject": "Holiday schedule for {{ customer_name }}",
-        "body_template": "Dear {{ customer_name }},\nyour account {{ account_ref }} ({{ school_year }}).",
+        "body_template": "Dear {{ customer_name }},\n"
+        "your account {{ account_ref }} ({{ school_year }}).",
     }
     values.update(kwargs)
     return batch.batch_launch(user=user, now=now, **values)
@@ -209,7 +210,8 @@ def postmark(settings):
     def answer(request):
         to = json.loads(request.body)["To"]
         if "bad" in to:
-            return 422, {}, json.dumps({"ErrorCode": 300, "Message": f"Invalid 'To' address: '{to}'."})
+            refusal = {"ErrorCode": 300, "Message": f"Invalid 'To' address: '{to}'."}
+            return 422, {}, json.dumps(refusal)
         return (
             200,
             {},

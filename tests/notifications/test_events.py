@@ -18,23 +18,23 @@ def calls():
         seen.append((event.name, event.payload["production_run_id"]))
         return {"handled": event.payload["production_run_id"]}
 
-    events.subscribe("production_run.*", on_production_run, name="test.on_production_run")
+    events.subscribe("herald_test_run.*", on_production_run, name="test.on_production_run")
     yield seen
     events._subscribers.pop("test.on_production_run")
 
 
 def test_an_event_recorded_twice_exists_once_and_its_subscriber_runs_once(calls):
     first, created = events.record_event(
-        "production_run.reminder_idle", {"production_run_id": 7}, idempotency_key="k1", now=NOW
+        "herald_test_run.reminder_idle", {"production_run_id": 7}, idempotency_key="k1", now=NOW
     )
     again, created_again = events.record_event(
-        "production_run.reminder_idle", {"production_run_id": 999}, idempotency_key="k1", now=NOW
+        "herald_test_run.reminder_idle", {"production_run_id": 999}, idempotency_key="k1", now=NOW
     )
     assert (created, created_again) == (True, False)
     assert again.pk == first.pk and again.payload == {"production_run_id": 7}
     assert events.handle_due(now=NOW) == {"done": 1, "failed": 0, "gave_up": 0}
     assert events.handle_due(now=NOW + timedelta(hours=1)) == {"done": 0, "failed": 0, "gave_up": 0}
-    assert calls == [("production_run.reminder_idle", 7)]
+    assert calls == [("herald_test_run.reminder_idle", 7)]
     handling = EventHandling.objects.get()
     assert (handling.status, handling.attempts, handling.result) == ("done", 1, {"handled": 7})
     assert Event.objects.count() == 1

@@ -1,0 +1,475 @@
+"""Admin screens of batch customer notification: the batch form with its preview, run pages
+with progress and breaker state, proposed actions with bulk decisions, customers. Every
+action calls notifications.batch and reports what happened."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from notifications import batch
+from notifications.admin_confirm import confirm_page, confirmed
+from notifications.cohort import FILTER_FIELDS
+from notifications.models import (
+    AuditEntry,
+    Customer,
+    ProposedAction,
+    ReflexionEntry,
+    VerifyCheck,
+    WorkflowRun,
+)
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    def clean(self, data, initial=None):
+        single = super().clean
+        if isinstance(data, list | tuple):
+            return [single(item, initial) for item in data]
+        return [single(data, initial)] if data else []
+
+
+class BatchForm(forms.Form):
+    customer_cohort_filter = forms.CharField(
+        help_text="Which customers, as field=value pairs joined by &, e.g. "
+        "bid=B5875&region=NYC DOE. Fields: " + ", ".join(FILTER_FIELDS) + ".",
+        widget=forms.TextInput(attrs={"size": 70}),
+    )
+    subject = forms.CharField(
+        help_text="Template syntax, e.g. Holiday schedule for {{ customer_name }}.",
+        widget=forms.TextInput(attrs={"size": 70}),
+    )
+    body_template = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 70}),
+        help_text="Variables: " + ", ".join(f"{{{{ {v} }}}}" for v in batch.VARIABLES) + ".",
+    )
+    max_recipients = forms.IntegerField(
+        required=False,
+        help_text="Optional. The cap is 50; a higher value needs its permission and is audited.",
+    )
+    attachments = MultipleFileField(
+        required=False,
+        widget=MultipleFileInput(),
+        help_text="Optional files sent with every message.",
+    )
+    confirm_recent = forms.BooleanField(
+        required=False,
+        label="Send anyway to recipients emailed in the last 48 hours",
+    )
+
+
+def _form_errors(form: BatchForm, error: ValidationError) -> None:
+    for field, messages_ in error.message_dict.items():
+        target = field if field in form.fields else None
+        if field == "body":
+            target = "body_template"
+        for message in messages_:
+            form.add_error(target, message)
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "workflow",
+        "status",
+        "progress_bar",
+        "created_by",
+        "started_at",
+        "completed_at",
+    )
+    list_filter = ("status", "workflow__type", "workflow")
+    date_hierarchy = "started_at"
+    search_fields = ("id", "created_by", "status_reason")
+    list_select_related = ("workflow",)
+    readonly_fields = (
+        "workflow",
+        "status",
+        "status_reason",
+        "progress_bar",
+        "breaker_state",
+        "started_at",
+        "completed_at",
+        "created_by",
+        "inputs",
+        "summary",
+    )
+    fields = readonly_fields
+    change_form_template = "admin/notifications/workflowrun/change_form.html"
+    change_list_template = "admin/notifications/workflowrun/change_list.html"
+    actions = ["resume_runs", "cancel_runs"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_urls(self):
+        return [
+            path("batch/new/", self.admin_site.admin_view(self.batch_view), name="batch_new"),
+            path(
+                "<int:run_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="batch_cancel",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        if obj.workflow.type != "batch_notify":
+            return "—"
+        p = batch.run_progress(obj)
+        return format_html(
+            '<div class="herald-progress" title="{}% done" style="width:220px;background:#e5e7eb;'
+            'border-radius:4px;height:12px;display:flex;overflow:hidden">'
+            '<span style="width:{}%;background:#059669"></span>'
+            '<span style="width:{}%;background:#dc2626"></span>'
+            '<span style="width:{}%;background:#9ca3af"></span></div>'
+            '<small class="herald-progress-text">{} sent · {} failed · {} skipped · '
+            "{} pending · {} awaiting review · {} rejected — of {} ({}%)</small>",
+            p["percent"],
+            _share(p["sent"], p["total"]),
+            _share(p["failed"], p["total"]),
+            _share(p["skipped"] + p["rejected"], p["total"]),
+            p["sent"],
+            p["failed"],
+            p["skipped"],
+            p["pending"],
+            p["awaiting"],
+            p["rejected"],
+            p["total"],
+            p["percent"],
+        )
+
+    @admin.display(description="circuit breaker")
+    def breaker_state(self, obj):
+        if obj.status == WorkflowRun.Status.ABORTED:
+            return format_html(
+                '<strong style="color:#dc2626">tripped</strong> — {}', obj.status_reason
+            )
+        return f"closed ({obj.consecutive_failures} of {batch.BREAKER_FAILURES} failures in a row)"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        extra_context = {
+            **(extra_context or {}),
+            "run": run,
+            "envelope": run.proposed_actions.filter(customer__isnull=True).first(),
+            "reflexions": ReflexionEntry.objects.filter(workflow_run=run),
+            "verify_checks": VerifyCheck.objects.filter(workflow_run=run),
+            "can_resume": request.user.has_perm("notifications.resume_batch")
+            and run.status == WorkflowRun.Status.ABORTED,
+            "can_cancel": request.user.has_perm("notifications.resume_batch")
+            and run.status not in WorkflowRun.FINISHED,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def batch_view(self, request):
+        if not request.user.has_perm("notifications.launch_batch"):
+            raise PermissionDenied
+        form = BatchForm(request.POST or None, request.FILES or None)
+        preview = None
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            now = timezone.now()
+            try:
+                preview = batch.build_preview(
+                    cohort_filter=data["customer_cohort_filter"],
+                    subject=data["subject"],
+                    body_template=data["body_template"],
+                    max_recipients=data["max_recipients"],
+                    now=now,
+                    user=request.user,
+                )
+                if "_launch" in request.POST:
+                    run = batch.batch_launch(
+                        user=request.user,
+                        cohort_filter=data["customer_cohort_filter"],
+                        subject=data["subject"],
+                        body_template=data["body_template"],
+                        max_recipients=data["max_recipients"],
+                        attachments=data["attachments"],
+                        confirm_recent=data["confirm_recent"],
+                        now=now,
+                    )
+                    self.message_user(
+                        request,
+                        f"Run {run.id} staged for {len(run.inputs['customer_ids'])} recipients. "
+                        "Approve its HITL gate to personalize and review.",
+                    )
+                    return HttpResponseRedirect(
+                        reverse("admin:notifications_workflowrun_change", args=[run.id])
+                    )
+            except ValidationError as error:
+                _form_errors(form, error)
+                preview = None
+            except (batch.BatchBlocked, batch.NeedsConfirmation) as stop:
+                for message in stop.messages:
+                    self.message_user(request, message, messages.ERROR)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "New batch customer notification",
+            "form": form,
+            "preview": preview,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/notifications/workflowrun/batch_form.html", context)
+
+    def cancel_view(self, request, run_id):
+        run = get_object_or_404(WorkflowRun, pk=run_id)
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse("admin:notifications_workflowrun_change", args=[run.id])
+            )
+        try:
+            count = batch.run_cancel(run=run, user=request.user, now=timezone.now())
+        except PermissionDenied as denied:
+            self.message_user(request, str(denied), messages.ERROR)
+        else:
+            self.message_user(
+                request, f"Run {run.id} cancelled: {count} scheduled deliveries will not go."
+            )
+        return HttpResponseRedirect(
+            reverse("admin:notifications_workflowrun_change", args=[run.id])
+        )
+
+    @admin.action(description="Resume selected aborted batches")
+    def resume_runs(self, request, queryset):
+        runs = list(queryset.filter(status=WorkflowRun.Status.ABORTED))
+        if not confirmed(request):
+            return confirm_page(
+                self,
+                request,
+                queryset.filter(id__in=[r.id for r in runs]),
+                action="resume_runs",
+                title=f"Resume {len(runs)} aborted batch(es)",
+                summary=f"Resuming sends the unsent deliveries of {len(runs)} run(s); "
+                "recipients already sent are never sent again.",
+                items=[f"run {r.id}: {r.status_reason}" for r in runs],
+                confirm_label="Yes, resume",
+            )
+        try:
+            done = sum(batch.run_resume(run=r, user=request.user, now=timezone.now()) for r in runs)
+        except PermissionDenied as denied:
+            self.message_user(request, str(denied), messages.ERROR)
+            return None
+        self.message_user(request, f"{done} run(s) resumed.")
+        return None
+
+    @admin.action(description="Cancel selected batches")
+    def cancel_runs(self, request, queryset):
+        runs = list(queryset.exclude(status__in=WorkflowRun.FINISHED))
+        if not confirmed(request):
+            return confirm_page(
+                self,
+                request,
+                queryset.filter(id__in=[r.id for r in runs]),
+                action="cancel_runs",
+                title=f"Cancel {len(runs)} batch(es)",
+                summary=f"Cancelling stops {len(runs)} run(s) for good: their scheduled "
+                "deliveries and pending reviews are cancelled.",
+                items=[str(r) for r in runs],
+                confirm_label="Yes, cancel",
+            )
+        try:
+            count = sum(
+                batch.run_cancel(run=r, user=request.user, now=timezone.now()) for r in runs
+            )
+        except PermissionDenied as denied:
+            self.message_user(request, str(denied), messages.ERROR)
+            return None
+        self.message_user(request, f"{len(runs)} run(s) cancelled; {count} deliveries will not go.")
+        return None
+
+
+def _share(part: int, total: int) -> int:
+    return round(100 * part / total) if total else 0
+
+
+class DecisionFilter(admin.SimpleListFilter):
+    title = "needs a decision"
+    parameter_name = "waiting"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Waiting for a decision")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(status=ProposedAction.Status.PENDING)
+        return queryset
+
+
+@admin.register(ProposedAction)
+class ProposedActionAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "action_type",
+        "entity_ref",
+        "customer",
+        "subject",
+        "status",
+        "decided_by",
+        "decided_at",
+    )
+    list_filter = (DecisionFilter, "status", "action_type", "workflow_run")
+    search_fields = ("entity_ref", "customer__company_name", "customer__email", "subject")
+    list_select_related = ("customer",)
+    readonly_fields = (
+        "action_type",
+        "entity_ref",
+        "workflow_run",
+        "customer",
+        "subject",
+        "body",
+        "status",
+        "decided_by",
+        "decided_at",
+        "created_at",
+    )
+    actions = ["approve_selected", "reject_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def _decide(self, request, queryset, *, approve: bool):
+        verb = "approve" if approve else "reject"
+        pending = queryset.filter(status=ProposedAction.Status.PENDING)
+        counts = pending.aggregate(
+            envelopes=Count("id", filter=Q(action_type=ProposedAction.Type.BATCH_ENVELOPE)),
+            reviews=Count("id", filter=Q(action_type=ProposedAction.Type.HITL_REVIEW)),
+        )
+        if not confirmed(request):
+            what = []
+            if counts["reviews"]:
+                what.append(
+                    f"{counts['reviews']} recipient(s) "
+                    + (
+                        "will each get the message shown"
+                        if approve
+                        else "will not be sent anything"
+                    )
+                )
+            if counts["envelopes"]:
+                what.append(
+                    f"{counts['envelopes']} batch gate(s) "
+                    + (
+                        "open: each recipient's message is staged for review"
+                        if approve
+                        else "close: the run is cancelled"
+                    )
+                )
+            already = queryset.count() - pending.count()
+            if already:
+                what.append(f"{already} already decided and left as they are")
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action=f"{verb}_selected",
+                title=f"{verb.capitalize()} {pending.count()} proposed action(s)",
+                summary=f"{verb.capitalize()}: " + "; ".join(what) + ".",
+                items=[f"{p.customer or p.entity_ref}: {p.subject}" for p in pending[:50]],
+                confirm_label=f"Yes, {verb} {pending.count()}",
+            )
+        now = timezone.now()
+        try:
+            staged = 0
+            for envelope in pending.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
+                if approve:
+                    staged += batch.envelope_approve(envelope=envelope, user=request.user, now=now)
+                else:
+                    batch.envelope_reject(envelope=envelope, user=request.user, now=now)
+            reviews = queryset.filter(action_type=ProposedAction.Type.HITL_REVIEW)
+            decided = batch.reviews_decide(
+                ids=reviews.values_list("id", flat=True),
+                approve=approve,
+                user=request.user,
+                now=now,
+            )
+        except PermissionDenied as denied:
+            self.message_user(request, str(denied), messages.ERROR)
+            return None
+        parts = [f"{decided.decided} recipient(s) {verb}d"]
+        if approve:
+            parts.append(f"{decided.deliveries} deliveries staged")
+        if staged:
+            parts.append(f"{staged} review(s) staged from the batch gate")
+        if decided.already_decided:
+            parts.append(f"{decided.already_decided} already decided (no-op)")
+        self.message_user(request, "; ".join(parts) + ".")
+        return None
+
+    @admin.action(description="Approve selected (whole cohort: select all)")
+    def approve_selected(self, request, queryset):
+        return self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Reject selected")
+    def reject_selected(self, request, queryset):
+        return self._decide(request, queryset, approve=False)
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = (
+        "company_name",
+        "email",
+        "account_ref",
+        "bid",
+        "region",
+        "school_year",
+        "is_inactive",
+    )
+    list_filter = ("is_inactive", "bid", "region", "school_year")
+    search_fields = ("company_name", "email", "account_ref", "tags")
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("at", "by", "action", "target", "detail")
+    list_filter = ("action",)
+    search_fields = ("by", "target")
+    date_hierarchy = "at"
+    readonly_fields = ("at", "by", "action", "target", "detail")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ReflexionEntry)
+class ReflexionEntryAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "workflow_run", "narrative", "tags")
+    search_fields = ("narrative",)
+    readonly_fields = ("workflow_run", "narrative", "tags", "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(VerifyCheck)
+class VerifyCheckAdmin(admin.ModelAdmin):
+    list_display = (
+        "workflow_run",
+        "name",
+        "status",
+        "due_at",
+        "checked_at",
+        "expected",
+        "observed",
+        "detail",
+    )
+    list_filter = ("status", "name")
+    readonly_fields = [f.name for f in VerifyCheck._meta.fields if f.name != "id"]
+
+    def has_add_permission(self, request):
+        return False

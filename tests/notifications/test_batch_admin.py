@@ -1,0 +1,133 @@
+"""The batch journey through the admin's doors (the browser journey is in tests/browser)."""
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from notifications.dispatch import ManualClock, dispatch_due
+from notifications.models import Delivery, KillSwitch, ProposedAction, WorkflowRun
+from tests.notifications.factories import CustomerFactory
+
+pytestmark = pytest.mark.django_db
+FORM = {
+    "customer_cohort_filter": "bid=B5875",
+    "subject": "Holiday schedule for {{ customer_name }}",
+    "body_template": "Dear {{ customer_name }},\nwe close on 24 December.",
+}
+
+
+@pytest.fixture(autouse=True)
+def recording_email(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+
+def test_preview_shows_count_sample_and_suppressed(admin_client):
+    CustomerFactory(company_name="Brooklyn Tech")
+    CustomerFactory(company_name="Gone School", email="gone@school.example.org")
+    from notifications.models import Suppression
+
+    Suppression.objects.create(address="gone@school.example.org", channel="email", reason="bounce")
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_preview": "1"}).content.decode()
+    assert "<strong>1</strong> recipient(s) (cap 50)" in page
+    assert "Holiday schedule for Brooklyn Tech" in page
+    assert "Gone School &lt;gone@school.example.org&gt;: Hard bounce" in page
+    assert not WorkflowRun.objects.exists()
+
+
+def test_a_bad_filter_or_variable_is_shown_on_its_field(admin_client):
+    page = admin_client.post(
+        reverse("admin:batch_new"),
+        {**FORM, "customer_cohort_filter": "colour=red", "_preview": "1"},
+    ).content.decode()
+    assert "Unknown filter field colour" in page
+    page = admin_client.post(
+        reverse("admin:batch_new"),
+        {**FORM, "body_template": "Hi {{ nickname }}", "_preview": "1"},
+    ).content.decode()
+    assert "Unknown variable in body_template: nickname" in page
+    assert not WorkflowRun.objects.exists()
+
+
+def test_the_kill_switch_blocks_a_launch_with_a_clear_message(admin_client):
+    CustomerFactory()
+    KillSwitch.objects.create(name="high_risk_ops", scope="high_risk_ops", is_on=True)
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"}, follow=True)
+    assert "The kill switch high_risk_ops is on: launches are blocked." in page.content.decode()
+    assert not WorkflowRun.objects.exists()
+
+
+def test_launch_gate_bulk_approve_dispatch_progress(admin_client):
+    CustomerFactory.create_batch(3)
+    response = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    run = WorkflowRun.objects.get()
+    assert response.url == reverse("admin:notifications_workflowrun_change", args=[run.id])
+
+    changelist = reverse("admin:notifications_proposedaction_changelist")
+    envelope = run.proposed_actions.get()
+    confirm = admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": [envelope.id]}
+    )
+    assert "1 batch gate(s) open" in confirm.content.decode()
+    admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": [envelope.id], "post": "yes"}
+    )
+    reviews = list(
+        run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
+    )
+    assert len(reviews) == 3
+
+    confirm = admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": reviews}
+    )
+    assert "Approve: 3 recipient(s) will each get the message shown." in confirm.content.decode()
+    done = admin_client.post(
+        changelist,
+        {"action": "approve_selected", "_selected_action": reviews, "post": "yes"},
+        follow=True,
+    )
+    assert "3 recipient(s) approved; 3 deliveries staged." in done.content.decode()
+    now = timezone.now() + timedelta(seconds=1)
+    dispatch_due(now=now, clock=ManualClock(now))
+    page = admin_client.get(
+        reverse("admin:notifications_workflowrun_change", args=[run.id])
+    ).content.decode()
+    assert (
+        "3 sent · 0 failed · 0 skipped · 0 pending · 0 awaiting review · 0 rejected — of 3 (100%)"
+        in page
+    )
+    assert Delivery.objects.filter(status="sent").count() == 3
+    run.refresh_from_db()
+    assert run.status == "completed"
+
+
+def test_a_second_bulk_approve_is_a_logged_no_op(admin_client):
+    CustomerFactory.create_batch(2)
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    run = WorkflowRun.objects.get()
+    changelist = reverse("admin:notifications_proposedaction_changelist")
+    admin_client.post(
+        changelist,
+        {
+            "action": "approve_selected",
+            "_selected_action": [run.proposed_actions.get().id],
+            "post": "yes",
+        },
+    )
+    ids = list(
+        ProposedAction.objects.filter(action_type="hitl_review").values_list("id", flat=True)
+    )
+    admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": ids, "post": "yes"}
+    )
+    again = admin_client.post(
+        changelist,
+        {"action": "approve_selected", "_selected_action": ids, "post": "yes"},
+        follow=True,
+    )
+    assert (
+        "0 recipient(s) approved; 0 deliveries staged; 2 already decided (no-op)."
+        in again.content.decode()
+    )
+    assert Delivery.objects.count() == 2
