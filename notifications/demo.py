@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta
 
 from notifications.models import (
+    Customer,
     Delivery,
     DeliveryEvent,
     MessageTemplate,
@@ -127,3 +128,55 @@ def seed(now: datetime) -> int:
             ]
         )
     return created
+
+
+BIDS = ["B5875", "B6120", "B7001", "B7433"]
+REGIONS = ["NYC DOE", "Long Island", "Westchester", "New Jersey", "Connecticut"]
+KINDS = ["High School", "Middle School", "Elementary", "Academy", "Charter School"]
+PLACES = [
+    "Brooklyn",
+    "Queens",
+    "Harlem",
+    "Flushing",
+    "Astoria",
+    "Yonkers",
+    "Newark",
+    "Hoboken",
+    "Stamford",
+    "Hempstead",
+    "Bronx",
+    "Tribeca",
+    "Chelsea",
+    "Jamaica",
+    "Red Hook",
+    "Inwood",
+    "Bayside",
+    "Hudson",
+    "Riverdale",
+    "Greenpoint",
+]
+
+
+def seed_customers(now: datetime) -> int:
+    """About 200 customers across bids and regions for cohort filters."""
+    customers = []
+    for i in range(200):
+        place, kind = PLACES[i % len(PLACES)], KINDS[(i // len(PLACES)) % len(KINDS)]
+        slug = f"{place}-{kind}".lower().replace(" ", "-")
+        customers.append(
+            Customer(
+                company_name=f"{place} {kind} {i // 100 + 1}",
+                email=f"office+{i:03d}@{slug}.example.org" if i % 23 else "",
+                phone=f"+1212555{i:04d}",
+                account_ref=f"ACC-{i:04d}",
+                bid=BIDS[i % len(BIDS)],
+                region=REGIONS[(i // 4) % len(REGIONS)],
+                school_year="2026-27" if i % 3 else "2025-26",
+                tags="k12,priority" if i % 10 == 0 else "k12",
+                is_inactive=i % 37 == 0,
+            )
+        )
+    existing = set(Customer.objects.values_list("account_ref", flat=True))
+    new = [c for c in customers if c.account_ref not in existing]
+    Customer.objects.bulk_create(new)
+    return len(new)
