@@ -38,7 +38,7 @@ def test_batch_notification_from_cohort_to_100_percent(
     page.fill("#id_customer_cohort_filter", "bid=B5875")
     page.fill("#id_subject", "Holiday schedule for {{ customer_name }}")
     page.fill("#id_body_template", "Dear {{ customer_name }},\nwe close on 24 December.")
-    page.click("#preview-button")
+    # The preview is live: it appears a moment after typing stops, without pressing Preview.
     expect(page.locator("#batch-preview")).to_contain_text("3 recipient(s) (cap 50)")
     assert page.inner_text(
         "#sample-subject"
