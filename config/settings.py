@@ -156,6 +156,8 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # for a human to reconcile; it is never resent blindly.
 DISPATCH_SENDING_TIMEOUT_SECONDS = env.int("DISPATCH_SENDING_TIMEOUT_SECONDS", default=600)
 DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
+# Accepted deliveries are written in bulk, this many at a time.
+DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=100)
 # Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so
 # failures of one burst do not all retry at the same instant.
 DISPATCH_RETRY_JITTER = env.float("DISPATCH_RETRY_JITTER", default=0.1)
@@ -178,6 +180,43 @@ BREAKER_COOLOFF_SECONDS = env.int("BREAKER_COOLOFF_SECONDS", default=60)
 
 # Batch notification: the highest max_recipients anyone may set (the default cap is 50).
 BATCH_MAX_RECIPIENTS_CEILING = env.int("BATCH_MAX_RECIPIENTS_CEILING", default=10000)
+
+# --- Production-run reminders ---------------------------------------------------------
+# The partner portal the signed 24-hour WhatsApp links open (/partners/wa-auth?token=...).
+PARTNER_PORTAL_URL = env("PARTNER_PORTAL_URL", default=f"{SITE_URL}/partners").rstrip("/")
+# Graph API token per WhatsApp platform (WABA), by label: "IN=<token>;AU=<token>". A platform
+# without one uses WHATSAPP_ACCESS_TOKEN.
+WHATSAPP_PLATFORM_TOKENS = env("WHATSAPP_PLATFORM_TOKENS", default="")
+# Meta needs a sample image (a handle from its Resumable Upload API) to review a template
+# with an image header: the design-image template is only submitted once this is set.
+WHATSAPP_HEADER_IMAGE_HANDLE = env("WHATSAPP_HEADER_IMAGE_HANDLE", default="")
+
+# --- Triggers and cadence (seed 003) -------------------------------------------------------
+# Layer 1 cooldown of a trigger context when neither the workflow nor its audience's
+# personas name one.
+TRIGGER_DEFAULT_COOLDOWN_HOURS = env.float("TRIGGER_DEFAULT_COOLDOWN_HOURS", default=1.0)
+# A kiosk without a heartbeat for this long is offline; below this battery it is low.
+KIOSK_OFFLINE_AFTER_MINUTES = env.int("KIOSK_OFFLINE_AFTER_MINUTES", default=5)
+KIOSK_LOW_BATTERY_PERCENT = env.int("KIOSK_LOW_BATTERY_PERCENT", default=20)
+# morale_drop_baseline: the average of the last MORALE_RECENT_HOURS against the
+# MORALE_BASELINE_DAYS before them; it fires below MORALE_DROP_SHARE of the baseline when
+# both windows hold at least MORALE_MIN_RESPONSES answers.
+MORALE_RECENT_HOURS = env.int("MORALE_RECENT_HOURS", default=24)
+MORALE_BASELINE_DAYS = env.int("MORALE_BASELINE_DAYS", default=14)
+MORALE_DROP_SHARE = env.float("MORALE_DROP_SHARE", default=0.8)
+MORALE_MIN_RESPONSES = env.int("MORALE_MIN_RESPONSES", default=3)
+for _name, _ok in (
+    ("TRIGGER_DEFAULT_COOLDOWN_HOURS", TRIGGER_DEFAULT_COOLDOWN_HOURS >= 0),
+    ("KIOSK_OFFLINE_AFTER_MINUTES", KIOSK_OFFLINE_AFTER_MINUTES > 0),
+    ("KIOSK_LOW_BATTERY_PERCENT", 0 <= KIOSK_LOW_BATTERY_PERCENT <= 100),
+    ("MORALE_RECENT_HOURS", MORALE_RECENT_HOURS > 0),
+    ("MORALE_BASELINE_DAYS", MORALE_BASELINE_DAYS > 0),
+    ("MORALE_DROP_SHARE", 0 < MORALE_DROP_SHARE <= 1),
+    ("MORALE_MIN_RESPONSES", MORALE_MIN_RESPONSES > 0),
+):
+    if not _ok:
+        raise ImproperlyConfigured(f"{_name} is out of range: {globals()[_name]!r}")
+# --- end of triggers and cadence ----------------------------------------------------------
 
 # --- Logging ------------------------------------------------------------------------------
 LOGGING = {

@@ -440,7 +440,6 @@ def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
     )
     if outcome == "sent":
         runs.filter(consecutive_failures__gt=0).update(consecutive_failures=0)
-        finalize_if_done(delivery.workflow_run_id, now=now)
         return False
     runs.update(consecutive_failures=F("consecutive_failures") + 1)
     tripped = runs.filter(status=Status.RUNNING, consecutive_failures__gte=BREAKER_FAILURES).update(
@@ -459,6 +458,15 @@ def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
     if outcome == "failed":
         finalize_if_done(delivery.workflow_run_id, now=now)
     return runs.filter(status=Status.ABORTED).exists()
+
+
+def on_sent(run_ids: set[int], now: datetime) -> None:
+    """After a bulk write of successes: close the batches that have nothing left to send."""
+    for run_id in run_ids:
+        if not Delivery.objects.filter(
+            workflow_run_id=run_id, status__in=["scheduled", "sending"]
+        ).exists():
+            finalize_if_done(run_id, now=now)
 
 
 def _require_resumer(user) -> None:

@@ -67,6 +67,15 @@ def gate(key: str, *, now: datetime) -> str:
     return "open"
 
 
+def has_failures(key: str) -> bool:
+    """A failure count or a state a success would have to clear."""
+    return (
+        ProviderBreaker.objects.filter(provider=key)
+        .exclude(state=State.CLOSED, consecutive_failures=0)
+        .exists()
+    )
+
+
 def record_success(key: str, *, now: datetime) -> None:
     breaker = get_breaker(key)
     if breaker.state != State.CLOSED:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils.module_loading import import_string
 
 from notifications import breakers, pacing, tracking
@@ -253,15 +253,26 @@ def _finish(delivery: Delivery, *, now: datetime, kind: str, reason: str, **fiel
         DeliveryEvent.objects.create(delivery=delivery, kind=kind, at=now, reason=reason[:300])
 
 
+@dataclass
+class Handover:
+    """A delivery the provider accepted, waiting to be written with its batch."""
+
+    delivery: Delivery
+    provider: str
+    provider_message_id: str
+    at: datetime
+
+
 def send_claimed(
     delivery: Delivery,
     *,
     now: datetime,
     channels: dict | None = None,
     max_queue_hours: float | None = None,
-) -> tuple[str, ChannelError | None]:
-    """Hand one claimed delivery to its channel. Returns the outcome name for the report and
-    the error when there was one. `channels` caches one channel object per channel name."""
+) -> tuple[str, ChannelError | Handover]:
+    """Hand one claimed delivery to its channel. A failure is recorded at once; a success is
+    returned as a Handover for `record_sent` to write with others. `channels` caches one
+    channel object per channel name."""
     channels = {} if channels is None else channels
     try:
         if delivery.channel not in channels:
@@ -274,20 +285,43 @@ def send_claimed(
         logger.exception("delivery %s: unexpected error while sending", delivery.id)
         error = ChannelError(f"{type(error).__name__}: {error}")
         return _failed_attempt(delivery, error, now=now), error
-    _finish(
-        delivery,
-        now=now,
-        kind="sent",
-        reason=f"accepted by {channel.provider}",
-        status=Status.SENT,
-        provider=channel.provider,
-        provider_message_id=provider_id,
-        sent_at=now,
-        last_error="",
-    )
-    delivery.provider_message_id = provider_id
-    tracking.match_unmatched(delivery, now=now)
-    return "sent", None
+    return "sent", Handover(delivery, channel.provider, provider_id, now)
+
+
+def record_sent(handovers: list[Handover], *, now: datetime) -> None:
+    """Write accepted deliveries in bulk: one UPDATE and one INSERT for the lot instead of a
+    transaction per message. A crash before this leaves them 'sending'; the sweep then marks
+    them unknown for reconciliation, never for a resend."""
+    if not handovers:
+        return
+    by_id = {h.delivery.id: h for h in handovers}
+    with transaction.atomic():
+        Delivery.objects.filter(
+            id__in=list(by_id), status__in=[Status.SENDING, Status.UNKNOWN]
+        ).update(
+            status=Status.SENT,
+            status_reason=Case(
+                *[When(id=i, then=Value(f"accepted by {h.provider}")) for i, h in by_id.items()]
+            ),
+            provider=Case(*[When(id=i, then=Value(h.provider)) for i, h in by_id.items()]),
+            provider_message_id=Case(
+                *[When(id=i, then=Value(h.provider_message_id)) for i, h in by_id.items()]
+            ),
+            sent_at=Case(*[When(id=i, then=Value(h.at)) for i, h in by_id.items()]),
+            last_error="",
+            updated_at=now,
+        )
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=i, kind="sent", at=h.at, reason=f"accepted by {h.provider}"
+                )
+                for i, h in by_id.items()
+            ]
+        )
+    for handover in handovers:
+        handover.delivery.provider_message_id = handover.provider_message_id
+    tracking.match_unmatched_many([h.delivery for h in handovers], now=now)
 
 
 def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -> str:
@@ -424,9 +458,12 @@ def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -
     return claimed
 
 
-# Listeners told of every send outcome: listener(delivery, outcome, now) -> True to halt the
-# rest of that delivery's workflow run (e.g. the batch circuit breaker tripped).
+# Listeners told of send outcomes: listener(delivery, outcome, now) -> True to halt the rest
+# of that delivery's workflow run (the batch circuit breaker). Failures are told at once; a
+# success only when its run failed earlier in this round (to reset a consecutive count).
 _outcome_listeners: list = []
+# Told after each bulk write of successes: listener(workflow_run_ids, now).
+_sent_listeners: list = []
 
 
 def register_outcome_listener(listener) -> None:
@@ -434,11 +471,39 @@ def register_outcome_listener(listener) -> None:
         _outcome_listeners.append(listener)
 
 
+def register_sent_listener(listener) -> None:
+    if listener not in _sent_listeners:
+        _sent_listeners.append(listener)
+
+
 def _tell_listeners(delivery: Delivery, outcome: str, now: datetime) -> bool:
     halt = False
     for listener in _outcome_listeners:
         halt = bool(listener(delivery, outcome, now)) or halt
     return halt
+
+
+class _SentBuffer:
+    """Successes waiting for their bulk write (at most `size`, and always before anything
+    else reads or changes their rows)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.handovers: list[Handover] = []
+
+    def add(self, handover: Handover, *, now: datetime) -> None:
+        self.handovers.append(handover)
+        if len(self.handovers) >= self.size:
+            self.flush(now=now)
+
+    def flush(self, *, now: datetime) -> None:
+        if not self.handovers:
+            return
+        handovers, self.handovers = self.handovers, []
+        record_sent(handovers, now=now)
+        runs = {h.delivery.workflow_run_id for h in handovers} - {None}
+        for listener in _sent_listeners:
+            listener(runs, now)
 
 
 def _sender_key(delivery: Delivery) -> str:
@@ -498,6 +563,7 @@ def _send_batch(
     *,
     clock: Clock | ManualClock,
     breaker: str,
+    gate: str,
     channels: dict,
     report: DispatchReport,
 ) -> bool:
@@ -512,6 +578,10 @@ def _send_batch(
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
     halted_runs: set[int] = set()
+    failing_runs: set[int] = set()
+    # Only touch the breaker row on success when there is a failure count to clear.
+    breaker_dirty = gate == "trial" or breakers.has_failures(breaker)
+    sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH)
     for index, (slot, delivery) in enumerate(slotted):
         sender = senders[_sender_key(delivery)]
         if delivery.workflow_run_id in halted_runs:
@@ -535,28 +605,43 @@ def _send_batch(
             report.add("expired")
             continue
         if slot > now + horizon:
+            sent.flush(now=clock.now())
             _put_back_paced(slotted[index:], now=now, senders=senders, report=report)
             return True
         clock.sleep_until(slot)
         handed_at = clock.now()
-        outcome, error = send_claimed(
+        outcome, result = send_claimed(
             delivery, now=handed_at, channels=channels, max_queue_hours=sender.max_queue_hours
         )
         report.add(outcome)
+        if isinstance(result, Handover):
+            sent.add(result, now=handed_at)
+            if delivery.workflow_run_id in failing_runs:
+                sent.flush(now=handed_at)
+                failing_runs.discard(delivery.workflow_run_id)
+                _tell_listeners(delivery, outcome, handed_at)
+            if breaker_dirty:
+                sent.flush(now=handed_at)
+                breakers.record_success(breaker, now=handed_at)
+                breaker_dirty = False
+            continue
+        error = result
+        if delivery.workflow_run_id:
+            failing_runs.add(delivery.workflow_run_id)
+        sent.flush(now=handed_at)
         if _tell_listeners(delivery, outcome, handed_at):
             halted_runs.add(delivery.workflow_run_id)
-        if error is None:
-            breakers.record_success(breaker, now=handed_at)
-            continue
         if error.retry_after:
             paused[sender.key] = handed_at + timedelta(seconds=error.retry_after)
             pacing.pause(key=sender.key, until=paused[sender.key])
-        if not error.permanent and breakers.record_failure(
-            breaker, now=handed_at, error=str(error)
-        ):
-            rest = [d for _, d in slotted[index + 1 :]]
-            report.add("deferred", release(rest, now=handed_at, reason=f"breaker {breaker} open"))
-            return False
+        if not error.permanent:
+            breaker_dirty = True
+            if breakers.record_failure(breaker, now=handed_at, error=str(error)):
+                rest = [d for _, d in slotted[index + 1 :]]
+                reason = f"breaker {breaker} open"
+                report.add("deferred", release(rest, now=handed_at, reason=reason))
+                return False
+    sent.flush(now=clock.now())
     return True
 
 
@@ -584,7 +669,12 @@ def dispatch_due(
             claimed = claim_due(now=clock.now(), limit=size, channel=channel, frozen=frozen)
             handled += len(claimed)
             closed = _send_batch(
-                claimed, clock=clock, breaker=breaker, channels=channels, report=report
+                claimed,
+                clock=clock,
+                breaker=breaker,
+                gate=gate,
+                channels=channels,
+                report=report,
             )
             if not closed or gate == "trial" or len(claimed) < size:
                 break

@@ -131,6 +131,20 @@ def match_unmatched(delivery: Delivery, *, now: datetime | None = None) -> int:
     return applied
 
 
+def match_unmatched_many(deliveries: list[Delivery], *, now: datetime) -> int:
+    """`match_unmatched` for a batch of just-sent deliveries, with one query when (as
+    nearly always) no report arrived early."""
+    ids = [d.provider_message_id for d in deliveries if d.provider_message_id]
+    if not ids:
+        return 0
+    waiting = set(
+        UnmatchedProviderEvent.objects.filter(
+            provider_message_id__in=ids, matched_delivery__isnull=True
+        ).values_list("provider_message_id", flat=True)
+    )
+    return sum(match_unmatched(d, now=now) for d in deliveries if d.provider_message_id in waiting)
+
+
 def match_pending(*, now: datetime, limit: int = 500) -> int:
     """Replay waiting reports whose delivery has since recorded its provider id; returns how
     many were applied. A sweep for the narrow race where a report is stored as unmatched
