@@ -58,3 +58,16 @@ def fast_senders(settings):
     """Tests that are not about pacing should not wait for it: every sender starts at a
     rate no test reaches. Pacing tests set their senders' rates themselves."""
     settings.SENDER_DEFAULT_RATES = {"email": 1e6, "sms": 1e6, "whatsapp": 1e6}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def in_memory_broker():
+    """Unit tests publish "look now" hints to an in-memory broker, never to the embedded
+    broker under var/ (a running `make run` worker would pick them up). Tests that need a
+    real broker start their own worker with its own folder or Redis."""
+    from config.celery import app
+
+    app.conf.broker_url = "memory://"
+    app.conf.broker_transport_options = {}
+    app.conf.result_backend = "cache+memory://"
+    yield
