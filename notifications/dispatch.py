@@ -177,7 +177,7 @@ def claim_due(
     with transaction.atomic():
         ids = list(
             due.order_by("send_at", "id")
-            .select_for_update(skip_locked=True)
+            .select_for_update(skip_locked=True, of=("self",))
             .values_list("id", flat=True)[:limit]
         )
         if not ids:

@@ -69,7 +69,12 @@ class EmailBackend(BaseEmailBackend):
                 subject=message.subject,
                 body=message.body,
                 html_body=html,
-                payload={"headers": dict(message.extra_headers), "attachments": attachments},
+                payload={
+                    "headers": dict(message.extra_headers),
+                    "attachments": attachments,
+                    # anymail's metadata carries the delivery's idempotency key.
+                    "metadata": dict(getattr(message, "metadata", None) or {}),
+                },
                 provider_message_id=provider_id,
             )
             sent += 1
