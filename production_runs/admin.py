@@ -1,1 +1,575 @@
-from django.contrib import admin  # noqa: F401
+"""Admin for production runs and their reminders. Actions and views are thin: they call
+runs.py, discoverer.py, whatsapp_templates.py and activation.py and report what happened."""
+
+from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db.models import Case, Count, Q, Value, When
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from notifications.admin_confirm import confirm_page, confirmed
+from production_runs import activation
+from production_runs.discoverer import (
+    KINDS,
+    Thresholds,
+    bucket_filter,
+    discover_reminders,
+    with_idle_since,
+)
+from production_runs.dispatcher import restore_default_mappings
+from production_runs.models import (
+    ACTIVE_STATUSES,
+    Design,
+    EventTemplateMapping,
+    Partner,
+    ProductionRun,
+    ProgressUpdate,
+    ReminderKind,
+    ReminderSettings,
+    ScheduleChange,
+    TemplateStatus,
+    TemplateVariantStatus,
+    WhatsAppPlatform,
+)
+from production_runs.runs import RunStepRefused, run_record_progress, run_remind_now, run_step
+from production_runs.whatsapp_templates import (
+    SPECS,
+    languages_for_platform,
+    plan,
+    selected_specs,
+    sync,
+)
+
+OK_COLOUR, BAD_COLOUR, WAIT_COLOUR = "#059669", "#dc2626", "#d97706"
+
+
+def pill(colour: str, text: str):
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 7px;border-radius:9px;'
+        'font-size:11px;white-space:nowrap">{}</span>',
+        colour,
+        text,
+    )
+
+
+# --- partners, designs --------------------------------------------------------------------
+
+
+@admin.register(Partner)
+class PartnerAdmin(admin.ModelAdmin):
+    list_display = ("name", "whatsapp_number", "language", "platform", "active_runs")
+    list_filter = ("language", "platform")
+    search_fields = ("name", "whatsapp_number")
+    list_select_related = ("platform",)
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(active=Count("runs", filter=Q(runs__status__in=ACTIVE_STATUSES)))
+        )
+
+    @admin.display(description="active runs", ordering="active")
+    def active_runs(self, obj):
+        return obj.active
+
+
+@admin.register(Design)
+class DesignAdmin(admin.ModelAdmin):
+    list_display = ("name", "thumbnail")
+    search_fields = ("name",)
+
+    @admin.display(description="image")
+    def thumbnail(self, obj):
+        if not obj.image_url:
+            return "—"
+        return format_html('<img src="{}" alt="" style="height:40px">', obj.image_url)
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+class BucketFilter(admin.SimpleListFilter):
+    title = "reminder bucket (now)"
+    parameter_name = "bucket"
+
+    def lookups(self, request, model_admin):
+        return [*ReminderKind.choices, ("none", "Not overdue")]
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        thresholds = Thresholds.of(ReminderSettings.load())
+        now = timezone.now()
+        queryset = with_idle_since(queryset)
+        if self.value() == "none":
+            overdue = Q()
+            for kind in KINDS:
+                overdue |= bucket_filter(kind, now=now, thresholds=thresholds)
+            return queryset.filter(status__in=ACTIVE_STATUSES).exclude(overdue)
+        return queryset.filter(bucket_filter(self.value(), now=now, thresholds=thresholds))
+
+
+class FlaggedFilter(admin.SimpleListFilter):
+    title = "flagged for ops"
+    parameter_name = "flagged"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Flagged: reminded too often without moving"), ("no", "Not flagged")]
+
+    def queryset(self, request, queryset):
+        flagged = Q(reminder__flagged_at__isnull=False, status__in=ACTIVE_STATUSES)
+        if self.value() == "yes":
+            return queryset.filter(flagged)
+        if self.value() == "no":
+            return queryset.exclude(flagged)
+        return queryset
+
+
+class ProgressUpdateInline(admin.TabularInline):
+    """Updates are records: new ones can be added (they move the run's produced quantity
+    through runs.run_record_progress), old ones are not edited."""
+
+    model = ProgressUpdate
+    extra = 0
+    fields = ("produced_quantity", "at")
+    can_delete = False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ProductionRun)
+class ProductionRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "partner",
+        "design",
+        "status",
+        "bucket",
+        "progress",
+        "reminders_sent",
+        "flagged",
+        "created_at",
+    )
+    list_filter = ("status", BucketFilter, FlaggedFilter, "partner__platform")
+    search_fields = ("=id", "reference", "partner__name", "design__name")
+    date_hierarchy = "created_at"
+    list_select_related = ("partner", "design", "reminder")
+    autocomplete_fields = ("partner", "design")
+    inlines = [ProgressUpdateInline]
+    readonly_fields = (
+        "produced_quantity",
+        "created_at",
+        "accepted_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "reminder_summary",
+    )
+    fields = (
+        "reference",
+        "partner",
+        "design",
+        "status",
+        "quantity",
+        *readonly_fields,
+    )
+    actions = ["send", "accept", "start", "complete", "cancel", "remind_now"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The status moves through the actions (which emit the lifecycle events).
+        return (*self.readonly_fields, "status") if obj else self.readonly_fields
+
+    def get_queryset(self, request):
+        # The bucket as of this request, computed by the database with the discoverer's
+        # own filters (no per-row work, nothing kept on this shared admin object).
+        thresholds = Thresholds.of(ReminderSettings.load())
+        now = timezone.now()
+        buckets = [
+            When(
+                bucket_filter(kind, now=now, thresholds=thresholds) & Q(partner__isnull=False),
+                then=Value(kind),
+            )
+            for kind in KINDS
+        ]
+        return with_idle_since(super().get_queryset(request)).annotate(
+            bucket_now=Case(*buckets, default=Value(""))
+        )
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not ProgressUpdate:
+            return super().save_formset(request, form, formset, change)
+        for update in formset.save(commit=False):
+            run_record_progress(
+                run=form.instance,
+                produced_quantity=update.produced_quantity,
+                now=update.at or timezone.now(),
+            )
+        return None
+
+    @admin.display(description="bucket (now)", ordering="bucket_now")
+    def bucket(self, obj):
+        if not getattr(obj, "bucket_now", ""):
+            return "—"
+        return pill(WAIT_COLOUR, ReminderKind(obj.bucket_now).label)
+
+    @admin.display(description="progress", ordering="produced_quantity")
+    def progress(self, obj):
+        return f"{obj.produced_quantity} / {obj.quantity}"
+
+    def _state(self, obj):
+        try:
+            return obj.reminder
+        except ProductionRun.reminder.RelatedObjectDoesNotExist:
+            return None
+
+    @admin.display(description="reminders", ordering="reminder__reminder_count")
+    def reminders_sent(self, obj):
+        state = self._state(obj)
+        return state.reminder_count if state else 0
+
+    @admin.display(description="flagged", ordering="reminder__flagged_at")
+    def flagged(self, obj):
+        state = self._state(obj)
+        if state is None or state.flagged_at is None or obj.status not in ACTIVE_STATUSES:
+            return ""
+        return pill(BAD_COLOUR, "call partner")
+
+    @admin.display(description="reminders")
+    def reminder_summary(self, obj):
+        state = self._state(obj)
+        if state is None:
+            return "no open stall"
+        flagged = f"; flagged for ops {state.flagged_at:%Y-%m-%d}" if state.flagged_at else ""
+        last = f"{state.last_reminded_at:%Y-%m-%d %H:%M}" if state.last_reminded_at else "never"
+        return (
+            f"{state.get_kind_display()} since {state.stalled_since:%Y-%m-%d %H:%M}; "
+            f"{state.reminder_count} reminder(s), last {last}{flagged}"
+        )
+
+    def _step(self, request, queryset, step: str, done: str):
+        now = timezone.now()
+        moved, refused = 0, []
+        for run in queryset:
+            try:
+                moved += run_step(run=run, step=step, now=now)
+            except RunStepRefused as error:
+                refused.append(str(error))
+        self.message_user(request, f"{moved} run(s) {done}.")
+        skipped = queryset.count() - moved
+        if skipped:
+            detail = f" ({refused[0]})" if refused else ""
+            self.message_user(
+                request,
+                f"{skipped} run(s) left as they were: not in a state to be {done}{detail}.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Send to partner (emits production_run.sent_to_partner)")
+    def send(self, request, queryset):
+        self._step(request, queryset, "send", "sent to their partner")
+
+    @admin.action(description="Mark accepted")
+    def accept(self, request, queryset):
+        self._step(request, queryset, "accept", "accepted")
+
+    @admin.action(description="Mark started")
+    def start(self, request, queryset):
+        self._step(request, queryset, "start", "started")
+
+    @admin.action(description="Mark completed (emits production_run.completed)")
+    def complete(self, request, queryset):
+        self._step(request, queryset, "complete", "completed")
+
+    @admin.action(description="Cancel (emits production_run.cancelled)")
+    def cancel(self, request, queryset):
+        self._step(request, queryset, "cancel", "cancelled")
+
+    @admin.action(description="Send a reminder now (WhatsApp)")
+    def remind_now(self, request, queryset):
+        if not confirmed(request):
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="remind_now",
+                title=f"Send a reminder now for {queryset.count()} run(s)",
+                summary=(
+                    f"Each of the {queryset.count()} selected run(s) that is still stalled gets "
+                    "today's reminder on WhatsApp, whatever the thresholds and escalation "
+                    "say. One already sent within the dedup window is not sent again."
+                ),
+                items=[f"Run {r.pk} — {r.partner or 'no partner'}" for r in queryset],
+                confirm_label="Yes, remind them now",
+            )
+        now = timezone.now()
+        count = sum(
+            run_remind_now(run=run, now=now, by=request.user.get_username()) for run in queryset
+        )
+        self.message_user(request, f"{count} reminder event(s) emitted.")
+        return None
+
+
+# --- reminder settings, gate, dry run -----------------------------------------------------
+
+
+@admin.register(ReminderSettings)
+class ReminderSettingsAdmin(admin.ModelAdmin):
+    fieldsets = (
+        ("Thresholds", {"fields": ("assignment_pending_hours", "not_started_hours", "idle_hours")}),
+        (
+            "Escalation",
+            {"fields": ("escalation_days", "escalation_repeat_days", "flag_after_reminders")},
+        ),
+        ("Sending", {"fields": ("digest_enabled", "dedup_window_minutes")}),
+        ("Tools", {"fields": ("tools",)}),
+    )
+    readonly_fields = ("tools",)
+
+    def has_add_permission(self, request):
+        return not ReminderSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        settings = ReminderSettings.load()
+        return HttpResponseRedirect(
+            reverse("admin:production_runs_remindersettings_change", args=[settings.pk])
+        )
+
+    @admin.display(description="")
+    def tools(self, obj):
+        return format_html(
+            '<a class="button" href="{}">Activation gate and schedule</a> '
+            '<a class="button" href="{}">Dry-run the discoverer</a>',
+            reverse("admin:production_runs_reminder_gate"),
+            reverse("admin:production_runs_reminder_dry_run"),
+        )
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("gate/", wrap(self.gate_view), name="production_runs_reminder_gate"),
+            path("dry-run/", wrap(self.dry_run_view), name="production_runs_reminder_dry_run"),
+            *super().get_urls(),
+        ]
+
+    def _page(self, request, template, title, **context):
+        return TemplateResponse(
+            request,
+            template,
+            {**self.admin_site.each_context(request), "title": title, "opts": self.opts, **context},
+        )
+
+    def dry_run_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        summary = discover_reminders(now=timezone.now(), dry_run=True)
+        rows = [("total inspected (active runs)", summary["total_inspected"])]
+        rows += [(ReminderKind(kind).label, summary["counts"][kind]) for kind in KINDS]
+        rows += [
+            ("skipped: no partner", summary["skipped_no_partner"]),
+            ("skipped: not overdue", summary["skipped_not_overdue"]),
+            ("skipped: not due (escalation)", summary["skipped_not_due"]),
+            ("would be reminded", summary["dispatched"]),
+            ("events that would be emitted", summary["events"]),
+        ]
+        return self._page(
+            request,
+            "production_runs/admin/dry_run.html",
+            "Reminder discoverer — dry run",
+            summary=summary,
+            rows=rows,
+        )
+
+    def gate_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        may_override = request.user.has_perm(activation.OVERRIDE_PERMISSION)
+        if request.method == "POST":
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            self._gate_post(request, may_override=may_override)
+            return HttpResponseRedirect(request.path)
+        task = activation.schedule()
+        return self._page(
+            request,
+            "production_runs/admin/gate.html",
+            "Reminder schedule — activation gate",
+            gate=activation.activation_gate(),
+            task=task,
+            may_override=may_override,
+            changes=ScheduleChange.objects.all()[:20],
+        )
+
+    def _gate_post(self, request, *, may_override: bool) -> None:
+        action = request.POST.get("action")
+        reason = request.POST.get("reason", "")
+        by = request.user.get_username()
+        if action == "disable":
+            change = activation.schedule_disable(by=by, now=timezone.now(), reason=reason)
+            self.message_user(
+                request,
+                "Reminder schedule disabled." if change else "The schedule was not enabled.",
+            )
+            return
+        try:
+            change = activation.schedule_enable(
+                by=by,
+                now=timezone.now(),
+                may_override=may_override and action == "override",
+                reason=reason,
+            )
+        except activation.GateClosed as refused:
+            self.message_user(request, f"Not enabled: {refused}", messages.ERROR)
+            return
+        note = " (gate overridden, audited)" if change.overridden else ""
+        self.message_user(request, f"Reminder schedule enabled{note}.")
+
+
+# --- template map, platforms, template statuses -------------------------------------------
+
+
+@admin.register(EventTemplateMapping)
+class EventTemplateMappingAdmin(admin.ModelAdmin):
+    list_display = ("event_name", "template_name", "send_design_image", "is_live", "known")
+    list_editable = ("is_live", "send_design_image")
+    list_filter = ("is_live",)
+    actions = ["restore_defaults"]
+
+    @admin.display(description="template in code", boolean=True)
+    def known(self, obj):
+        return obj.template_name in SPECS
+
+    @admin.action(description="Restore the missing default mappings")
+    def restore_defaults(self, request, queryset):
+        self.message_user(request, f"{restore_default_mappings()} default mapping(s) created.")
+
+
+class TemplateVariantStatusInline(admin.TabularInline):
+    model = TemplateVariantStatus
+    extra = 0
+    can_delete = False
+    fields = ("template_name", "language", "status", "meta_id", "reason", "updated_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WhatsAppPlatform)
+class WhatsAppPlatformAdmin(admin.ModelAdmin):
+    list_display = (
+        "label",
+        "waba_id",
+        "phone_number_id",
+        "country_codes",
+        "languages",
+        "approval",
+        "is_active",
+    )
+    list_filter = ("is_active",)
+    search_fields = ("label", "waba_id", "phone_number_id")
+    inlines = [TemplateVariantStatusInline]
+    actions = ["show_plan", "upsert_templates", "refresh_statuses"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                approved=Count(
+                    "template_statuses",
+                    filter=Q(template_statuses__status=TemplateStatus.APPROVED),
+                )
+            )
+        )
+
+    @admin.display(description="template languages")
+    def languages(self, obj):
+        try:
+            return ", ".join(languages_for_platform(obj))
+        except ImproperlyConfigured as error:
+            return str(error)
+
+    @admin.display(description="approved variants", ordering="approved")
+    def approval(self, obj):
+        items = plan(platforms=[obj], specs=selected_specs())
+        approved = sum(1 for i in items if i.status == TemplateStatus.APPROVED)
+        colour = OK_COLOUR if approved == len(items) else WAIT_COLOUR
+        return pill(colour, f"{approved} / {len(items)}")
+
+    def _report(self, request, items, title):
+        return TemplateResponse(
+            request,
+            "production_runs/admin/template_plan.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "opts": self.opts,
+                "items": items,
+            },
+        )
+
+    @admin.action(description="Show the template plan (dry run, no call to Meta)")
+    def show_plan(self, request, queryset):
+        items = plan(platforms=list(queryset), specs=selected_specs())
+        return self._report(request, items, "WhatsApp templates — plan (dry run)")
+
+    @admin.action(description="Submit missing templates to Meta (upsert)")
+    def upsert_templates(self, request, queryset):
+        platforms = list(queryset)
+        if not confirmed(request):
+            missing = [
+                i for i in plan(platforms=platforms, specs=selected_specs()) if i.action == "create"
+            ]
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="upsert_templates",
+                title="Submit missing WhatsApp templates",
+                summary=(
+                    f"Reads the templates of {len(platforms)} WABA(s) from Meta and submits the "
+                    f"variants it lacks ({len(missing)} by Herald's records) for review."
+                ),
+                items=[f"{i.platform}: {i.template} ({i.language})" for i in missing],
+                confirm_label="Yes, submit them",
+            )
+        items = sync(mode="upsert", platforms=platforms, specs=selected_specs(), now=timezone.now())
+        return self._report(request, items, "WhatsApp templates — upsert result")
+
+    @admin.action(description="Refresh template statuses from Meta")
+    def refresh_statuses(self, request, queryset):
+        items = sync(
+            mode="refresh", platforms=list(queryset), specs=selected_specs(), now=timezone.now()
+        )
+        return self._report(request, items, "WhatsApp templates — statuses read back")
+
+
+@admin.register(TemplateVariantStatus)
+class TemplateVariantStatusAdmin(admin.ModelAdmin):
+    list_display = ("template_name", "language", "platform", "status", "reason", "updated_at")
+    list_filter = ("status", "platform", "language", "template_name")
+    search_fields = ("template_name", "meta_id")
+    readonly_fields = ("updated_at",)
+
+
+@admin.register(ScheduleChange)
+class ScheduleChangeAdmin(admin.ModelAdmin):
+    list_display = ("at", "by", "enabled", "gate_held", "overridden", "reason")
+    list_filter = ("enabled", "overridden")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

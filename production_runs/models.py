@@ -1,1 +1,388 @@
-from django.db import models  # noqa: F401
+"""Production runs and what their reminders need: partners on WhatsApp platforms (WABAs),
+designs, runs and their progress, the reminder settings ops tune in the admin, the
+escalation state of each stalled run, the event → template map of the dispatcher and the
+approval status of each WhatsApp template variant per platform.
+
+Models hold data and single-row rules; the work is done in discoverer.py, dispatcher.py,
+whatsapp_templates.py and activation.py."""
+
+import phonenumbers
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+class Language(models.TextChoices):
+    EN = "en", "English"
+    HI = "hi", "Hindi"
+
+
+def validate_e164(value: str) -> None:
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationError(f"{value!r} is not a phone number: {exc}") from exc
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if not phonenumbers.is_valid_number(parsed) or e164 != value:
+        raise ValidationError(f"Give the number in E.164 form, e.g. +919876543210 (not {value!r}).")
+
+
+def parse_country_codes(value: str) -> list[str]:
+    return [code.strip() for code in value.split(",") if code.strip()]
+
+
+class WhatsAppPlatform(models.Model):
+    """One WhatsApp Business Account (WABA) and the number Herald sends from. Its access
+    token comes from the environment (WHATSAPP_PLATFORM_TOKENS), never the database."""
+
+    label = models.CharField(
+        max_length=40,
+        unique=True,
+        help_text='Short name, e.g. "IN" or "AU"; WHATSAPP_PLATFORM_TOKENS and '
+        "WHATSAPP_PLATFORM_LANGUAGES refer to it.",
+    )
+    waba_id = models.CharField("WABA id", max_length=64, unique=True)
+    phone_number_id = models.CharField(
+        max_length=64, unique=True, help_text="The Cloud API phone-number id messages go out from."
+    )
+    country_codes = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text='Comma-separated calling codes it serves, e.g. "+91". A platform serving '
+        "+91 gets English and Hindi template variants, others English only.",
+    )
+    is_active = models.BooleanField(
+        default=True, help_text="Inactive platforms are left out of template sync and the gate."
+    )
+
+    class Meta:
+        ordering = ["label"]
+        verbose_name = "WhatsApp platform"
+
+    def __str__(self):
+        return f"{self.label} (WABA {self.waba_id})"
+
+    @property
+    def country_code_list(self) -> list[str]:
+        return parse_country_codes(self.country_codes)
+
+    def clean(self):
+        for code in self.country_code_list:
+            if not (code.startswith("+") and code[1:].isdigit()):
+                raise ValidationError({"country_codes": f"{code!r} is not like +91."})
+
+
+class Partner(models.Model):
+    name = models.CharField(max_length=200)
+    whatsapp_number = models.CharField(
+        max_length=20, blank=True, validators=[validate_e164], help_text="E.164, e.g. +919876543210"
+    )
+    language = models.CharField(
+        "saved conversation language",
+        max_length=8,
+        choices=Language.choices,
+        blank=True,
+        help_text="The language the partner chose; empty: decided from the phone prefix.",
+    )
+    platform = models.ForeignKey(
+        WhatsAppPlatform,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="partners",
+        help_text="The WABA this partner is messaged from.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Design(models.Model):
+    name = models.CharField(max_length=200)
+    image_url = models.URLField(
+        "image",
+        max_length=500,
+        blank=True,
+        help_text="Public HTTPS link to the design image (WhatsApp fetches it).",
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class RunStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SENT_TO_PARTNER = "sent_to_partner", "Sent to partner"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# Runs the discoverer looks at (seed 002: status IN ('sent_to_partner', 'in_progress')).
+ACTIVE_STATUSES = (RunStatus.SENT_TO_PARTNER, RunStatus.IN_PROGRESS)
+
+
+class ReminderKind(models.TextChoices):
+    ASSIGNMENT_PENDING = "assignment_pending", "Assignment pending"
+    NOT_STARTED = "not_started", "Not started"
+    IDLE = "idle", "Idle"
+
+
+class ProductionRun(models.Model):
+    reference = models.CharField(
+        max_length=60,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="External reference (ERP run number), if any.",
+    )
+    partner = models.ForeignKey(
+        Partner, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
+    design = models.ForeignKey(
+        Design, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.DRAFT)
+    quantity = models.PositiveIntegerField(default=0)
+    produced_quantity = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When it was assigned.")
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # discoverer: WHERE status IN (...) AND id > last ORDER BY id (keyset pages)
+            models.Index(fields=["status", "id"], name="run_status_id"),
+        ]
+
+    def __str__(self):
+        return f"Run {self.pk}"
+
+
+class ProgressUpdate(models.Model):
+    run = models.ForeignKey(
+        ProductionRun, on_delete=models.CASCADE, related_name="progress_updates"
+    )
+    produced_quantity = models.PositiveIntegerField()
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # idle detection: the latest update of a run (WHERE run_id = ... ORDER BY at DESC)
+            models.Index(fields=["run", "at"], name="progress_run_at"),
+        ]
+
+    def __str__(self):
+        return f"{self.produced_quantity} at {self.at:%Y-%m-%d %H:%M}"
+
+
+def parse_steps(value: str) -> list[int]:
+    try:
+        steps = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValidationError('Give days as numbers, e.g. "1,3,7".') from exc
+    if not steps or steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValidationError('Give increasing days from 1, e.g. "1,3,7".')
+    return steps
+
+
+class ReminderSettings(models.Model):
+    """The one row of reminder settings (seed 002's "known gaps": thresholds in config,
+    escalation cadence, per-partner digest)."""
+
+    assignment_pending_hours = models.PositiveIntegerField(
+        default=24, help_text="Remind when a run sent to a partner is not accepted after this."
+    )
+    not_started_hours = models.PositiveIntegerField(
+        default=24, help_text="Remind when an accepted run has not started after this."
+    )
+    idle_hours = models.PositiveIntegerField(
+        default=72,
+        help_text="Remind when a run in progress has had no progress update (or, without "
+        "any, no start) for this long.",
+    )
+    escalation_days = models.CharField(
+        max_length=60,
+        default="1,3,7",
+        help_text="Days of a stall (day 1 = first found overdue) that get a reminder, "
+        'e.g. "1,3,7".',
+    )
+    escalation_repeat_days = models.PositiveIntegerField(
+        default=7, help_text="After the last of those days, remind every this many days."
+    )
+    flag_after_reminders = models.PositiveIntegerField(
+        default=7, help_text="A run reminded this many times without moving is flagged for ops."
+    )
+    digest_enabled = models.BooleanField(
+        default=False,
+        help_text="One message per partner and bucket listing the runs, instead of one per run.",
+    )
+    dedup_window_minutes = models.PositiveIntegerField(
+        default=60,
+        help_text="A message about the same thing (context) already sent this recently is "
+        "not sent again; a marker row records the skip.",
+    )
+
+    class Meta:
+        verbose_name = "reminder settings"
+        verbose_name_plural = "reminder settings"
+        permissions = [
+            (
+                "override_activation_gate",
+                "Can enable the reminder schedule although its activation gate does not hold",
+            )
+        ]
+
+    def __str__(self):
+        return "Reminder settings"
+
+    def save(self, *args, **kwargs):
+        self.pk = 1  # a singleton
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls) -> "ReminderSettings":
+        settings, _ = cls.objects.get_or_create(pk=1)
+        return settings
+
+    @property
+    def steps(self) -> list[int]:
+        return parse_steps(self.escalation_days)
+
+    def clean(self):
+        try:
+            parse_steps(self.escalation_days)
+        except ValidationError as error:
+            raise ValidationError({"escalation_days": error.messages}) from error
+        if self.escalation_repeat_days < 1:
+            raise ValidationError({"escalation_repeat_days": "At least 1 day."})
+        for field in ("assignment_pending_hours", "not_started_hours", "idle_hours"):
+            if getattr(self, field) < 1:
+                raise ValidationError({field: "At least 1 hour."})
+
+
+class ReminderState(models.Model):
+    """Escalation of one stalled run: which stall (kind and since when), how many reminders,
+    when. A run that moves (another kind, a new anchor) starts a new stall."""
+
+    run = models.OneToOneField(ProductionRun, on_delete=models.CASCADE, related_name="reminder")
+    kind = models.CharField(max_length=30, choices=ReminderKind.choices)
+    stalled_since = models.DateTimeField(help_text="The timestamp the stall is measured from.")
+    first_overdue_at = models.DateTimeField(help_text="When the discoverer first found it overdue.")
+    reminder_count = models.PositiveIntegerField(default=0)
+    last_reminded_at = models.DateTimeField(null=True, blank=True)
+    flagged_at = models.DateTimeField(
+        null=True, blank=True, help_text="Reminded too often without moving: ops should call."
+    )
+
+    class Meta:
+        ordering = ["-first_overdue_at"]
+        indexes = [
+            # admin triage filter: WHERE flagged_at IS NOT NULL
+            models.Index(fields=["flagged_at"], name="reminder_flagged"),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} × {self.reminder_count}"
+
+
+class EventTemplateMapping(models.Model):
+    """The dispatcher's event → WhatsApp template map (seed 002's RESOLVE_TEMPLATE_CODE).
+    An event without a live mapping is skipped with reason no_template_for_event."""
+
+    event_name = models.CharField(max_length=120, unique=True)
+    template_name = models.CharField(max_length=120)
+    send_design_image = models.BooleanField(
+        default=False,
+        help_text="Follow the message with the design image, the raw run id and the signed "
+        "partner-portal link.",
+    )
+    is_live = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["event_name"]
+
+    def __str__(self):
+        return f"{self.event_name} → {self.template_name}"
+
+    def clean(self):
+        from production_runs.whatsapp_templates import SPECS
+
+        if not self.event_name.startswith("production_run."):
+            raise ValidationError({"event_name": "Production-run events start production_run."})
+        if self.template_name not in SPECS:
+            raise ValidationError(
+                {
+                    "template_name": f"No template {self.template_name!r} in code; known: "
+                    + ", ".join(sorted(SPECS))
+                }
+            )
+
+
+class TemplateStatus(models.TextChoices):
+    APPROVED = "APPROVED", "Approved"
+    PENDING = "PENDING", "Pending review"
+    REJECTED = "REJECTED", "Rejected"
+    PAUSED = "PAUSED", "Paused"
+    DISABLED = "DISABLED", "Disabled"
+    MISSING = "MISSING", "Missing (not submitted)"
+
+
+class TemplateVariantStatus(models.Model):
+    """What Meta says about one template in one language on one WABA."""
+
+    platform = models.ForeignKey(
+        WhatsAppPlatform, on_delete=models.CASCADE, related_name="template_statuses"
+    )
+    template_name = models.CharField(max_length=120)
+    language = models.CharField(max_length=12)
+    status = models.CharField(
+        max_length=20, choices=TemplateStatus.choices, default=TemplateStatus.MISSING
+    )
+    meta_id = models.CharField("Meta template id", max_length=64, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["platform", "template_name", "language"]
+        verbose_name = "template variant status"
+        verbose_name_plural = "template variant statuses"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["platform", "template_name", "language"], name="template_variant_once"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.template_name} ({self.language}) on {self.platform.label}: {self.status}"
+
+
+class ScheduleChange(models.Model):
+    """Audit of the reminder schedule being switched on or off, and of gate overrides."""
+
+    at = models.DateTimeField(default=timezone.now)
+    by = models.CharField(max_length=150)
+    enabled = models.BooleanField()
+    gate_held = models.BooleanField()
+    overridden = models.BooleanField(default=False)
+    reason = models.CharField(max_length=300, blank=True)
+    gate = models.JSONField(default=list, blank=True, help_text="The gate's checks at the time.")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        what = "enabled" if self.enabled else "disabled"
+        return f"{what} by {self.by} at {self.at:%Y-%m-%d %H:%M}"

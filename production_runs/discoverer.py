@@ -1,0 +1,430 @@
+"""The daily reminder discoverer (seed 002): read every active run, classify the stalled ones
+into three buckets, and emit one ledger event per run (or per partner and bucket when the
+digest is on). It sends nothing itself: the wildcard dispatcher does (dispatcher.py).
+
+    read     every run with status sent_to_partner or in_progress, in keyset pages (no cap)
+    classify drop runs without a partner; assignment_pending / not_started / idle by the
+             thresholds in ReminderSettings; idle is measured from the latest progress update
+    escalate remind on day 1, 3, 7 of a stall, then weekly (ReminderState per run); flag a
+             run reminded too often without moving
+    emit     record_event("production_run.reminder_<kind>", ...) once per run and day
+    log      one summary line with every count
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from django.db import transaction
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+
+from notifications.events import record_event
+from production_runs.models import (
+    ACTIVE_STATUSES,
+    ProductionRun,
+    ProgressUpdate,
+    ReminderKind,
+    ReminderSettings,
+    ReminderState,
+    RunStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+# The schedule's zone (10:00 Asia/Kolkata): reminder days and dedup dates are counted here.
+REMINDER_TZ = ZoneInfo("Asia/Kolkata")
+KINDS = tuple(ReminderKind.values)
+SAMPLE_SIZE = 20
+MAX_ERRORS = 20
+
+
+def local_date(moment: datetime) -> date:
+    return moment.astimezone(REMINDER_TZ).date()
+
+
+def reminder_event_name(kind: str) -> str:
+    return f"production_run.reminder_{kind}"
+
+
+def digest_event_name(kind: str) -> str:
+    return f"production_run.digest_{kind}"
+
+
+def reminder_key(run_id: int, day: date) -> str:
+    """The per-day context id of seed 002: <run>:reminder:<YYYY-MM-DD>."""
+    return f"production_run:{run_id}:reminder:{day.isoformat()}"
+
+
+def digest_key(partner_id: int, kind: str, day: date) -> str:
+    return f"production_run_digest:{partner_id}:{kind}:{day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    assignment_pending: timedelta
+    not_started: timedelta
+    idle: timedelta
+
+    @classmethod
+    def of(cls, settings: ReminderSettings) -> Thresholds:
+        return cls(
+            timedelta(hours=settings.assignment_pending_hours),
+            timedelta(hours=settings.not_started_hours),
+            timedelta(hours=settings.idle_hours),
+        )
+
+    def __getitem__(self, kind: str) -> timedelta:
+        return getattr(self, kind)
+
+
+def stall(run) -> tuple[str, datetime] | None:
+    """The bucket a run would be in once overdue, and the time its stall is measured from.
+
+    `run` needs status, created_at, accepted_at, started_at and last_progress_at."""
+    if run.accepted_at is None and run.started_at is None:
+        if run.status == RunStatus.SENT_TO_PARTNER:
+            return ReminderKind.ASSIGNMENT_PENDING, run.created_at
+        return None
+    if run.started_at is None:
+        return ReminderKind.NOT_STARTED, run.accepted_at
+    if run.status == RunStatus.IN_PROGRESS:
+        # Seed 002's known gap closed: the latest progress update, else the start.
+        return ReminderKind.IDLE, run.last_progress_at or run.started_at
+    return None
+
+
+def classify(run, *, now: datetime, thresholds: Thresholds) -> tuple[str, datetime] | None:
+    """(kind, stalled since) for an overdue run, None for one that is not overdue."""
+    found = stall(run)
+    if found is None:
+        return None
+    kind, since = found
+    return (kind, since) if since < now - thresholds[kind] else None
+
+
+def with_last_progress(queryset: QuerySet) -> QuerySet:
+    latest = ProgressUpdate.objects.filter(run=OuterRef("pk")).order_by("-at", "-id")
+    return queryset.annotate(last_progress_at=Subquery(latest.values("at")[:1]))
+
+
+def bucket_filter(kind: str, *, now: datetime, thresholds: Thresholds) -> Q:
+    """The same buckets as `classify`, as a filter over `with_last_progress(...)` (admin)."""
+    cut = now - thresholds[kind]
+    if kind == ReminderKind.ASSIGNMENT_PENDING:
+        return Q(
+            status=RunStatus.SENT_TO_PARTNER,
+            accepted_at__isnull=True,
+            started_at__isnull=True,
+            created_at__lt=cut,
+        )
+    if kind == ReminderKind.NOT_STARTED:
+        return Q(
+            status__in=ACTIVE_STATUSES,
+            accepted_at__isnull=False,
+            started_at__isnull=True,
+            accepted_at__lt=cut,
+        )
+    return Q(status=RunStatus.IN_PROGRESS, started_at__isnull=False, idle_since__lt=cut)
+
+
+def with_idle_since(queryset: QuerySet) -> QuerySet:
+    return with_last_progress(queryset).annotate(
+        idle_since=Coalesce("last_progress_at", "started_at")
+    )
+
+
+# --- escalation ---------------------------------------------------------------------------
+
+
+def step_day(number: int, *, steps: list[int], repeat_days: int) -> int:
+    """The stall day on which reminder `number` (1-based) is due: the steps, then every
+    `repeat_days` after the last step (1,3,7 then 14, 21, ...)."""
+    if number <= len(steps):
+        return steps[number - 1]
+    return steps[-1] + repeat_days * (number - len(steps))
+
+
+def stall_day(first_overdue_at: datetime, now: datetime) -> int:
+    """Day 1 is the day the run was first found overdue (in the schedule's zone)."""
+    return (local_date(now) - local_date(first_overdue_at)).days + 1
+
+
+def is_same_stall(state: ReminderState | None, kind: str, since: datetime) -> bool:
+    return state is not None and state.kind == kind and state.stalled_since == since
+
+
+def reminder_due(
+    state: ReminderState | None,
+    *,
+    kind: str,
+    since: datetime,
+    now: datetime,
+    steps: list[int],
+    repeat_days: int,
+) -> bool:
+    """A new stall is reminded at once; a known one when its next step day has come (a step
+    that fell on a day without a run is caught up on the next run, never skipped)."""
+    if not is_same_stall(state, kind, since) or state.reminder_count == 0:
+        return True
+    if state.last_reminded_at and local_date(state.last_reminded_at) == local_date(now):
+        return False
+    due_day = step_day(state.reminder_count + 1, steps=steps, repeat_days=repeat_days)
+    return stall_day(state.first_overdue_at, now) >= due_day
+
+
+def _remember(
+    state: ReminderState | None,
+    *,
+    run_id: int,
+    kind: str,
+    since: datetime,
+    now: datetime,
+    flag_after: int,
+) -> tuple[ReminderState, bool]:
+    """Count one reminder on the run's stall; returns (state, newly flagged)."""
+    if not is_same_stall(state, kind, since):
+        if state is not None:
+            state.delete()
+        state = ReminderState(run_id=run_id, kind=kind, stalled_since=since, first_overdue_at=now)
+    state.reminder_count += 1
+    state.last_reminded_at = now
+    newly_flagged = state.flagged_at is None and state.reminder_count >= flag_after
+    if newly_flagged:
+        state.flagged_at = now
+    state.save()
+    return state, newly_flagged
+
+
+# --- reading ------------------------------------------------------------------------------
+
+READ_FIELDS = (
+    "id",
+    "partner_id",
+    "design_id",
+    "status",
+    "created_at",
+    "accepted_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "produced_quantity",
+    "quantity",
+)
+
+
+def active_runs(*, chunk_size: int) -> Iterator[list[ProductionRun]]:
+    """Every active run, in pages of `chunk_size` ordered by id (keyset: no OFFSET, no cap,
+    and a run inserted during the read is either seen once or not at all)."""
+    base = with_last_progress(
+        ProductionRun.objects.filter(status__in=ACTIVE_STATUSES).only(*READ_FIELDS)
+    ).order_by("id")
+    last_id = 0
+    while True:
+        page = list(base.filter(id__gt=last_id)[:chunk_size])
+        if not page:
+            return
+        yield page
+        last_id = page[-1].id
+
+
+# --- the discoverer -----------------------------------------------------------------------
+
+
+@dataclass
+class Due:
+    run: ProductionRun
+    kind: str
+    since: datetime
+    state: ReminderState | None
+
+
+def _empty_summary(*, now: datetime, dry_run: bool, digest: bool) -> dict:
+    return {
+        "at": now.isoformat(),
+        "date": local_date(now).isoformat(),
+        "dry_run": dry_run,
+        "digest": digest,
+        "total_inspected": 0,
+        "counts": dict.fromkeys(KINDS, 0),
+        "skipped_no_partner": 0,
+        "skipped_not_overdue": 0,
+        "skipped_not_due": 0,
+        "already_emitted": 0,
+        "dispatched": 0,
+        "events": 0,
+        "failed": 0,
+        "flagged": 0,
+        "errors": [],
+        "sample": [],
+    }
+
+
+def discover_reminders(
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    chunk_size: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Find the stalled runs and emit their reminder events; returns the summary.
+
+    `total_inspected` = sum of `counts` + `skipped_no_partner` + `skipped_not_overdue`, and
+    each counted run is dispatched, failed, `skipped_not_due` (escalation) or
+    `already_emitted` (today's event exists). `dry_run` classifies and reports, emits
+    nothing and changes nothing."""
+    settings = ReminderSettings.load()
+    thresholds = Thresholds.of(settings)
+    steps, repeat = settings.steps, settings.escalation_repeat_days
+    summary = _empty_summary(now=now, dry_run=dry_run, digest=settings.digest_enabled)
+    digest_groups: dict[tuple[int, str], list[Due]] = defaultdict(list)
+    day = local_date(now)
+
+    for page in active_runs(chunk_size=chunk_size):
+        states = {
+            s.run_id: s for s in ReminderState.objects.filter(run_id__in=[r.id for r in page])
+        }
+        for run in page:
+            summary["total_inspected"] += 1
+            if run.partner_id is None:
+                summary["skipped_no_partner"] += 1
+                continue
+            state = states.get(run.id)
+            found = classify(run, now=now, thresholds=thresholds)
+            if found is None:
+                summary["skipped_not_overdue"] += 1
+                if state is not None and not dry_run:
+                    state.delete()  # the stall is over: a later one starts from day 1
+                continue
+            kind, since = found
+            summary["counts"][kind] += 1
+            if len(summary["sample"]) < SAMPLE_SIZE:
+                summary["sample"].append(
+                    {"run": run.id, "kind": kind, "stalled_since": since.isoformat()}
+                )
+            if not reminder_due(
+                state, kind=kind, since=since, now=now, steps=steps, repeat_days=repeat
+            ):
+                summary["skipped_not_due"] += 1
+                continue
+            due = Due(run, kind, since, state)
+            if settings.digest_enabled:
+                digest_groups[(run.partner_id, kind)].append(due)
+            elif dry_run:
+                summary["dispatched"] += 1
+                summary["events"] += 1
+            else:
+                _emit_one(due, now=now, day=day, settings=settings, summary=summary)
+        if progress is not None:
+            progress(summary["total_inspected"])
+
+    for (partner_id, kind), group in sorted(digest_groups.items()):
+        if dry_run:
+            summary["dispatched"] += len(group)
+            summary["events"] += 1
+        else:
+            _emit_digest(
+                partner_id, kind, group, now=now, day=day, settings=settings, summary=summary
+            )
+
+    logger.info(
+        "Reminder run — inspected=%(total_inspected)s pending=%(pending)s "
+        "not_started=%(not_started)s idle=%(idle)s no_partner=%(skipped_no_partner)s "
+        "not_overdue=%(skipped_not_overdue)s not_due=%(skipped_not_due)s "
+        "already=%(already_emitted)s dispatched=%(dispatched)s failed=%(failed)s "
+        "flagged=%(flagged)s dry_run=%(dry_run)s",
+        {
+            **summary,
+            "pending": summary["counts"]["assignment_pending"],
+            "not_started": summary["counts"]["not_started"],
+            "idle": summary["counts"]["idle"],
+        },
+    )
+    return summary
+
+
+def _failed(summary: dict, what: str, error: Exception) -> None:
+    logger.exception("reminder discoverer: %s failed", what)
+    summary["failed"] += 1
+    if len(summary["errors"]) < MAX_ERRORS:
+        summary["errors"].append(f"{what}: {type(error).__name__}: {error}")
+
+
+def _emit_one(due: Due, *, now, day, settings, summary) -> None:
+    """One run's event and its escalation state, together or not at all; a failure is
+    counted and the discoverer goes on with the next run."""
+    run = due.run
+    try:
+        with transaction.atomic():
+            _, created = record_event(
+                reminder_event_name(due.kind),
+                {
+                    "production_run_id": run.id,
+                    "partner_id": run.partner_id,
+                    "design_id": run.design_id,
+                    "reminder_kind": due.kind,
+                },
+                idempotency_key=reminder_key(run.id, day),
+                now=now,
+            )
+            if not created:
+                summary["already_emitted"] += 1
+                return
+            _, flagged = _remember(
+                due.state,
+                run_id=run.id,
+                kind=due.kind,
+                since=due.since,
+                now=now,
+                flag_after=settings.flag_after_reminders,
+            )
+    except Exception as error:
+        _failed(summary, f"run {run.id}", error)
+        return
+    summary["dispatched"] += 1
+    summary["events"] += 1
+    summary["flagged"] += int(flagged)
+
+
+def _emit_digest(partner_id, kind, group: list[Due], *, now, day, settings, summary) -> None:
+    try:
+        with transaction.atomic():
+            _, created = record_event(
+                digest_event_name(kind),
+                {
+                    "partner_id": partner_id,
+                    "reminder_kind": kind,
+                    "production_run_ids": [due.run.id for due in group],
+                    "design_ids": [due.run.design_id for due in group],
+                },
+                idempotency_key=digest_key(partner_id, kind, day),
+                now=now,
+            )
+            if not created:
+                # Today's digest for this partner and bucket is out; these runs wait for
+                # tomorrow's (their state is left as it was, so they stay due).
+                summary["already_emitted"] += len(group)
+                return
+            flagged = 0
+            for due in group:
+                _, newly = _remember(
+                    due.state,
+                    run_id=due.run.id,
+                    kind=kind,
+                    since=due.since,
+                    now=now,
+                    flag_after=settings.flag_after_reminders,
+                )
+                flagged += int(newly)
+    except Exception as error:
+        summary["failed"] += len(group) - 1
+        _failed(summary, f"digest for partner {partner_id} ({kind})", error)
+        return
+    summary["dispatched"] += len(group)
+    summary["events"] += 1
+    summary["flagged"] += flagged

@@ -1,0 +1,59 @@
+import json
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from notifications.cli import parse_at
+from production_runs.discoverer import KINDS, discover_reminders
+
+ROWS = [
+    ("total_inspected", "inspected (active runs)"),
+    *[(kind, kind) for kind in KINDS],
+    ("skipped_no_partner", "skipped: no partner"),
+    ("skipped_not_overdue", "skipped: not overdue"),
+    ("skipped_not_due", "skipped: not due (escalation)"),
+    ("already_emitted", "already emitted today"),
+    ("dispatched", "dispatched"),
+    ("events", "events emitted"),
+    ("failed", "failed"),
+    ("flagged", "newly flagged for ops"),
+]
+
+
+class Command(BaseCommand):
+    help = (
+        "Find stalled production runs and emit one reminder event per run (seed 002's daily "
+        "discoverer; the dispatcher sends the WhatsApp messages). --dry-run classifies and "
+        "reports without emitting anything."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to run as (default: now)")
+        parser.add_argument("--dry-run", action="store_true", help="classify and report only")
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+        parser.add_argument("--chunk-size", type=int, default=500, help="runs read per page")
+
+    def handle(self, *args, at, dry_run, json: bool, chunk_size, **options):
+        def progress(inspected: int) -> None:
+            self.stderr.write(f"  … {inspected} runs inspected")
+
+        summary = discover_reminders(
+            now=at or timezone.now(), dry_run=dry_run, chunk_size=chunk_size, progress=progress
+        )
+        if json:
+            self.stdout.write(_json(summary))
+            return
+        mode = " — DRY RUN, nothing emitted" if dry_run else ""
+        digest = " (digest: one event per partner and bucket)" if summary["digest"] else ""
+        self.stdout.write(f"Reminder run at {summary['at']} ({summary['date']} Asia/Kolkata){mode}")
+        for key, label in ROWS:
+            value = summary["counts"][key] if key in KINDS else summary[key]
+            self.stdout.write(f"  {label:<32}{value:>7}")
+        if digest:
+            self.stdout.write(f"  {digest.strip()}")
+        for error in summary["errors"]:
+            self.stderr.write(self.style.ERROR(f"  {error}"))
+
+
+def _json(summary: dict) -> str:
+    return json.dumps(summary, indent=2, ensure_ascii=False)

@@ -1,0 +1,60 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from production_runs.whatsapp_templates import plan, select_platforms, selected_specs, sync
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+class Command(BaseCommand):
+    help = (
+        "Keep the production-run WhatsApp templates on every platform (WABA). dry-run: print "
+        "the plan from the recorded statuses, no network call. upsert: read each WABA's "
+        "templates and submit only the missing variants. refresh: read statuses back."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--mode", choices=["dry-run", "upsert", "refresh"], default="dry-run")
+        parser.add_argument(
+            "--platform-ids", help="comma-separated platform ids or labels (default: all active)"
+        )
+        parser.add_argument("--templates", help="comma-separated template names (default: all)")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def handle(self, *args, mode, platform_ids, templates, json: bool, **options):
+        try:
+            platforms = select_platforms(_split(platform_ids))
+            specs = selected_specs(_split(templates))
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+        if not platforms:
+            raise CommandError("no active WhatsApp platform: add one in the admin first")
+        if mode == "dry-run":
+            items = plan(platforms=platforms, specs=specs)
+        else:
+            items = sync(mode=mode, platforms=platforms, specs=specs, now=timezone.now())
+        if json:
+            self.stdout.write(_dumps({"mode": mode, "items": [i.as_dict() for i in items]}))
+        else:
+            self.stdout.write(f"mode {mode}: {len(items)} template variant(s)")
+            for item in items:
+                detail = f" — {item.detail}" if item.detail else ""
+                self.stdout.write(
+                    f"  {item.platform:<8} {item.template:<46} {item.language:<3} "
+                    f"{item.action:<8} {item.status}{detail}"
+                )
+            counts = {}
+            for item in items:
+                counts[item.action] = counts.get(item.action, 0) + 1
+            self.stdout.write("  " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
+        failed = [i for i in items if i.action == "failed"]
+        if failed:
+            raise CommandError(f"{len(failed)} variant(s) failed: {failed[0].detail}")
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)

@@ -1,0 +1,154 @@
+import pytest
+import responses
+
+from notifications.models import Event
+from production_runs.models import ProductionRun, ProgressUpdate, ReminderState, RunStatus
+from tests.production_runs.factories import (
+    DAY,
+    NOW,
+    PlatformFactory,
+    idle_run,
+    not_started_run,
+    pending_run,
+)
+
+pytestmark = pytest.mark.django_db
+RUNS = "/admin/production_runs/productionrun/"
+
+
+@pytest.fixture
+def runs(clock):
+    flagged = pending_run(partner__name="Chronic Stitchers")
+    ReminderState.objects.create(
+        run=flagged,
+        kind="assignment_pending",
+        stalled_since=flagged.created_at,
+        first_overdue_at=NOW - 40 * DAY,
+        reminder_count=7,
+        flagged_at=NOW - DAY,
+    )
+    return {
+        "pending": flagged,
+        "not_started": not_started_run(partner__name="Slow Starters"),
+        "idle": idle_run(partner__name="Quiet Looms"),
+        "fresh": pending_run(age=DAY / 2, partner__name="Fresh Prints"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "shown", "hidden"),
+    [
+        ("bucket=assignment_pending", "Chronic Stitchers", "Slow Starters"),
+        ("bucket=not_started", "Slow Starters", "Quiet Looms"),
+        ("bucket=idle", "Quiet Looms", "Fresh Prints"),
+        ("bucket=none", "Fresh Prints", "Quiet Looms"),
+        ("flagged=yes", "Chronic Stitchers", "Fresh Prints"),
+        ("status=in_progress", "Quiet Looms", "Slow Starters"),
+    ],
+)
+def test_the_run_list_filters_by_bucket_flag_and_status(admin_client, runs, query, shown, hidden):
+    page = admin_client.get(f"{RUNS}?{query}").content.decode()
+    assert shown in page and hidden not in page
+
+
+def test_the_run_list_shows_bucket_reminders_and_the_ops_flag(admin_client, runs):
+    page = admin_client.get(RUNS).content.decode()
+    assert "Assignment pending" in page and "Not started" in page and "Idle" in page
+    assert "call partner" in page
+    assert admin_client.get(f"{RUNS}?q={runs['idle'].id}").status_code == 200
+
+
+def test_the_run_page_shows_timestamps_read_only_and_takes_progress_updates(admin_client, runs):
+    run = runs["idle"]
+    url = f"{RUNS}{run.id}/change/"
+    page = admin_client.get(url).content.decode()
+    assert 'name="started_at"' not in page and 'name="created_at"' not in page
+    response = admin_client.post(
+        url,
+        {
+            "reference": "",
+            "partner": run.partner_id,
+            "design": run.design_id,
+            "quantity": 250,
+            "progress_updates-TOTAL_FORMS": 1,
+            "progress_updates-INITIAL_FORMS": 0,
+            "progress_updates-0-produced_quantity": 90,
+            "progress_updates-0-at_0": "2026-11-23",
+            "progress_updates-0-at_1": "04:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    run.refresh_from_db()
+    assert run.produced_quantity == 90
+    assert ProgressUpdate.objects.get(run=run).produced_quantity == 90
+
+
+def test_the_send_action_emits_the_lifecycle_event(admin_client, clock):
+    run = pending_run()
+    ProductionRun.objects.filter(pk=run.pk).update(status=RunStatus.DRAFT)
+    admin_client.post(RUNS, {"action": "send", "_selected_action": [run.pk]})
+    assert Event.objects.get().name == "production_run.sent_to_partner"
+    run.refresh_from_db()
+    assert run.status == "sent_to_partner"
+
+
+def test_remind_now_asks_first_then_emits(admin_client, runs):
+    run = runs["not_started"]
+    data = {"action": "remind_now", "_selected_action": [run.pk]}
+    page = admin_client.post(RUNS, data).content.decode()
+    assert "Send a reminder now for 1 run(s)" in page and not Event.objects.exists()
+    admin_client.post(RUNS, {**data, "post": "yes"})
+    assert Event.objects.get().name == "production_run.reminder_not_started"
+
+
+def test_the_dry_run_page_shows_the_bucket_counts_and_emits_nothing(admin_client, runs):
+    page = admin_client.get("/admin/production_runs/remindersettings/dry-run/").content.decode()
+    assert "Assignment pending" in page and "skipped: not overdue" in page
+    assert "would be reminded" in page
+    assert not Event.objects.exists()
+
+
+def test_the_settings_list_opens_the_single_settings_row(admin_client):
+    response = admin_client.get("/admin/production_runs/remindersettings/")
+    assert response.status_code == 302 and response["Location"].endswith("/1/change/")
+    page = admin_client.get(response["Location"]).content.decode()
+    assert "Activation gate and schedule" in page and "Dry-run the discoverer" in page
+
+
+def test_the_platform_plan_action_calls_nobody(admin_client):
+    platform = PlatformFactory(label="IN")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as graph:
+        page = admin_client.post(
+            "/admin/production_runs/whatsappplatform/",
+            {"action": "show_plan", "_selected_action": [platform.pk]},
+        ).content.decode()
+    assert len(graph.calls) == 0
+    assert "jyt_production_run_reminder_idle_v1" in page and "create" in page
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/production_runs/partner/",
+        "/admin/production_runs/design/",
+        "/admin/production_runs/whatsappplatform/",
+        "/admin/production_runs/templatevariantstatus/",
+        "/admin/production_runs/eventtemplatemapping/",
+        "/admin/production_runs/schedulechange/",
+        "/admin/production_runs/productionrun/add/",
+    ],
+)
+def test_every_admin_page_opens(admin_client, runs, url):
+    assert admin_client.get(url).status_code == 200
+
+
+def test_a_mapping_to_a_template_not_in_code_is_refused(admin_client):
+    page = admin_client.post(
+        "/admin/production_runs/eventtemplatemapping/add/",
+        {
+            "event_name": "production_run.reminder_extra",
+            "template_name": "typo_v1",
+            "is_live": "on",
+        },
+    ).content.decode()
+    assert "No template &#x27;typo_v1&#x27; in code" in page

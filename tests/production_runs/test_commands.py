@@ -1,0 +1,41 @@
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from notifications.models import Event
+from tests.production_runs.factories import NOW, RunFactory, idle_run, pending_run
+
+pytestmark = pytest.mark.django_db
+
+
+def discover(*args) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("discover_reminders", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_discover_reminders_prints_the_summary_with_progress():
+    pending_run()
+    idle_run()
+    RunFactory(partner=None)
+    out, err = discover("--at", "2026-11-23T10:00:00+05:30", "--chunk-size", "2")
+    assert "Reminder run at 2026-11-23T10:00:00+05:30 (2026-11-23 Asia/Kolkata)" in out
+    assert "inspected (active runs)" in out and "      3" in out
+    assert "skipped: no partner" in out
+    assert "… 2 runs inspected" in err and "… 3 runs inspected" in err
+    assert Event.objects.count() == 2
+
+
+def test_discover_reminders_dry_run_json_emits_nothing():
+    pending_run()
+    out, _ = discover("--at", NOW.isoformat(), "--dry-run", "--json")
+    summary = json.loads(out)
+    assert summary["dry_run"] is True and summary["counts"]["assignment_pending"] == 1
+    assert summary["dispatched"] == 1 and not Event.objects.exists()
+
+
+def test_a_bad_at_is_refused_where_it_was_given():
+    with pytest.raises(CommandError, match="ISO 8601"):
+        discover("--at", "tomorrow")
