@@ -1,1 +1,199 @@
-from django.contrib import admin  # noqa: F401
+"""Admin for personas (their cadence), stakeholders (with overrides that are enforced) and
+Layer 1 trigger cooldowns. The cadence simulator is linked from the persona and stakeholder
+lists (its view lives with the engine, which owns the delivery history)."""
+
+from django.contrib import admin
+from django.db.models import Count, Q
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+
+from cadence.models import CADENCE_FIELDS, Persona, Stakeholder, TriggerCooldown
+from cadence.policy import DEFAULT_RULES
+
+
+def _simulator_link(query: str, label: str):
+    try:
+        url = reverse("cadence_simulator")
+    except NoReverseMatch:  # the engine's view is not installed
+        return "—"
+    return format_html('<a href="{}?{}">{}</a>', url, query, label)
+
+
+def _cap(value: int) -> str:
+    return str(value) if value else "∞"
+
+
+@admin.register(Persona)
+class PersonaAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "cooldown",
+        "per_day",
+        "per_week",
+        "per_month",
+        "type_limits",
+        "stakeholder_count",
+        "what_if",
+    )
+    search_fields = ("name", "description")
+    fieldsets = (
+        (None, {"fields": ("name", "description")}),
+        (
+            "Cadence",
+            {
+                "description": "Limits per person with this persona, on each channel. "
+                "Days, weeks (from Monday) and months are counted in the person's time zone. "
+                "The seed's defaults: 1 h cooldown, 1/day, 2/week, unlimited/month.",
+                "fields": ("cooldown_hours", "max_per_day", "max_per_week", "max_per_month"),
+            },
+        ),
+        (
+            "Per message type, per day",
+            {
+                "fields": (
+                    "max_report_per_day",
+                    "max_alert_per_day",
+                    "max_story_so_far_per_day",
+                    "max_custom_per_day",
+                )
+            },
+        ),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(stakeholder_total=Count("stakeholders"))
+
+    @admin.display(description="cooldown", ordering="cooldown_hours")
+    def cooldown(self, obj):
+        return f"{obj.cooldown_hours:g} h"
+
+    @admin.display(description="day", ordering="max_per_day")
+    def per_day(self, obj):
+        return _cap(obj.max_per_day)
+
+    @admin.display(description="week", ordering="max_per_week")
+    def per_week(self, obj):
+        return _cap(obj.max_per_week)
+
+    @admin.display(description="month", ordering="max_per_month")
+    def per_month(self, obj):
+        return _cap(obj.max_per_month)
+
+    @admin.display(description="per type / day")
+    def type_limits(self, obj):
+        return ", ".join(f"{t} {_cap(n)}" for t, n in obj.rules().type_limits.items())
+
+    @admin.display(description="stakeholders", ordering="stakeholder_total")
+    def stakeholder_count(self, obj):
+        return obj.stakeholder_total
+
+    @admin.display(description="what if")
+    def what_if(self, obj):
+        return _simulator_link(f"persona={obj.pk}#what-if", "replay last 7 days")
+
+
+class OverrideFilter(admin.SimpleListFilter):
+    title = "cadence"
+    parameter_name = "overrides"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "overrides the persona"), ("no", "persona's cadence")]
+
+    def queryset(self, request, queryset):
+        overridden = Q()
+        for name in CADENCE_FIELDS:
+            overridden |= Q(**{f"{name}__isnull": False})
+        if self.value() == "yes":
+            return queryset.filter(overridden)
+        if self.value() == "no":
+            return queryset.exclude(overridden)
+        return queryset
+
+
+@admin.register(Stakeholder)
+class StakeholderAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "email",
+        "phone",
+        "persona",
+        "preferred_channel",
+        "fallback_channel",
+        "time_zone",
+        "override_summary",
+        "is_active",
+        "simulate",
+    )
+    list_filter = ("persona", OverrideFilter, "preferred_channel", "is_active")
+    search_fields = ("name", "email", "phone")
+    list_select_related = ("persona",)
+    readonly_fields = ("effective_rules",)
+    fieldsets = (
+        (None, {"fields": ("name", "email", "phone", "is_active")}),
+        (
+            "How to reach them",
+            {"fields": ("persona", "preferred_channel", "fallback_channel", "time_zone")},
+        ),
+        (
+            "Cadence overrides",
+            {
+                "description": "Leave blank to inherit the persona's value. A filled value "
+                "applies to this person only, and is enforced when deliveries are scheduled "
+                "and again when they are sent.",
+                "fields": (*CADENCE_FIELDS, "effective_rules"),
+            },
+        ),
+    )
+
+    @admin.display(description="overrides")
+    def override_summary(self, obj):
+        overrides = obj.overrides()
+        if not overrides:
+            return "—"
+        return ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in overrides.items())
+
+    @admin.display(description="effective cadence")
+    def effective_rules(self, obj):
+        if obj is None or obj.pk is None:
+            return DEFAULT_RULES.describe()
+        return obj.rules().describe()
+
+    @admin.display(description="simulate")
+    def simulate(self, obj):
+        return _simulator_link(f"stakeholder={obj.pk}", "simulate")
+
+
+@admin.register(TriggerCooldown)
+class TriggerCooldownAdmin(admin.ModelAdmin):
+    """Layer 1: when each trigger workflow last fired each context."""
+
+    list_display = (
+        "context_key",
+        "workflow_key",
+        "event",
+        "last_sent_at",
+        "fire_count",
+        "opened_at",
+        "cleared_at",
+    )
+    list_filter = ("event", "workflow_key", ("cleared_at", admin.EmptyFieldListFilter))
+    search_fields = ("context_key",)
+    date_hierarchy = "last_sent_at"
+    readonly_fields = (
+        "workflow_key",
+        "context_key",
+        "event",
+        "last_sent_at",
+        "opened_at",
+        "cleared_at",
+        "fire_count",
+    )
+    actions = ["reset_cooldown"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Reset the cooldown (the context may fire on the next tick)")
+    def reset_cooldown(self, request, queryset):
+        count, _ = queryset.delete()
+        self.message_user(request, f"{count} cooldowns reset.")

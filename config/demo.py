@@ -3,9 +3,20 @@
 from collections.abc import Callable
 from datetime import datetime
 
+from kiosks import demo as kiosks_demo
 from notifications import demo as notifications_demo
+from production_runs import demo as production_runs_demo
 
 # (label, function(now) -> rows created), run in order inside one transaction.
 STEPS: list[tuple[str, Callable[[datetime], int]]] = [
     ("templates, a demo workflow and deliveries in each state", notifications_demo.seed),
+    ("customers across bids and regions", notifications_demo.seed_customers),
+    (
+        "partners, designs and 150 production runs across the reminder buckets",
+        production_runs_demo.seed,
+    ),
+    (
+        "personas, 30 stakeholders, 5 projects with 60 kiosks and kiosk trigger workflows",
+        kiosks_demo.seed,
+    ),
 ]

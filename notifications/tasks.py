@@ -35,3 +35,11 @@ def handle_events_task() -> dict:
 @shared_task(name="herald.run_verify_checks", ignore_result=True)
 def run_verify_checks_task() -> dict:
     return run_verify_checks(now=timezone.now())
+
+
+@shared_task(name="herald.evaluate_triggers", ignore_result=True)
+def evaluate_triggers_task() -> dict:
+    """Seed 003's five-minute cron: every active trigger workflow, Layer 1 then Layer 2."""
+    from notifications.triggers import evaluate_triggers
+
+    return evaluate_triggers(now=timezone.now())

@@ -1,1 +1,191 @@
-"""Models of trigger-type workflows (seed 003). Imported at the bottom of notifications.models."""
+"""Models of trigger-type workflows (seed 003). Imported at the bottom of notifications.models.
+
+A trigger workflow is a Workflow of type "trigger" with one TriggerSetup (who hears, on
+which channel, which options) and one TriggerEvent per trigger event it listens to (the
+template, and the Layer 1 cooldowns of that event and of its issues).
+"""
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from cadence.models import Persona, Stakeholder
+from notifications.models import Channel, MessageTemplate, MessageType, Workflow
+
+__all__ = ["TriggerEvent", "TriggerSetup", "TriggerWorkflow"]
+
+
+class TriggerWorkflowManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(type=Workflow.Type.TRIGGER)
+
+
+class TriggerWorkflow(Workflow):
+    """The trigger-type workflows, for their own admin page."""
+
+    objects = TriggerWorkflowManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "trigger workflow"
+
+    def save(self, *args, **kwargs):
+        self.type = Workflow.Type.TRIGGER
+        super().save(*args, **kwargs)
+
+
+def _positive_hours(value):
+    if value is not None and value < 0:
+        raise ValidationError("Hours cannot be negative.")
+
+
+class TriggerSetup(models.Model):
+    """Who hears about a trigger workflow's events, how, and which options are on."""
+
+    workflow = models.OneToOneField(
+        Workflow, on_delete=models.CASCADE, related_name="trigger_setup"
+    )
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        blank=True,
+        default=Channel.EMAIL,
+        help_text="Blank: each stakeholder's preferred channel.",
+    )
+    fallback_channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        blank=True,
+        help_text="Where a message goes when cadence or an outage holds the channel "
+        "(email → SMS). Blank: each stakeholder's own fallback channel.",
+    )
+    message_type = models.CharField(
+        max_length=20,
+        choices=MessageType.choices,
+        default=MessageType.ALERT,
+        help_text="Counts against the per-type daily limit of the recipients' cadence.",
+    )
+    audience_personas = models.ManyToManyField(
+        Persona, blank=True, related_name="+", help_text="Every active stakeholder of these."
+    )
+    audience_stakeholders = models.ManyToManyField(Stakeholder, blank=True, related_name="+")
+    include_project_stakeholders = models.BooleanField(
+        default=True,
+        help_text="Project-driven recipients: also the stakeholders assigned to the project "
+        "the event is about (e.g. the kiosk's project).",
+    )
+    cooldown_hours = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[_positive_hours],
+        help_text="Layer 1: least time between two fires of one context. Blank: the "
+        "shortest cooldown of the audience's personas, else 1 h.",
+    )
+    group_contexts = models.BooleanField(
+        default=False,
+        help_text="Grouping: the contexts one stakeholder hears about in one evaluation "
+        "become one message listing them (needs the grouped template).",
+    )
+    grouped_template = models.ForeignKey(
+        MessageTemplate,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Grouping: several contexts in one message. Sees count, summaries and items "
+        "(each item: one context's variables and its event).",
+    )
+    send_resolved_notices = models.BooleanField(
+        default=False,
+        help_text="When a context people were told about clears, tell them once that it is "
+        "resolved (needs a resolved template).",
+    )
+    expires_after_hours = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[_positive_hours],
+        help_text="A message cadence holds longer than this is cancelled as expired "
+        "instead of sent late. Blank: never.",
+    )
+
+    class Meta:
+        verbose_name = "trigger setup"
+
+    def __str__(self):
+        return f"setup of {self.workflow}"
+
+
+class TriggerEvent(models.Model):
+    """One trigger event a workflow listens to (kiosk_offline, kiosk_health_status, ...)."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="trigger_events")
+    event = models.CharField(max_length=80, help_text="A registered trigger event.")
+    template = models.ForeignKey(
+        MessageTemplate, on_delete=models.PROTECT, related_name="+", help_text="One context."
+    )
+    resolved_template = models.ForeignKey(
+        MessageTemplate,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Resolved notices: sees the same variables as the template.",
+    )
+    watched_issues = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Only contexts with at least one of these issues fire, e.g. ["NOT_CHARGING", '
+        '"LOW_BATTERY"] when kiosk_offline already covers OFFLINE. Blank: every context.',
+    )
+    cooldown_hours = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[_positive_hours],
+        help_text="Layer 1 cooldown of this event. Blank: the workflow's.",
+    )
+    issue_cooldown_hours = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Per-issue Layer 1 cooldowns, e.g. {"OFFLINE": 0.25, "LOW_BATTERY": 4}. '
+        "A context with several issues uses the shortest of theirs.",
+    )
+
+    class Meta:
+        ordering = ["workflow", "event"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "event"], name="trigger_event_once")
+        ]
+
+    def __str__(self):
+        return f"{self.event} → {self.template}"
+
+    def clean(self):
+        from notifications.triggers import evaluator_for
+
+        evaluator = evaluator_for(self.event)
+        if evaluator is None:
+            raise ValidationError({"event": f"No trigger event is registered as {self.event!r}."})
+        hours = self.issue_cooldown_hours
+        if not isinstance(hours, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            for v in hours.values()
+        ):
+            raise ValidationError(
+                {"issue_cooldown_hours": 'Give {"ISSUE": hours, ...} with hours ≥ 0.'}
+            )
+        known = ", ".join(evaluator.issues) or "none"
+        unknown = sorted(set(hours) - set(evaluator.issues))
+        if unknown:
+            raise ValidationError(
+                {"issue_cooldown_hours": f"Unknown issue {', '.join(unknown)}; {known} exist."}
+            )
+        watched = self.watched_issues
+        if not isinstance(watched, list) or not all(isinstance(i, str) for i in watched):
+            raise ValidationError({"watched_issues": 'Give a list, e.g. ["LOW_BATTERY"].'})
+        unknown = sorted(set(watched) - set(evaluator.issues))
+        if unknown:
+            raise ValidationError(
+                {"watched_issues": f"Unknown issue {', '.join(unknown)}; {known} exist."}
+            )
+
+    def watches(self, issues) -> bool:
+        return not self.watched_issues or bool(set(self.watched_issues) & set(issues))

@@ -1,0 +1,201 @@
+"""Who may be contacted how often (seed 003, Layer 2): the decision is a pure function of the
+rules, the person's messages, the message type and `now`.
+
+The history is every message that occupies the person's time line: sent ones and ones
+already scheduled for later, so a queued time is the time the message will really go and a
+new message is placed between them without breaking a rule. Days, weeks (starting Monday)
+and months are calendar periods in the person's time zone. A cap of 0 means unlimited, a
+cooldown of 0 means none.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+# The seed's priority order: when several rules block, the first one here is reported.
+RULE_ORDER = ("cooldown", "type_daily", "daily", "weekly", "monthly")
+RULE_LABELS = {
+    "cooldown": "cooldown",
+    "type_daily": "type daily limit",
+    "daily": "daily limit",
+    "weekly": "weekly limit",
+    "monthly": "monthly limit",
+}
+MESSAGE_TYPES = ("report", "alert", "story_so_far", "custom")
+DEFAULT_TYPE_LIMITS = {"report": 2, "alert": 5, "story_so_far": 1, "custom": 2}
+
+# Longest look-back any rule needs, plus room for a long cooldown: what callers must load.
+HISTORY_WINDOW = timedelta(days=32)
+
+_MAX_STEPS = 100_000  # every step moves forward past one message or period; never reached
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A person's cadence. The defaults are the seed's."""
+
+    cooldown_hours: float = 1.0
+    max_per_day: int = 1
+    max_per_week: int = 2
+    max_per_month: int = 0
+    type_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TYPE_LIMITS))
+
+    def describe(self) -> str:
+        def cap(n: int) -> str:
+            return str(n) if n else "∞"
+
+        types = ", ".join(f"{t} {cap(n)}" for t, n in self.type_limits.items())
+        return (
+            f"cooldown {self.cooldown_hours:g} h; {cap(self.max_per_day)}/day, "
+            f"{cap(self.max_per_week)}/week, {cap(self.max_per_month)}/month; per type/day: "
+            f"{types}"
+        )
+
+
+DEFAULT_RULES = Rules()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One message on the person's time line (sent, in flight or scheduled)."""
+
+    at: datetime
+    message_type: str = "custom"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    blocking_rule: str | None  # one of RULE_ORDER; None when allowed
+    not_before: datetime  # earliest moment every rule passes (== now when allowed)
+    detail: str = ""  # e.g. "2 h after the message at 10:00"
+
+    @property
+    def label(self) -> str:
+        return RULE_LABELS.get(self.blocking_rule or "", "")
+
+    def reason(self, tz: ZoneInfo, *, verb: str = "queued until") -> str:
+        """The status reason of a held delivery, e.g.
+        'cadence: cooldown (2 h after the message at 10:00) — queued until 2026-11-23 12:00 UTC'."""
+        if self.allowed:
+            return ""
+        when = self.not_before.astimezone(tz)
+        return f"cadence: {self.label} ({self.detail}) — {verb} {when:%Y-%m-%d %H:%M %Z}"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    at: datetime
+    message_type: str
+    day: date
+
+
+@dataclass(frozen=True)
+class _Block:
+    rule: str
+    next_try: datetime
+    detail: str
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)
+
+
+def _week_start(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def _first_block(
+    rules: Rules, entries: Sequence[_Entry], message_type: str, at: datetime, tz: ZoneInfo
+) -> _Block | None:
+    """The first rule, in priority order, that a message at `at` would break, with the
+    earliest later moment at which that rule could pass."""
+    cooldown = timedelta(hours=rules.cooldown_hours)
+    if cooldown > timedelta(0):
+        near = [e.at for e in entries if abs(e.at - at) < cooldown]
+        if near:
+            last = max(near)
+            return _Block(
+                "cooldown",
+                last + cooldown,
+                f"{rules.cooldown_hours:g} h after the message at "
+                f"{last.astimezone(tz):%Y-%m-%d %H:%M}",
+            )
+    day = at.astimezone(tz).date()
+    tomorrow = _midnight(day + timedelta(days=1), tz)
+    type_limit = rules.type_limits.get(message_type, 0)
+    if type_limit:
+        count = sum(1 for e in entries if e.day == day and e.message_type == message_type)
+        if count >= type_limit:
+            return _Block("type_daily", tomorrow, f"{count}/{type_limit} {message_type} today")
+    if rules.max_per_day:
+        count = sum(1 for e in entries if e.day == day)
+        if count >= rules.max_per_day:
+            return _Block("daily", tomorrow, f"{count}/{rules.max_per_day} today")
+    if rules.max_per_week:
+        week = _week_start(day)
+        count = sum(1 for e in entries if _week_start(e.day) == week)
+        if count >= rules.max_per_week:
+            next_week = _midnight(week + timedelta(days=7), tz)
+            return _Block("weekly", next_week, f"{count}/{rules.max_per_week} this week")
+    if rules.max_per_month:
+        month = day.replace(day=1)
+        count = sum(1 for e in entries if e.day.replace(day=1) == month)
+        if count >= rules.max_per_month:
+            return _Block(
+                "monthly",
+                _midnight(_next_month(day), tz),
+                f"{count}/{rules.max_per_month} this month",
+            )
+    return None
+
+
+def decide(
+    rules: Rules,
+    history: Iterable[Sent],
+    message_type: str,
+    now: datetime,
+    tz: ZoneInfo,
+) -> Decision:
+    """May one more message of `message_type` go to this person at `now`?
+
+    Allowed when no message of the history lies within the cooldown on either side of
+    `now` and, counting the history's messages in the same local day (of this type, and of
+    any type), week and month, one more stays within every cap. Otherwise `not_before` is
+    the earliest later moment at which all of that holds.
+    """
+    entries = [_Entry(s.at, s.message_type, s.at.astimezone(tz).date()) for s in history]
+    at = now
+    first: _Block | None = None
+    for _ in range(_MAX_STEPS):
+        block = _first_block(rules, entries, message_type, at, tz)
+        if block is None:
+            break
+        first = first or block
+        at = block.next_try
+    else:  # pragma: no cover - each step passes a message or a period of a finite history
+        raise RuntimeError("cadence: no moment found at which every rule passes")
+    if first is None:
+        return Decision(True, None, now)
+    return Decision(False, first.rule, at.astimezone(now.tzinfo), first.detail)
+
+
+def replay(
+    rules: Rules, tz: ZoneInfo, *, prior: Iterable[Sent], sends: Iterable[Sent]
+) -> list[tuple[Sent, Decision]]:
+    """What `rules` would have said about each of `sends`, in time order, had they been in
+    force: a held message does not count for the ones after it. `prior` is what the
+    person had received before (it counts, and is not judged)."""
+    kept = list(prior)
+    verdicts = []
+    for send in sorted(sends, key=lambda s: s.at):
+        decision = decide(rules, kept, send.message_type, send.at, tz)
+        if decision.allowed:
+            kept.append(send)
+        verdicts.append((send, decision))
+    return verdicts

@@ -1,0 +1,215 @@
+"""The admin index dashboard: what needs a person now, and how sending went this week.
+One query (or a handful) per panel, whatever the size of the outbox."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Q
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from kiosks.health import offline_filter, unhealthy_filter
+from kiosks.models import Kiosk
+from notifications.holds import HoldContext
+from notifications.models import (
+    BreakerTransition,
+    Delivery,
+    Event,
+    KillSwitch,
+    ProposedAction,
+    ProviderBreaker,
+    VerifyCheck,
+    WorkflowRun,
+)
+
+STATUS_COLOURS = {
+    "sent": "#059669",
+    "delivered": "#047857",
+    "opened": "#0d9488",
+    "clicked": "#0891b2",
+    "scheduled": "#2563eb",
+    "sending": "#7c3aed",
+    "failed": "#dc2626",
+    "bounced": "#b91c1c",
+    "unknown": "#d97706",
+    "skipped": "#9ca3af",
+    "expired": "#6b7280",
+    "cancelled": "#4b5563",
+    "complained": "#be123c",
+}
+
+
+@dataclass
+class Bar:
+    label: str
+    segments: list[tuple[str, int, str]]  # (status, count, colour)
+
+    @property
+    def total(self) -> int:
+        return sum(count for _, count, _ in self.segments)
+
+
+def deliveries_by_day(now: datetime, days: int = 7) -> list[Bar]:
+    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = (
+        Delivery.objects.filter(created_at__gte=start)
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "status")
+        .annotate(n=Count("id"))
+    )
+    by_day: dict = defaultdict(dict)
+    for row in rows:
+        by_day[row["day"]][row["status"]] = row["n"]
+    bars = []
+    for offset in range(days):
+        day = (start + timedelta(days=offset)).date()
+        counts = by_day.get(day, {})
+        bars.append(
+            Bar(
+                day.strftime("%a %d"),
+                [
+                    (s, counts[s], STATUS_COLOURS.get(s, "#6b7280"))
+                    for s in STATUS_COLOURS
+                    if counts.get(s)
+                ],
+            )
+        )
+    return bars
+
+
+def by_channel(now: datetime, days: int = 7) -> list[dict]:
+    return list(
+        Delivery.objects.filter(created_at__gte=now - timedelta(days=days))
+        .values("channel")
+        .annotate(
+            total=Count("id"),
+            sent=Count("id", filter=Q(status__in=["sent", "delivered", "opened", "clicked"])),
+            failed=Count("id", filter=Q(status__in=["failed", "bounced", "unknown"])),
+            queued=Count("id", filter=Q(status="scheduled")),
+        )
+        .order_by("channel")
+    )
+
+
+def svg_stacked_bars(bars: list[Bar], *, width: int = 560, height: int = 180) -> str:
+    """A server-rendered stacked bar chart (no JavaScript, no internet)."""
+    top = max([b.total for b in bars] + [1])
+    gap, left, bottom = 8, 34, 22
+    slot = (width - left) / max(len(bars), 1)
+    bar_width = slot - gap
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="herald-chart" width="{width}" '
+        f'height="{height}" role="img" aria-label="deliveries per day by status">',
+        f'<text x="0" y="12" font-size="10" fill="#6b7280">{top}</text>',
+        f'<text x="0" y="{height - bottom}" font-size="10" fill="#6b7280">0</text>',
+    ]
+    usable = height - bottom - 10
+    for i, bar in enumerate(bars):
+        x = left + i * slot
+        y = height - bottom
+        for status, count, colour in bar.segments:
+            h = usable * count / top
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_width:.1f}" height="{h:.1f}" '
+                f'fill="{colour}"><title>{bar.label}: {count} {status}</title></rect>'
+            )
+        parts.append(
+            f'<text x="{x + bar_width / 2:.1f}" y="{height - 6}" font-size="10" '
+            f'text-anchor="middle" fill="#374151">{bar.label}</text>'
+        )
+        if bar.total:
+            parts.append(
+                f'<text x="{x + bar_width / 2:.1f}" y="{y - 2:.1f}" font-size="10" '
+                f'text-anchor="middle" fill="#111827">{bar.total}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def queued_reasons(now: datetime) -> list[tuple[str, int]]:
+    """Scheduled deliveries grouped by why they wait (the first words of their reason)."""
+    context = HoldContext.load()
+    frozen = 0
+    if context.switches:
+        from notifications.killswitches import frozen_filter
+
+        frozen = (
+            Delivery.objects.filter(status="scheduled")
+            .filter(frozen_filter(context.switches))
+            .count()
+        )
+    rows = (
+        Delivery.objects.filter(status="scheduled")
+        .values("status_reason")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+    )
+    reasons: dict[str, int] = defaultdict(int)
+    for row in rows:
+        reason = row["status_reason"] or "due or scheduled for later"
+        reasons[reason.split(":")[0][:60]] += row["n"]
+    result = sorted(reasons.items(), key=lambda kv: -kv[1])
+    if frozen:
+        result.insert(0, ("frozen by a kill switch", frozen))
+    return result
+
+
+def reminders_this_week(now: datetime) -> list[tuple[str, int]]:
+    monday = (now - timedelta(days=now.weekday())).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    rows = (
+        Event.objects.filter(name__startswith="production_run.reminder_", created_at__gte=monday)
+        .values("name")
+        .annotate(n=Count("id"))
+        .order_by("name")
+    )
+    return [(row["name"].removeprefix("production_run.reminder_"), row["n"]) for row in rows]
+
+
+def kiosk_health(now: datetime) -> dict:
+    return Kiosk.objects.aggregate(
+        total=Count("id"),
+        offline=Count("id", filter=offline_filter(now)),
+        unhealthy=Count("id", filter=unhealthy_filter(now)),
+    )
+
+
+def dashboard(now: datetime | None = None) -> dict:
+    now = now or timezone.now()
+    bars = deliveries_by_day(now)
+    return {
+        "now": now,
+        "approvals": list(
+            ProposedAction.objects.filter(status="pending")
+            .values("workflow_run_id", "action_type")
+            .annotate(n=Count("id"))
+            .order_by("workflow_run_id")
+        ),
+        "chart": svg_stacked_bars(bars),
+        "legend": [
+            (s, c)
+            for s, c in STATUS_COLOURS.items()
+            if any(s == seg[0] for b in bars for seg in b.segments)
+        ],
+        "week_total": sum(b.total for b in bars),
+        "channels": by_channel(now),
+        "queued": queued_reasons(now),
+        "breakers_open": list(ProviderBreaker.objects.exclude(state="closed")),
+        "breaker_trips": BreakerTransition.objects.filter(
+            to_state="open", at__gte=now - timedelta(days=7)
+        ).count(),
+        "runs_to_resume": list(
+            WorkflowRun.objects.filter(status="aborted").select_related("workflow")
+        ),
+        "switches": list(KillSwitch.objects.all()),
+        "kiosks": kiosk_health(now),
+        "reminders": reminders_this_week(now),
+        "verify_failing": list(
+            VerifyCheck.objects.filter(status__in=["fail", "timeout"]).select_related(
+                "workflow_run"
+            )[:20]
+        ),
+    }

@@ -1,0 +1,30 @@
+import json
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from notifications.cli import parse_at
+from notifications.triggers import evaluate_triggers
+
+
+class Command(BaseCommand):
+    help = (
+        "Run every active trigger workflow once (what beat does every 5 minutes): each "
+        "context an evaluator reports fires unless its Layer 1 cooldown holds it; each "
+        "stakeholder's delivery goes now or, when their cadence holds it, at the earliest "
+        "allowed time. Prints contexts fired, contexts skipped by cooldown, deliveries "
+        "created now and deliveries queued (and the other counts)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to act as 'now'")
+        parser.add_argument(
+            "--json", dest="as_json", action="store_true", help="print the counts as JSON"
+        )
+
+    def handle(self, *args, at, as_json, **options):
+        report = evaluate_triggers(now=at or timezone.now())
+        if as_json:
+            self.stdout.write(json.dumps(report, sort_keys=True))
+        else:
+            self.stdout.write("  ".join(f"{name}={count}" for name, count in report.items()))

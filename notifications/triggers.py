@@ -1,0 +1,644 @@
+"""Trigger evaluation (seed 003): every five minutes each active trigger workflow asks the
+evaluators of its events what is happening now, and tells its audience.
+
+For each context an evaluator reports (one kiosk + project + set of issues, one project's
+morale, ...):
+
+1. Layer 1 — the workflow fires a context at most once per cooldown. The fire is claimed
+   with a conditional update of its TriggerCooldown row (or an insert that loses to a
+   concurrent one), inside the transaction that stages the deliveries, so two overlapping
+   ticks cannot both fire it and a crash cannot fire it without telling anyone.
+2. One Notification per fired context (or, with grouping, one per stakeholder's set of
+   contexts), one Delivery per stakeholder through the outbox.
+3. Layer 2 — each delivery goes now when the person's cadence allows, else at the earliest
+   moment it does (`send_at = not_before`), with the rule that held it as its reason.
+
+Domain apps register their evaluators here from AppConfig.ready(); the engine never
+imports them. Every query here is per tick or per workflow, never per kiosk or per person.
+"""
+
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
+
+from cadence.models import Stakeholder, TriggerCooldown
+from cadence.policy import Sent, decide
+from notifications.cadence_checks import TOLD_STATUSES, stakeholder_histories, stakeholder_id
+from notifications.models import Delivery, Notification, Workflow, WorkflowRun
+from notifications.outbox import Recipient, stage_deliveries
+
+logger = logging.getLogger(__name__)
+
+GROUP_PREFIX = "group:"
+RESOLVED_PREFIX = "resolved:"
+
+
+@dataclass(frozen=True)
+class TriggerContext:
+    """One thing an evaluator found, identified by its context key."""
+
+    event: str
+    context_key: str
+    summary: str  # one line, e.g. "K-12 at Hudson Yards: LOW_BATTERY, NOT_CHARGING"
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    issues: tuple[str, ...] = ()  # names per-issue cooldowns refer to
+    project_id: int | None = None
+    kiosk_id: int | None = None
+    # Project-driven recipients: the stakeholders assigned to what the context is about.
+    stakeholder_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    name: str
+    find: Callable[[datetime], Iterable[TriggerContext]]
+    # cleared(context_keys, now) -> the keys whose condition no longer holds (None: never
+    # known to clear, so no recovery cancel and no resolved notice).
+    cleared: Callable[[Collection[str], datetime], set[str]] | None = None
+    label: str = ""
+    variables: tuple[str, ...] = ()
+    issues: tuple[str, ...] = ()
+
+
+_evaluators: dict[str, Evaluator] = {}
+
+
+def register_evaluator(
+    name: str,
+    find: Callable[[datetime], Iterable[TriggerContext]],
+    *,
+    cleared: Callable[[Collection[str], datetime], set[str]] | None = None,
+    label: str = "",
+    variables: Iterable[str] = (),
+    issues: Iterable[str] = (),
+) -> None:
+    """Make a trigger event available to trigger workflows. Context keys must start with
+    `<name>:` (that is how a delivery's context finds its evaluator again)."""
+    _evaluators[name] = Evaluator(
+        name, find, cleared, label or name, tuple(variables), tuple(issues)
+    )
+
+
+def evaluator_for(name: str) -> Evaluator | None:
+    return _evaluators.get(name)
+
+
+def registered_evaluators() -> list[Evaluator]:
+    return sorted(_evaluators.values(), key=lambda e: e.name)
+
+
+def event_of(context_key: str) -> str:
+    return context_key.split(":", 1)[0]
+
+
+def cleared_contexts(context_keys: Collection[str], *, now: datetime) -> set[str]:
+    """Which of these context keys have cleared: one call per event, not per key."""
+    by_event = defaultdict(list)
+    for key in context_keys:
+        by_event[event_of(key)].append(key)
+    cleared: set[str] = set()
+    for event, keys in by_event.items():
+        evaluator = _evaluators.get(event)
+        if evaluator is not None and evaluator.cleared is not None:
+            cleared |= set(evaluator.cleared(keys, now))
+    return cleared
+
+
+# --- the tick -------------------------------------------------------------------------------
+
+
+@dataclass
+class TickReport:
+    workflows: int = 0
+    contexts_found: int = 0
+    contexts_fired: int = 0
+    contexts_skipped_cooldown: int = 0
+    contexts_without_audience: int = 0
+    notifications: int = 0
+    deliveries_now: int = 0
+    deliveries_queued: int = 0
+    deliveries_expired: int = 0
+    recipients_without_address: int = 0
+    resolved_notices: int = 0
+    failed_workflows: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Timeline:
+    """Everyone's cadence history for this tick, from one query, plus what the tick adds.
+    Additions of a workflow become visible to the next workflow only once committed."""
+
+    history: dict[tuple[int, str], list[Sent]]
+    pending: dict[tuple[int, str], list[Sent]] = field(default_factory=lambda: defaultdict(list))
+
+    def of(self, stakeholder_id: int, channel: str) -> list[Sent]:
+        key = (stakeholder_id, channel)
+        return self.history.get(key, []) + self.pending.get(key, [])
+
+    def add(self, stakeholder_id: int, channel: str, sent: Sent) -> None:
+        self.pending[(stakeholder_id, channel)].append(sent)
+
+    def commit(self) -> None:
+        for key, items in self.pending.items():
+            self.history.setdefault(key, []).extend(items)
+        self.pending = defaultdict(list)
+
+    def rollback(self) -> None:
+        self.pending = defaultdict(list)
+
+
+@dataclass
+class _Message:
+    """One Notification to stage: a template, its context, its context key, who hears."""
+
+    event: str
+    template: Any
+    context: dict
+    context_key: str
+    origin: str
+    stakeholder_ids: list[int]
+
+
+def active_trigger_workflows() -> list[Workflow]:
+    return list(
+        Workflow.objects.filter(
+            type=Workflow.Type.TRIGGER, is_active=True, trigger_setup__isnull=False
+        )
+        .select_related("trigger_setup", "trigger_setup__grouped_template")
+        .prefetch_related(
+            "trigger_setup__audience_personas",
+            "trigger_setup__audience_stakeholders",
+            "trigger_events__template",
+            "trigger_events__resolved_template",
+        )
+        .order_by("id")
+    )
+
+
+def workflow_key(workflow: Workflow) -> str:
+    return f"workflow:{workflow.pk}"
+
+
+def evaluate_triggers(*, now: datetime) -> dict:
+    """Run every active trigger workflow once. Returns the counts (see TickReport)."""
+    report = TickReport()
+    workflows = active_trigger_workflows()
+    report.workflows = len(workflows)
+    if not workflows:
+        return report.as_dict()
+    found = _run_evaluators(workflows, now=now)
+    report.contexts_found = sum(len(c) for c in found.values())
+    stakeholders = _load_audience(workflows, found)
+    timeline = Timeline(stakeholder_histories(stakeholders.keys(), now=now))
+    for workflow in workflows:
+        try:
+            with transaction.atomic():
+                _evaluate_workflow(workflow, found, stakeholders, timeline, now, report)
+        except Exception:
+            # One broken workflow (a template that no longer renders, ...) must not stop
+            # the others; its claims rolled back with it, so the next tick tries again.
+            timeline.rollback()
+            report.failed_workflows += 1
+            logger.exception("trigger workflow %s failed; the next tick retries", workflow)
+        else:
+            timeline.commit()
+    return report.as_dict()
+
+
+def _run_evaluators(workflows: list[Workflow], *, now: datetime) -> dict[str, list]:
+    """Each event's contexts, found once per tick whatever the number of workflows."""
+    names = {e.event for w in workflows for e in w.trigger_events.all()}
+    found = {}
+    for name in sorted(names):
+        evaluator = _evaluators.get(name)
+        if evaluator is None:
+            logger.warning("no evaluator is registered for trigger event %r", name)
+            continue
+        found[name] = sorted(evaluator.find(now), key=lambda c: c.context_key)
+    return found
+
+
+def _load_audience(workflows, found) -> dict[int, Stakeholder]:
+    persona_ids, stakeholder_ids = set(), set()
+    for workflow in workflows:
+        setup = workflow.trigger_setup
+        persona_ids |= {p.pk for p in setup.audience_personas.all()}
+        stakeholder_ids |= {s.pk for s in setup.audience_stakeholders.all()}
+        if setup.include_project_stakeholders:
+            for event in workflow.trigger_events.all():
+                for context in found.get(event.event, ()):
+                    stakeholder_ids |= context.stakeholder_ids
+    if not persona_ids and not stakeholder_ids:
+        return {}
+    return {
+        s.pk: s
+        for s in Stakeholder.objects.filter(is_active=True)
+        .filter(Q(persona_id__in=persona_ids) | Q(pk__in=stakeholder_ids))
+        .select_related("persona")
+    }
+
+
+def _base_audience(workflow, stakeholders) -> set[int]:
+    """The workflow's own audience: its personas' stakeholders and the ones it names."""
+    setup = workflow.trigger_setup
+    personas = {p.pk for p in setup.audience_personas.all()}
+    named = {s.pk for s in setup.audience_stakeholders.all()}
+    return {s.pk for s in stakeholders.values() if s.pk in named or s.persona_id in personas}
+
+
+def _audience_of(workflow, context: TriggerContext, base: set[int], stakeholders) -> list:
+    ids = set(base)
+    if workflow.trigger_setup.include_project_stakeholders:
+        ids |= {i for i in context.stakeholder_ids if i in stakeholders}
+    return [stakeholders[i] for i in sorted(ids)]
+
+
+def layer1_cooldown(setup, event, context: TriggerContext, audience) -> timedelta:
+    """Per issue (shortest of the context's issues), else per event, else the workflow's,
+    else the shortest cooldown of the audience's personas, else the default (1 h)."""
+    per_issue = event.issue_cooldown_hours or {}
+    issue_hours = [per_issue[i] for i in context.issues if i in per_issue]
+    if issue_hours:
+        hours = min(issue_hours)
+    elif event.cooldown_hours is not None:
+        hours = event.cooldown_hours
+    elif setup.cooldown_hours is not None:
+        hours = setup.cooldown_hours
+    else:
+        persona_hours = [
+            s.persona.cooldown_hours for s in audience if s.persona and s.persona.cooldown_hours > 0
+        ]
+        hours = min(persona_hours) if persona_hours else settings.TRIGGER_DEFAULT_COOLDOWN_HOURS
+    return timedelta(hours=hours)
+
+
+def claim_contexts(
+    *, key: str, planned: list[tuple[TriggerContext, timedelta]], now: datetime
+) -> set[str]:
+    """Layer 1: claim the fire of each planned context whose cooldown has passed. Returns
+    the context keys this caller won; a context another tick claimed first is not among
+    them. Must run inside the transaction that stages the deliveries."""
+    if not planned:
+        return set()
+    keys = [c.context_key for c, _ in planned]
+    existing = dict(
+        TriggerCooldown.objects.filter(workflow_key=key, context_key__in=keys).values_list(
+            "context_key", "last_sent_at"
+        )
+    )
+    token = uuid.uuid4()
+    due_by_cutoff: dict[datetime, list[str]] = defaultdict(list)
+    new = []
+    for context, cooldown in planned:
+        last = existing.get(context.context_key)
+        if last is None:
+            new.append(
+                TriggerCooldown(
+                    workflow_key=key,
+                    context_key=context.context_key,
+                    event=context.event,
+                    last_sent_at=now,
+                    opened_at=now,
+                    claim_token=token,
+                )
+            )
+        elif last <= now - cooldown:
+            due_by_cutoff[now - cooldown].append(context.context_key)
+    if not new and not due_by_cutoff:
+        return set()
+    for cutoff, due in due_by_cutoff.items():
+        # The condition is re-checked by the database: of two ticks racing for one row,
+        # only the first update matches.
+        TriggerCooldown.objects.filter(
+            workflow_key=key, context_key__in=due, last_sent_at__lte=cutoff
+        ).update(
+            last_sent_at=now,
+            claim_token=token,
+            fire_count=F("fire_count") + 1,
+            opened_at=Case(When(cleared_at__isnull=False, then=Value(now)), default=F("opened_at")),
+            cleared_at=None,
+        )
+    if new:
+        # A row a concurrent tick inserted first is skipped, and so not claimed here.
+        TriggerCooldown.objects.bulk_create(new, ignore_conflicts=True)
+    return set(
+        TriggerCooldown.objects.filter(workflow_key=key, claim_token=token).values_list(
+            "context_key", flat=True
+        )
+    )
+
+
+def _evaluate_workflow(workflow, found, stakeholders, timeline, now, report) -> None:
+    setup = workflow.trigger_setup
+    events = {e.event: e for e in workflow.trigger_events.all()}
+    planned, audiences = [], {}
+    base = _base_audience(workflow, stakeholders)
+    for name, event in events.items():
+        for context in found.get(name, ()):
+            if not event.watches(context.issues):
+                continue
+            audience = _audience_of(workflow, context, base, stakeholders)
+            if not audience:
+                report.contexts_without_audience += 1
+                continue
+            audiences[context.context_key] = audience
+            planned.append((context, layer1_cooldown(setup, event, context, audience)))
+    fired = claim_contexts(key=workflow_key(workflow), planned=planned, now=now)
+    report.contexts_skipped_cooldown += len(planned) - len(fired)
+    report.contexts_fired += len(fired)
+    fired_contexts = [c for c, _ in planned if c.context_key in fired]
+    messages = _messages(workflow, events, fired_contexts, audiences)
+    resolved = []
+    if setup.send_resolved_notices:
+        active = {c.context_key for c, _ in planned}
+        resolved = _resolved_messages(workflow, events, active, stakeholders, timeline, now)
+        report.resolved_notices += len(resolved)
+    if not messages and not resolved:
+        return
+    run = WorkflowRun.objects.create(
+        workflow=workflow,
+        status=WorkflowRun.Status.COMPLETED,
+        started_at=now,
+        completed_at=now,
+        summary={"contexts_fired": sorted(fired), "resolved": [m.context_key for m in resolved]},
+    )
+    _stage(workflow, run, messages + resolved, stakeholders, timeline, now, report)
+
+
+def _origin(event: str, workflow: Workflow, what: str = "") -> str:
+    return f"{event}{what} ({workflow.name})"[:200]
+
+
+def _messages(workflow, events, fired: list[TriggerContext], audiences) -> list[_Message]:
+    if not workflow.trigger_setup.group_contexts:
+        return [
+            _Message(
+                event=c.event,
+                template=events[c.event].template,
+                context=_variables(c),
+                context_key=c.context_key,
+                origin=_origin(c.event, workflow),
+                stakeholder_ids=[s.pk for s in audiences[c.context_key]],
+            )
+            for c in fired
+        ]
+    # Grouping: the contexts one stakeholder hears about in this tick become one message;
+    # stakeholders who hear about the same set share that message.
+    grouped_template = workflow.trigger_setup.grouped_template
+    by_key = {c.context_key: c for c in fired}
+    per_person: dict[int, list[str]] = defaultdict(list)
+    for context in fired:
+        for person in audiences[context.context_key]:
+            per_person[person.pk].append(context.context_key)
+    sets: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for person, keys in per_person.items():
+        sets[tuple(sorted(keys))].append(person)
+    if grouped_template is None and any(len(keys) > 1 for keys in sets):
+        logger.warning("%s: grouping is on but there is no grouped template", workflow)
+    messages = []
+    singles: dict[str, list[int]] = defaultdict(list)
+    for keys, people in sorted(sets.items()):
+        if len(keys) == 1 or grouped_template is None:
+            for key in keys:
+                singles[key].extend(people)
+            continue
+        contexts = [by_key[k] for k in keys]
+        items = [_variables(c) | {"event": c.event} for c in contexts]
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+        messages.append(
+            _Message(
+                event="group",
+                template=grouped_template,
+                context={
+                    "count": len(contexts),
+                    "summaries": [c.summary for c in contexts],
+                    "items": items,
+                    "context_keys": list(keys),
+                },
+                context_key=f"{GROUP_PREFIX}{len(keys)}:{digest}",
+                origin=f"{len(keys)} contexts ({workflow.name})"[:200],
+                stakeholder_ids=sorted(people),
+            )
+        )
+    for key, people in sorted(singles.items()):
+        context = by_key[key]
+        messages.append(
+            _Message(
+                event=context.event,
+                template=events[context.event].template,
+                context=_variables(context),
+                context_key=key,
+                origin=_origin(context.event, workflow),
+                stakeholder_ids=sorted(people),
+            )
+        )
+    return messages
+
+
+def _variables(context: TriggerContext) -> dict:
+    return {**context.variables, "summary": context.summary, "context_key": context.context_key}
+
+
+def _key_prefix(workflow: Workflow, context_key: str, now: datetime) -> str:
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    if len(context_key) > 100:
+        context_key = hashlib.sha256(context_key.encode()).hexdigest()[:24]
+    return f"trigger:{workflow.pk}:{context_key}@{stamp}"
+
+
+def _stage(workflow, run, messages, stakeholders, timeline, now, report) -> None:
+    """Notifications (one insert), then each one's deliveries through the outbox, then one
+    update that moves every held delivery to its cadence time with its reason."""
+    setup = workflow.trigger_setup
+    message_type = setup.message_type
+    notifications = Notification.objects.bulk_create(
+        [
+            Notification(
+                template=m.template,
+                context=m.context,
+                origin=m.origin,
+                message_type=message_type,
+                workflow_run=run,
+                created_at=now,
+            )
+            for m in messages
+        ]
+    )
+    expires_at = (
+        now + timedelta(hours=setup.expires_after_hours)
+        if setup.expires_after_hours is not None
+        else None
+    )
+    held: dict[str, tuple[datetime, str, str]] = {}  # idempotency key -> (send_at, reason, status)
+    for message, notification in zip(messages, notifications, strict=True):
+        prefix = _key_prefix(workflow, message.context_key, now)
+        recipients = []
+        for person_id in message.stakeholder_ids:
+            person = stakeholders[person_id]
+            route = _route(setup, person)
+            if route is None:
+                report.recipients_without_address += 1
+                logger.warning("stakeholder %s has no address for %s", person, message.origin)
+                continue
+            channel, address, fallback_channel, fallback_address = route
+            recipient = Recipient(
+                key=person.recipient_key,
+                address=address,
+                context={"stakeholder_name": person.name},
+                channel=channel,
+                fallback_channel=fallback_channel,
+                fallback_address=fallback_address,
+            )
+            recipients.append(recipient)
+            tz = person.tz
+            decision = decide(
+                person.rules(), timeline.of(person.pk, channel), message_type, now, tz
+            )
+            if decision.allowed:
+                timeline.add(person.pk, channel, Sent(now, message_type))
+                report.deliveries_now += 1
+                continue
+            key = f"{prefix}:{recipient.key}"
+            if expires_at is not None and decision.not_before >= expires_at:
+                reason = (
+                    f"expired: {decision.reason(tz)}, after its expiry "
+                    f"{expires_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+                )
+                held[key] = (decision.not_before, reason, Delivery.Status.EXPIRED)
+                report.deliveries_expired += 1
+                continue
+            timeline.add(person.pk, channel, Sent(decision.not_before, message_type))
+            held[key] = (decision.not_before, decision.reason(tz), Delivery.Status.SCHEDULED)
+            report.deliveries_queued += 1
+        stage_deliveries(
+            notification=notification,
+            recipients=recipients,
+            now=now,
+            key_prefix=prefix,
+            send_at=now,
+            expires_at=expires_at,
+            context_key=message.context_key,
+        )
+    report.notifications += len(notifications)
+    if held:
+        Delivery.objects.filter(idempotency_key__in=list(held)).update(
+            send_at=Case(*[When(idempotency_key=k, then=Value(v[0])) for k, v in held.items()]),
+            status_reason=Case(
+                *[When(idempotency_key=k, then=Value(v[1][:300])) for k, v in held.items()]
+            ),
+            status=Case(*[When(idempotency_key=k, then=Value(v[2])) for k, v in held.items()]),
+        )
+
+
+def _route(setup, person: Stakeholder) -> tuple[str, str, str, str] | None:
+    """(channel, address, fallback channel, fallback address) for one person, or None."""
+    channel = setup.channel or person.preferred_channel
+    fallback = setup.fallback_channel or person.fallback_channel
+    address = person.address_for(channel)
+    fallback_address = person.address_for(fallback) if fallback and fallback != channel else ""
+    if not address:
+        if not fallback_address:
+            return None
+        return fallback, fallback_address, "", ""
+    if not fallback_address:
+        return channel, address, "", ""
+    return channel, address, fallback, fallback_address
+
+
+# --- resolved notices -------------------------------------------------------------------------
+
+
+def _resolved_messages(
+    workflow, events, active: set[str], stakeholders, timeline, now
+) -> list[_Message]:
+    """Contexts of this workflow that were open, are not reported now and have cleared:
+    each is claimed once (cleared_at), and the people who were told get one notice."""
+    key = workflow_key(workflow)
+    open_keys = [
+        k
+        for k in TriggerCooldown.objects.filter(
+            workflow_key=key, cleared_at__isnull=True
+        ).values_list("context_key", flat=True)
+        if k not in active and event_of(k) in events
+    ]
+    if not open_keys:
+        return []
+    cleared = cleared_contexts(open_keys, now=now)
+    if not cleared:
+        return []
+    token = uuid.uuid4()
+    TriggerCooldown.objects.filter(
+        workflow_key=key, context_key__in=cleared, cleared_at__isnull=True
+    ).update(cleared_at=now, claim_token=token)
+    claimed = dict(
+        TriggerCooldown.objects.filter(workflow_key=key, claim_token=token).values_list(
+            "context_key", "opened_at"
+        )
+    )
+    if not claimed:
+        return []
+    told = _told(workflow, claimed)
+    missing = {p for people, _ in told.values() for p in people} - set(stakeholders)
+    if missing:
+        # People told earlier who are no longer in any audience still hear it is resolved.
+        found = Stakeholder.objects.filter(pk__in=missing, is_active=True).select_related("persona")
+        stakeholders.update({s.pk: s for s in found})
+        timeline.history.update(stakeholder_histories(missing, now=now))
+    messages = []
+    for context_key, (people, variables) in sorted(told.items()):
+        people = sorted(p for p in people if p in stakeholders)
+        event = events[event_of(context_key)]
+        if not people:
+            continue
+        if event.resolved_template is None:
+            logger.warning("%s: no resolved template for %s", workflow, event.event)
+            continue
+        messages.append(
+            _Message(
+                event=event.event,
+                template=event.resolved_template,
+                context=variables,
+                context_key=f"{RESOLVED_PREFIX}{context_key}",
+                origin=_origin(event.event, workflow, " resolved"),
+                stakeholder_ids=people,
+            )
+        )
+    return messages
+
+
+def _told(workflow, opened: dict[str, datetime]) -> dict[str, tuple[set[int], dict]]:
+    """Who was really told about each context since it opened (sent, not just queued),
+    and the variables they were told: {context key: (stakeholder ids, variables)}."""
+    since = min(opened.values())
+    rows = Delivery.objects.filter(
+        Q(context_key__in=list(opened)) | Q(context_key__startswith=GROUP_PREFIX),
+        workflow_run__workflow=workflow,
+        status__in=TOLD_STATUSES,
+        created_at__gte=since,
+    ).values_list("recipient_key", "context_key", "notification__context", "created_at")
+    told: dict[str, tuple[set[int], dict]] = {}
+    for recipient_key, context_key, context, created_at in rows:
+        person = stakeholder_id(recipient_key)
+        if person is None:
+            continue
+        if context_key.startswith(GROUP_PREFIX):
+            pairs = [(i.get("context_key", ""), i) for i in (context or {}).get("items", [])]
+        else:
+            pairs = [(context_key, context or {})]
+        for key, variables in pairs:
+            if key in opened and created_at >= opened[key]:
+                people, _ = told.setdefault(key, (set(), dict(variables)))
+                people.add(person)
+    return told

@@ -1,0 +1,151 @@
+"""Admin for personas, stakeholders and cooldowns, and the cadence simulator page."""
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.urls import reverse
+
+from cadence.models import TriggerCooldown
+from tests.cadence.factories import PersonaFactory, StakeholderFactory
+from tests.notifications.factories import DeliveryFactory
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def sent_to(person, *moments, kind="alert", channel="email"):
+    for moment in moments:
+        DeliveryFactory(
+            recipient_key=person.recipient_key,
+            channel=channel,
+            message_type=kind,
+            status="sent",
+            send_at=moment,
+            sent_at=moment,
+        )
+
+
+def test_persona_list_shows_the_cadence_and_links_the_what_if(admin_client):
+    PersonaFactory(name="Manager", cooldown_hours=2, max_per_day=5, max_per_month=0)
+    page = admin_client.get(reverse("admin:cadence_persona_changelist")).content.decode()
+    assert "2 h" in page and "∞" in page
+    assert "alert 5" in page
+    assert f"{reverse('cadence_simulator')}?persona=" in page
+
+
+def test_stakeholder_page_shows_overrides_and_the_effective_cadence(admin_client):
+    manager = PersonaFactory(name="Manager", cooldown_hours=2, max_per_day=5)
+    alice = StakeholderFactory(name="Alice", persona=manager, max_per_day=1)
+    StakeholderFactory(name="Bob", persona=manager)
+    listing = admin_client.get(
+        reverse("admin:cadence_stakeholder_changelist"), {"overrides": "yes"}
+    ).content.decode()
+    assert "Alice" in listing and "Bob" not in listing
+    assert "max per day 1" in listing
+    page = admin_client.get(reverse("admin:cadence_stakeholder_change", args=[alice.pk]))
+    assert "cooldown 2 h; 1/day, 2/week, ∞/month" in page.content.decode()
+
+
+def test_saving_an_override_in_the_admin_changes_what_is_enforced(admin_client):
+    alice = StakeholderFactory(name="Alice", persona=PersonaFactory(max_per_day=5))
+    url = reverse("admin:cadence_stakeholder_change", args=[alice.pk])
+    form = {
+        "name": "Alice",
+        "email": alice.email,
+        "phone": alice.phone,
+        "is_active": "on",
+        "persona": alice.persona_id,
+        "preferred_channel": "email",
+        "fallback_channel": "",
+        "time_zone": "Asia/Kolkata",
+        "max_per_day": "1",
+    }
+    response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    alice.refresh_from_db()
+    assert (alice.rules().max_per_day, alice.time_zone) == (1, "Asia/Kolkata")
+
+
+def test_cooldowns_can_be_reset_from_the_admin(admin_client):
+    row = TriggerCooldown.objects.create(
+        workflow_key="workflow:1",
+        context_key="kiosk_offline:1:1",
+        event="kiosk_offline",
+        last_sent_at=NOW,
+        opened_at=NOW,
+    )
+    admin_client.post(
+        reverse("admin:cadence_triggercooldown_changelist"),
+        {"action": "reset_cooldown", "_selected_action": [row.pk]},
+    )
+    assert not TriggerCooldown.objects.exists()
+
+
+def test_simulator_answers_with_the_decision_and_the_blocking_rule(admin_client, clock):
+    manager = PersonaFactory(name="Manager", cooldown_hours=2, max_per_day=5, max_per_week=20)
+    alice = StakeholderFactory(name="Alice", persona=manager)
+    sent_to(alice, NOW - timedelta(minutes=30))
+    page = admin_client.get(
+        reverse("cadence_simulator"),
+        {"stakeholder": alice.pk, "channel": "email", "message_type": "alert"},
+    ).content.decode()
+    decision = re.search(r'id="sim-decision">(.*?)</p>', page).group(1)
+    assert decision == (
+        "held by the cooldown (2 h after the message at 2026-11-23 11:30) — earliest "
+        "2026-11-23 13:30 UTC"
+    )
+    # The same question at another time.
+    page = admin_client.get(
+        reverse("cadence_simulator"),
+        {
+            "stakeholder": alice.pk,
+            "channel": "email",
+            "message_type": "alert",
+            "at": "2026-11-23T14:00",
+        },
+    ).content.decode()
+    assert re.search(r'id="sim-decision">(.*?)</p>', page).group(1) == ("allowed: it would go now")
+
+
+def test_simulator_what_if_replays_the_last_7_days_under_changed_rules(admin_client, clock):
+    manager = PersonaFactory(name="Manager", cooldown_hours=0, max_per_day=5, max_per_week=0)
+    alice = StakeholderFactory(name="Alice", persona=manager)
+    bob = StakeholderFactory(name="Bob", persona=manager)
+    chris = StakeholderFactory(name="Chris", persona=manager, max_per_day=3)  # own override
+    for person in (alice, bob, chris):
+        sent_to(person, NOW - timedelta(days=1, hours=3), NOW - timedelta(days=1, hours=2))
+    sent_to(alice, NOW - timedelta(days=1, hours=1))
+    sent_to(alice, NOW - timedelta(days=9))  # outside the window
+    page = admin_client.get(
+        reverse("cadence_simulator"), {"persona": manager.pk, "max_per_day": "1"}
+    ).content.decode()
+    assert re.search(r'id="what-if-summary">(.*?)</h3>', page).group(1) == (
+        "3 of 7 messages would have been held"
+    )
+    rows = dict(re.findall(r"<td>(\w+)</td>\s*<td>\d+</td>\s*<td>(\d+)</td>", page))
+    assert rows == {"Alice": "2", "Bob": "1", "Chris": "0"}
+    assert "daily limit: 2" in page
+
+
+def test_simulator_is_for_staff_only(client):
+    response = client.get(reverse("cadence_simulator"))
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_simulator_is_linked_from_the_stakeholder_list(admin_client):
+    page = admin_client.get(reverse("admin:cadence_stakeholder_changelist")).content.decode()
+    assert reverse("cadence_simulator") in page
+
+
+def test_the_cadence_admin_page_links_the_simulator(admin_client):
+    page = admin_client.get(reverse("admin:app_list", args=["cadence"])).content.decode()
+    assert reverse("cadence_simulator") in page

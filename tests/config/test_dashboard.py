@@ -1,0 +1,57 @@
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from kiosks.models import Kiosk
+from notifications.models import Delivery, KillSwitch, ProposedAction
+from tests.notifications.factories import DeliveryFactory, WorkflowRunFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_dashboard_shows_the_numbers_of_the_world(admin_client):
+    now = timezone.now()
+    DeliveryFactory.create_batch(3, status="sent", created_at=now - timedelta(days=1))
+    DeliveryFactory(status="failed", created_at=now)
+    DeliveryFactory(
+        status="scheduled",
+        status_reason="cadence: daily limit — queued",
+        send_at=now + timedelta(hours=4),
+    )
+    run = WorkflowRunFactory(
+        status="aborted", status_reason="circuit breaker: 5 consecutive failed sends"
+    )
+    ProposedAction.objects.create(action_type="hitl_review", entity_ref="x", workflow_run=run)
+    KillSwitch.objects.create(
+        name="high_risk_ops", scope="high_risk_ops", is_on=True, reason="audit"
+    )
+
+    page = admin_client.get("/admin/").content.decode()
+    assert "Deliveries, last 7 days (5)" in page
+    assert f"run {run.id}: 1 hitl_review" in page
+    assert "1 — cadence" in page
+    assert "circuit breaker: 5 consecutive failed sends" in page
+    assert '<strong style="color:#dc2626">ON</strong> — audit' in page
+    assert "<svg" in page and "herald-chart" in page
+
+
+def test_the_dashboard_after_seed_demo_matches_the_database(admin_client):
+    call_command("seed_demo")
+    now = timezone.now()
+    page = admin_client.get("/admin/").content.decode()
+    week_start = (now - timedelta(days=6)).replace(hour=0, minute=0, second=0, microsecond=0)
+    week = Delivery.objects.filter(created_at__gte=week_start).count()
+    assert week > 0
+    assert f"Deliveries, last 7 days ({week})" in page
+    kiosks = Kiosk.objects.count()
+    offline = sum(
+        1
+        for k in Kiosk.objects.all()
+        if not k.connection_status
+        or k.last_heartbeat_at is None
+        or k.last_heartbeat_at < now - timedelta(minutes=5)
+    )
+    assert f"{kiosks} kiosks: <strong>{offline}</strong> offline" in page
+    assert kiosks == 60 and 0 < offline < 60

@@ -1,0 +1,104 @@
+import pytest
+import time_machine
+from django.urls import reverse
+
+from notifications.models import Delivery, Workflow
+from notifications.trigger_models import TriggerEvent, TriggerSetup
+from tests.cadence.factories import PersonaFactory, StakeholderFactory
+from tests.triggers.helpers import at, kiosk, project, template, trigger_workflow
+
+pytestmark = pytest.mark.django_db
+
+
+def _form(persona, alert, **extra):
+    data = {
+        "name": "Kiosk health",
+        "description": "",
+        "is_active": "on",
+        "risk_level": "1",
+        "trigger_setup-TOTAL_FORMS": "1",
+        "trigger_setup-INITIAL_FORMS": "0",
+        "trigger_setup-MIN_NUM_FORMS": "1",
+        "trigger_setup-MAX_NUM_FORMS": "1",
+        "trigger_setup-0-audience_personas": [persona.pk],
+        "trigger_setup-0-include_project_stakeholders": "on",
+        "trigger_setup-0-channel": "email",
+        "trigger_setup-0-fallback_channel": "sms",
+        "trigger_setup-0-message_type": "alert",
+        "trigger_setup-0-group_contexts": "on",
+        "trigger_events-TOTAL_FORMS": "1",
+        "trigger_events-INITIAL_FORMS": "0",
+        "trigger_events-MIN_NUM_FORMS": "1",
+        "trigger_events-MAX_NUM_FORMS": "1000",
+        "trigger_events-0-event": "kiosk_health_status",
+        "trigger_events-0-template": alert.pk,
+        "trigger_events-0-watched_issues": "[]",
+        "trigger_events-0-issue_cooldown_hours": '{"OFFLINE": 0.25}',
+    }
+    return {**data, **extra}
+
+
+def test_a_trigger_workflow_is_created_in_the_admin_with_its_setup_and_events(admin_client):
+    persona = PersonaFactory(name="Manager")
+    alert = template("Alert")
+    response = admin_client.post(
+        reverse("admin:notifications_triggerworkflow_add"), _form(persona, alert), follow=True
+    )
+    assert response.status_code == 200
+    workflow = Workflow.objects.get(name="Kiosk health")
+    assert workflow.type == "trigger"
+    setup = TriggerSetup.objects.get(workflow=workflow)
+    assert (setup.channel, setup.fallback_channel, setup.group_contexts) == ("email", "sms", True)
+    assert list(setup.audience_personas.all()) == [persona]
+    event = TriggerEvent.objects.get(workflow=workflow)
+    assert (event.event, event.issue_cooldown_hours) == ("kiosk_health_status", {"OFFLINE": 0.25})
+    # Grouping is on but there is no grouped template: the admin says what that means.
+    assert "Grouping is on but there is no grouped template" in (response.content.decode())
+
+
+def test_an_unknown_issue_in_the_per_issue_cooldowns_is_refused(admin_client):
+    persona = PersonaFactory(name="Manager")
+    response = admin_client.post(
+        reverse("admin:notifications_triggerworkflow_add"),
+        _form(
+            persona, template("Alert"), **{"trigger_events-0-issue_cooldown_hours": '{"FIRE": 1}'}
+        ),
+    )
+    assert response.status_code == 200
+    assert "Unknown issue FIRE" in response.content.decode()
+    assert not Workflow.objects.filter(name="Kiosk health").exists()
+
+
+def test_trigger_workflow_list_and_evaluate_now_action(admin_client):
+    persona = PersonaFactory(name="Manager", cooldown_hours=0, max_per_week=0)
+    StakeholderFactory(persona=persona)
+    workflow = trigger_workflow(personas=[persona], fallback_channel="sms")
+    with time_machine.travel(at(10), tick=False):
+        kiosk(1, project(45), charging=False)
+        url = reverse("admin:notifications_triggerworkflow_changelist")
+        page = admin_client.get(url).content.decode()
+        assert "kiosk_health_status" in page and "Manager" in page and "never" in page
+        response = admin_client.post(
+            url, {"action": "evaluate_now", "_selected_action": [workflow.pk]}, follow=True
+        )
+    assert "1 contexts fired, 0 skipped by cooldown; 1 deliveries now" in response.content.decode()
+    assert Delivery.objects.count() == 1
+
+
+def test_the_delivery_list_says_which_cadence_rule_queued_a_delivery(admin_client):
+    persona = PersonaFactory(name="Manager", cooldown_hours=2, max_per_week=0)
+    StakeholderFactory(persona=persona)
+    trigger_workflow(personas=[persona])
+    with time_machine.travel(at(10), tick=False) as clock:
+        site = project(45)
+        first = kiosk(1, site, charging=False)
+        from notifications.triggers import evaluate_triggers
+
+        evaluate_triggers(now=at(10))
+        clock.move_to(at(10, 5))
+        first.last_heartbeat_at = at(10, 5)
+        first.save()
+        kiosk(2, site, charging=False)
+        evaluate_triggers(now=at(10, 5))
+        page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
+    assert "cadence: cooldown (2 h after the message at 2026-11-23 10:00) — queued until" in page

@@ -1,0 +1,143 @@
+"""The send-time re-check dispatch runs on stakeholder deliveries (seed 003's safety check),
+driven through notifications.dispatch.dispatch_due."""
+
+from datetime import timedelta
+
+import pytest
+
+from notifications import dispatch
+from notifications.dispatch import ManualClock
+from notifications.models import Delivery, RecordedMessage
+from tests.cadence.factories import PersonaFactory, StakeholderFactory
+from tests.notifications.factories import DeliveryFactory
+from tests.triggers.helpers import at
+
+pytestmark = pytest.mark.django_db
+
+T = at(10, 30)
+
+
+@pytest.fixture(autouse=True)
+def recording_backends(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+
+
+def dispatch_due(now=T):
+    return dispatch.dispatch_due(now=now, clock=ManualClock(now))
+
+
+@pytest.fixture
+def alice():
+    persona = PersonaFactory(
+        name="Strict", cooldown_hours=0, max_per_day=1, max_per_week=0, max_alert_per_day=0
+    )
+    return StakeholderFactory(name="Alice", persona=persona, fallback_channel="sms")
+
+
+def to(person, *, status="scheduled", send_at=T, channel="email", **fields):
+    address = person.email if channel == "email" else person.phone
+    return DeliveryFactory(
+        recipient_key=person.recipient_key,
+        channel=channel,
+        address=address,
+        message_type="alert",
+        status=status,
+        send_at=send_at,
+        sent_at=send_at if status == "sent" else None,
+        **fields,
+    )
+
+
+def test_a_delivery_the_cadence_allows_is_sent(alice):
+    delivery = to(alice)
+    assert dispatch_due().sent == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+
+
+def test_without_a_fallback_it_is_deferred_to_when_the_cadence_allows(alice):
+    to(alice, status="sent", send_at=at(9))
+    held = to(alice)
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (report.sent, report.deferred) == (0, 1)
+    assert (held.status, held.send_at) == ("scheduled", at(0, day=1))
+    assert held.status_reason == (
+        "cadence: daily limit on email (1/1 today) — deferred until 2026-11-24 00:00 UTC"
+    )
+    # And it goes then.
+    assert dispatch_due(now=at(0, day=1)).sent == 1
+
+
+def test_it_goes_by_the_fallback_channel_when_that_cadence_allows(alice):
+    to(alice, status="sent", send_at=at(9))
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert held.status == "skipped"
+    fallback = held.fallbacks.get()
+    assert (fallback.channel, fallback.status) == ("sms", "sent")
+    assert report.sent == 1
+    assert RecordedMessage.objects.get().channel == "sms"
+
+
+def test_a_fallback_counts_against_the_originals_message_type(alice):
+    """The engine's fallback copy does not carry the message type; the cadence still counts
+    it as the alert it is."""
+    alice.persona.max_per_day = 0
+    alice.persona.max_alert_per_day = 1
+    alice.persona.save()
+    to(alice, status="sent", send_at=at(9))
+    original = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    dispatch_due()
+    fallback = Delivery.objects.get(fallback_of=original)
+    assert fallback.message_type == "custom"  # engine gap: not copied
+    assert fallback.status == "sent"
+    # A second alert by SMS today would break the alert limit on SMS: held, not sent.
+    later = to(alice, channel="sms", send_at=T + timedelta(minutes=5))
+    dispatch_due(now=T + timedelta(minutes=5))
+    later.refresh_from_db()
+    assert later.status == "scheduled"
+    assert later.status_reason.startswith("cadence: type daily limit on sms (1/1 alert today)")
+
+
+def test_an_expiring_delivery_that_cadence_would_hold_past_its_expiry_is_cancelled(alice):
+    to(alice, status="sent", send_at=at(9))
+    held = to(alice, expires_at=T + timedelta(hours=4))
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, report.cancelled) == ("cancelled", 1)
+    assert held.status_reason.startswith(
+        "expired: cadence: daily limit on email (1/1 today) until 2026-11-24 00:00 UTC"
+    )
+
+
+def test_two_due_at_once_do_not_both_go(alice):
+    first, second = to(alice), to(alice, send_at=T - timedelta(minutes=1))
+    report = dispatch_due()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert report.sent == 1
+    assert sorted([first.status, second.status]) == ["scheduled", "sent"]
+
+
+def test_override_is_enforced_at_send_time_too():
+    persona = PersonaFactory(name="Loose", cooldown_hours=0, max_per_day=5, max_per_week=0)
+    bob = StakeholderFactory(persona=persona, cooldown_hours=3)
+    to(bob, status="sent", send_at=at(9))
+    held = to(bob)
+    dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.send_at) == ("scheduled", at(12))
+
+
+def test_deliveries_to_customers_are_not_cadence_limited():
+    DeliveryFactory.create_batch(3, recipient_key="customer:1", send_at=T)
+    assert dispatch_due().sent == 3
+
+
+def test_a_former_stakeholder_is_not_held(alice):
+    delivery = to(alice)
+    Delivery.objects.filter(pk=delivery.pk).update(recipient_key="stakeholder:999999")
+    assert dispatch_due().sent == 1
