@@ -156,6 +156,11 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # for a human to reconcile; it is never resent blindly.
 DISPATCH_SENDING_TIMEOUT_SECONDS = env.int("DISPATCH_SENDING_TIMEOUT_SECONDS", default=600)
 DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
+# Tracking webhooks store each report and answer at once; "celery" applies the reports in a
+# worker (production), "inline" in the request (simpler to follow in development tests).
+TRACKING_APPLY = env("TRACKING_APPLY", default="celery")
+if TRACKING_APPLY not in ("celery", "inline"):
+    raise ImproperlyConfigured("TRACKING_APPLY must be celery or inline")
 # Accepted deliveries are written in bulk, this many at a time.
 DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=100)
 # Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so

@@ -615,6 +615,32 @@ class UnmatchedProviderEvent(models.Model):
         return f"{self.provider} {self.kind} for {self.provider_message_id}"
 
 
+class ProviderReport(models.Model):
+    """A provider's tracking report as received: the webhook answers as soon as the report is
+    stored (after its signature is checked), a worker applies it to its delivery."""
+
+    provider = models.CharField(max_length=40)
+    provider_message_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20)
+    provider_event_id = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField()
+    data = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            # the worker: WHERE processed_at IS NULL ORDER BY id
+            models.Index(fields=["processed_at", "id"], name="report_pending"),
+        ]
+
+    def __str__(self):
+        return f"{self.provider} {self.kind} for {self.provider_message_id}"
+
+
 class Sender(models.Model):
     """A sending identity with its provider rate (an email account, a Twilio number, a
     WhatsApp phone-number id). Sends are spaced at least 1/rate seconds apart across every

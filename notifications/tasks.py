@@ -6,7 +6,7 @@ from django.utils import timezone
 from notifications.batch import finalize_ready_runs, run_verify_checks
 from notifications.dispatch import dispatch_due, next_due_in
 from notifications.events import handle_due
-from notifications.tracking import match_pending
+from notifications.tracking import apply_pending_reports, match_pending
 
 # A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
 _HINT_HORIZON_SECONDS = 60
@@ -15,7 +15,9 @@ _HINT_HORIZON_SECONDS = 60
 @shared_task(name="herald.dispatch_due", ignore_result=True)
 def dispatch_due_task() -> dict:
     report = dispatch_due(now=timezone.now())
-    # Tracking callbacks that arrived before their send recorded the provider id.
+    # Tracking reports a lost "look now" left waiting, then the ones that arrived before
+    # their send recorded the provider id.
+    apply_pending_reports(now=timezone.now())
     match_pending(now=timezone.now())
     # Batches whose last delivery was decided by a sweep (expired, reconciled) close here.
     finalize_ready_runs(now=timezone.now())
@@ -43,3 +45,13 @@ def evaluate_triggers_task() -> dict:
     from notifications.triggers import evaluate_triggers
 
     return evaluate_triggers(now=timezone.now())
+
+
+@shared_task(name="herald.apply_reports", ignore_result=True)
+def apply_reports_task() -> int:
+    """Apply the tracking reports webhooks stored (answered at once, applied here)."""
+    applied = total = apply_pending_reports(now=timezone.now())
+    while applied:
+        applied = apply_pending_reports(now=timezone.now())
+        total += applied
+    return total

@@ -9,8 +9,11 @@ beat the send's own bookkeeping) is kept and replayed by `match_unmatched`.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Value
 from django.db.models.functions import Coalesce
@@ -20,11 +23,13 @@ from notifications.models import (
     Channel,
     Delivery,
     DeliveryEvent,
+    ProviderReport,
     Suppression,
     UnmatchedProviderEvent,
 )
 
 Status = Delivery.Status
+logger = logging.getLogger(__name__)
 Kind = DeliveryEvent.Kind
 
 # How far along a delivery is. Provider reports only ever move it to a higher rank.
@@ -56,6 +61,62 @@ SUPPRESSING_KINDS = {
     Kind.COMPLAINED: Suppression.Reason.COMPLAINT,
     Kind.UNSUBSCRIBED: Suppression.Reason.UNSUBSCRIBE,
 }
+
+
+def receive_provider_events(reports: list[dict], *, now: datetime) -> int:
+    """Take provider reports from a webhook whose signature was checked. With
+    TRACKING_APPLY="celery" (production) they are stored and a worker applies them, so a
+    flood of callbacks is answered at once; "inline" applies them in the request."""
+    for report in reports:
+        if report["kind"] not in Kind.values or not report["provider_message_id"]:
+            raise ValueError(f"unusable provider report: {report!r}")
+    if settings.TRACKING_APPLY == "inline":
+        for report in reports:
+            apply_provider_event(**report, now=now)
+        return len(reports)
+    ProviderReport.objects.bulk_create(
+        [ProviderReport(received_at=now, **report) for report in reports]
+    )
+    transaction.on_commit(_kick_reports)
+    return len(reports)
+
+
+def _kick_reports() -> None:
+    from notifications.tasks import apply_reports_task
+
+    try:
+        apply_reports_task.delay()
+    except Exception as error:  # the broker is down: the minute sweep applies them
+        logger.warning("could not kick the report worker (%s); the sweep will apply them", error)
+
+
+def apply_pending_reports(*, now: datetime, limit: int = 1000) -> int:
+    """Apply stored reports in arrival order; each is claimed once, whoever runs this."""
+    token = uuid.uuid4()
+    with transaction.atomic():
+        ids = list(
+            ProviderReport.objects.filter(processed_at__isnull=True, claim_token__isnull=True)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        ProviderReport.objects.filter(id__in=ids, claim_token__isnull=True).update(
+            claim_token=token
+        )
+    applied = 0
+    for report in ProviderReport.objects.filter(claim_token=token).order_by("id"):
+        outcome = apply_provider_event(
+            provider=report.provider,
+            provider_message_id=report.provider_message_id,
+            kind=report.kind,
+            provider_event_id=report.provider_event_id,
+            at=report.at,
+            data=report.data,
+            now=now,
+        )
+        ProviderReport.objects.filter(id=report.id).update(processed_at=now, outcome=outcome)
+        applied += 1
+    return applied
 
 
 def apply_provider_event(

@@ -33,7 +33,7 @@ from twilio.request_validator import RequestValidator
 
 from notifications.events import record_event
 from notifications.models import DeliveryEvent, Suppression
-from notifications.tracking import apply_provider_event
+from notifications.tracking import receive_provider_events
 
 logger = logging.getLogger(__name__)
 Kind = DeliveryEvent.Kind
@@ -70,13 +70,17 @@ def on_anymail_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kw
     if kind is None or not event.message_id:
         return
     now = timezone.now()
-    apply_provider_event(
-        provider="anymail",
-        provider_message_id=str(event.message_id),
-        kind=kind,
-        provider_event_id=str(event.event_id or anymail_event_key(event)),
-        at=event.timestamp or now,
-        data=anymail_event_data(event, esp_name),
+    receive_provider_events(
+        [
+            {
+                "provider": "anymail",
+                "provider_message_id": str(event.message_id),
+                "kind": kind,
+                "provider_event_id": str(event.event_id or anymail_event_key(event)),
+                "at": event.timestamp or now,
+                "data": anymail_event_data(event, esp_name),
+            }
+        ],
         now=now,
     )
 
@@ -146,16 +150,20 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
     if kind is None:  # queued, accepted, sending, ...: nothing we act on
         return HttpResponse("ignored", content_type="text/plain")
     now = timezone.now()
-    outcome = apply_provider_event(
-        provider="twilio",
-        provider_message_id=sid,
-        kind=kind,
-        provider_event_id=f"{sid}:{status}",
-        at=now,  # Twilio's callbacks carry no event time
-        data=twilio_event_data(request.POST, status),
+    receive_provider_events(
+        [
+            {
+                "provider": "twilio",
+                "provider_message_id": sid,
+                "kind": kind,
+                "provider_event_id": f"{sid}:{status}",
+                "at": now,  # Twilio's callbacks carry no event time
+                "data": twilio_event_data(request.POST, status),
+            }
+        ],
         now=now,
     )
-    return HttpResponse(outcome, content_type="text/plain")
+    return HttpResponse("received", content_type="text/plain")
 
 
 def twilio_signature_ok(request: HttpRequest) -> bool:
@@ -240,16 +248,20 @@ def whatsapp_updates(request: HttpRequest) -> HttpResponse:
     except ValueError as error:  # not JSON, not UTF-8, or not Meta's shape
         return HttpResponseBadRequest(f"unreadable body: {error}", content_type="text/plain")
     now = timezone.now()
-    for update in statuses:
-        apply_provider_event(
-            provider="whatsapp_cloud",
-            provider_message_id=update.message_id,
-            kind=WHATSAPP_KINDS[update.status],
-            provider_event_id=f"{update.message_id}:{update.status}",
-            at=update.at or now,
-            data=whatsapp_event_data(update),
-            now=now,
-        )
+    receive_provider_events(
+        [
+            {
+                "provider": "whatsapp_cloud",
+                "provider_message_id": update.message_id,
+                "kind": WHATSAPP_KINDS[update.status],
+                "provider_event_id": f"{update.message_id}:{update.status}",
+                "at": update.at or now,
+                "data": whatsapp_event_data(update),
+            }
+            for update in statuses
+        ],
+        now=now,
+    )
     for template in templates:
         record_event(
             "whatsapp.template_status",

@@ -71,3 +71,10 @@ def in_memory_broker():
     app.conf.broker_transport_options = {}
     app.conf.result_backend = "cache+memory://"
     yield
+
+
+@pytest.fixture(autouse=True)
+def tracking_inline(settings):
+    """Webhook tests check what a report does to its delivery in the same request; the
+    flood test switches back to the production mode (stored, applied by a worker)."""
+    settings.TRACKING_APPLY = "inline"
