@@ -8,10 +8,10 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
 from django.db import models
 
 from cadence.policy import DEFAULT_RULES, DEFAULT_TYPE_LIMITS, MESSAGE_TYPES, Rules
+from cadence.validators import validate_e164
 
 
 class ContactChannel(models.TextChoices):
@@ -108,9 +108,8 @@ class Stakeholder(models.Model):
     phone = models.CharField(
         max_length=20,
         blank=True,
-        validators=[
-            RegexValidator(r"^\+[1-9]\d{6,14}$", "Give the number in E.164, e.g. +14155550100.")
-        ],
+        validators=[validate_e164],
+        help_text="E.164, e.g. +14155550100 (checked with the phonenumbers library).",
     )
     persona = models.ForeignKey(
         Persona,

@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from cadence.validators import validate_e164
+
 
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
@@ -108,7 +110,9 @@ class Customer(models.Model):
 
     company_name = models.CharField(max_length=200)
     email = models.EmailField(blank=True)
-    phone = models.CharField(max_length=32, blank=True)
+    phone = models.CharField(
+        max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +12125550100."
+    )
     account_ref = models.CharField(max_length=60, unique=True)
     bid = models.CharField(max_length=40, blank=True, help_text="Contract bid, e.g. B5875.")
     region = models.CharField(max_length=60, blank=True, help_text="e.g. NYC DOE")
