@@ -1,0 +1,91 @@
+"""Two staff deciding the same batch at once fan it out once."""
+
+import multiprocessing
+import threading
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connections
+from django.utils import timezone
+
+from notifications import batch
+from notifications.models import Delivery, ProposedAction
+from tests.notifications.factories import CustomerFactory
+
+
+def _staged_batch(size):
+    mike = User.objects.create_superuser("mike", "m@example.com", "pw")
+    User.objects.create_superuser("anna", "a@example.com", "pw")
+    CustomerFactory.create_batch(size)
+    run = batch.batch_launch(
+        user=mike,
+        cohort_filter="bid=B5875",
+        subject="s",
+        body_template="b",
+        max_recipients=size,
+        now=timezone.now(),
+    )
+    envelope = run.proposed_actions.get()
+    batch.envelope_approve(envelope=envelope, user=mike, now=timezone.now())
+    return run, list(
+        run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
+    )
+
+
+def _approve_all(username, ids, barrier, results):
+    try:
+        barrier.wait()
+        user = User.objects.get(username=username)
+        decided = batch.reviews_decide(ids=ids, approve=True, user=user, now=timezone.now())
+        results.append(decided)
+    finally:
+        connections.close_all()
+
+
+def _assert_one_fan_out(run, ids, decided_total):
+    assert decided_total == len(ids)  # each row was moved by exactly one of the two
+    keys = list(Delivery.objects.values_list("idempotency_key", flat=True))
+    assert len(keys) == len(set(keys)) == len(ids)
+    assert ProposedAction.objects.filter(id__in=ids, status="approved").count() == len(ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_staff_bulk_approving_at_once_in_threads_fan_out_once():
+    run, ids = _staged_batch(40)
+    barrier, results = threading.Barrier(2), []
+    threads = [
+        threading.Thread(target=_approve_all, args=(name, ids, barrier, results))
+        for name in ("mike", "anna")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _assert_one_fan_out(run, ids, sum(r.decided for r in results))
+
+
+def _approve_in_process(username, ids, barrier, queue):
+    connections.close_all()
+    barrier.wait()
+    user = User.objects.get(username=username)
+    queue.put(batch.reviews_decide(ids=ids, approve=True, user=user, now=timezone.now()).decided)
+    connections.close_all()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_staff_bulk_approving_at_once_in_processes_on_postgresql_fan_out_once():
+    run, ids = _staged_batch(200)
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_approve_in_process, args=(name, ids, barrier, queue))
+        for name in ("mike", "anna")
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    _assert_one_fan_out(run, ids, queue.get(timeout=5) + queue.get(timeout=5))
