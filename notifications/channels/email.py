@@ -93,8 +93,12 @@ def classify_email_error(exc: Exception) -> ChannelError | None:
         if isinstance(exc, requests.Timeout | requests.ConnectionError):
             return TransientError(f"ESP unreachable: {exc}", code="connection_error")
         status = exc.status_code
-        if status is None or status < 400:  # no answer, or an answer we could not read
-            return TransientError(f"ESP error: {exc}", code=f"http_{status}" if status else "")
+        if status is None:  # no answer at all: nothing was taken
+            return TransientError(f"ESP error: {exc}")
+        if status < 400:  # the ESP said OK in a body we cannot read: it may have the message
+            return TransientError(
+                f"ESP answered {status} unreadably: {exc}", code="malformed_response"
+            )
         headers = getattr(exc.response, "headers", None)
         return http_status_error(
             status, f"ESP error: {exc}", retry_after=parse_retry_after(headers)
