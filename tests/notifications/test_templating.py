@@ -101,3 +101,14 @@ def test_email_body_is_compiled_into_the_layout_as_html_with_escaping():
 def test_sms_has_no_html():
     compiled = compile_template(_template(channel="sms", subject=""))
     assert compiled.render({"account_ref": "A1"}).html_body == ""
+
+
+def test_a_template_cannot_reach_settings():
+    with pytest.raises(ValidationError) as caught:
+        _template(body="{{ settings.SECRET_KEY }}").clean()
+    assert "Unknown variable in body: settings" in caught.value.message_dict["body"][0]
+    # Even a variable named "settings" is only the plain value it is given.
+    compiled = compile_template(
+        _template(subject="", body="[{{ settings.SECRET_KEY }}]", variables=["settings"])
+    )
+    assert compiled.render({}).body == "[]"
