@@ -89,3 +89,30 @@ def test_two_staff_bulk_approving_at_once_in_processes_on_postgresql_fan_out_onc
         p.join(60)
         assert p.exitcode == 0
     _assert_one_fan_out(run, ids, queue.get(timeout=5) + queue.get(timeout=5))
+
+
+def _discover(barrier, results, now):
+    from production_runs.discoverer import discover_reminders
+
+    try:
+        barrier.wait()
+        results.append(discover_reminders(now=now))
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_discoverer_runs_at_once_the_same_day_emit_one_reminder_per_run():
+    from notifications.models import Event
+    from tests.production_runs.factories import NOW, idle_run, not_started_run, pending_run
+
+    runs = [pending_run(), not_started_run(), idle_run(), pending_run()]
+    barrier, results = threading.Barrier(2), []
+    threads = [threading.Thread(target=_discover, args=(barrier, results, NOW)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = Event.objects.filter(name__startswith="production_run.reminder_")
+    assert sorted(e.payload["production_run_id"] for e in events) == sorted(r.id for r in runs)
+    assert len(results) == 2 and not any(r["failed"] for r in results)
