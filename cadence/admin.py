@@ -124,8 +124,16 @@ class StakeholderAdmin(admin.ModelAdmin):
         "is_active",
         "simulate",
     )
-    list_filter = ("persona", OverrideFilter, "preferred_channel", "is_active")
-    search_fields = ("name", "email", "phone")
+    list_filter = (
+        "persona",
+        OverrideFilter,
+        "preferred_channel",
+        "fallback_channel",
+        "is_active",
+        "projects",
+        "time_zone",
+    )
+    search_fields = ("name", "email", "phone", "persona__name", "projects__name")
     list_select_related = ("persona",)
     readonly_fields = ("effective_rules",)
     fieldsets = (

@@ -51,8 +51,14 @@ def _default_time_zone() -> str:
 class Persona(models.Model):
     """A group of stakeholders with similar roles and one cadence (Manager, Executive...)."""
 
-    name = models.CharField(max_length=80, unique=True)
-    description = models.TextField(blank=True)
+    name = models.CharField(
+        max_length=80,
+        unique=True,
+        help_text="e.g. Manager, Executive, Technician (seed 003's personas).",
+    )
+    description = models.TextField(
+        blank=True, help_text="Who belongs to it and why its cadence is what it is."
+    )
     cooldown_hours = models.FloatField(
         default=DEFAULT_RULES.cooldown_hours,
         help_text="Least time between any two messages to one person. 0 = none.",
@@ -103,8 +109,13 @@ class Stakeholder(models.Model):
     """A person who hears about sites and kiosks. Blank cadence fields inherit the
     persona's; filled ones override it for this person (and are enforced)."""
 
-    name = models.CharField(max_length=120)
-    email = models.EmailField(blank=True)
+    name = models.CharField(
+        max_length=120,
+        help_text="How the person is addressed, {{ stakeholder_name }} in templates.",
+    )
+    email = models.EmailField(
+        blank=True, help_text="Where email alerts go (needed for the email channel)."
+    )
     phone = models.CharField(
         max_length=20,
         blank=True,
@@ -120,7 +131,12 @@ class Stakeholder(models.Model):
         help_text="Whose cadence applies. None: the seed's defaults.",
     )
     preferred_channel = models.CharField(
-        max_length=20, choices=ContactChannel.choices, default=ContactChannel.EMAIL
+        max_length=20,
+        choices=ContactChannel.choices,
+        default=ContactChannel.EMAIL,
+        help_text=(
+            "The channel tried first; the fallback is used when cadence or an outage holds it."
+        ),
     )
     fallback_channel = models.CharField(
         max_length=20,
@@ -134,16 +150,56 @@ class Stakeholder(models.Model):
         validators=[validate_time_zone],
         help_text="Days, weeks and months of the cadence are counted in this zone.",
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True, help_text="Inactive stakeholders are never contacted."
+    )
     # Overrides: blank = inherit from the persona.
-    cooldown_hours = models.FloatField(null=True, blank=True)
-    max_per_day = models.PositiveIntegerField(null=True, blank=True)
-    max_per_week = models.PositiveIntegerField(null=True, blank=True)
-    max_per_month = models.PositiveIntegerField(null=True, blank=True)
-    max_report_per_day = models.PositiveIntegerField(null=True, blank=True)
-    max_alert_per_day = models.PositiveIntegerField(null=True, blank=True)
-    max_story_so_far_per_day = models.PositiveIntegerField(null=True, blank=True)
-    max_custom_per_day = models.PositiveIntegerField(null=True, blank=True)
+    cooldown_hours = models.FloatField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Override: least time between two messages to this person. Blank: the persona's."
+        ),
+    )
+    max_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Override: most messages a day (0 = unlimited). Blank: the persona's.",
+    )
+    max_per_week = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Override: most messages a week, from Monday (0 = unlimited). Blank: the persona's."
+        ),
+    )
+    max_per_month = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Override: most messages a month (0 = unlimited). Blank: the persona's.",
+    )
+    max_report_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Override: most reports a day (0 = unlimited). Blank: the persona's.",
+    )
+    max_alert_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Override: most alerts a day (0 = unlimited). Blank: the persona's.",
+    )
+    max_story_so_far_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Override: most story-so-far messages a day (0 = unlimited). Blank: the persona's."
+        ),
+    )
+    max_custom_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Override: most custom messages a day (0 = unlimited). Blank: the persona's.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -209,16 +265,27 @@ class TriggerCooldown(models.Model):
     context_key = models.CharField(
         max_length=300, help_text="e.g. kiosk_health_status:12:3:LOW_BATTERY,NOT_CHARGING"
     )
-    event = models.CharField(max_length=80, blank=True)
-    last_sent_at = models.DateTimeField()
+    event = models.CharField(
+        max_length=80, blank=True, help_text="The trigger event of the context, e.g. kiosk_offline."
+    )
+    last_sent_at = models.DateTimeField(
+        help_text="When the workflow last fired this context (Layer 1 counts from here).",
+    )
     opened_at = models.DateTimeField(
         help_text="When this context first fired since it last cleared."
     )
     cleared_at = models.DateTimeField(
         null=True, blank=True, help_text="When it was seen cleared (resolved notices)."
     )
-    fire_count = models.PositiveIntegerField(default=1)
-    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    fire_count = models.PositiveIntegerField(
+        default=1, help_text="How often it fired since it first opened."
+    )
+    claim_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Set by the evaluator tick that claimed the fire.",
+    )
 
     class Meta:
         ordering = ["-last_sent_at"]

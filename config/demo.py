@@ -9,8 +9,12 @@ from production_runs import demo as production_runs_demo
 
 # (label, function(now) -> rows created), run in order inside one transaction.
 STEPS: list[tuple[str, Callable[[datetime], int]]] = [
-    ("templates, a demo workflow and deliveries in each state", notifications_demo.seed),
+    (
+        "templates, the kill switch, deliveries in each state with tracking events",
+        notifications_demo.seed,
+    ),
     ("customers across bids and regions", notifications_demo.seed_customers),
+    ("batch notifications waiting for a decision", notifications_demo.seed_batches),
     (
         "partners, designs and 150 production runs across the reminder buckets",
         production_runs_demo.seed,

@@ -19,7 +19,7 @@ BADGE = (
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ("name", "kiosk_count", "unhealthy_count", "stakeholder_count")
-    search_fields = ("name",)
+    search_fields = ("name", "stakeholders__name")
     filter_horizontal = ("stakeholders",)
 
     def get_queryset(self, request):
@@ -80,10 +80,21 @@ class KioskAdmin(admin.ModelAdmin):
         "mode",
         "is_active",
     )
-    list_filter = (HealthFilter, "project", "is_active")
+    list_filter = (HealthFilter, "project", "is_active", "charging", "connection_status")
     search_fields = ("name", "project__name")
     list_select_related = ("project",)
-    readonly_fields = ("health_badges", "last_heartbeat_at", "token")
+    # The last reported state is what the heartbeats said: read-only here (a hand edit would
+    # fake an alert or hide one). Heartbeats come from the kiosk (POST .../heartbeat).
+    readonly_fields = (
+        "health_badges",
+        "charging",
+        "screen_state",
+        "battery_level",
+        "connection_status",
+        "mode",
+        "last_heartbeat_at",
+        "token",
+    )
     fieldsets = (
         (None, {"fields": ("project", "name", "is_active", "health_badges")}),
         (
@@ -151,8 +162,8 @@ class HeartbeatAdmin(admin.ModelAdmin):
         "connection_status",
         "mode",
     )
-    list_filter = ("kiosk__project",)
-    search_fields = ("kiosk__name",)
+    list_filter = ("kiosk__project", "charging", "screen_state", "connection_status")
+    search_fields = ("kiosk__name", "kiosk__project__name")
     date_hierarchy = "received_at"
     list_select_related = ("kiosk__project",)
     readonly_fields = [f.name for f in Heartbeat._meta.fields if f.name != "id"]
@@ -165,5 +176,10 @@ class HeartbeatAdmin(admin.ModelAdmin):
 class MoraleResponseAdmin(admin.ModelAdmin):
     list_display = ("submitted_at", "project", "kiosk", "score")
     list_filter = ("project", "score")
+    search_fields = ("project__name", "kiosk__name")
     date_hierarchy = "submitted_at"
     list_select_related = ("project", "kiosk")
+    readonly_fields = ("project", "kiosk", "score", "submitted_at")
+
+    def has_add_permission(self, request):
+        return False  # answers are entered on the kiosks, not typed in here

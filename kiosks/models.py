@@ -15,7 +15,11 @@ def new_kiosk_token() -> str:
 
 
 class Project(models.Model):
-    name = models.CharField(max_length=120, unique=True)
+    name = models.CharField(
+        max_length=120,
+        unique=True,
+        help_text="The site, e.g. Hudson Yards; {{ project_name }} in kiosk templates.",
+    )
     stakeholders = models.ManyToManyField(
         Stakeholder,
         blank=True,
@@ -33,9 +37,19 @@ class Project(models.Model):
 class Kiosk(models.Model):
     """A device on a site. Its state is the latest heartbeat's; the evaluators read it."""
 
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="kiosks")
-    name = models.CharField(max_length=120)
-    charging = models.BooleanField(default=True)
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.PROTECT,
+        related_name="kiosks",
+        help_text="The site (project) the kiosk stands at; its stakeholders hear about it.",
+    )
+    name = models.CharField(
+        max_length=120,
+        help_text="e.g. K-12; unique within the project; {{ kiosk_name }} in templates.",
+    )
+    charging = models.BooleanField(
+        default=True, help_text="From the last heartbeat; False raises NOT_CHARGING."
+    )
     screen_state = models.BooleanField(default=True, help_text="True: the screen is on.")
     battery_level = models.PositiveSmallIntegerField(
         null=True,
@@ -51,15 +65,26 @@ class Kiosk(models.Model):
         blank=True,
         help_text="Reported but not evaluated yet (the seed's MODE placeholder).",
     )
-    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "When the kiosk last reported; older than 5 minutes (or a "
+            "lost connection) means OFFLINE."
+        ),
+    )
     token = models.CharField(
         max_length=64,
         unique=True,
         default=new_kiosk_token,
         help_text="The kiosk sends it in the X-Kiosk-Token header of each heartbeat.",
     )
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    is_active = models.BooleanField(
+        default=True, help_text="Inactive kiosks are not evaluated (no alerts)."
+    )
+    created_at = models.DateTimeField(
+        default=timezone.now, help_text="When the kiosk was registered."
+    )
 
     class Meta:
         ordering = ["project__name", "name"]
@@ -72,13 +97,30 @@ class Kiosk(models.Model):
 
 
 class Heartbeat(models.Model):
-    kiosk = models.ForeignKey(Kiosk, on_delete=models.CASCADE, related_name="heartbeats")
-    received_at = models.DateTimeField(default=timezone.now)
-    charging = models.BooleanField()
-    screen_state = models.BooleanField()
-    battery_level = models.PositiveSmallIntegerField()
-    connection_status = models.BooleanField(default=True)
-    mode = models.CharField(max_length=40, blank=True)
+    kiosk = models.ForeignKey(
+        Kiosk,
+        on_delete=models.CASCADE,
+        related_name="heartbeats",
+        help_text="The kiosk that reported.",
+    )
+    received_at = models.DateTimeField(
+        default=timezone.now, help_text="When Herald received the heartbeat."
+    )
+    charging = models.BooleanField(
+        help_text="Whether the kiosk was charging.",
+    )
+    screen_state = models.BooleanField(
+        help_text="Whether the screen was on.",
+    )
+    battery_level = models.PositiveSmallIntegerField(
+        help_text="Battery percent reported.",
+    )
+    connection_status = models.BooleanField(
+        default=True, help_text="False: the kiosk reported its connection as lost."
+    )
+    mode = models.CharField(
+        max_length=40, blank=True, help_text="The mode it reported (not evaluated yet)."
+    )
 
     class Meta:
         ordering = ["-received_at"]
@@ -96,14 +138,28 @@ class Heartbeat(models.Model):
 class MoraleResponse(models.Model):
     """One person's answer to "how is it going?" on a kiosk, 1 (bad) to 5 (great)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="morale")
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        related_name="morale",
+        help_text="The project whose morale this answer counts towards.",
+    )
     kiosk = models.ForeignKey(
-        Kiosk, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        Kiosk,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The kiosk it was entered on, if known.",
     )
     score = models.PositiveSmallIntegerField(
-        validators=[MinValueValidator(1), MaxValueValidator(5)]
+        validators=[MinValueValidator(1), MaxValueValidator(5)],
+        help_text=(
+            "1 (bad) to 5 (great); the morale evaluator compares the last"
+            " day with the two weeks before."
+        ),
     )
-    submitted_at = models.DateTimeField(default=timezone.now)
+    submitted_at = models.DateTimeField(default=timezone.now, help_text="When it was entered.")
 
     class Meta:
         ordering = ["-submitted_at"]

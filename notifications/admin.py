@@ -5,13 +5,14 @@ import json
 
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 
 from notifications import operations
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.holds import HoldContext, explain
-from notifications.killswitches import killswitch_set
+from notifications.killswitches import HIGH_RISK_OPS, frozen_filter, killswitch_set
 from notifications.models import (
     BreakerTransition,
     Delivery,
@@ -23,6 +24,7 @@ from notifications.models import (
     MessageTemplate,
     Notification,
     ProviderBreaker,
+    ProviderReport,
     RecordedMessage,
     Sender,
     Suppression,
@@ -94,13 +96,23 @@ class DeliveryAdmin(admin.ModelAdmin):
     list_filter = (
         "status",
         "channel",
+        "message_type",
         "provider",
         ("send_at", admin.DateFieldListFilter),
+        ("fallback_of", admin.EmptyFieldListFilter),
         ("workflow_run", admin.RelatedOnlyFieldListFilter),
     )
     date_hierarchy = "send_at"
-    search_fields = ("address", "recipient_key", "idempotency_key", "provider_message_id")
-    list_select_related = ("notification",)
+    search_fields = (
+        "address",
+        "recipient_key",
+        "subject",
+        "context_key",
+        "status_reason",
+        "idempotency_key",
+        "provider_message_id",
+    )
+    list_select_related = ("notification", "workflow_run__workflow")
     inlines = [DeliveryEventInline]
     actions = ["retry_failed", "cancel_scheduled"]
     fieldsets = (
@@ -187,7 +199,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         return format_html(
             '<iframe sandbox="" srcdoc="{}" style="width:640px;height:360px;border:1px solid #ddd">'
             "</iframe>",
-            obj.html_body,
+            escape(obj.html_body),  # always escaped: the attribute must hold the whole page
         )
 
     @admin.display(description="payload")
@@ -196,6 +208,22 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed deliveries")
     def retry_failed(self, request, queryset):
+        failed = queryset.filter(status=Delivery.Status.FAILED)
+        if not confirmed(request):
+            n, others = failed.count(), queryset.exclude(status=Delivery.Status.FAILED).count()
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="retry_failed",
+                title=f"Retry {n} failed deliveries",
+                summary=f"Retrying schedules {n} failed deliveries again with fresh attempts: "
+                "each is sent on the next dispatch round (unless a kill switch, breaker or "
+                f"suppression holds it). {others} selected deliveries that are not failed "
+                "are left alone.",
+                items=[f"{d.get_channel_display()} to {d.address}: {d.last_error}" for d in failed],
+                confirm_label=f"Yes, send {n} again",
+            )
         count = operations.delivery_retry(
             ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
         )
@@ -208,6 +236,21 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected scheduled deliveries")
     def cancel_scheduled(self, request, queryset):
+        scheduled = queryset.filter(status=Delivery.Status.SCHEDULED)
+        if not confirmed(request):
+            n = scheduled.count()
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="cancel_scheduled",
+                title=f"Cancel {n} scheduled deliveries",
+                summary=f"Cancelling {n} scheduled deliveries: they will never be sent. "
+                f"{queryset.count() - n} selected deliveries that are not scheduled are left "
+                "alone.",
+                items=[f"{d.get_channel_display()} to {d.address}: {d.subject}" for d in scheduled],
+                confirm_label=f"Yes, cancel {n}",
+            )
         count = operations.delivery_cancel(
             ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
         )
@@ -219,12 +262,43 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
 
 
+@admin.register(DeliveryEvent)
+class DeliveryEventAdmin(admin.ModelAdmin):
+    """Every state change and tracking event (delivered, opened, clicked, bounced...): a
+    record, never edited."""
+
+    list_display = ("at", "kind", "delivery_link", "channel", "reason", "provider_event_id")
+    list_filter = ("kind", "delivery__channel", "delivery__provider")
+    search_fields = ("delivery__address", "reason", "provider_event_id", "=delivery__id")
+    date_hierarchy = "at"
+    list_select_related = ("delivery",)
+    readonly_fields = ("delivery", "kind", "at", "reason", "provider_event_id", "data")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="delivery", ordering="delivery")
+    def delivery_link(self, obj):
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:notifications_delivery_change", args=[obj.delivery_id]),
+            obj.delivery,
+        )
+
+    @admin.display(description="channel", ordering="delivery__channel")
+    def channel(self, obj):
+        return obj.delivery.get_channel_display()
+
+
 @admin.register(MessageTemplate)
 class MessageTemplateAdmin(admin.ModelAdmin):
     list_display = ("name", "channel", "message_type", "subject", "updated_at")
     list_filter = ("channel", "message_type")
     search_fields = ("name", "subject", "body", "whatsapp_template")
-    readonly_fields = ("preview",)
+    readonly_fields = ("preview", "updated_at")
     fields = (
         "name",
         "channel",
@@ -235,6 +309,7 @@ class MessageTemplateAdmin(admin.ModelAdmin):
         "whatsapp_template",
         "sample_context",
         "preview",
+        "updated_at",
     )
 
     @admin.display(description="Preview (rendered from the sample values)")
@@ -251,7 +326,7 @@ class MessageTemplateAdmin(admin.ModelAdmin):
                 format_html(
                     '<iframe sandbox="" srcdoc="{}" style="width:640px;height:360px;'
                     'border:1px solid #ddd"></iframe>',
-                    rendered.html_body,
+                    escape(rendered.html_body),  # rendered HTML is marked safe: escape anyway
                 )
             )
         else:
@@ -296,7 +371,8 @@ class EventAdmin(admin.ModelAdmin):
 class EventHandlingAdmin(admin.ModelAdmin):
     list_display = ("event", "subscriber", "status", "attempts", "last_error", "next_attempt_at")
     list_filter = ("status", "subscriber")
-    search_fields = ("event__name", "event__idempotency_key", "subscriber")
+    search_fields = ("event__name", "event__idempotency_key", "subscriber", "last_error")
+    date_hierarchy = "next_attempt_at"
     list_select_related = ("event",)
     readonly_fields = [f.name for f in EventHandling._meta.fields if f.name != "id"]
     actions = ["retry_now"]
@@ -329,8 +405,10 @@ class RecordedMessageAdmin(admin.ModelAdmin):
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
     list_display = ("id", "origin", "template", "message_type", "created_at", "delivery_count")
-    list_filter = ("message_type",)
-    search_fields = ("origin",)
+    list_filter = ("message_type", ("template", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("origin", "template__name")
+    date_hierarchy = "created_at"
+    list_select_related = ("template",)
     readonly_fields = (
         "template",
         "context",
@@ -354,8 +432,9 @@ class NotificationAdmin(admin.ModelAdmin):
 @admin.register(Workflow)
 class WorkflowAdmin(admin.ModelAdmin):
     list_display = ("name", "type", "risk_level", "is_active", "retry_max_attempts")
-    list_filter = ("type", "is_active", "risk_level")
+    list_filter = ("type", "is_active", "risk_level", "reflexion_enabled")
     search_fields = ("name", "description")
+    readonly_fields = ("created_at",)
 
 
 class KillSwitchChangeInline(ReadOnlyInline):
@@ -380,6 +459,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         "changed_at",
     )
     list_filter = ("is_on", "scope")
+    search_fields = ("name", "reason", "changed_by")
     readonly_fields = ("is_on", "reason", "changed_by", "changed_at")
     fields = ("name", "scope", "channel", "workflow", "is_on", "reason", "changed_by", "changed_at")
     inlines = [KillSwitchChangeInline]
@@ -404,19 +484,33 @@ class KillSwitchAdmin(admin.ModelAdmin):
             return None
         targets = queryset.filter(is_on=not on)
         if not confirmed(request):
-            frozen = (
-                "freezes every matching scheduled delivery in place"
-                if on
-                else ("releases the deliveries it holds; they are sent on the next dispatch round")
+            switches = list(targets.select_related("workflow"))
+            matching = frozen_filter(switches)
+            held = (
+                Delivery.objects.filter(status=Delivery.Status.SCHEDULED).filter(matching).count()
+                if matching is not None
+                else 0
             )
+            if on:
+                effect = (
+                    "freezes every matching scheduled delivery in place: "
+                    f"{held} scheduled deliveries are held right now, and new ones wait too"
+                )
+                if any(s.name == HIGH_RISK_OPS for s in switches):
+                    effect += "; every launch of a batch notification is blocked"
+            else:
+                effect = (
+                    f"releases the {held} scheduled deliveries it holds; they are sent on the "
+                    "next dispatch round"
+                )
             return confirm_page(
                 self,
                 request,
                 targets,
                 action="turn_on" if on else "turn_off",
-                title=f"Turn {'on' if on else 'off'} {targets.count()} kill switch(es)",
-                summary=f"Turning {'on' if on else 'off'} {targets.count()} switch(es) {frozen}.",
-                items=[str(s) for s in targets],
+                title=f"Turn {'on' if on else 'off'} {len(switches)} kill switch(es)",
+                summary=f"Turning {'on' if on else 'off'} {len(switches)} switch(es) {effect}.",
+                items=[f"{s}: {s.get_scope_display()}" for s in switches],
                 confirm_label=f"Yes, turn {'on' if on else 'off'}",
                 ask_reason=True,
             )
@@ -515,11 +609,32 @@ class UnmatchedProviderEventAdmin(admin.ModelAdmin):
     """Tracking callbacks for message ids not (yet) known: matched once the id is recorded."""
 
     list_display = ("received_at", "provider", "provider_message_id", "kind", "matched_delivery")
-    list_filter = ("provider", "kind")
+    list_filter = ("provider", "kind", ("matched_delivery", admin.EmptyFieldListFilter))
     search_fields = ("provider_message_id",)
+    date_hierarchy = "received_at"
     readonly_fields = [f.name for f in UnmatchedProviderEvent._meta.fields if f.name != "id"]
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(ProviderReport)
+class ProviderReportAdmin(admin.ModelAdmin):
+    """Tracking reports as the webhooks stored them, and what applying each one did."""
+
+    list_display = ("received_at", "provider", "kind", "provider_message_id", "outcome")
+    list_filter = ("provider", "kind", "outcome", ("processed_at", admin.EmptyFieldListFilter))
+    search_fields = ("provider_message_id", "provider_event_id")
+    date_hierarchy = "received_at"
+    readonly_fields = [
+        f.name for f in ProviderReport._meta.fields if f.name not in ("id", "claim_token")
+    ]
+    exclude = ("claim_token",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
 

@@ -2,9 +2,15 @@
 with progress and breaker state, proposed actions with bulk decisions, customers. Every
 action calls notifications.batch and reports what happened."""
 
+import mimetypes
+import re
+import uuid
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -12,13 +18,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import get_valid_filename
 
 from notifications import batch
-from notifications.admin_confirm import confirm_page, confirmed
+from notifications.admin_confirm import confirm_form, confirm_page, confirmed
 from notifications.cohort import FILTER_FIELDS
 from notifications.models import (
     AuditEntry,
     Customer,
+    Delivery,
     ProposedAction,
     ReflexionEntry,
     VerifyCheck,
@@ -76,6 +84,37 @@ def _form_errors(form: BatchForm, error: ValidationError) -> None:
             form.add_error(target, message)
 
 
+STAGED = "batch-staging"
+STAGED_NAME = re.compile(rf"^{STAGED}/[0-9a-f]{{32}}/[^/\\]+$")
+
+
+def stage_attachments(uploads) -> list[str]:
+    """Keep the files chosen before the confirmation page (browsers do not post a file
+    twice); the confirmed launch picks them up by name."""
+    names = []
+    for upload in uploads:
+        name = f"{STAGED}/{uuid.uuid4().hex}/{get_valid_filename(upload.name) or 'file'}"
+        names.append(default_storage.save(name, upload))
+    return names
+
+
+def staged_attachments(names) -> list[File]:
+    files = []
+    for name in names:
+        if not STAGED_NAME.match(name) or not default_storage.exists(name):
+            continue  # only what stage_attachments wrote
+        staged = File(default_storage.open(name), name=name.rsplit("/", 1)[-1])
+        staged.content_type = mimetypes.guess_type(staged.name)[0] or ""
+        files.append(staged)
+    return files
+
+
+def drop_staged(names) -> None:
+    for name in names:
+        if STAGED_NAME.match(name) and default_storage.exists(name):
+            default_storage.delete(name)
+
+
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(admin.ModelAdmin):
     list_display = (
@@ -87,9 +126,9 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         "started_at",
         "completed_at",
     )
-    list_filter = ("status", "workflow__type", "workflow")
+    list_filter = ("status", "workflow__type", "workflow", "created_by")
     date_hierarchy = "started_at"
-    search_fields = ("id", "created_by", "status_reason")
+    search_fields = ("=id", "created_by", "status_reason")
     list_select_related = ("workflow",)
     readonly_fields = (
         "workflow",
@@ -118,6 +157,11 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 "<int:run_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
                 name="batch_cancel",
+            ),
+            path(
+                "<int:run_id>/resume/",
+                self.admin_site.admin_view(self.resume_view),
+                name="batch_resume_confirm",
             ),
             *super().get_urls(),
         ]
@@ -189,17 +233,26 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                     now=now,
                     user=request.user,
                 )
+                if "_launch" in request.POST and not confirmed(request):
+                    # What the launch would refuse is said now, on the form.
+                    if preview.blocks:
+                        raise batch.BatchBlocked(preview.blocks)
+                    if preview.warnings and not data["confirm_recent"]:
+                        raise batch.NeedsConfirmation(preview.warnings)
+                    return self._launch_confirmation(request, data, preview)
                 if "_launch" in request.POST:
+                    staged = request.POST.getlist("staged_attachment")
                     run = batch.batch_launch(
                         user=request.user,
                         cohort_filter=data["customer_cohort_filter"],
                         subject=data["subject"],
                         body_template=data["body_template"],
                         max_recipients=data["max_recipients"],
-                        attachments=data["attachments"],
+                        attachments=[*data["attachments"], *staged_attachments(staged)],
                         confirm_recent=data["confirm_recent"],
                         now=now,
                     )
+                    drop_staged(staged)
                     self.message_user(
                         request,
                         f"Run {run.id} staged for {len(run.inputs['customer_ids'])} recipients. "
@@ -223,11 +276,104 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/notifications/workflowrun/batch_form.html", context)
 
+    def _launch_confirmation(self, request, data, preview):
+        count = len(preview.recipients)
+        attachments = stage_attachments(data["attachments"])
+        hidden = [
+            ("customer_cohort_filter", data["customer_cohort_filter"]),
+            ("subject", data["subject"]),
+            ("body_template", data["body_template"]),
+            ("max_recipients", "" if data["max_recipients"] is None else data["max_recipients"]),
+            ("_launch", "1"),
+            *((("confirm_recent", "on"),) if data["confirm_recent"] else ()),
+            *(("staged_attachment", name) for name in attachments),
+        ]
+        details = [
+            ("cohort filter", data["customer_cohort_filter"]),
+            ("recipients", f"{count} (cap {preview.cap})"),
+            ("left out (suppressed)", len(preview.suppressed)),
+            ("subject", data["subject"]),
+            ("attachments", ", ".join(n.rsplit("/", 1)[-1] for n in attachments) or "none"),
+        ]
+        for customer, rendered in preview.samples[:1]:
+            details.append((f"e.g. {customer.company_name} gets", rendered.subject))
+        if preview.warnings:
+            details.append(("confirmed warning", "; ".join(preview.warnings)))
+        return confirm_form(
+            self,
+            request,
+            title=f"Launch a batch notification to {count} customer(s)",
+            summary=(
+                f"Launching stages a batch run for {count} recipient(s) and its HITL gate. "
+                "Nothing is sent yet: each recipient's message is sent only once the gate "
+                "and that recipient's review are approved."
+            ),
+            details=details,
+            items=[f"{c.company_name} <{c.email}>" for c in preview.recipients],
+            hidden=hidden,
+            confirm_label=f"Yes, launch for {count} recipient(s)",
+        )
+
+    def resume_view(self, request, run_id):
+        """GET: what a resume would send, and a button posting to the seed's
+        POST /admin/batch/resume?run_id=<id>."""
+        if not request.user.has_perm("notifications.resume_batch"):
+            raise PermissionDenied
+        run = get_object_or_404(WorkflowRun, pk=run_id)
+        change = reverse("admin:notifications_workflowrun_change", args=[run.id])
+        if run.status != WorkflowRun.Status.ABORTED:
+            self.message_user(
+                request, f"Run {run.id} is {run.get_status_display()}: nothing to resume."
+            )
+            return HttpResponseRedirect(change)
+        counts = Delivery.objects.filter(workflow_run=run).aggregate(
+            unsent=Count("id", filter=Q(status=Delivery.Status.SCHEDULED)),
+            sent=Count("id", filter=Q(status__in=batch.SENT_STATUSES)),
+            failed=Count("id", filter=Q(status__in=["failed", "bounced", "unknown"])),
+        )
+        return confirm_form(
+            self,
+            request,
+            title=f"Resume run {run.id}",
+            summary=(
+                f"Resuming run {run.id} sends its {counts['unsent']} unsent deliveries; the "
+                f"{counts['sent']} recipient(s) already sent are never sent again."
+            ),
+            details=[
+                ("aborted because", run.status_reason or "—"),
+                ("unsent deliveries (will go)", counts["unsent"]),
+                ("already sent (will not go again)", counts["sent"]),
+                ("failed (stay failed; retry them from the delivery list)", counts["failed"]),
+            ],
+            form_action=f"{reverse('batch_resume')}?run_id={run.id}",
+            confirm_label=f"Yes, resume and send {counts['unsent']} deliveries",
+            cancel_url=change,
+        )
+
     def cancel_view(self, request, run_id):
         run = get_object_or_404(WorkflowRun, pk=run_id)
-        if request.method != "POST":
-            return HttpResponseRedirect(
-                reverse("admin:notifications_workflowrun_change", args=[run.id])
+        change = reverse("admin:notifications_workflowrun_change", args=[run.id])
+        if request.method != "POST" or not confirmed(request):
+            if not request.user.has_perm("notifications.resume_batch"):
+                raise PermissionDenied
+            if run.status in WorkflowRun.FINISHED:
+                return HttpResponseRedirect(change)
+            counts = Delivery.objects.filter(workflow_run=run).aggregate(
+                unsent=Count("id", filter=Q(status=Delivery.Status.SCHEDULED)),
+            )
+            reviews = run.proposed_actions.filter(status=ProposedAction.Status.PENDING).count()
+            return confirm_form(
+                self,
+                request,
+                title=f"Cancel run {run.id}",
+                summary=(
+                    f"Cancelling run {run.id} stops it for good: {counts['unsent']} scheduled "
+                    f"deliveries are cancelled and {reviews} pending review(s) rejected. "
+                    "What was already sent stays sent."
+                ),
+                confirm_label=f"Yes, cancel run {run.id}",
+                cancel_url=change,
+                danger=True,
             )
         try:
             count = batch.run_cancel(run=run, user=request.user, now=timezone.now())
@@ -251,8 +397,8 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 queryset.filter(id__in=[r.id for r in runs]),
                 action="resume_runs",
                 title=f"Resume {len(runs)} aborted batch(es)",
-                summary=f"Resuming sends the unsent deliveries of {len(runs)} run(s); "
-                "recipients already sent are never sent again.",
+                summary=f"Resuming sends the {_unsent(runs)} unsent deliveries of {len(runs)} "
+                "run(s); recipients already sent are never sent again.",
                 items=[f"run {r.id}: {r.status_reason}" for r in runs],
                 confirm_label="Yes, resume",
             )
@@ -274,8 +420,8 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 queryset.filter(id__in=[r.id for r in runs]),
                 action="cancel_runs",
                 title=f"Cancel {len(runs)} batch(es)",
-                summary=f"Cancelling stops {len(runs)} run(s) for good: their scheduled "
-                "deliveries and pending reviews are cancelled.",
+                summary=f"Cancelling stops {len(runs)} run(s) for good: their "
+                f"{_unsent(runs)} scheduled deliveries and pending reviews are cancelled.",
                 items=[str(r) for r in runs],
                 confirm_label="Yes, cancel",
             )
@@ -288,6 +434,12 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             return None
         self.message_user(request, f"{len(runs)} run(s) cancelled; {count} deliveries will not go.")
         return None
+
+
+def _unsent(runs) -> int:
+    return Delivery.objects.filter(
+        workflow_run__in=[r.id for r in runs], status=Delivery.Status.SCHEDULED
+    ).count()
 
 
 def _share(part: int, total: int) -> int:
@@ -319,8 +471,15 @@ class ProposedActionAdmin(admin.ModelAdmin):
         "decided_by",
         "decided_at",
     )
-    list_filter = (DecisionFilter, "status", "action_type", "workflow_run")
-    search_fields = ("entity_ref", "customer__company_name", "customer__email", "subject")
+    list_filter = (DecisionFilter, "status", "action_type", "decided_by", "workflow_run")
+    search_fields = (
+        "entity_ref",
+        "customer__company_name",
+        "customer__email",
+        "customer__account_ref",
+        "subject",
+    )
+    date_hierarchy = "created_at"
     list_select_related = ("customer",)
     readonly_fields = (
         "action_type",
@@ -397,7 +556,7 @@ class ProposedActionAdmin(admin.ModelAdmin):
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
             return None
-        parts = [f"{decided.decided} recipient(s) {verb}d"]
+        parts = [f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}"]
         if approve:
             parts.append(f"{decided.deliveries} deliveries staged")
         if staged:
@@ -428,7 +587,8 @@ class CustomerAdmin(admin.ModelAdmin):
         "is_inactive",
     )
     list_filter = ("is_inactive", "bid", "region", "school_year")
-    search_fields = ("company_name", "email", "account_ref", "tags")
+    search_fields = ("company_name", "email", "phone", "account_ref", "bid", "region", "tags")
+    list_per_page = 50
 
 
 @admin.register(AuditEntry)
@@ -449,11 +609,16 @@ class AuditEntryAdmin(admin.ModelAdmin):
 @admin.register(ReflexionEntry)
 class ReflexionEntryAdmin(admin.ModelAdmin):
     list_display = ("created_at", "workflow_run", "narrative", "tags")
-    search_fields = ("narrative",)
+    search_fields = ("narrative", "tags")
+    list_filter = ("workflow_run__workflow",)
+    date_hierarchy = "created_at"
     readonly_fields = ("workflow_run", "narrative", "tags", "created_at")
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the reflexion log is a record
 
 
 @admin.register(VerifyCheck)
@@ -469,7 +634,13 @@ class VerifyCheckAdmin(admin.ModelAdmin):
         "detail",
     )
     list_filter = ("status", "name")
+    search_fields = ("name", "detail", "=workflow_run__id")
+    date_hierarchy = "due_at"
+    list_select_related = ("workflow_run__workflow",)
     readonly_fields = [f.name for f in VerifyCheck._meta.fields if f.name != "id"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # results of the verify cron, not edited

@@ -32,14 +32,36 @@ class Workflow(models.Model):
         TRIGGER = "trigger", "Trigger events"
         SCHEDULE = "schedule", "Schedule"
 
-    name = models.CharField(max_length=120, unique=True)
-    type = models.CharField(max_length=20, choices=Type.choices)
-    description = models.TextField(blank=True)
+    name = models.CharField(
+        max_length=120,
+        unique=True,
+        help_text="Unique name staff see in lists, e.g. batch_notify or Kiosk health alerts.",
+    )
+    type = models.CharField(
+        max_length=20,
+        choices=Type.choices,
+        help_text=(
+            "batch_notify: one message to a customer cohort (seeds "
+            "000/001); trigger: evaluated every 5 minutes over kiosks "
+            "(seed 003); schedule: cron-driven, such as the "
+            "production-run reminders (seed 002)."
+        ),
+    )
+    description = models.TextField(
+        blank=True, help_text="What the workflow is for, in a sentence staff will understand."
+    )
     risk_level = models.PositiveSmallIntegerField(
         default=1,
         help_text="1 (low) to 5. Side effects of risk 3 or more need an approved proposed action.",
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True,
+        help_text=(
+            "Off: the workflow is not run (trigger workflows are skipped "
+            "by the 5-minute evaluator; nothing already scheduled is "
+            "cancelled)."
+        ),
+    )
     retry_max_attempts = models.PositiveSmallIntegerField(
         default=3, help_text="Attempts per delivery, the first one included (seed 001: 3)."
     )
@@ -50,7 +72,7 @@ class Workflow(models.Model):
     reflexion_enabled = models.BooleanField(
         default=False, help_text="Write a reflexion entry (narrative + tags) after each run."
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When the workflow was defined.")
 
     class Meta:
         ordering = ["name"]
@@ -75,19 +97,48 @@ class WorkflowRun(models.Model):
 
     FINISHED = (Status.COMPLETED, Status.PARTIAL, Status.FAILED, Status.CANCELLED)
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs")
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    status_reason = models.CharField(max_length=300, blank=True)
-    started_at = models.DateTimeField(default=timezone.now)
-    completed_at = models.DateTimeField(null=True, blank=True)
-    summary = models.JSONField(default=dict, blank=True)
+    workflow = models.ForeignKey(
+        Workflow,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        help_text="The workflow definition this run executes [workflow_run_log.workflow_type].",
+    )
+    status = models.CharField(
+        max_length=20,
+        choices=Status.choices,
+        default=Status.PENDING,
+        help_text=(
+            "Where the run is: awaiting the HITL gate, awaiting "
+            "per-recipient review, sending, finished (completed, partial,"
+            " failed, cancelled) or aborted by the circuit breaker "
+            "(resume or cancel it)."
+        ),
+    )
+    status_reason = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Why the run is in this status, e.g. the breaker trip that aborted it.",
+    )
+    started_at = models.DateTimeField(default=timezone.now, help_text="When the run was launched.")
+    completed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the last delivery was decided (sent, failed or skipped).",
+    )
+    summary = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The run log's summary_json: counts by outcome, duration and errors.",
+    )
     inputs = models.JSONField(
         default=dict,
         blank=True,
         help_text="The seed's inputs: customer_cohort_filter, subject, body_template, "
         "max_recipients, and the recipients frozen at launch.",
     )
-    created_by = models.CharField(max_length=150, blank=True)
+    created_by = models.CharField(
+        max_length=150, blank=True, help_text="Who launched it (the seed's Mike)."
+    )
     consecutive_failures = models.PositiveIntegerField(
         default=0,
         help_text="Failed sends in a row; 5 trip the batch circuit breaker (seed 001).",
@@ -108,17 +159,35 @@ class WorkflowRun(models.Model):
 class Customer(models.Model):
     """A customer a batch notification can reach [customers, the NetSuite mirror]."""
 
-    company_name = models.CharField(max_length=200)
-    email = models.EmailField(blank=True)
+    company_name = models.CharField(
+        max_length=200,
+        help_text=(
+            "The customer's name [customers.companyname]; {{ customer_name }} in batch templates."
+        ),
+    )
+    email = models.EmailField(
+        blank=True,
+        help_text="Where batch notifications go. Blank: the customer is never in a cohort.",
+    )
     phone = models.CharField(
         max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +12125550100."
     )
-    account_ref = models.CharField(max_length=60, unique=True)
+    account_ref = models.CharField(
+        max_length=60,
+        unique=True,
+        help_text=(
+            "The customer's account reference (NetSuite), unique; {{ "
+            "account_ref }} in batch templates."
+        ),
+    )
     bid = models.CharField(max_length=40, blank=True, help_text="Contract bid, e.g. B5875.")
     region = models.CharField(max_length=60, blank=True, help_text="e.g. NYC DOE")
     school_year = models.CharField(max_length=20, blank=True, help_text="e.g. 2026-27")
     tags = models.CharField(max_length=300, blank=True, help_text="Comma-separated tags.")
-    is_inactive = models.BooleanField(default=False)
+    is_inactive = models.BooleanField(
+        default=False,
+        help_text="Inactive customers are never in a cohort [customers.isinactive].",
+    )
 
     class Meta:
         ordering = ["company_name"]
@@ -132,11 +201,21 @@ class BatchAttachment(models.Model):
     """A file sent with every message of one batch."""
 
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.CASCADE, related_name="attachments"
+        WorkflowRun,
+        on_delete=models.CASCADE,
+        related_name="attachments",
+        help_text="The batch run whose every message carries this file.",
     )
-    file = models.FileField(upload_to="attachments/%Y/%m/")
-    name = models.CharField(max_length=200)
-    mimetype = models.CharField(max_length=100, blank=True)
+    file = models.FileField(
+        upload_to="attachments/%Y/%m/",
+        help_text="The uploaded file, stored under MEDIA_ROOT/attachments/.",
+    )
+    name = models.CharField(max_length=200, help_text="File name recipients see.")
+    mimetype = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Content type sent with the file, e.g. application/pdf.",
+    )
 
     def __str__(self):
         return self.name
@@ -154,20 +233,49 @@ class ProposedAction(models.Model):
         APPROVED = "approved", "Approved"
         REJECTED = "rejected", "Rejected"
 
-    action_type = models.CharField(max_length=40, choices=Type.choices)
+    action_type = models.CharField(
+        max_length=40,
+        choices=Type.choices,
+        help_text=(
+            "workflow_batch_notify: the HITL gate of a whole batch (one "
+            "per run); hitl_review: one recipient's personalized message "
+            "to approve or reject."
+        ),
+    )
     entity_ref = models.CharField(max_length=200, help_text="e.g. workflow:batch_notify:run_12")
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.CASCADE, related_name="proposed_actions"
+        WorkflowRun,
+        on_delete=models.CASCADE,
+        related_name="proposed_actions",
+        help_text="The batch run this decision belongs to.",
     )
     customer = models.ForeignKey(
-        Customer, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        Customer,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The recipient under review (blank for the batch's HITL gate).",
     )
-    subject = models.CharField(max_length=300, blank=True)
-    body = models.TextField(blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    decided_by = models.CharField(max_length=150, blank=True)
-    decided_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    subject = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="The subject the recipient would get, already personalized.",
+    )
+    body = models.TextField(
+        blank=True, help_text="The message the recipient would get, already personalized."
+    )
+    status = models.CharField(
+        max_length=20,
+        choices=Status.choices,
+        default=Status.PENDING,
+        help_text="Pending until a person approves or rejects it; decided once, never twice.",
+    )
+    decided_by = models.CharField(
+        max_length=150, blank=True, help_text="Who approved or rejected it."
+    )
+    decided_at = models.DateTimeField(null=True, blank=True, help_text="When it was decided.")
+    created_at = models.DateTimeField(default=timezone.now, help_text="When it was staged.")
 
     class Meta:
         ordering = ["id"]
@@ -192,11 +300,19 @@ class ProposedAction(models.Model):
 class AuditEntry(models.Model):
     """Who did what, when, with which value (e.g. a max_recipients override)."""
 
-    at = models.DateTimeField(default=timezone.now)
-    by = models.CharField(max_length=150)
-    action = models.CharField(max_length=80)
-    target = models.CharField(max_length=200)
-    detail = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(default=timezone.now, help_text="When it happened.")
+    by = models.CharField(max_length=150, help_text="The staff member (user name) who did it.")
+    action = models.CharField(
+        max_length=80, help_text="What was done, e.g. max_recipients_override or batch_resume."
+    )
+    target = models.CharField(
+        max_length=200, help_text="What it was done to, e.g. workflow:batch_notify:run_12."
+    )
+    detail = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The values involved, e.g. the max_recipients asked for.",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -210,11 +326,22 @@ class ReflexionEntry(models.Model):
     """What happened in a run, in words, so later runs can look it up [reflexion_log]."""
 
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.CASCADE, related_name="reflexions"
+        WorkflowRun,
+        on_delete=models.CASCADE,
+        related_name="reflexions",
+        help_text="The run this entry remembers.",
     )
-    narrative = models.TextField()
-    tags = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    narrative = models.TextField(
+        help_text="What happened in the run, in words [reflexion_log.narrative].",
+    )
+    tags = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Tags later runs search by, e.g. ["batch_notify", "breaker"].',
+    )
+    created_at = models.DateTimeField(
+        default=timezone.now, help_text="When it was written (after the run finished)."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -235,16 +362,43 @@ class VerifyCheck(models.Model):
         TIMEOUT = "timeout", "Timeout"
 
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.CASCADE, related_name="verify_checks"
+        WorkflowRun,
+        on_delete=models.CASCADE,
+        related_name="verify_checks",
+        help_text="The run this check verifies.",
     )
-    name = models.CharField(max_length=80)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    name = models.CharField(
+        max_length=80,
+        help_text=(
+            "Which check, e.g. all_recipients_logged (every approved "
+            "recipient has a logged outcome)."
+        ),
+    )
+    status = models.CharField(
+        max_length=20,
+        choices=Status.choices,
+        default=Status.PENDING,
+        help_text=(
+            "Pending until its window passes; then pass, fail, or timeout"
+            " when it still cannot be decided [workflow_verify_results]."
+        ),
+    )
     due_at = models.DateTimeField(help_text="Not run before this (the end of its window).")
     timeout_at = models.DateTimeField(help_text="Still not decidable by then: timeout.")
-    checked_at = models.DateTimeField(null=True, blank=True)
-    expected = models.IntegerField(null=True, blank=True)
-    observed = models.IntegerField(null=True, blank=True)
-    detail = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the verify cron last ran it."
+    )
+    expected = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="What the check expected, e.g. the number of approved recipients.",
+    )
+    observed = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="What the check found, e.g. recipients with a logged outcome.",
+    )
+    detail = models.CharField(max_length=300, blank=True, help_text="The result in words.")
 
     class Meta:
         ordering = ["-due_at"]
@@ -259,8 +413,12 @@ class VerifyCheck(models.Model):
 class MessageTemplate(models.Model):
     """Subject and body in Django template syntax over declared variables only."""
 
-    name = models.CharField(max_length=120)
-    channel = models.CharField(max_length=20, choices=Channel.choices)
+    name = models.CharField(max_length=120, help_text="Name staff pick it by; unique per channel.")
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        help_text="email, sms or whatsapp: decides how the body is rendered and sent.",
+    )
     subject = models.CharField(
         max_length=300, blank=True, help_text="Email only. Template syntax allowed."
     )
@@ -285,9 +443,15 @@ class MessageTemplate(models.Model):
         help_text="WhatsApp only: the approved template name at Meta; variables fill {{1}}..{{n}}.",
     )
     message_type = models.CharField(
-        max_length=20, choices=MessageType.choices, default=MessageType.CUSTOM
+        max_length=20,
+        choices=MessageType.choices,
+        default=MessageType.CUSTOM,
+        help_text=(
+            "Seed 003's type (report, alert, story so far, custom); "
+            "cadence limits some types per day."
+        ),
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last edit.")
 
     class Meta:
         ordering = ["name"]
@@ -317,19 +481,39 @@ class Notification(models.Model):
     """One message intent: a template and its context, for a set of recipients [CommsInstance]."""
 
     template = models.ForeignKey(
-        MessageTemplate, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        MessageTemplate,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text=(
+            "The template its deliveries were rendered from (blank: text "
+            "written directly, e.g. a batch)."
+        ),
     )
-    context = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The values shared by every recipient; each delivery adds its own.",
+    )
     origin = models.CharField(
         max_length=200, help_text="What asked for it, e.g. batch_notify:run_12 or kiosk_offline."
     )
     message_type = models.CharField(
-        max_length=20, choices=MessageType.choices, default=MessageType.CUSTOM
+        max_length=20,
+        choices=MessageType.choices,
+        default=MessageType.CUSTOM,
+        help_text="Seed 003's type; counted by the recipients' cadence.",
     )
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        WorkflowRun,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The run that created it, if any.",
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When it was created.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -366,12 +550,17 @@ class Delivery(models.Model):
     )
 
     notification = models.ForeignKey(
-        Notification, on_delete=models.CASCADE, related_name="deliveries"
+        Notification,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        help_text="The message intent this delivery sends to one address.",
     )
     recipient_key = models.CharField(
         max_length=120, help_text="Who this is for, e.g. customer:42 or stakeholder:7."
     )
-    channel = models.CharField(max_length=20, choices=Channel.choices)
+    channel = models.CharField(
+        max_length=20, choices=Channel.choices, help_text="email, sms or whatsapp."
+    )
     address = models.CharField(max_length=254, help_text="Email address or E.164 phone number.")
     message_type = models.CharField(
         max_length=20,
@@ -385,7 +574,7 @@ class Delivery(models.Model):
         help_text="What it is about, e.g. kiosk_health_status:12:3:LOW_BATTERY or "
         "production_run:42:reminder:2026-11-23 (cooldowns, dedup, resolved notices).",
     )
-    subject = models.CharField(max_length=300, blank=True)
+    subject = models.CharField(max_length=300, blank=True, help_text="Rendered subject (email).")
     body = models.TextField(blank=True, help_text="Rendered plain text.")
     html_body = models.TextField(blank=True, help_text="Rendered HTML (email).")
     payload = models.JSONField(
@@ -400,19 +589,49 @@ class Delivery(models.Model):
     expires_at = models.DateTimeField(
         null=True, blank=True, help_text="Not sent after this time; then marked expired."
     )
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.SCHEDULED)
+    status = models.CharField(
+        max_length=20,
+        choices=Status.choices,
+        default=Status.SCHEDULED,
+        help_text=(
+            "scheduled (waiting, see why and when), sending, sent, then "
+            "what the provider reported (delivered, opened, clicked, "
+            "bounced, complained), or failed, cancelled, expired, "
+            "skipped, unknown (the worker stopped mid-send: reconcile)."
+        ),
+    )
     status_reason = models.CharField(
         max_length=300, blank=True, help_text="Why it is in its current state."
     )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=3)
-    retry_base_seconds = models.FloatField(default=2.0)
-    retry_max_seconds = models.FloatField(default=30.0)
-    last_error = models.TextField(blank=True)
-    provider = models.CharField(max_length=40, blank=True)
-    provider_message_id = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Sends tried so far.")
+    max_attempts = models.PositiveSmallIntegerField(
+        default=3, help_text="Gives up (failed) after this many attempts (seed 001: 3)."
+    )
+    retry_base_seconds = models.FloatField(
+        default=2.0, help_text="Wait after the first failed attempt; doubles each time."
+    )
+    retry_max_seconds = models.FloatField(default=30.0, help_text="Longest wait between attempts.")
+    last_error = models.TextField(blank=True, help_text="The provider's last error, if any.")
+    provider = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="Who carried it, e.g. postmark, twilio, whatsapp or recording (development).",
+    )
+    provider_message_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text=(
+            "The provider's id of the message; tracking webhooks "
+            "(delivered, opened, bounced...) find the delivery by it."
+        ),
+    )
     fallback_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="fallbacks"
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="fallbacks",
+        help_text="The delivery this one replaces on its fallback channel.",
     )
     fallback_channel = models.CharField(
         max_length=20,
@@ -420,7 +639,11 @@ class Delivery(models.Model):
         blank=True,
         help_text="Where to send instead when this channel cannot (e.g. email → SMS).",
     )
-    fallback_address = models.CharField(max_length=254, blank=True)
+    fallback_address = models.CharField(
+        max_length=254,
+        blank=True,
+        help_text="Address on the fallback channel (e.g. the phone for SMS).",
+    )
     sender = models.CharField(
         max_length=200,
         blank=True,
@@ -433,13 +656,31 @@ class Delivery(models.Model):
         help_text="The sending slot this delivery already holds with its sender's pacing.",
     )
     workflow_run = models.ForeignKey(
-        WorkflowRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
+        WorkflowRun,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+        help_text="The workflow run that created it, if any.",
     )
-    claim_token = models.UUIDField(null=True, blank=True, editable=False)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(auto_now=True)
+    claim_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Set by the worker that claimed it for sending (at most once).",
+    )
+    claimed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a worker claimed it; a row left sending too long becomes unknown.",
+    )
+    sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the provider accepted it."
+    )
+    created_at = models.DateTimeField(
+        default=timezone.now, help_text="When the row was written (before anything was sent)."
+    )
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last change of the row.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -480,12 +721,38 @@ class DeliveryEvent(models.Model):
         SKIPPED = "skipped", "Skipped"
         UNKNOWN = "unknown", "Unknown"
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=20, choices=Kind.choices)
-    at = models.DateTimeField(default=timezone.now)
-    reason = models.CharField(max_length=300, blank=True)
-    provider_event_id = models.CharField(max_length=200, blank=True)
-    data = models.JSONField(default=dict, blank=True)
+    delivery = models.ForeignKey(
+        Delivery,
+        on_delete=models.CASCADE,
+        related_name="events",
+        help_text="The delivery this happened to.",
+    )
+    kind = models.CharField(
+        max_length=20,
+        choices=Kind.choices,
+        help_text=(
+            "What happened: queued, deferred, claimed, sent, retry, "
+            "delivered, opened, clicked, failed, bounced, complained, "
+            "unsubscribed, cancelled, expired, skipped."
+        ),
+    )
+    at = models.DateTimeField(
+        default=timezone.now,
+        help_text="When it happened (the provider's time for tracking events).",
+    )
+    reason = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Why, e.g. the cadence rule that queued it or the provider's error.",
+    )
+    provider_event_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The provider's id of the event; a webhook retry is recorded once.",
+    )
+    data = models.JSONField(
+        default=dict, blank=True, help_text="The provider's payload, as received."
+    )
 
     class Meta:
         ordering = ["at", "id"]
@@ -505,10 +772,24 @@ class DeliveryEvent(models.Model):
 class Event(models.Model):
     """A row in the event ledger [recordEvent]. Subscribers match its name by pattern."""
 
-    name = models.CharField(max_length=120, db_index=True)
-    payload = models.JSONField(default=dict, blank=True)
-    idempotency_key = models.CharField(max_length=200, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    name = models.CharField(
+        max_length=120,
+        db_index=True,
+        help_text=(
+            "What happened, e.g. workflow.completed or "
+            "production_run.reminder_idle; subscribers match it by "
+            "pattern (production_run.*)."
+        ),
+    )
+    payload = models.JSONField(
+        default=dict, blank=True, help_text="The event's data, as the subscribers receive it."
+    )
+    idempotency_key = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="One event per key: a producer retry records nothing twice.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, help_text="When it was recorded.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -527,16 +808,40 @@ class EventHandling(models.Model):
         FAILED = "failed", "Failed (retrying)"
         GAVE_UP = "gave_up", "Gave up"
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="handlings")
-    subscriber = models.CharField(max_length=200)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    last_error = models.TextField(blank=True)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
-    claim_token = models.UUIDField(null=True, blank=True, editable=False)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-    handled_at = models.DateTimeField(null=True, blank=True)
-    result = models.JSONField(default=dict, blank=True)
+    event = models.ForeignKey(
+        Event,
+        on_delete=models.CASCADE,
+        related_name="handlings",
+        help_text="The ledger event being handled.",
+    )
+    subscriber = models.CharField(
+        max_length=200,
+        help_text="The subscriber handling it, e.g. the WhatsApp reminder dispatcher.",
+    )
+    status = models.CharField(
+        max_length=20,
+        choices=Status.choices,
+        default=Status.PENDING,
+        help_text="pending, running, done, failed (retried later) or gave up.",
+    )
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Tries so far.")
+    last_error = models.TextField(blank=True, help_text="The error of the last failed try.")
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now, help_text="When a failed handling is tried again."
+    )
+    claim_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Set by the worker handling it (each handling runs once).",
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it.")
+    handled_at = models.DateTimeField(null=True, blank=True, help_text="When it was done.")
+    result = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the subscriber reported, e.g. the delivery it created or why it skipped.",
+    )
 
     class Meta:
         ordering = ["id"]
@@ -552,14 +857,26 @@ class EventHandling(models.Model):
 class RecordedMessage(models.Model):
     """What a development backend would have handed to a provider (nothing leaves the box)."""
 
-    channel = models.CharField(max_length=20, choices=Channel.choices)
-    to = models.CharField(max_length=500)
-    subject = models.CharField(max_length=300, blank=True)
-    body = models.TextField(blank=True)
-    html_body = models.TextField(blank=True)
-    payload = models.JSONField(default=dict, blank=True)
-    provider_message_id = models.CharField(max_length=200, default="", blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    channel = models.CharField(
+        max_length=20, choices=Channel.choices, help_text="The channel it would have gone on."
+    )
+    to = models.CharField(max_length=500, help_text="The address it would have gone to.")
+    subject = models.CharField(
+        max_length=300, blank=True, help_text="Subject as it would have been sent."
+    )
+    body = models.TextField(blank=True, help_text="Plain-text body as it would have been sent.")
+    html_body = models.TextField(
+        blank=True, help_text="HTML body as it would have been sent (email)."
+    )
+    payload = models.JSONField(
+        default=dict, blank=True, help_text="What the provider API would have received."
+    )
+    provider_message_id = models.CharField(
+        max_length=200, default="", blank=True, help_text="The id the development backend made up."
+    )
+    created_at = models.DateTimeField(
+        auto_now_add=True, help_text="When the development backend recorded it."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -579,13 +896,25 @@ class Suppression(models.Model):
         MANUAL = "manual", "Manual"
 
     address = models.CharField(max_length=254, help_text="Lower-case email or E.164 number.")
-    channel = models.CharField(max_length=20, choices=Channel.choices)
-    reason = models.CharField(max_length=20, choices=Reason.choices)
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        help_text="The channel the address must not be contacted on.",
+    )
+    reason = models.CharField(
+        max_length=20,
+        choices=Reason.choices,
+        help_text="Hard bounce, spam complaint, unsubscribe or a manual block.",
+    )
     source = models.CharField(
         max_length=300, blank=True, help_text="What caused it, e.g. the tracking event."
     )
-    created_by = models.CharField(max_length=150, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(
+        max_length=150, blank=True, help_text="Who added it (blank: a tracking event)."
+    )
+    created_at = models.DateTimeField(
+        default=timezone.now, help_text="Since when the address is suppressed."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -601,16 +930,29 @@ class UnmatchedProviderEvent(models.Model):
     """A tracking callback for a message id Herald does not know (yet): kept so it can be
     matched when the delivery records its provider id, instead of failing the webhook."""
 
-    provider = models.CharField(max_length=40)
-    provider_message_id = models.CharField(max_length=200, db_index=True)
-    kind = models.CharField(max_length=20)
-    provider_event_id = models.CharField(max_length=200, blank=True)
-    at = models.DateTimeField(default=timezone.now)
-    data = models.JSONField(default=dict, blank=True)
-    matched_delivery = models.ForeignKey(
-        Delivery, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    provider = models.CharField(max_length=40, help_text="Who sent the callback.")
+    provider_message_id = models.CharField(
+        max_length=200,
+        db_index=True,
+        help_text="The message id it names, not (yet) on any delivery.",
     )
-    received_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(
+        max_length=20, help_text="What the provider reported (delivered, opened, bounced...)."
+    )
+    provider_event_id = models.CharField(
+        max_length=200, blank=True, help_text="The provider's id of the event."
+    )
+    at = models.DateTimeField(default=timezone.now, help_text="When it happened, by the provider.")
+    data = models.JSONField(default=dict, blank=True, help_text="The callback's payload.")
+    matched_delivery = models.ForeignKey(
+        Delivery,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The delivery it was applied to once the id became known.",
+    )
+    received_at = models.DateTimeField(default=timezone.now, help_text="When Herald received it.")
 
     class Meta:
         ordering = ["-received_at"]
@@ -623,16 +965,34 @@ class ProviderReport(models.Model):
     """A provider's tracking report as received: the webhook answers as soon as the report is
     stored (after its signature is checked), a worker applies it to its delivery."""
 
-    provider = models.CharField(max_length=40)
-    provider_message_id = models.CharField(max_length=200)
-    kind = models.CharField(max_length=20)
-    provider_event_id = models.CharField(max_length=200, blank=True)
-    at = models.DateTimeField()
-    data = models.JSONField(default=dict, blank=True)
-    received_at = models.DateTimeField(default=timezone.now)
-    claim_token = models.UUIDField(null=True, blank=True, editable=False)
-    processed_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=40, blank=True)
+    provider = models.CharField(max_length=40, help_text="Who sent the report.")
+    provider_message_id = models.CharField(max_length=200, help_text="The message id it names.")
+    kind = models.CharField(
+        max_length=20, help_text="What the provider reported (delivered, opened, bounced...)."
+    )
+    provider_event_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The provider's id of the event (deduplicates retries).",
+    )
+    at = models.DateTimeField(
+        help_text="When it happened, by the provider.",
+    )
+    data = models.JSONField(default=dict, blank=True, help_text="The report's payload.")
+    received_at = models.DateTimeField(
+        default=timezone.now, help_text="When the webhook stored it."
+    )
+    claim_token = models.UUIDField(
+        null=True, blank=True, editable=False, help_text="Set by the worker applying it."
+    )
+    processed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was applied to its delivery."
+    )
+    outcome = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="What applying it did: recorded, duplicate or unmatched.",
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -651,7 +1011,11 @@ class Sender(models.Model):
     worker, so no one-second window carries more than `rate_per_second` messages."""
 
     key = models.CharField(max_length=200, unique=True, help_text="e.g. sms:+15005550006")
-    channel = models.CharField(max_length=20, choices=Channel.choices)
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        help_text="The channel this sending identity sends on.",
+    )
     rate_per_second = models.FloatField(
         default=1.0, help_text="Most messages per second (US long code: 1; WhatsApp: 80)."
     )
@@ -683,18 +1047,38 @@ class ProviderBreaker(models.Model):
         OPEN = "open", "Open (holding)"
         HALF_OPEN = "half_open", "Half-open (one trial call)"
 
-    provider = models.CharField(max_length=40, unique=True)
-    state = models.CharField(max_length=20, choices=State.choices, default=State.CLOSED)
-    consecutive_failures = models.PositiveIntegerField(default=0)
+    provider = models.CharField(
+        max_length=40,
+        unique=True,
+        help_text="The channel and provider this breaker protects, e.g. email:postmark.",
+    )
+    state = models.CharField(
+        max_length=20,
+        choices=State.choices,
+        default=State.CLOSED,
+        help_text=(
+            "Closed: sending. Open: holding sends after repeated failures"
+            " (fallback channels are used). Half-open: one trial call "
+            "decides."
+        ),
+    )
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, help_text="Transient failures in a row; the threshold opens the breaker."
+    )
     threshold = models.PositiveIntegerField(
         default=5, help_text="Consecutive transient failures that open the breaker."
     )
     cooloff_seconds = models.PositiveIntegerField(
         default=60, help_text="How long it stays open before one trial call."
     )
-    opened_at = models.DateTimeField(null=True, blank=True)
-    trial_token = models.UUIDField(null=True, blank=True, editable=False)
-    last_error = models.TextField(blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True, help_text="When it last opened.")
+    trial_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Held by the worker making the half-open trial call.",
+    )
+    last_error = models.TextField(blank=True, help_text="The error that counted last.")
 
     class Meta:
         ordering = ["provider"]
@@ -704,11 +1088,18 @@ class ProviderBreaker(models.Model):
 
 
 class BreakerTransition(models.Model):
-    breaker = models.ForeignKey(ProviderBreaker, on_delete=models.CASCADE, related_name="history")
-    at = models.DateTimeField(default=timezone.now)
-    from_state = models.CharField(max_length=20)
-    to_state = models.CharField(max_length=20)
-    reason = models.CharField(max_length=300, blank=True)
+    breaker = models.ForeignKey(
+        ProviderBreaker,
+        on_delete=models.CASCADE,
+        related_name="history",
+        help_text="The provider breaker that changed state.",
+    )
+    at = models.DateTimeField(default=timezone.now, help_text="When it changed.")
+    from_state = models.CharField(max_length=20, help_text="State before.")
+    to_state = models.CharField(max_length=20, help_text="State after (open = a trip).")
+    reason = models.CharField(
+        max_length=300, blank=True, help_text="Why, e.g. the failure that tripped it."
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -727,15 +1118,48 @@ class KillSwitch(models.Model):
         HIGH_RISK = "high_risk_ops", "High-risk operations (workflows of risk 3 or more)"
 
     name = models.CharField(max_length=120, unique=True, help_text="e.g. high_risk_ops")
-    scope = models.CharField(max_length=20, choices=Scope.choices)
-    channel = models.CharField(max_length=20, choices=Channel.choices, blank=True)
-    workflow = models.ForeignKey(
-        Workflow, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    scope = models.CharField(
+        max_length=20,
+        choices=Scope.choices,
+        help_text=(
+            "What it stops: everything, one channel, one workflow, or "
+            "high_risk_ops (launches and sends of workflows of risk 3 or "
+            "more, seed 001's kill:high_risk_ops)."
+        ),
     )
-    is_on = models.BooleanField(default=False)
-    reason = models.CharField(max_length=300, blank=True)
-    changed_by = models.CharField(max_length=150, blank=True)
-    changed_at = models.DateTimeField(null=True, blank=True)
+    channel = models.CharField(
+        max_length=20,
+        choices=Channel.choices,
+        blank=True,
+        help_text="For a channel switch: the channel it stops.",
+    )
+    workflow = models.ForeignKey(
+        Workflow,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="For a workflow switch: the workflow it stops.",
+    )
+    is_on = models.BooleanField(
+        default=False,
+        help_text=(
+            "On: matching deliveries stay scheduled (frozen) and launches"
+            " are blocked. Changed only with the Turn on / Turn off "
+            "actions (audited)."
+        ),
+    )
+    reason = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Why it was last turned on or off (asked on the confirmation page).",
+    )
+    changed_by = models.CharField(
+        max_length=150, blank=True, help_text="Who last turned it on or off."
+    )
+    changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was last turned on or off."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -755,11 +1179,20 @@ class KillSwitch(models.Model):
 class KillSwitchChange(models.Model):
     """Audit: who turned which switch on or off, when, and why."""
 
-    switch = models.ForeignKey(KillSwitch, on_delete=models.CASCADE, related_name="changes")
-    turned_on = models.BooleanField()
-    by = models.CharField(max_length=150)
-    reason = models.CharField(max_length=300, blank=True)
-    at = models.DateTimeField(default=timezone.now)
+    switch = models.ForeignKey(
+        KillSwitch,
+        on_delete=models.CASCADE,
+        related_name="changes",
+        help_text="The kill switch that was changed.",
+    )
+    turned_on = models.BooleanField(
+        help_text="Checked: turned on; unchecked: turned off.",
+    )
+    by = models.CharField(max_length=150, help_text="Who changed it.")
+    reason = models.CharField(
+        max_length=300, blank=True, help_text="The reason given on the confirmation page."
+    )
+    at = models.DateTimeField(default=timezone.now, help_text="When it was changed.")
 
     class Meta:
         ordering = ["-at", "-id"]

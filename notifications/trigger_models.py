@@ -42,7 +42,10 @@ class TriggerSetup(models.Model):
     """Who hears about a trigger workflow's events, how, and which options are on."""
 
     workflow = models.OneToOneField(
-        Workflow, on_delete=models.CASCADE, related_name="trigger_setup"
+        Workflow,
+        on_delete=models.CASCADE,
+        related_name="trigger_setup",
+        help_text="The trigger workflow this setup belongs to.",
     )
     channel = models.CharField(
         max_length=20,
@@ -67,7 +70,14 @@ class TriggerSetup(models.Model):
     audience_personas = models.ManyToManyField(
         Persona, blank=True, related_name="+", help_text="Every active stakeholder of these."
     )
-    audience_stakeholders = models.ManyToManyField(Stakeholder, blank=True, related_name="+")
+    audience_stakeholders = models.ManyToManyField(
+        Stakeholder,
+        blank=True,
+        related_name="+",
+        help_text=(
+            "Named stakeholders who hear about every event of the workflow, whatever their persona."
+        ),
+    )
     include_project_stakeholders = models.BooleanField(
         default=True,
         help_text="Project-driven recipients: also the stakeholders assigned to the project "
@@ -117,7 +127,12 @@ class TriggerSetup(models.Model):
 class TriggerEvent(models.Model):
     """One trigger event a workflow listens to (kiosk_offline, kiosk_health_status, ...)."""
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="trigger_events")
+    workflow = models.ForeignKey(
+        Workflow,
+        on_delete=models.CASCADE,
+        related_name="trigger_events",
+        help_text="The trigger workflow listening to this event.",
+    )
     event = models.CharField(max_length=80, help_text="A registered trigger event.")
     template = models.ForeignKey(
         MessageTemplate, on_delete=models.PROTECT, related_name="+", help_text="One context."

@@ -3,14 +3,17 @@ runs.py, discoverer.py, whatsapp_templates.py and activation.py and report what 
 
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db import models
 from django.db.models import Case, Count, Q, Value, When
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
-from notifications.admin_confirm import confirm_page, confirmed
+from notifications.admin_confirm import confirm_form, confirm_page, confirmed
 from production_runs import activation
 from production_runs.discoverer import (
     KINDS,
@@ -63,6 +66,7 @@ class PartnerAdmin(admin.ModelAdmin):
     list_display = ("name", "whatsapp_number", "language", "platform", "active_runs")
     list_filter = ("language", "platform")
     search_fields = ("name", "whatsapp_number")
+    readonly_fields = ("created_at",)
     list_select_related = ("platform",)
 
     def get_queryset(self, request):
@@ -81,6 +85,8 @@ class PartnerAdmin(admin.ModelAdmin):
 class DesignAdmin(admin.ModelAdmin):
     list_display = ("name", "thumbnail")
     search_fields = ("name",)
+    # WhatsApp fetches the image over HTTPS: a link typed without a scheme means https.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     @admin.display(description="image")
     def thumbnail(self, obj):
@@ -110,7 +116,10 @@ class BucketFilter(admin.SimpleListFilter):
             for kind in KINDS:
                 overdue |= bucket_filter(kind, now=now, thresholds=thresholds)
             return queryset.filter(status__in=ACTIVE_STATUSES).exclude(overdue)
-        return queryset.filter(bucket_filter(self.value(), now=now, thresholds=thresholds))
+        # As the discoverer counts them: a run without a partner is never reminded.
+        return queryset.filter(
+            bucket_filter(self.value(), now=now, thresholds=thresholds), partner__isnull=False
+        )
 
 
 class FlaggedFilter(admin.SimpleListFilter):
@@ -370,14 +379,26 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         summary = discover_reminders(now=timezone.now(), dry_run=True)
-        rows = [("total inspected (active runs)", summary["total_inspected"])]
-        rows += [(ReminderKind(kind).label, summary["counts"][kind]) for kind in KINDS]
+        runs = reverse("admin:production_runs_productionrun_changelist")
+        # (key, label, count, link to the runs it counts: the same filters, checkable).
+        rows = [
+            (
+                "total_inspected",
+                "total inspected (active runs)",
+                summary["total_inspected"],
+                f"{runs}?status__in=sent_to_partner,in_progress",
+            )
+        ]
         rows += [
-            ("skipped: no partner", summary["skipped_no_partner"]),
-            ("skipped: not overdue", summary["skipped_not_overdue"]),
-            ("skipped: not due (escalation)", summary["skipped_not_due"]),
-            ("would be reminded", summary["dispatched"]),
-            ("events that would be emitted", summary["events"]),
+            (kind, ReminderKind(kind).label, summary["counts"][kind], f"{runs}?bucket={kind}")
+            for kind in KINDS
+        ]
+        rows += [
+            ("skipped_no_partner", "skipped: no partner", summary["skipped_no_partner"], ""),
+            ("skipped_not_overdue", "skipped: not overdue", summary["skipped_not_overdue"], ""),
+            ("skipped_not_due", "skipped: not due (escalation)", summary["skipped_not_due"], ""),
+            ("dispatched", "would be reminded", summary["dispatched"], ""),
+            ("events", "events that would be emitted", summary["events"], ""),
         ]
         return self._page(
             request,
@@ -394,6 +415,10 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
         if request.method == "POST":
             if not self.has_change_permission(request):
                 raise PermissionDenied
+            if not confirmed(request):
+                page = self._gate_confirmation(request, may_override=may_override)
+                if page is not None:
+                    return page
             self._gate_post(request, may_override=may_override)
             return HttpResponseRedirect(request.path)
         task = activation.schedule()
@@ -405,6 +430,71 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             task=task,
             may_override=may_override,
             changes=ScheduleChange.objects.all()[:20],
+        )
+
+    def _gate_confirmation(self, request, *, may_override: bool):
+        """The confirmation page of enable / override / disable: when the schedule runs and
+        how many runs today's numbers would remind. None: nothing to confirm (the change
+        is refused or does nothing; _gate_post says so)."""
+        action = request.POST.get("action")
+        task = activation.schedule()
+        if task is None or action not in ("enable", "override", "disable"):
+            return None
+        gate = activation.activation_gate()
+        if action == "disable" and not task.enabled:
+            return None
+        if action in ("enable", "override") and (
+            task.enabled or not (gate.holds or (action == "override" and may_override))
+        ):
+            return None
+        summary = discover_reminders(now=timezone.now(), dry_run=True)
+        cron = task.crontab
+        when = (
+            f"{cron.minute} {cron.hour} {cron.day_of_month} {cron.month_of_year} "
+            f"{cron.day_of_week} in {cron.timezone}"
+            if cron
+            else str(task.interval or "its schedule")
+        )
+        buckets = ", ".join(
+            f"{summary['counts'][kind]} {ReminderKind(kind).label.lower()}" for kind in KINDS
+        )
+        details = [
+            ("schedule", f"{task.name} — crontab {when}"),
+            ("stalled runs right now", f"{sum(summary['counts'].values())} ({buckets})"),
+            ("would be reminded at the next run", summary["dispatched"]),
+            ("WhatsApp events at the next run", summary["events"]),
+        ]
+        failing = [f"{c.label}: {c.detail}" for c in gate.checks if not c.ok]
+        if action == "disable":
+            text = (
+                "Disabling the reminder schedule stops every scheduled production-run reminder: "
+                f"the {summary['dispatched']} run(s) that would be reminded at the next run "
+                "are not, until it is enabled again."
+            )
+            label = "Yes, disable the schedule"
+        else:
+            override = " although the activation gate does not hold" if not gate.holds else ""
+            text = (
+                f"Enabling the reminder schedule{override} runs the discoverer at {when}: at "
+                f"today's numbers it would send {summary['events']} WhatsApp reminder "
+                f"event(s) for {summary['dispatched']} stalled run(s), and keep reminding "
+                "until they move."
+            )
+            label = "Yes, override the gate and enable" if override else "Yes, enable"
+        return confirm_form(
+            self,
+            request,
+            title=f"{'Disable' if action == 'disable' else 'Enable'} the reminder schedule",
+            summary=text,
+            details=details,
+            items=failing,
+            hidden=[("action", action)],
+            ask_reason=action in ("override", "disable"),
+            reason_required=action == "override",
+            reason=request.POST.get("reason", ""),
+            confirm_label=label,
+            cancel_url=request.path,
+            danger=action == "override",
         )
 
     def _gate_post(self, request, *, may_override: bool) -> None:
@@ -439,7 +529,9 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
 class EventTemplateMappingAdmin(admin.ModelAdmin):
     list_display = ("event_name", "template_name", "send_design_image", "is_live", "known")
     list_editable = ("is_live", "send_design_image")
-    list_filter = ("is_live",)
+    list_filter = ("is_live", "send_design_image", "template_name")
+    search_fields = ("event_name", "template_name")
+    readonly_fields = ("updated_at",)
     actions = ["restore_defaults"]
 
     @admin.display(description="template in code", boolean=True)
@@ -554,16 +646,37 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
 
 @admin.register(TemplateVariantStatus)
 class TemplateVariantStatusAdmin(admin.ModelAdmin):
+    """What Meta says about each variant. Read-only: a hand-set APPROVED would open the
+    activation gate for a template Meta never approved. Use "Refresh template statuses
+    from Meta" on the platform list (or Meta's status webhook) to update it."""
+
     list_display = ("template_name", "language", "platform", "status", "reason", "updated_at")
     list_filter = ("status", "platform", "language", "template_name")
-    search_fields = ("template_name", "meta_id")
-    readonly_fields = ("updated_at",)
+    search_fields = ("template_name", "meta_id", "reason")
+    date_hierarchy = "updated_at"
+    readonly_fields = (
+        "platform",
+        "template_name",
+        "language",
+        "status",
+        "meta_id",
+        "reason",
+        "updated_at",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ScheduleChange)
 class ScheduleChangeAdmin(admin.ModelAdmin):
     list_display = ("at", "by", "enabled", "gate_held", "overridden", "reason")
-    list_filter = ("enabled", "overridden")
+    list_filter = ("enabled", "overridden", "gate_held")
+    search_fields = ("by", "reason")
+    date_hierarchy = "at"
 
     def has_add_permission(self, request):
         return False
@@ -573,3 +686,93 @@ class ScheduleChangeAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- beat's periodic tasks: activation is confirmed, the reminder schedule goes by the gate --
+
+
+class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
+    """django-celery-beat's task list, with schedule activation made safe: enabling,
+    disabling or toggling tasks shows a confirmation page naming each task and its
+    schedule, and the reminder schedule (herald.discover_reminders) is switched only on its
+    activation gate page, where the gate is checked and every switch audited."""
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.task == activation.DISCOVER_TASK:
+            return (*fields, "enabled")
+        return fields
+
+    def _guarded(self, request, queryset):
+        guarded = queryset.filter(task=activation.DISCOVER_TASK)
+        if guarded.exists():
+            self.message_user(
+                request,
+                format_html(
+                    "The reminder schedule is switched on its "
+                    '<a href="{}">activation gate page</a> (gate checked, audited); it was '
+                    "left as it is.",
+                    reverse("admin:production_runs_reminder_gate"),
+                ),
+                messages.WARNING,
+            )
+        return queryset.exclude(task=activation.DISCOVER_TASK)
+
+    def _confirm(self, request, queryset, *, action: str, verb: str, effect: str):
+        tasks = list(queryset.select_related("crontab", "interval"))
+        return confirm_page(
+            self,
+            request,
+            queryset,
+            action=action,
+            title=f"{verb.capitalize()} {len(tasks)} periodic task(s)",
+            summary=f"{verb.capitalize()} {len(tasks)} periodic task(s): {effect}",
+            items=[f"{t.name} — {t.task}, {t.scheduler}: {t.schedule}" for t in tasks],
+            confirm_label=f"Yes, {verb} {len(tasks)}",
+        )
+
+    @admin.action(description="Enable selected tasks (confirm)")
+    def enable_tasks(self, request, queryset):
+        queryset = self._guarded(request, queryset)
+        if not confirmed(request):
+            return self._confirm(
+                request,
+                queryset.filter(enabled=False),
+                action="enable_tasks",
+                verb="enable",
+                effect="beat starts running each on its schedule, the next due run included.",
+            )
+        return super().enable_tasks(request, queryset)
+
+    @admin.action(description="Disable selected tasks (confirm)")
+    def disable_tasks(self, request, queryset):
+        queryset = self._guarded(request, queryset)
+        if not confirmed(request):
+            return self._confirm(
+                request,
+                queryset.filter(enabled=True),
+                action="disable_tasks",
+                verb="disable",
+                effect="beat stops running each until it is enabled again (sends, reminders "
+                "and evaluations they do stop with them).",
+            )
+        return super().disable_tasks(request, queryset)
+
+    @admin.action(description="Toggle activity of selected tasks (confirm)")
+    def toggle_tasks(self, request, queryset):
+        queryset = self._guarded(request, queryset)
+        if not confirmed(request):
+            on = queryset.filter(enabled=False).count()
+            return self._confirm(
+                request,
+                queryset,
+                action="toggle_tasks",
+                verb="toggle",
+                effect=f"{on} disabled task(s) start running, "
+                f"{queryset.count() - on} enabled task(s) stop.",
+            )
+        return super().toggle_tasks(request, queryset)
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, GuardedPeriodicTaskAdmin)

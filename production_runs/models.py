@@ -41,7 +41,12 @@ class WhatsAppPlatform(models.Model):
         help_text='Short name, e.g. "IN" or "AU"; WHATSAPP_PLATFORM_TOKENS and '
         "WHATSAPP_PLATFORM_LANGUAGES refer to it.",
     )
-    waba_id = models.CharField("WABA id", max_length=64, unique=True)
+    waba_id = models.CharField(
+        "WABA id",
+        max_length=64,
+        unique=True,
+        help_text="The WhatsApp Business Account id at Meta; templates are submitted to it.",
+    )
     phone_number_id = models.CharField(
         max_length=64, unique=True, help_text="The Cloud API phone-number id messages go out from."
     )
@@ -73,7 +78,10 @@ class WhatsAppPlatform(models.Model):
 
 
 class Partner(models.Model):
-    name = models.CharField(max_length=200)
+    name = models.CharField(
+        max_length=200,
+        help_text="The production partner; {{ partner_name }} in reminder templates.",
+    )
     whatsapp_number = models.CharField(
         max_length=20, blank=True, validators=[validate_e164], help_text="E.164, e.g. +919876543210"
     )
@@ -92,7 +100,7 @@ class Partner(models.Model):
         related_name="partners",
         help_text="The WABA this partner is messaged from.",
     )
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When the partner was added.")
 
     class Meta:
         ordering = ["name"]
@@ -102,7 +110,9 @@ class Partner(models.Model):
 
 
 class Design(models.Model):
-    name = models.CharField(max_length=200)
+    name = models.CharField(
+        max_length=200, help_text="The design produced; {{ design_name }} in reminder templates."
+    )
     image_url = models.URLField(
         "image",
         max_length=500,
@@ -144,19 +154,47 @@ class ProductionRun(models.Model):
         help_text="External reference (ERP run number), if any.",
     )
     partner = models.ForeignKey(
-        Partner, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+        Partner,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="runs",
+        help_text="Who produces it; a run without a partner is never reminded.",
     )
     design = models.ForeignKey(
-        Design, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+        Design,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="runs",
+        help_text="What is produced (its image can follow a reminder).",
     )
-    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.DRAFT)
-    quantity = models.PositiveIntegerField(default=0)
-    produced_quantity = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=20,
+        choices=RunStatus.choices,
+        default=RunStatus.DRAFT,
+        help_text=(
+            "draft, sent to partner (assignment pending until accepted, "
+            "then not started until started), in progress (idle without "
+            "progress updates), completed or cancelled. Only "
+            "sent-to-partner and in-progress runs are reminded."
+        ),
+    )
+    quantity = models.PositiveIntegerField(default=0, help_text="Pieces ordered.")
+    produced_quantity = models.PositiveIntegerField(
+        default=0, help_text="Pieces made so far, from the latest progress update."
+    )
     created_at = models.DateTimeField(default=timezone.now, help_text="When it was assigned.")
-    accepted_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the partner accepted it (ends assignment pending)."
+    )
+    started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When production started (ends not started)."
+    )
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was completed or cancelled."
+    )
+    updated_at = models.DateTimeField(default=timezone.now, help_text="Last change of the run.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -171,10 +209,18 @@ class ProductionRun(models.Model):
 
 class ProgressUpdate(models.Model):
     run = models.ForeignKey(
-        ProductionRun, on_delete=models.CASCADE, related_name="progress_updates"
+        ProductionRun,
+        on_delete=models.CASCADE,
+        related_name="progress_updates",
+        help_text="The run that moved.",
     )
-    produced_quantity = models.PositiveIntegerField()
-    at = models.DateTimeField(default=timezone.now)
+    produced_quantity = models.PositiveIntegerField(
+        help_text="Pieces made as of this update.",
+    )
+    at = models.DateTimeField(
+        default=timezone.now,
+        help_text="When it was reported; the idle bucket counts from the latest update.",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -276,12 +322,25 @@ class ReminderState(models.Model):
     """Escalation of one stalled run: which stall (kind and since when), how many reminders,
     when. A run that moves (another kind, a new anchor) starts a new stall."""
 
-    run = models.OneToOneField(ProductionRun, on_delete=models.CASCADE, related_name="reminder")
-    kind = models.CharField(max_length=30, choices=ReminderKind.choices)
+    run = models.OneToOneField(
+        ProductionRun,
+        on_delete=models.CASCADE,
+        related_name="reminder",
+        help_text="The stalled run.",
+    )
+    kind = models.CharField(
+        max_length=30,
+        choices=ReminderKind.choices,
+        help_text="The bucket of the stall: assignment pending, not started or idle.",
+    )
     stalled_since = models.DateTimeField(help_text="The timestamp the stall is measured from.")
     first_overdue_at = models.DateTimeField(help_text="When the discoverer first found it overdue.")
-    reminder_count = models.PositiveIntegerField(default=0)
-    last_reminded_at = models.DateTimeField(null=True, blank=True)
+    reminder_count = models.PositiveIntegerField(
+        default=0, help_text="Reminders sent for this stall."
+    )
+    last_reminded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the last reminder event was emitted."
+    )
     flagged_at = models.DateTimeField(
         null=True, blank=True, help_text="Reminded too often without moving: ops should call."
     )
@@ -301,15 +360,24 @@ class EventTemplateMapping(models.Model):
     """The dispatcher's event → WhatsApp template map (seed 002's RESOLVE_TEMPLATE_CODE).
     An event without a live mapping is skipped with reason no_template_for_event."""
 
-    event_name = models.CharField(max_length=120, unique=True)
-    template_name = models.CharField(max_length=120)
+    event_name = models.CharField(
+        max_length=120, unique=True, help_text="A ledger event, e.g. production_run.reminder_idle."
+    )
+    template_name = models.CharField(
+        max_length=120,
+        help_text=(
+            "The approved WhatsApp template sent for it, e.g. jyt_production_run_reminder_idle_v1."
+        ),
+    )
     send_design_image = models.BooleanField(
         default=False,
         help_text="Follow the message with the design image, the raw run id and the signed "
         "partner-portal link.",
     )
-    is_live = models.BooleanField(default=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    is_live = models.BooleanField(
+        default=True, help_text="Off: the event is skipped with reason no_template_for_event."
+    )
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last change.")
 
     class Meta:
         ordering = ["event_name"]
@@ -344,16 +412,34 @@ class TemplateVariantStatus(models.Model):
     """What Meta says about one template in one language on one WABA."""
 
     platform = models.ForeignKey(
-        WhatsAppPlatform, on_delete=models.CASCADE, related_name="template_statuses"
+        WhatsAppPlatform,
+        on_delete=models.CASCADE,
+        related_name="template_statuses",
+        help_text="The WABA the variant lives on.",
     )
-    template_name = models.CharField(max_length=120)
-    language = models.CharField(max_length=12)
+    template_name = models.CharField(max_length=120, help_text="The template's name at Meta.")
+    language = models.CharField(
+        max_length=12, help_text="The variant's language code, e.g. en or hi."
+    )
     status = models.CharField(
-        max_length=20, choices=TemplateStatus.choices, default=TemplateStatus.MISSING
+        max_length=20,
+        choices=TemplateStatus.choices,
+        default=TemplateStatus.MISSING,
+        help_text=(
+            "What Meta says: approved, pending review, rejected, paused, "
+            "disabled, or missing (not submitted). The activation gate "
+            "needs every variant approved."
+        ),
     )
-    meta_id = models.CharField("Meta template id", max_length=64, blank=True)
-    reason = models.CharField(max_length=300, blank=True)
-    updated_at = models.DateTimeField(default=timezone.now)
+    meta_id = models.CharField(
+        "Meta template id", max_length=64, blank=True, help_text="Meta's id of the template."
+    )
+    reason = models.CharField(
+        max_length=300, blank=True, help_text="Meta's rejection reason, if any."
+    )
+    updated_at = models.DateTimeField(
+        default=timezone.now, help_text="When the status was last read or changed."
+    )
 
     class Meta:
         ordering = ["platform", "template_name", "language"]
@@ -372,12 +458,21 @@ class TemplateVariantStatus(models.Model):
 class ScheduleChange(models.Model):
     """Audit of the reminder schedule being switched on or off, and of gate overrides."""
 
-    at = models.DateTimeField(default=timezone.now)
-    by = models.CharField(max_length=150)
-    enabled = models.BooleanField()
-    gate_held = models.BooleanField()
-    overridden = models.BooleanField(default=False)
-    reason = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField(default=timezone.now, help_text="When the schedule was switched.")
+    by = models.CharField(max_length=150, help_text="Who switched it.")
+    enabled = models.BooleanField(
+        help_text="Checked: enabled; unchecked: disabled.",
+    )
+    gate_held = models.BooleanField(
+        help_text="Whether the activation gate held at the time.",
+    )
+    overridden = models.BooleanField(
+        default=False,
+        help_text=(
+            "Enabled although the gate did not hold (needs the override permission and a reason)."
+        ),
+    )
+    reason = models.CharField(max_length=300, blank=True, help_text="The reason given.")
     gate = models.JSONField(default=list, blank=True, help_text="The gate's checks at the time.")
 
     class Meta:

@@ -1,5 +1,5 @@
-"""Seed 001's journey in a real headless chromium: cohort → preview → launch → HITL gate →
-cohort-wide approval → dispatch → 100 % progress and the deliveries."""
+"""Seed 001's journey in a real headless chromium: cohort → preview → launch (confirmed) →
+HITL gate → cohort-wide approval → dispatch → 100 % progress and the deliveries."""
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -40,12 +40,15 @@ def test_batch_notification_from_cohort_to_100_percent(
     page.fill("#id_body_template", "Dear {{ customer_name }},\nwe close on 24 December.")
     # The preview is live: it appears a moment after typing stops, without pressing Preview.
     expect(page.locator("#batch-preview")).to_contain_text("3 recipient(s) (cap 50)")
-    assert page.inner_text(
-        "#sample-subject"
-    ) == "Holiday schedule for Bronx Science" or "Holiday schedule" in page.inner_text(
-        "#sample-subject"
-    )
+    expect(page.locator("#sample-subject")).to_contain_text("Holiday schedule for")
     page.click("#launch-button")
+    # Launching asks first, saying what will happen and to how many.
+    expect(page.locator("#confirm-action")).to_contain_text(
+        "Launching stages a batch run for 3 recipient(s) and its HITL gate"
+    )
+    expect(page.locator("#confirm-action .confirm-items li")).to_have_count(3)
+    assert not WorkflowRun.objects.exists()
+    page.click("#confirm-button")
     expect(page.locator(".messagelist")).to_contain_text("staged for 3 recipients")
     run = WorkflowRun.objects.get()
 
@@ -69,6 +72,7 @@ def test_batch_notification_from_cohort_to_100_percent(
     page.screenshot(path=f"{artifacts_dir}/batch-journey.png", full_page=True)
     page.click(".object-tools >> text=Deliveries")
     expect(page.locator("#result_list tbody tr")).to_have_count(3)
+    page.screenshot(path=f"{artifacts_dir}/batch-deliveries.png", full_page=True)
     assert Delivery.objects.filter(status="sent").count() == 3
     assert RecordedMessage.objects.count() == 3
     run.refresh_from_db()

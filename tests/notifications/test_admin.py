@@ -36,11 +36,13 @@ def test_delivery_detail_shows_its_timeline_and_cannot_be_edited(admin_client):
 def test_retry_failed_action_reschedules_only_failed_rows(admin_client):
     failed = DeliveryFactory(status="failed", attempts=3)
     sent = DeliveryFactory(status="sent")
-    response = admin_client.post(
-        reverse("admin:notifications_delivery_changelist"),
-        {"action": "retry_failed", "_selected_action": [failed.pk, sent.pk]},
-        follow=True,
-    )
+    data = {"action": "retry_failed", "_selected_action": [failed.pk, sent.pk]}
+    url = reverse("admin:notifications_delivery_changelist")
+    confirm = admin_client.post(url, data).content.decode()
+    assert "Retrying schedules 1 failed deliveries again" in confirm
+    failed.refresh_from_db()
+    assert failed.status == "failed"  # nothing happens before the confirmation
+    response = admin_client.post(url, {**data, "post": "yes"}, follow=True)
     failed.refresh_from_db()
     sent.refresh_from_db()
     assert (failed.status, failed.attempts) == ("scheduled", 0)
@@ -52,10 +54,11 @@ def test_retry_failed_action_reschedules_only_failed_rows(admin_client):
 
 def test_cancel_scheduled_action(admin_client):
     scheduled = DeliveryFactory(send_at=timezone.now() + timedelta(hours=2))
-    admin_client.post(
-        reverse("admin:notifications_delivery_changelist"),
-        {"action": "cancel_scheduled", "_selected_action": [scheduled.pk]},
-    )
+    data = {"action": "cancel_scheduled", "_selected_action": [scheduled.pk]}
+    url = reverse("admin:notifications_delivery_changelist")
+    confirm = admin_client.post(url, data).content.decode()
+    assert "Cancelling 1 scheduled deliveries: they will never be sent." in confirm
+    admin_client.post(url, {**data, "post": "yes"})
     scheduled.refresh_from_db()
     assert scheduled.status == "cancelled"
     assert scheduled.events.get().kind == "cancelled"

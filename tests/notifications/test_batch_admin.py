@@ -58,9 +58,20 @@ def test_the_kill_switch_blocks_a_launch_with_a_clear_message(admin_client):
     assert not WorkflowRun.objects.exists()
 
 
+def test_launch_shows_a_confirmation_and_stages_nothing_before_it(admin_client):
+    CustomerFactory.create_batch(3)
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    text = page.content.decode()
+    assert "Launching stages a batch run for 3 recipient(s) and its HITL gate" in text
+    assert "Yes, launch for 3 recipient(s)" in text
+    assert not WorkflowRun.objects.exists()
+
+
 def test_launch_gate_bulk_approve_dispatch_progress(admin_client):
     CustomerFactory.create_batch(3)
-    response = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    response = admin_client.post(
+        reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"}
+    )
     run = WorkflowRun.objects.get()
     assert response.url == reverse("admin:notifications_workflowrun_change", args=[run.id])
 
@@ -104,7 +115,7 @@ def test_launch_gate_bulk_approve_dispatch_progress(admin_client):
 
 def test_a_second_bulk_approve_is_a_logged_no_op(admin_client):
     CustomerFactory.create_batch(2)
-    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"})
     run = WorkflowRun.objects.get()
     changelist = reverse("admin:notifications_proposedaction_changelist")
     admin_client.post(

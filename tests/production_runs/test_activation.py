@@ -170,7 +170,14 @@ def test_staff_with_the_override_permission_enable_it_and_are_recorded(client, s
     client.force_login(
         staff("view_remindersettings", "change_remindersettings", "override_activation_gate")
     )
-    response = client.post(GATE_URL, {"action": "override", "reason": "approved by phone"})
+    confirm = client.post(GATE_URL, {"action": "override", "reason": "approved by phone"})
+    assert "Enabling the reminder schedule although the activation gate does not hold" in (
+        confirm.content.decode()
+    )
+    assert not enabled()  # nothing happens before the confirmation
+    response = client.post(
+        GATE_URL, {"action": "override", "reason": "approved by phone", "post": "yes"}
+    )
     assert response.status_code == 302
     assert enabled()
     change = ScheduleChange.objects.get()
@@ -179,6 +186,9 @@ def test_staff_with_the_override_permission_enable_it_and_are_recorded(client, s
 
 def test_the_admin_enables_without_override_once_the_gate_holds(admin_client, schedule, platforms):
     approve_all(*platforms)
-    admin_client.post(GATE_URL, {"action": "enable"})
+    confirm = admin_client.post(GATE_URL, {"action": "enable"}).content.decode()
+    assert "Enabling the reminder schedule runs the discoverer at" in confirm
+    assert not enabled()
+    admin_client.post(GATE_URL, {"action": "enable", "post": "yes"})
     assert enabled()
     assert ScheduleChange.objects.get().overridden is False

@@ -1,3 +1,5 @@
+import time
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -9,8 +11,11 @@ from notifications.cli import parse_at
 
 class Command(BaseCommand):
     help = (
-        "Load Herald's demo world (templates, deliveries, ...). Each step only adds what is "
-        "missing, so running it twice changes nothing."
+        "Load Herald's demo world (200 customers, personas and 30 stakeholders, 5 projects "
+        "with 60 kiosks, 40 partners and 150 production runs, templates, workflows, past "
+        "deliveries with tracking events, batches waiting for approval). Each step only adds "
+        "what is missing, so running it twice changes nothing. Progress goes to stderr, the "
+        "rows created per step to stdout."
     )
 
     def add_arguments(self, parser):
@@ -26,7 +31,15 @@ class Command(BaseCommand):
             self.stdout.write("database already has data: demo data not loaded")
             return
         now = at or timezone.now()
+        total = 0
         with transaction.atomic():
-            for label, step in STEPS:
-                self.stdout.write(f"{step(now):>6}  {label}")
-        self.stdout.write(self.style.SUCCESS("demo data ready"))
+            for number, (label, step) in enumerate(STEPS, start=1):
+                self.stderr.write(f"[{number}/{len(STEPS)}] {label} …")
+                started = time.monotonic()
+                created = step(now)
+                total += created
+                self.stdout.write(f"{created:>6}  {label}")
+                self.stderr.write(
+                    f"[{number}/{len(STEPS)}] done in {time.monotonic() - started:.1f} s"
+                )
+        self.stdout.write(self.style.SUCCESS(f"demo data ready ({total} rows added)"))

@@ -1,10 +1,16 @@
 import json
+import time
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from notifications.cli import parse_at
-from notifications.dispatch import dispatch_due
+from notifications.dispatch import DispatchReport, dispatch_due
+from notifications.models import Delivery
+
+# Outcomes of deliveries a round claimed or moved (the sweeps' unknown/expired and the
+# frozen count are not work a round did on due rows).
+ROUND_OUTCOMES = ("sent", "failed", "retried", "deferred", "skipped", "cancelled")
 
 
 class Command(BaseCommand):
@@ -13,19 +19,52 @@ class Command(BaseCommand):
         "overdue rows, claims and sends the rest at each sender's pace, schedules retries. "
         "Prints the counts: sent, failed, retried, expired, deferred (paced, breaker open or "
         "moved to a fallback channel), unknown (to reconcile), skipped (suppressed), frozen "
-        "(held by a kill switch)."
+        "(held by a kill switch). Works in rounds and reports each round's progress on "
+        "stderr, so --json output stays clean."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--at", type=parse_at, help="ISO 8601 time to act as 'now'")
         parser.add_argument("--limit", type=int, help="handle at most this many deliveries")
         parser.add_argument(
+            "--round-size",
+            type=int,
+            default=1000,
+            help="deliveries per round; progress is printed after each (default 1000)",
+        )
+        parser.add_argument(
             "--json", dest="as_json", action="store_true", help="print the counts as JSON"
         )
 
-    def handle(self, *args, at, limit, as_json, **options):
-        report = dispatch_due(now=at or timezone.now(), limit=limit).as_dict()
+    def handle(self, *args, at, limit, round_size, as_json, **options):
+        if round_size < 1:
+            raise CommandError("--round-size must be at least 1")
+        now = at or timezone.now()
+        due = Delivery.objects.filter(status=Delivery.Status.SCHEDULED, send_at__lte=now).count()
+        cap = f" (at most {limit})" if limit is not None else ""
+        self.stderr.write(f"{due} deliveries due at {now:%Y-%m-%d %H:%M:%S}{cap}")
+        started = time.monotonic()
+        total = DispatchReport()
+        handled = 0
+        while limit is None or handled < limit:
+            size = round_size if limit is None else min(round_size, limit - handled)
+            # With --at every round acts at that moment; otherwise at the real time.
+            report = dispatch_due(now=at or timezone.now(), limit=size)
+            for name, count in report.as_dict().items():
+                if name != "frozen":
+                    total.add(name, count)
+            total.frozen = report.frozen  # a count of rows held, not of work done
+            moved = sum(getattr(report, name) for name in ROUND_OUTCOMES)
+            handled += moved
+            self.stderr.write(
+                f"  … {handled} handled of {due} due: {total.sent} sent, {total.failed} "
+                f"failed, {total.retried} retried, {total.deferred} deferred "
+                f"({time.monotonic() - started:.1f} s)"
+            )
+            if moved < size:
+                break  # nothing more is due (or what is left is held)
+        result = total.as_dict()
         if as_json:
-            self.stdout.write(json.dumps(report, sort_keys=True))
+            self.stdout.write(json.dumps(result, sort_keys=True))
         else:
-            self.stdout.write("  ".join(f"{name}={count}" for name, count in report.items()))
+            self.stdout.write("  ".join(f"{name}={count}" for name, count in result.items()))

@@ -1,9 +1,11 @@
 import json
+import time
 
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from notifications.cli import parse_at
+from notifications.trigger_models import TriggerWorkflow
 from notifications.triggers import evaluate_triggers
 
 
@@ -13,7 +15,8 @@ class Command(BaseCommand):
         "context an evaluator reports fires unless its Layer 1 cooldown holds it; each "
         "stakeholder's delivery goes now or, when their cadence holds it, at the earliest "
         "allowed time. Prints contexts fired, contexts skipped by cooldown, deliveries "
-        "created now and deliveries queued (and the other counts)."
+        "created now and deliveries queued (and the other counts). Progress goes to stderr, "
+        "so --json output stays clean."
     )
 
     def add_arguments(self, parser):
@@ -23,7 +26,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, at, as_json, **options):
-        report = evaluate_triggers(now=at or timezone.now())
+        now = at or timezone.now()
+        active = TriggerWorkflow.objects.filter(is_active=True).count()
+        self.stderr.write(f"evaluating {active} active trigger workflow(s) at {now:%Y-%m-%d %H:%M}")
+        started = time.monotonic()
+        report = evaluate_triggers(now=now)
+        self.stderr.write(
+            f"done in {time.monotonic() - started:.1f} s: {report['contexts_found']} context(s) "
+            f"found, {report['contexts_fired']} fired"
+        )
         if as_json:
             self.stdout.write(json.dumps(report, sort_keys=True))
         else:

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from notifications.cli import parse_at
 from production_runs.discoverer import KINDS, discover_reminders
+from production_runs.models import ACTIVE_STATUSES, ProductionRun
 
 ROWS = [
     ("total_inspected", "inspected (active runs)"),
@@ -34,8 +35,11 @@ class Command(BaseCommand):
         parser.add_argument("--chunk-size", type=int, default=500, help="runs read per page")
 
     def handle(self, *args, at, dry_run, json: bool, chunk_size, **options):
+        active = ProductionRun.objects.filter(status__in=ACTIVE_STATUSES).count()
+        self.stderr.write(f"classifying {active} active run(s)")
+
         def progress(inspected: int) -> None:
-            self.stderr.write(f"  … {inspected} runs inspected")
+            self.stderr.write(f"  … {inspected} runs inspected of {active}")
 
         summary = discover_reminders(
             now=at or timezone.now(), dry_run=dry_run, chunk_size=chunk_size, progress=progress

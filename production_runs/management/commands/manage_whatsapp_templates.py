@@ -14,7 +14,8 @@ class Command(BaseCommand):
     help = (
         "Keep the production-run WhatsApp templates on every platform (WABA). dry-run: print "
         "the plan from the recorded statuses, no network call. upsert: read each WABA's "
-        "templates and submit only the missing variants. refresh: read statuses back."
+        "templates and submit only the missing variants. refresh: read statuses back. Progress "
+        "per platform goes to stderr."
     )
 
     def add_arguments(self, parser):
@@ -35,8 +36,22 @@ class Command(BaseCommand):
             raise CommandError("no active WhatsApp platform: add one in the admin first")
         if mode == "dry-run":
             items = plan(platforms=platforms, specs=specs)
+            self.stderr.write(f"planned {len(items)} variant(s) on {len(platforms)} platform(s)")
         else:
-            items = sync(mode=mode, platforms=platforms, specs=specs, now=timezone.now())
+            # One platform at a time (each is its own WABA at Meta), with progress on stderr
+            # so --json output stays clean.
+            items = []
+            for number, platform in enumerate(platforms, start=1):
+                self.stderr.write(
+                    f"[{number}/{len(platforms)}] {platform.label}: reading templates from Meta…"
+                )
+                done = sync(mode=mode, platforms=[platform], specs=specs, now=timezone.now())
+                items += done
+                outcome = ", ".join(
+                    f"{sum(1 for i in done if i.action == a)} {a}"
+                    for a in sorted({i.action for i in done})
+                )
+                self.stderr.write(f"[{number}/{len(platforms)}] {platform.label}: {outcome}")
         if json:
             self.stdout.write(_dumps({"mode": mode, "items": [i.as_dict() for i in items]}))
         else:

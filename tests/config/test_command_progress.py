@@ -1,0 +1,62 @@
+"""Long-running commands say how far they are on stderr while --json keeps stdout parseable."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from notifications.models import Delivery
+from tests.notifications.factories import DeliveryFactory
+from tests.production_runs.factories import PlatformFactory, pending_run
+
+pytestmark = pytest.mark.django_db
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def run(*args) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_dispatch_due_sends_in_rounds_and_reports_each(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    DeliveryFactory.create_batch(5, send_at=NOW - timedelta(minutes=1))
+    DeliveryFactory(send_at=NOW + timedelta(hours=1))
+
+    out, err = run("dispatch_due", "--at", NOW.isoformat(), "--round-size", "2", "--json")
+
+    assert json.loads(out)["sent"] == 5
+    assert "5 deliveries due at 2026-11-23 10:00:00" in err
+    assert "… 2 handled of 5 due" in err and "… 4 handled of 5 due" in err
+    assert "… 5 handled of 5 due: 5 sent" in err
+    assert Delivery.objects.filter(status="scheduled").count() == 1
+
+
+def test_dispatch_due_keeps_to_its_limit_across_rounds(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    DeliveryFactory.create_batch(5, send_at=NOW - timedelta(minutes=1))
+    out, _ = run("dispatch_due", "--at", NOW.isoformat(), "--round-size", "2", "--limit", "3")
+    assert "sent=3" in out
+    assert Delivery.objects.filter(status="sent").count() == 3
+
+
+def test_evaluate_triggers_reports_on_stderr():
+    out, err = run("evaluate_triggers", "--at", NOW.isoformat(), "--json")
+    assert json.loads(out)["workflows"] == 0
+    assert "evaluating 0 active trigger workflow(s) at 2026-11-23 10:00" in err
+
+
+def test_discover_reminders_says_how_many_runs_it_classifies():
+    pending_run()
+    _, err = run("discover_reminders", "--at", NOW.isoformat(), "--dry-run", "--json")
+    assert "classifying 1 active run(s)" in err and "… 1 runs inspected of 1" in err
+
+
+def test_manage_whatsapp_templates_reports_on_stderr():
+    PlatformFactory(label="IN")
+    out, err = run("manage_whatsapp_templates", "--json")
+    assert json.loads(out)["mode"] == "dry-run"
+    assert "variant(s) on 1 platform(s)" in err

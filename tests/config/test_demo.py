@@ -1,0 +1,148 @@
+"""The demo world of `manage.py seed_demo` (issue 8): what it holds, that loading it twice
+changes nothing, and that `make run` on an empty database shows the dashboard with it."""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db.models import Count
+from django.test import Client
+from django.utils import timezone
+
+from cadence.models import Persona, Stakeholder
+from kiosks import health
+from kiosks.models import Kiosk, Project
+from notifications.models import (
+    Customer,
+    Delivery,
+    DeliveryEvent,
+    KillSwitch,
+    MessageTemplate,
+    ProposedAction,
+    RecordedMessage,
+    Workflow,
+)
+from notifications.trigger_models import TriggerWorkflow
+from production_runs.discoverer import discover_reminders
+from production_runs.models import Partner, ProductionRun
+
+pytestmark = pytest.mark.django_db
+
+APPS = ("notifications", "cadence", "kiosks", "production_runs")
+
+
+def snapshot() -> dict[str, list]:
+    """Every row of Herald's tables, as values: any change shows."""
+    return {
+        model._meta.label: sorted(
+            (tuple(sorted(row.items())) for row in model.objects.values()), key=repr
+        )
+        for app in APPS
+        for model in apps.get_app_config(app).get_models()
+        if not model._meta.proxy
+    }
+
+
+def test_the_demo_world_holds_what_the_issue_asks_for():
+    call_command("seed_demo", stdout=StringIO(), stderr=StringIO())
+    now = timezone.now()
+
+    customers = Customer.objects.all()
+    assert customers.count() == 200
+    assert customers.values("bid").distinct().count() >= 4
+    assert customers.values("region").distinct().count() >= 5
+
+    personas = {p.name: p.rules() for p in Persona.objects.all()}
+    assert set(personas) == {"Manager", "Executive", "Technician"}
+    assert len({(r.cooldown_hours, r.max_per_day) for r in personas.values()}) == 3
+    assert Stakeholder.objects.count() == 30
+    assert set(Stakeholder.objects.values_list("persona__name", flat=True)) == set(personas)
+
+    assert Project.objects.count() == 5
+    assert Kiosk.objects.count() == 60
+    assert all(p.kiosks.count() == 12 for p in Project.objects.all())
+    unhealthy = [k for k in Kiosk.objects.all() if health.issues_of(k, now=now)]
+    assert 5 <= len(unhealthy) < 60
+
+    assert Partner.objects.count() == 40
+    assert set(Partner.objects.values_list("platform__label", flat=True)) == {"IN", "AU"}
+    assert {"en", "hi"} <= set(Partner.objects.values_list("language", flat=True))
+    assert ProductionRun.objects.count() == 150
+    summary = discover_reminders(now=now, dry_run=True)
+    assert all(count > 0 for count in summary["counts"].values()), summary["counts"]
+
+    assert set(MessageTemplate.objects.values_list("channel", flat=True)) == {
+        "email",
+        "sms",
+        "whatsapp",
+    }
+    assert TriggerWorkflow.objects.filter(is_active=True).count() == 2
+    assert Workflow.objects.filter(type="batch_notify").exists()
+    assert KillSwitch.objects.get(name="high_risk_ops").is_on is False
+
+    # A few past deliveries with their tracking events, on every channel.
+    kinds = set(DeliveryEvent.objects.values_list("kind", flat=True))
+    assert {"sent", "delivered", "opened", "clicked", "bounced", "failed"} <= kinds
+    assert set(Delivery.objects.values_list("channel", flat=True)) == {"email", "sms", "whatsapp"}
+    tracked = Delivery.objects.filter(status__in=["delivered", "opened", "clicked", "bounced"])
+    assert tracked.count() >= 4
+    assert all(d.events.filter(provider_event_id__startswith="demo-").exists() for d in tracked)
+
+    # Batches waiting for a person: one at its HITL gate, one in per-recipient review.
+    pending = dict(
+        ProposedAction.objects.filter(status="pending")
+        .values_list("action_type")
+        .annotate(n=Count("id"))
+    )
+    assert pending["workflow_batch_notify"] == 1 and pending["hitl_review"] > 0
+    assert not RecordedMessage.objects.exists()  # history is recorded, nothing is sent
+
+
+@pytest.mark.parametrize("later", [timedelta(0), timedelta(hours=5)])
+def test_seeding_twice_changes_nothing(later):
+    at = timezone.now().replace(microsecond=0)
+    call_command("seed_demo", "--at", at.isoformat(), stdout=StringIO(), stderr=StringIO())
+    first = snapshot()
+    out = StringIO()
+    again = (at + later).isoformat()
+    call_command("seed_demo", "--at", again, stdout=out, stderr=StringIO())
+    assert snapshot() == first
+    assert "demo data ready (0 rows added)" in out.getvalue()
+
+
+def test_seed_demo_reports_progress_on_stderr_and_counts_on_stdout():
+    out, err = StringIO(), StringIO()
+    call_command("seed_demo", stdout=out, stderr=err)
+    assert "[1/5]" in err.getvalue() and "[5/5] done in" in err.getvalue()
+    assert "   200  customers across bids and regions" in out.getvalue()
+
+
+def test_make_run_on_an_empty_database_shows_the_dashboard_with_demo_data(settings):
+    """What `make run` does after migrating: seed_demo --if-empty, ensure_dev_superuser,
+    then staff open /admin/."""
+    settings.DEBUG = True  # ensure_dev_superuser is for development only
+    call_command("seed_demo", "--if-empty", stdout=StringIO(), stderr=StringIO())
+    call_command("ensure_dev_superuser", stdout=StringIO())
+    client = Client()
+    assert client.login(username="admin", password="admin")
+
+    page = client.get("/admin/").content.decode()
+
+    now = timezone.now()
+    kiosks = Kiosk.objects.count()
+    offline = Kiosk.objects.filter(health.offline_filter(now)).count()
+    assert f"{kiosks} kiosks: <strong>{offline}</strong> offline" in page
+    week_start = (now - timedelta(days=6)).replace(hour=0, minute=0, second=0, microsecond=0)
+    week = Delivery.objects.filter(created_at__gte=week_start).count()
+    assert week > 0 and f"Deliveries, last 7 days ({week})" in page
+    assert "high_risk_ops</a>: off" in " ".join(page.split())
+    assert "hitl_review" in page and "<svg" in page
+
+    # A second `make run` leaves the data alone.
+    out = StringIO()
+    call_command("seed_demo", "--if-empty", stdout=out, stderr=StringIO())
+    assert "demo data not loaded" in out.getvalue()
+    assert get_user_model().objects.count() == 1
