@@ -613,7 +613,10 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
         items = plan(platforms=list(queryset), specs=selected_specs())
         return self._report(request, items, "WhatsApp templates — plan (dry run)")
 
-    @admin.action(description="Submit missing templates to Meta (upsert)")
+    def has_submit_permission(self, request) -> bool:
+        return request.user.has_perm("production_runs.submit_whatsapp_templates")
+
+    @admin.action(description="Submit missing templates to Meta (upsert)", permissions=["submit"])
     def upsert_templates(self, request, queryset):
         platforms = list(queryset)
         if not confirmed(request):
@@ -636,7 +639,7 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
         items = sync(mode="upsert", platforms=platforms, specs=selected_specs(), now=timezone.now())
         return self._report(request, items, "WhatsApp templates — upsert result")
 
-    @admin.action(description="Refresh template statuses from Meta")
+    @admin.action(description="Refresh template statuses from Meta", permissions=["submit"])
     def refresh_statuses(self, request, queryset):
         items = sync(
             mode="refresh", platforms=list(queryset), specs=selected_specs(), now=timezone.now()

@@ -63,6 +63,9 @@ class WhatsAppPlatform(models.Model):
     class Meta:
         ordering = ["label"]
         verbose_name = "WhatsApp platform"
+        permissions = [
+            ("submit_whatsapp_templates", "Can submit WhatsApp templates to Meta and refresh them")
+        ]
 
     def __str__(self):
         return f"{self.label} (WABA {self.waba_id})"

@@ -175,3 +175,28 @@ def test_the_resume_endpoint_answers_403_without_the_permission(run_waiting):
 def _staff_with_resume():
     User.objects.filter(username="clerk").delete()
     return _staff("resume_batch")
+
+
+def test_template_upsert_needs_its_permission(db):
+    import responses
+
+    from tests.production_runs.factories import PlatformFactory
+
+    platform = PlatformFactory(label="IN")
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_whatsappplatform", "change_whatsappplatform"])
+    )
+    client = Client()
+    client.force_login(user)
+    url = reverse("admin:production_runs_whatsappplatform_changelist")
+    with responses.RequestsMock() as graph:  # any call to Meta would fail the test
+        response = client.post(
+            url, {"action": "upsert_templates", "_selected_action": [platform.id], "post": "yes"}
+        )
+        assert len(graph.calls) == 0
+    assert response.status_code in (200, 302)
+    assert "upsert_templates" not in client.get(url).content.decode()
+    user.user_permissions.add(Permission.objects.get(codename="submit_whatsapp_templates"))
+    client.force_login(User.objects.get(id=user.id))
+    assert "upsert_templates" in client.get(url).content.decode()
