@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run install migrate test ci lint format services-up services-down test-services clean
+.PHONY: run install migrate test ci lint format services-up services-down test-services clean bench bench-postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -47,6 +47,24 @@ test-services: install
 	$(BIN)/pytest -q -m "postgres or redis or browser"
 
 ci: lint test test-services
+
+# Benchmarks (issue 10): the seven workloads against their baselines, side by side, on a
+# throw-away SQLite file; prints the figures and writes bench/results.json. The bench extra
+# (django-post-office, the baseline of workloads 1 and 2) is installed here only.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+# The same on a throw-away PostgreSQL, with Redis for workload 3's Celery workers.
+bench-postgres: $(BENCH_STAMP)
+	.ci/services.sh install
+	@set -e; eval "$$(.ci/services.sh start)"; \
+	trap '.ci/services.sh stop' EXIT; \
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) var test-artifacts

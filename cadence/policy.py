@@ -185,6 +185,68 @@ def decide(
     return Decision(False, first.rule, at.astimezone(now.tzinfo), first.detail)
 
 
+@dataclass(frozen=True)
+class Periods:
+    """The local day, week (from Monday) and month of a moment, each as [start, end)."""
+
+    day: tuple[datetime, datetime]
+    week: tuple[datetime, datetime]
+    month: tuple[datetime, datetime]
+
+
+def periods(at: datetime, tz: ZoneInfo) -> Periods | None:
+    """The calendar periods the caps count in, or None when a boundary is not the first
+    instant of its local date (a zone whose clocks jump at midnight): counting by instants
+    would then differ from counting by dates, and the caller must use `decide`."""
+    day = at.astimezone(tz).date()
+    week = _week_start(day)
+    month = day.replace(day=1)
+    local = [
+        (day, day + timedelta(days=1)),
+        (week, week + timedelta(days=7)),
+        (month, _next_month(day)),
+    ]
+    for start, end in local:
+        for date_ in (start, end):
+            instant = _midnight(date_, tz)
+            before = (instant - timedelta(microseconds=1)).astimezone(tz).date()
+            if instant.astimezone(tz).date() != date_ or before >= date_:
+                return None
+    day_span, week_span, month_span = (
+        (_midnight(start, tz), _midnight(end, tz)) for start, end in local
+    )
+    return Periods(day_span, week_span, month_span)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the rules look at around one moment of a person's time line: the messages
+    within the cooldown on either side of it, and those in its local day (all, and of the
+    type asked about), week and month (`periods`)."""
+
+    near: int = 0
+    day: int = 0
+    type_day: int = 0
+    week: int = 0
+    month: int = 0
+
+
+def allowed_by_counts(rules: Rules, counts: Counts, message_type: str) -> bool:
+    """`decide(...).allowed` from counts alone (taken around the moment asked about, for
+    `message_type`, with this person's cooldown): a database can count, so an audience is
+    screened without loading its time lines; only the people held need `decide` for the
+    rule and the time it passes."""
+    if rules.cooldown_hours > 0 and counts.near:
+        return False
+    caps = (
+        (rules.type_limits.get(message_type, 0), counts.type_day),
+        (rules.max_per_day, counts.day),
+        (rules.max_per_week, counts.week),
+        (rules.max_per_month, counts.month),
+    )
+    return not any(cap and count >= cap for cap, count in caps)
+
+
 def replay(
     rules: Rules, tz: ZoneInfo, *, prior: Iterable[Sent], sends: Iterable[Sent]
 ) -> list[tuple[Sent, Decision]]:

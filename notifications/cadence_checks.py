@@ -20,12 +20,23 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from django.db.models import DateTimeField
+from django.db.models import Count, DateTimeField, Q
 from django.db.models.functions import Coalesce
 
-from cadence.models import TYPE_LIMIT_FIELDS, Persona, Stakeholder
-from cadence.policy import HISTORY_WINDOW, Decision, Rules, Sent, decide, replay
+from cadence.models import CADENCE_FIELDS, TYPE_LIMIT_FIELDS, Persona, Stakeholder
+from cadence.policy import (
+    HISTORY_WINDOW,
+    Counts,
+    Decision,
+    Rules,
+    Sent,
+    allowed_by_counts,
+    decide,
+    periods,
+    replay,
+)
 from notifications.dispatch import SendDecision, register_send_time_check
 from notifications.models import Delivery, Notification
 
@@ -66,13 +77,19 @@ def stakeholder_id(recipient_key: str) -> int | None:
 
 
 def stakeholder_histories(
-    stakeholder_ids: Iterable[int], *, now: datetime, exclude_ids: Iterable[int] = ()
+    stakeholder_ids: Iterable[int],
+    *,
+    now: datetime,
+    exclude_ids: Iterable[int] = (),
+    channels: Iterable[str] | None = None,
+    since: datetime | None = None,
 ) -> dict[tuple[int, str], list[Sent]]:
     """{(stakeholder id, channel): messages} from one query over the outbox: everything
     counted from a month back on, later schedules included.
 
     A message's time is when it was sent, else when it is due. A fallback delivery counts
     with its original's message type (the engine's fallback copy does not carry it).
+    `channels` and `since` (a message time) narrow it for callers that need less.
     """
     keys = [stakeholder_key(i) for i in stakeholder_ids]
     if not keys:
@@ -83,11 +100,13 @@ def stakeholder_histories(
             status__in=COUNTING_STATUSES,
             send_at__gte=now - HISTORY_WINDOW,
         )
+        .filter(**({} if channels is None else {"channel__in": list(channels)}))
         .exclude(pk__in=list(exclude_ids))
         .annotate(
             at=Coalesce("sent_at", "send_at", output_field=DateTimeField()),
             kind=Coalesce("fallback_of__message_type", "message_type"),
         )
+        .filter(**({} if since is None else {"at__gte": since}))
         .values_list("recipient_key", "channel", "at", "kind")
     )
     histories: dict[tuple[int, str], list[Sent]] = defaultdict(list)
@@ -333,3 +352,121 @@ def cadence_what_if(*, persona: Persona, rules: Rules, now: datetime) -> WhatIf:
             result.held += [(channel, s, d) for s, d in verdicts if not d.allowed]
         replays.append(result)
     return WhatIf(persona, rules, since, now, replays)
+
+
+def cadence_decisions(
+    stakeholders: Iterable[Stakeholder], *, channel: str, message_type: str, now: datetime
+) -> dict[int, Decision]:
+    """Layer 2 for a whole audience: {stakeholder id: may one more message of `message_type`
+    go on `channel` at `now`, and if not, which rule holds it and until when}.
+
+    The counts the rules look at come from one grouped query per time zone and cooldown
+    (the database counts; nobody's messages are loaded). Only the people a rule holds get
+    their time line (one more query) and `decide`, which finds when they may be told. The
+    answers are those of `decide` over `stakeholder_histories`, person by person."""
+    people = list(stakeholders)
+    rules = _rules_of(people)
+    counts = _counts(people, rules, channel=channel, message_type=message_type, now=now)
+    decisions: dict[int, Decision] = {}
+    held = []
+    for person in people:
+        found = counts.get(person.pk)  # None: a zone with irregular midnights
+        if found is not None and allowed_by_counts(rules[person.pk], found, message_type):
+            decisions[person.pk] = Decision(True, None, now)
+        else:
+            held.append(person)
+    if held:
+        # decide() at `now` or later only looks at messages from the start of the current
+        # week or month (or one cooldown back), whichever is earliest: older ones are not
+        # loaded.
+        since = min(
+            min(now - timedelta(hours=rules[p.pk].cooldown_hours) for p in held),
+            *(_period_starts(now, zone) for zone in {p.time_zone for p in held}),
+        )
+        histories = stakeholder_histories(
+            [p.pk for p in held], now=now, channels=[channel], since=since
+        )
+        for person in held:
+            history = histories.get((person.pk, channel), [])
+            decisions[person.pk] = decide(rules[person.pk], history, message_type, now, person.tz)
+    return decisions
+
+
+def _period_starts(now: datetime, zone: str) -> datetime:
+    local = now.astimezone(ZoneInfo(zone))
+    week = (local - timedelta(days=local.weekday())).date()
+    first = min(week, local.date().replace(day=1))
+    # A day's margin: the caller only needs a lower bound.
+    return datetime(first.year, first.month, first.day, tzinfo=ZoneInfo(zone)) - timedelta(days=1)
+
+
+def _rules_of(people) -> dict[int, Rules]:
+    """Each person's effective rules, worked out once per persona and set of overrides."""
+    shared: dict[tuple, Rules] = {}
+    rules = {}
+    for person in people:
+        key = (person.persona_id, *(getattr(person, f) for f in CADENCE_FIELDS))
+        if key not in shared:
+            shared[key] = person.rules()
+        rules[person.pk] = shared[key]
+    return rules
+
+
+_COUNT_CHUNK = 5000  # keys per query: well under SQLite's 32,766 parameters
+
+
+def _counts(
+    people, rules: dict[int, Rules], *, channel: str, message_type: str, now: datetime
+) -> dict[int, Counts]:
+    """{stakeholder id: Counts around `now`}, for the people whose time zone has regular
+    midnights (the others are left out: the caller decides them from their time line)."""
+    groups = defaultdict(list)
+    for person in people:
+        groups[(person.time_zone, rules[person.pk].cooldown_hours)].append(person.pk)
+    at = Coalesce("sent_at", "send_at", output_field=DateTimeField())
+    found: dict[int, Counts] = {}
+    for (zone, hours), ids in groups.items():
+        bounds = periods(now, ZoneInfo(zone))
+        if bounds is None:
+            continue
+        cooldown = timedelta(hours=hours) if hours > 0 else timedelta(0)
+        for start in range(0, len(ids), _COUNT_CHUNK):
+            chunk = ids[start : start + _COUNT_CHUNK]
+            found.update(dict.fromkeys(chunk, Counts()))
+            rows = (
+                Delivery.objects.filter(
+                    recipient_key__in=[stakeholder_key(i) for i in chunk],
+                    channel=channel,
+                    status__in=COUNTING_STATUSES,
+                    send_at__gte=now - HISTORY_WINDOW,
+                )
+                .annotate(at=at)
+                .values("recipient_key")
+                .annotate(
+                    # |at - now| < cooldown, as decide() has it
+                    near=_within((now - cooldown, now + cooldown), open_start=True),
+                    day=_within(bounds.day),
+                    # A fallback copy counts with its original's type: rather than join
+                    # every row to its original, a person with one today is left to
+                    # `decide` (rare, and the join made the whole count a third slower).
+                    type_day=_within(bounds.day, message_type=message_type, fallback_of=None),
+                    fallbacks_today=_within(bounds.day, fallback_of__isnull=False),
+                    week=_within(bounds.week),
+                    month=_within(bounds.month),
+                )
+                .order_by()
+                .values_list(
+                    "recipient_key", "near", "day", "type_day", "week", "month", "fallbacks_today"
+                )
+            )
+            for key, near, day, type_day, week, month, fallbacks in rows:
+                if fallbacks:
+                    del found[stakeholder_id(key)]
+                else:
+                    found[stakeholder_id(key)] = Counts(near, day, type_day, week, month)
+    return found
+
+
+def _within(bounds: tuple[datetime, datetime], *, open_start: bool = False, **extra) -> Count:
+    start = {"at__gt" if open_start else "at__gte": bounds[0]}
+    return Count("pk", filter=Q(**start, at__lt=bounds[1], **extra))

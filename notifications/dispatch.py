@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import F, Q
 from django.utils.module_loading import import_string
 
 from notifications import breakers, pacing, tracking
@@ -29,6 +29,7 @@ from notifications.channels import ChannelError, OutgoingMessage, get_channel
 from notifications.events import record_event
 from notifications.killswitches import active_switches, frozen_filter
 from notifications.models import Channel, Delivery, DeliveryEvent
+from notifications.outbox import ValuesByKey
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
@@ -175,41 +176,52 @@ def claim_due(
     if channel:
         due = due.filter(channel=channel)
     with transaction.atomic():
-        ids = list(
-            due.order_by("send_at", "id")
-            .select_for_update(skip_locked=True, of=("self",))
-            .values_list("id", flat=True)[:limit]
+        # The rows themselves, read once while locked (FOR UPDATE SKIP LOCKED on
+        # PostgreSQL; SQLite's write transaction holds the whole database): reading the ids,
+        # updating, then reading the rows again cost a second pass over wide rows.
+        rows = list(
+            due.order_by("send_at", "id").select_for_update(skip_locked=True, of=("self",))[:limit]
         )
-        if not ids:
+        if not rows:
             return []
-        Delivery.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
+        ids = [row.id for row in rows]
+        claimed = Delivery.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
             status=Status.SENDING,
             claim_token=token,
             claimed_at=now,
             attempts=F("attempts") + 1,
             updated_at=now,
         )
-    return list(Delivery.objects.filter(claim_token=token, status=Status.SENDING).order_by("id"))
+    if claimed != len(rows):  # a database without row locks let someone take some of them
+        return list(Delivery.objects.filter(id__in=ids, claim_token=token, status=Status.SENDING))
+    for row in rows:  # what the update wrote
+        row.status, row.claim_token, row.claimed_at = Status.SENDING, token, now
+        row.attempts += 1
+        row.updated_at = now
+    return rows
 
 
 def release(
     deliveries: list[Delivery], *, now: datetime, reason: str, send_at=None, paced_until=None
 ) -> int:
-    """Put claimed deliveries back, unsent, as if never claimed."""
+    """Put claimed deliveries back, unsent, as if never claimed (one UPDATE per claim and
+    due time, not one per delivery)."""
+    groups = defaultdict(list)
+    for delivery in deliveries:
+        groups[(delivery.claim_token, send_at or delivery.send_at)].append(delivery.id)
+    fields = {} if paced_until is None else {"paced_until": paced_until}
     count = 0
     with transaction.atomic():
-        for delivery in deliveries:
-            fields = {"send_at": send_at or delivery.send_at}
-            if paced_until is not None:
-                fields["paced_until"] = paced_until
+        for (token, due), ids in groups.items():
             count += Delivery.objects.filter(
-                id=delivery.id, claim_token=delivery.claim_token, status=Status.SENDING
+                id__in=ids, claim_token=token, status=Status.SENDING
             ).update(
                 status=Status.SCHEDULED,
                 status_reason=reason[:300],
                 claim_token=None,
                 attempts=F("attempts") - 1,
                 updated_at=now,
+                send_at=due,
                 **fields,
             )
     return count
@@ -300,14 +312,12 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
             id__in=list(by_id), status__in=[Status.SENDING, Status.UNKNOWN]
         ).update(
             status=Status.SENT,
-            status_reason=Case(
-                *[When(id=i, then=Value(f"accepted by {h.provider}")) for i, h in by_id.items()]
+            status_reason=_per_row(by_id, "status_reason", lambda h: f"accepted by {h.provider}"),
+            provider=_per_row(by_id, "provider", lambda h: h.provider),
+            provider_message_id=_per_row(
+                by_id, "provider_message_id", lambda h: h.provider_message_id
             ),
-            provider=Case(*[When(id=i, then=Value(h.provider)) for i, h in by_id.items()]),
-            provider_message_id=Case(
-                *[When(id=i, then=Value(h.provider_message_id)) for i, h in by_id.items()]
-            ),
-            sent_at=Case(*[When(id=i, then=Value(h.at)) for i, h in by_id.items()]),
+            sent_at=_per_row(by_id, "sent_at", lambda h: h.at),
             last_error="",
             updated_at=now,
         )
@@ -322,6 +332,16 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
     for handover in handovers:
         handover.delivery.provider_message_id = handover.provider_message_id
     tracking.match_unmatched_many([h.delivery for h in handovers], now=now)
+
+
+def _per_row(by_id: dict[int, Handover], field: str, value):
+    """The value of `field` for each written row: one value when they all share it (one
+    provider per channel), else a CASE over the ids."""
+    values = {i: value(h) for i, h in by_id.items()}
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return ValuesByKey("id", values, Delivery._meta.get_field(field))
 
 
 def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -> str:
@@ -462,7 +482,8 @@ def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -
 # of that delivery's workflow run (the batch circuit breaker). Failures are told at once; a
 # success only when its run failed earlier in this round (to reset a consecutive count).
 _outcome_listeners: list = []
-# Told after each bulk write of successes: listener(workflow_run_ids, now).
+# Told at the end of each dispatch round of the runs whose successes were written:
+# listener(workflow_run_ids, now).
 _sent_listeners: list = []
 
 
@@ -485,11 +506,14 @@ def _tell_listeners(delivery: Delivery, outcome: str, now: datetime) -> bool:
 
 class _SentBuffer:
     """Successes waiting for their bulk write (at most `size`, and always before anything
-    else reads or changes their rows)."""
+    else reads or changes their rows). The runs written are collected in `runs`: sent
+    listeners hear of them once, at the end of the round (asking after every write whether
+    a run had anything left made a long drain quadratic)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, runs: set[int]):
         self.size = size
         self.handovers: list[Handover] = []
+        self.runs = runs
 
     def add(self, handover: Handover, *, now: datetime) -> None:
         self.handovers.append(handover)
@@ -501,29 +525,61 @@ class _SentBuffer:
             return
         handovers, self.handovers = self.handovers, []
         record_sent(handovers, now=now)
-        runs = {h.delivery.workflow_run_id for h in handovers} - {None}
+        self.runs.update(h.delivery.workflow_run_id for h in handovers)
+        self.runs.discard(None)
+
+
+def _tell_sent_listeners(runs: set[int], now: datetime) -> None:
+    if runs:
         for listener in _sent_listeners:
-            listener(runs, now)
+            listener(set(runs), now)
+        runs.clear()
 
 
 def _sender_key(delivery: Delivery) -> str:
     return delivery.sender or pacing.sender_key(delivery.channel, delivery.payload)
 
 
-def _schedule_slots(claimed: list[Delivery], *, now: datetime) -> list[tuple[datetime, Delivery]]:
-    """The handover time of each claimed delivery under its sender's pace (earliest first).
-    A delivery put back earlier keeps the slot it already holds."""
+def _schedule_slots(
+    claimed: list[Delivery], *, now: datetime, senders: dict, paced_round: set[str]
+) -> tuple[list[tuple[datetime, Delivery]], list[tuple[Delivery, datetime]]]:
+    """The handover time of each claimed delivery under its sender's pace (earliest first),
+    and the overdue ones that wait for a later round (with the time they wait until).
+
+    A fresh delivery gets the sender's next free slot. A delivery put back earlier keeps its
+    place in the sender's queue; once its slot has passed it goes in a burst of at most one
+    second's worth of the rate (at least one), bursts one second (or one interval, if
+    longer) apart within the horizon, and only if the sender handed nothing over earlier in
+    this round; the sender's new slots start after its last burst. Handing every overdue
+    delivery over at once (as before) burst past the rate whenever the dispatcher came
+    late."""
     needing = defaultdict(list)
-    slotted = []
+    late = defaultdict(list)
     for delivery in claimed:
         if delivery.paced_until and delivery.paced_until <= now:
-            slotted.append((now, delivery))
+            late[_sender_key(delivery)].append(delivery)
         else:
             needing[_sender_key(delivery)].append(delivery)
+    horizon = now + timedelta(seconds=settings.PACING_HORIZON_SECONDS)
+    slotted, waiting = [], []
+    resume: dict[str, datetime] = {}
+    for key, group in late.items():
+        sender = senders[key]
+        period = max(timedelta(seconds=1), pacing.interval(sender))
+        size = max(1, int(sender.rate_per_second * period.total_seconds()))
+        group.sort(key=lambda d: (d.paced_until, d.id))
+        at = now + period if key in paced_round else now
+        while group and at <= horizon:
+            slotted.extend((at, delivery) for delivery in group[:size])
+            group = group[size:]
+            paced_round.add(key)
+            at += period
+        waiting.extend((delivery, at) for delivery in group)
+        resume[key] = at
     for key, group in needing.items():
-        slots, _ = pacing.reserve_slots(key=key, count=len(group), now=now)
+        slots, _ = pacing.reserve_slots(key=key, count=len(group), now=resume.get(key, now))
         slotted.extend(zip(slots, group, strict=True))
-    return sorted(slotted, key=lambda pair: (pair[0], pair[1].id))
+    return sorted(slotted, key=lambda pair: (pair[0], pair[1].id)), waiting
 
 
 def _expire_in_queue(delivery: Delivery, *, slot: datetime, now: datetime) -> None:
@@ -566,22 +622,36 @@ def _send_batch(
     gate: str,
     channels: dict,
     report: DispatchReport,
+    paced_round: set[str],
+    sent_runs: set[int],
 ) -> bool:
-    """Send one claimed batch of one channel; returns False when the breaker opened."""
+    """Send one claimed batch of one channel; returns False when the breaker opened.
+    `paced_round` holds the senders that handed something over earlier in this round;
+    `sent_runs` collects the runs whose successes were written."""
     now = clock.now()
     claimed = _skip_suppressed(claimed, now=now, report=report)
     claimed = _apply_send_time_checks(claimed, now=now, report=report)
     keys = {_sender_key(d) for d in claimed}
     pacing.ensure_senders(keys)
     senders = {s.key: s for s in pacing.Sender.objects.filter(key__in=keys)}
-    slotted = _schedule_slots(claimed, now=now)
+    slotted, waiting = _schedule_slots(claimed, now=now, senders=senders, paced_round=paced_round)
+    behind = defaultdict(list)
+    for delivery, until in waiting:
+        behind[(_sender_key(delivery), until)].append(delivery)
+    for (key, until), group in behind.items():
+        sender = senders[key]
+        reason = (
+            f"paced: {sender.key} sends at most {sender.rate_per_second:g}/s and is behind "
+            f"its schedule; next round at {until:%H:%M:%S}"
+        )
+        report.add("deferred", release(group, now=now, reason=reason, send_at=until))
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
     halted_runs: set[int] = set()
     failing_runs: set[int] = set()
     # Only touch the breaker row on success when there is a failure count to clear.
     breaker_dirty = gate == "trial" or breakers.has_failures(breaker)
-    sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH)
+    sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH, sent_runs)
     for index, (slot, delivery) in enumerate(slotted):
         sender = senders[_sender_key(delivery)]
         if delivery.workflow_run_id in halted_runs:
@@ -610,6 +680,7 @@ def _send_batch(
             return True
         clock.sleep_until(slot)
         handed_at = clock.now()
+        paced_round.add(sender.key)
         outcome, result = send_claimed(
             delivery, now=handed_at, channels=channels, max_queue_hours=sender.max_queue_hours
         )
@@ -657,6 +728,8 @@ def dispatch_due(
         report.frozen = _due(now=now, frozen=None).filter(frozen).count()
     handled = 0
     channels: dict = {}
+    paced_round: set[str] = set()
+    sent_runs: set[int] = set()
     for channel in Channel.values:
         breaker = breakers.breaker_key(channel, provider_of(channel))
         gate = breakers.gate(breaker, now=now)
@@ -675,9 +748,12 @@ def dispatch_due(
                 gate=gate,
                 channels=channels,
                 report=report,
+                paced_round=paced_round,
+                sent_runs=sent_runs,
             )
             if not closed or gate == "trial" or len(claimed) < size:
                 break
+        _tell_sent_listeners(sent_runs, clock.now())
     return report
 
 

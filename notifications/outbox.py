@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Expression, F, Field
 
 from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
 from notifications.templating import compile_template
-from notifications.unsubscribe import unsubscribe_headers, unsubscribe_url
+from notifications.unsubscribe import unsubscribe_headers
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +72,22 @@ def stage_deliveries(
     if notification.template.whatsapp_template:
         base_payload.setdefault("template", notification.template.whatsapp_template)
     rows = []
+    workflow_run = notification.workflow_run
     for recipient in recipients:
         context = {**notification.context, **recipient.context}
         channel = recipient.channel or compiled.channel
         row_payload = dict(base_payload)
         layout = {}
         if channel == Channel.EMAIL and unsubscribe:
-            layout["unsubscribe_url"] = unsubscribe_url(recipient.address)
-            row_payload["headers"] = {
-                **row_payload.get("headers", {}),
-                **unsubscribe_headers(recipient.address),
-            }
-        rendered = compiled.render(context, layout_context=layout)
+            headers = unsubscribe_headers(recipient.address)
+            # List-Unsubscribe is "<url>" (RFC 2369): the footer links the same signed URL,
+            # so it is signed once per recipient, not twice.
+            layout["unsubscribe_url"] = headers["List-Unsubscribe"][1:-1]
+            row_payload["headers"] = {**row_payload.get("headers", {}), **headers}
         if recipient.approved_text is not None:
             rendered = compiled.wrap(*recipient.approved_text, layout_context=layout)
+        else:
+            rendered = compiled.render(context, layout_context=layout)
         if "template" in row_payload:
             row_payload.setdefault(
                 "parameters", [str(context.get(v, "")) for v in compiled.variables]
@@ -92,7 +95,7 @@ def stage_deliveries(
         rows.append(
             Delivery(
                 notification=notification,
-                workflow_run=notification.workflow_run,
+                workflow_run=workflow_run,
                 recipient_key=recipient.key,
                 channel=channel,
                 message_type=notification.message_type,
@@ -138,3 +141,34 @@ def kick_dispatch() -> None:
         dispatch_due_task.delay()
     except Exception as error:  # the broker is down; the beat sweep will find the rows
         logger.warning("could not kick the dispatcher (%s); the sweep will send", error)
+
+
+class ValuesByKey(Expression):
+    """One value per row in a single UPDATE: `CASE <key> WHEN %s THEN %s ... END`.
+
+    Django's Case(When(pk=..., then=...)) resolves every When like a filter, about 50 µs
+    per row and column (most of a 10,000-message drain went there); written out, the same
+    SQL costs microseconds. Rows the update reaches outside `values` would get NULL, so
+    filter the update on the same keys."""
+
+    def __init__(self, key: str, values: Mapping, output_field: Field):
+        super().__init__(output_field=output_field)
+        self.key = key
+        self.values = values
+
+    def resolve_expression(
+        self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False
+    ):
+        resolved = self.copy()
+        resolved.column = F(self.key).resolve_expression(query, allow_joins, reuse, summarize)
+        return resolved
+
+    def as_sql(self, compiler, connection):
+        column, params = compiler.compile(self.column)
+        key_field, field = self.column.output_field, self.output_field
+        params = list(params)
+        for key, value in self.values.items():
+            params.append(key_field.get_db_prep_value(key, connection))
+            params.append(field.get_db_prep_save(value, connection))
+        whens = " ".join(["WHEN %s THEN %s"] * len(self.values))
+        return f"CASE {column} {whens} END", params

@@ -47,15 +47,20 @@ def ensure_senders(keys: set[str]) -> None:
     )
 
 
+def interval(sender: Sender) -> timedelta:
+    """The least time between two handovers of one sender: 1/rate, rounded up to the
+    microsecond so that `rate` of them never fit inside one second."""
+    return timedelta(microseconds=math.ceil(1_000_000 / sender.rate_per_second))
+
+
 def reserve_slots(*, key: str, count: int, now: datetime) -> tuple[list[datetime], Sender]:
     """Reserve `count` consecutive sending slots for one sender (earliest first)."""
     with transaction.atomic():
         sender = Sender.objects.select_for_update().get(key=key)
-        # Rounded up to the microsecond, so `rate` slots never fit inside one second.
-        interval = timedelta(microseconds=math.ceil(1_000_000 / sender.rate_per_second))
+        step = interval(sender)
         start = max(t for t in (now, sender.next_slot_at, sender.paused_until) if t is not None)
-        slots = [start + interval * i for i in range(count)]
-        sender.next_slot_at = start + interval * count
+        slots = [start + step * i for i in range(count)]
+        sender.next_slot_at = start + step * count
         sender.save(update_fields=["next_slot_at"])
     return slots, sender
 

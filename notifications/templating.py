@@ -6,14 +6,17 @@ settings. Email bodies are placed into the layout in templates/emails/ (header a
 components), sent as HTML with the plain text as the alternative.
 """
 
+import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cached_property
 
-from django.template import Engine, Template, TemplateSyntaxError, loader
+from django.template import Context, Engine, Template, TemplateSyntaxError, loader
 from django.template import defaulttags as tags
 from django.template.base import FilterExpression, Node, NodeList, TextNode, Variable, VariableNode
+from django.template.loader_tags import IncludeNode
 from django.template.smartif import TokenBase
 
 # Engine for message templates: no loaders (so {% include %} finds nothing), no autoescape
@@ -138,38 +141,64 @@ def check_source(field: str, source: str, declared: set[str]) -> Template:
 
 @dataclass(frozen=True)
 class CompiledTemplate:
-    """A template compiled once, rendered for many recipients."""
+    """A template compiled once, rendered for many recipients (the email layout too: it is
+    loaded once per compiled template, its components inlined)."""
 
     channel: str
     variables: tuple[str, ...]
     subject: Template
     body: Template
 
-    def render(self, context: Mapping, *, layout_context: Mapping | None = None) -> Rendered:
-        from django.template import Context
-
+    def render_text(self, context: Mapping) -> tuple[str, str]:
+        """The subject (on one line) and the plain-text body, without the email layout."""
         data = Context(
             {name: plain(context.get(name, "")) for name in self.variables}, autoescape=False
         )
-        return self.wrap(
-            self.subject.render(data), self.body.render(data), layout_context=layout_context
-        )
+        return _one_line(self.subject.render(data)), self.body.render(data).strip()
+
+    def render(self, context: Mapping, *, layout_context: Mapping | None = None) -> Rendered:
+        return self.wrap(*self.render_text(context), layout_context=layout_context)
 
     def wrap(self, subject: str, body: str, *, layout_context: Mapping | None = None) -> Rendered:
         """Finish rendered text: one-line subject, trimmed body, and for email the HTML
         layout around it."""
-        subject = " ".join(subject.split())  # one line, as a header must be
+        subject = _one_line(subject)  # as a header must be
         body = body.strip()
         html_body = ""
         if self.channel == "email":
-            html_body = _layout().render(
-                {"subject": subject, "body": body, **(layout_context or {})}
+            layout = self._layout
+            html_body = layout.render(
+                Context(
+                    {"subject": subject, "body": body, **(layout_context or {})},
+                    autoescape=layout.engine.autoescape,
+                )
             )
         return Rendered(subject=subject, body=body, html_body=html_body)
 
+    @cached_property
+    def _layout(self) -> Template:
+        return _inline_includes(loader.get_template(EMAIL_LAYOUT).template)
 
-def _layout():
-    return loader.get_template(EMAIL_LAYOUT)
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _inline_includes(template: Template) -> Template:
+    """The same template with each top-level {% include "constant name" %} (no `with`, no
+    `only`) replaced by the included template's nodes: it renders the same text without
+    looking the components up again for every recipient."""
+    nodes = NodeList()
+    for node in template.nodelist:
+        constant = isinstance(node, IncludeNode) and isinstance(node.template.var, str)
+        if constant and not node.extra_context and not node.isolated_context:
+            included = _inline_includes(template.engine.get_template(node.template.var))
+            nodes.extend(included.nodelist)
+        else:
+            nodes.append(node)
+    inlined = copy.copy(template)
+    inlined.nodelist = nodes
+    return inlined
 
 
 def compile_template(template) -> CompiledTemplate:

@@ -345,6 +345,8 @@ def _evaluate_workflow(workflow, found, stakeholders, timeline, now, report) -> 
     events = {e.event: e for e in workflow.trigger_events.all()}
     planned, audiences = [], {}
     base = _base_audience(workflow, stakeholders)
+    # Contexts with the same issues and audience share their cooldown: worked out once.
+    cooldowns: dict[tuple, timedelta] = {}
     for name, event in events.items():
         for context in found.get(name, ()):
             if not event.watches(context.issues):
@@ -354,7 +356,10 @@ def _evaluate_workflow(workflow, found, stakeholders, timeline, now, report) -> 
                 report.contexts_without_audience += 1
                 continue
             audiences[context.context_key] = audience
-            planned.append((context, layer1_cooldown(setup, event, context, audience)))
+            key = (name, context.issues, tuple(s.pk for s in audience))
+            if key not in cooldowns:
+                cooldowns[key] = layer1_cooldown(setup, event, context, audience)
+            planned.append((context, cooldowns[key]))
     fired = claim_contexts(key=workflow_key(workflow), planned=planned, now=now)
     report.contexts_skipped_cooldown += len(planned) - len(fired)
     report.contexts_fired += len(fired)

@@ -203,30 +203,36 @@ def _remember(
 
 # --- reading ------------------------------------------------------------------------------
 
-READ_FIELDS = (
-    "id",
-    "partner_id",
-    "design_id",
-    "status",
-    "created_at",
-    "accepted_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "produced_quantity",
-    "quantity",
-)
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """What the discoverer reads of a run: the fields `stall` needs and the ids its events
+    carry (a model instance per run cost more than the classification itself)."""
+
+    id: int
+    partner_id: int | None
+    design_id: int | None
+    status: str
+    created_at: datetime
+    accepted_at: datetime | None
+    started_at: datetime | None
+    last_progress_at: datetime | None
 
 
-def active_runs(*, chunk_size: int) -> Iterator[list[ProductionRun]]:
+READ_FIELDS = tuple(RunRow.__dataclass_fields__)
+
+
+def active_runs(*, chunk_size: int) -> Iterator[list[RunRow]]:
     """Every active run, in pages of `chunk_size` ordered by id (keyset: no OFFSET, no cap,
     and a run inserted during the read is either seen once or not at all)."""
-    base = with_last_progress(
-        ProductionRun.objects.filter(status__in=ACTIVE_STATUSES).only(*READ_FIELDS)
-    ).order_by("id")
+    base = (
+        with_last_progress(ProductionRun.objects.filter(status__in=ACTIVE_STATUSES))
+        .order_by("id")
+        .values_list(*READ_FIELDS)
+    )
     last_id = 0
     while True:
-        page = list(base.filter(id__gt=last_id)[:chunk_size])
+        page = [RunRow(*row) for row in base.filter(id__gt=last_id)[:chunk_size]]
         if not page:
             return
         yield page
@@ -238,7 +244,7 @@ def active_runs(*, chunk_size: int) -> Iterator[list[ProductionRun]]:
 
 @dataclass
 class Due:
-    run: ProductionRun
+    run: RunRow
     kind: str
     since: datetime
     state: ReminderState | None
@@ -286,9 +292,12 @@ def discover_reminders(
     day = local_date(now)
 
     for page in active_runs(chunk_size=chunk_size):
+        # The page's ids are one ascending range: a range read, not a list of 500 ids.
         states = {
-            s.run_id: s for s in ReminderState.objects.filter(run_id__in=[r.id for r in page])
+            s.run_id: s
+            for s in ReminderState.objects.filter(run_id__gte=page[0].id, run_id__lte=page[-1].id)
         }
+        emit: list[Due] = []
         for run in page:
             summary["total_inspected"] += 1
             if run.partner_id is None:
@@ -319,7 +328,13 @@ def discover_reminders(
                 summary["dispatched"] += 1
                 summary["events"] += 1
             else:
-                _emit_one(due, now=now, day=day, settings=settings, summary=summary)
+                emit.append(due)
+        if emit:
+            # One transaction per page (each run still in its own savepoint, so one failure
+            # stays one run's): a commit per event was most of a large run's time.
+            with transaction.atomic():
+                for due in emit:
+                    _emit_one(due, now=now, day=day, settings=settings, summary=summary)
         if progress is not None:
             progress(summary["total_inspected"])
 

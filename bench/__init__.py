@@ -1,0 +1,1 @@
+"""`make bench`: Herald's workloads against their baselines, side by side in one process."""

@@ -1,0 +1,179 @@
+"""Workload 3 — provider-bound dispatch: 2,000 deliveries through a provider fake that takes
+50 ms per message, at concurrency C = 5 and C = 20. Target: at least 0.9 × C / 50 ms.
+
+On PostgreSQL with Redis (`make bench-postgres`): C Celery worker processes (prefork pool)
+each run the real `herald.dispatch_due` task. On SQLite: C threads in this process, each
+calling `dispatch_due` on its own connection (SQLite has no row locks: its write transaction
+serializes the claims, which are short next to the 50 ms sends).
+
+Claims are sized to the provider: DISPATCH_BATCH_SIZE=20 (one second of a 50 ms provider).
+At the default of 200, one claim holds ten seconds of work and 2,000 rows make only ten
+claims, so at C = 20 half the workers would find nothing to claim.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from bench.db import wipe
+from bench.harness import Figure, QueryCounter, Workload, measure
+from bench.workloads.common import Context
+
+LATENCY = 0.05
+CLAIM = int(os.environ.get("BENCH_CLAIM", "20"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(ctx: Context) -> Workload:
+    n = ctx.size(2_000, minimum=200)
+    how = "Celery workers (prefork) on PostgreSQL + Redis" if ctx.celery else "threads"
+    result = Workload(
+        3, "Provider-bound dispatch", f"{n:,} emails, 50 ms provider, C = 5 and 20, {how}"
+    )
+    for concurrency in (5, 20):
+        figure = _one(ctx, n, concurrency)
+        ideal = concurrency / LATENCY
+        if result.herald is None:
+            result.herald = figure
+        else:
+            result.extra.append(figure)
+        result.check(
+            f"rate at C = {concurrency}",
+            f"≥ {0.9 * ideal:,.0f}/s (0.9 × C / 50 ms)",
+            f"{figure.rate:,.0f}/s = {figure.rate / ideal:.2f} × C / 50 ms",
+            figure.rate >= 0.9 * ideal,
+        )
+    result.notes.append(
+        f"DISPATCH_BATCH_SIZE={CLAIM}: a claim holds about one second of provider time "
+        "(the default 200 would leave workers idle at C = 20)"
+    )
+    if not ctx.celery:
+        result.notes.append(
+            "SQLite: threads calling dispatch_due (make bench-postgres runs Celery workers)"
+        )
+    return result
+
+
+def _stage(n: int):
+    from bench.workloads.w2_drain import stage
+
+    wipe()
+    now = timezone.now()
+    stage(n, now=now)
+    return now
+
+
+def _one(ctx: Context, n: int, concurrency: int) -> Figure:
+    from notifications.models import Delivery
+
+    now = _stage(n)
+    label = f"Herald at C = {concurrency} ({'Celery' if ctx.celery else 'threads'})"
+    backend = "bench.fakes.SlowEmailBackend"
+    with override_settings(EMAIL_BACKEND=backend, DISPATCH_BATCH_SIZE=CLAIM):
+        if ctx.celery:
+            figure = _celery(label, n, concurrency, backend)
+        else:
+            figure = _threads(label, n, concurrency, now)
+    assert Delivery.objects.filter(status="sent").count() == n
+    return figure
+
+
+def _threads(label: str, n: int, concurrency: int, now) -> Figure:
+    from notifications.dispatch import dispatch_due
+
+    counter = QueryCounter()
+    start = threading.Barrier(concurrency + 1)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            connection.ensure_connection()  # a worker's connection is open before work comes
+            with counter.installed():
+                start.wait()
+                dispatch_due(now=now)
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    with measure(label, n, "messages", queries=counter) as figure:
+        start.wait()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return figure
+
+
+def _celery(label: str, n: int, concurrency: int, backend: str) -> Figure:
+    from celery import Celery
+
+    from notifications.models import Delivery
+
+    hostname = f"bench-{os.getpid()}-{concurrency}@%h"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "BENCH_EMAIL_BACKEND": backend,
+        "BENCH_PROVIDER_LATENCY": str(LATENCY),
+        "DISPATCH_BATCH_SIZE": str(CLAIM),
+        "LOG_LEVEL": "WARNING",
+    }
+    log = open(Path(settings.BENCH_DIR) / f"celery-{concurrency}.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "config", "worker",
+            "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=WARNING",
+            f"--hostname={hostname}", "--without-gossip", "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = Celery("bench-client", broker=settings.CELERY_BROKER_URL)
+    try:
+        _wait_ready(client, worker)
+        client.control.purge()
+        left = Delivery.objects.filter(status__in=["scheduled", "sending"])
+        with measure(label, n, "messages", queries=QueryCounter()) as figure:
+            for _ in range(concurrency):
+                client.send_task("herald.dispatch_due")
+            deadline = time.monotonic() + 300
+            while left.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the workers did not drain the outbox in 5 minutes")
+                time.sleep(0.02)
+        figure.queries = None  # issued by the worker processes, not counted here
+        figure.note = f"{concurrency} prefork worker processes"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        client.control.purge()
+    return figure
+
+
+def _wait_ready(client, worker: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError("the Celery worker exited; see its log in the bench folder")
+        if client.control.ping(timeout=0.5):
+            return
+    raise TimeoutError("the Celery worker did not answer a ping in 2 minutes")
