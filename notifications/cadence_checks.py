@@ -419,7 +419,8 @@ def _counts(
     people, rules: dict[int, Rules], *, channel: str, message_type: str, now: datetime
 ) -> dict[int, Counts]:
     """{stakeholder id: Counts around `now`}, for the people whose time zone has regular
-    midnights (the others are left out: the caller decides them from their time line)."""
+    midnights (the others are left out: the caller decides them from their time line).
+    One grouped query per time zone and cooldown (each counts its own calendar)."""
     groups = defaultdict(list)
     for person in people:
         groups[(person.time_zone, rules[person.pk].cooldown_hours)].append(person.pk)
@@ -429,7 +430,7 @@ def _counts(
         bounds = periods(now, ZoneInfo(zone))
         if bounds is None:
             continue
-        cooldown = timedelta(hours=hours) if hours > 0 else timedelta(0)
+        reach = timedelta(hours=max(hours, 0))
         for start in range(0, len(ids), _COUNT_CHUNK):
             chunk = ids[start : start + _COUNT_CHUNK]
             found.update(dict.fromkeys(chunk, Counts()))
@@ -444,11 +445,11 @@ def _counts(
                 .values("recipient_key")
                 .annotate(
                     # |at - now| < cooldown, as decide() has it
-                    near=_within((now - cooldown, now + cooldown), open_start=True),
+                    near=_within((now - reach, now + reach), open_start=True),
                     day=_within(bounds.day),
                     # A fallback copy counts with its original's type: rather than join
                     # every row to its original, a person with one today is left to
-                    # `decide` (rare, and the join made the whole count a third slower).
+                    # `decide` (rare; the join made the whole count a third slower).
                     type_day=_within(bounds.day, message_type=message_type, fallback_of=None),
                     fallbacks_today=_within(bounds.day, fallback_of__isnull=False),
                     week=_within(bounds.week),

@@ -12,7 +12,7 @@ from django.db.models import Expression, F, Field
 from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
 from notifications.templating import compile_template
-from notifications.unsubscribe import unsubscribe_headers
+from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +72,18 @@ def stage_deliveries(
     if notification.template.whatsapp_template:
         base_payload.setdefault("template", notification.template.whatsapp_template)
     rows = []
-    workflow_run = notification.workflow_run
+    workflow_run_id = notification.workflow_run_id
     for recipient in recipients:
-        context = {**notification.context, **recipient.context}
         channel = recipient.channel or compiled.channel
         row_payload = dict(base_payload)
         layout = {}
         if channel == Channel.EMAIL and unsubscribe:
-            headers = unsubscribe_headers(recipient.address)
-            # List-Unsubscribe is "<url>" (RFC 2369): the footer links the same signed URL,
-            # so it is signed once per recipient, not twice.
-            layout["unsubscribe_url"] = headers["List-Unsubscribe"][1:-1]
+            # The footer links the same signed URL the headers carry: signed once.
+            layout["unsubscribe_url"] = url = unsubscribe_url(recipient.address)
+            headers = list_unsubscribe_headers(url)
             row_payload["headers"] = {**row_payload.get("headers", {}), **headers}
+        if recipient.approved_text is None or "template" in row_payload:
+            context = {**notification.context, **recipient.context}
         if recipient.approved_text is not None:
             rendered = compiled.wrap(*recipient.approved_text, layout_context=layout)
         else:
@@ -94,8 +94,8 @@ def stage_deliveries(
             )
         rows.append(
             Delivery(
-                notification=notification,
-                workflow_run=workflow_run,
+                notification_id=notification.id,
+                workflow_run_id=workflow_run_id,
                 recipient_key=recipient.key,
                 channel=channel,
                 message_type=notification.message_type,

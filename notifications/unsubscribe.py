@@ -50,8 +50,14 @@ def unsubscribe_url(address: str, channel: str = Channel.EMAIL) -> str:
 def unsubscribe_headers(address: str) -> dict:
     """The List-Unsubscribe headers for an email to `address` (RFC 2369 and RFC 8058), which
     Gmail and Yahoo require of bulk senders."""
+    return list_unsubscribe_headers(unsubscribe_url(address, Channel.EMAIL))
+
+
+def list_unsubscribe_headers(url: str) -> dict:
+    """The same headers for an unsubscribe_url already made (for the footer): one
+    signature per recipient, not two."""
     return {
-        "List-Unsubscribe": f"<{unsubscribe_url(address, Channel.EMAIL)}>",
+        "List-Unsubscribe": f"<{url}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 

@@ -16,26 +16,54 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 
 from bench.db import wipe
-from bench.harness import Figure, Workload, measure
+from bench.harness import REPEAT, Figure, Workload, best, measure
 from bench.workloads.common import BODY, NOW, SUBJECT, Context, customers, staff_user
 
 TEMPLATES = Path(settings.BASE_DIR) / "templates" / "emails"
 
 
 def run(ctx: Context) -> Workload:
+    n = ctx.size(10_000)
+    result = Workload(1, "Batch staging", f"{n:,} customers, one review + one delivery each")
+    heralds, floors, post_offices = [], [], []
+    for _ in range(REPEAT):
+        herald, phases, rows = _herald(n)
+        heralds.append((herald, phases))
+        floors.append(_floor(n, rows))
+        post_offices.append(_post_office(n))
+    herald = best([h for h, _ in heralds])
+    result.herald = herald
+    result.extra = next(p for h, p in heralds if h is herald)
+    floor = best(floors)
+    post_office = best(post_offices)
+
+    result.compare(floor, at_least=0.5)
+    result.compare(post_office, at_least=2.0)
+    per_thousand = herald.queries / n * 1000
+    result.check("queries per 1,000 recipients", "≤ 10", f"{per_thousand:.1f}", per_thousand <= 10)
+    if connection.vendor == "sqlite":
+        result.notes.append(
+            "on SQLite Django 5.2 caps a statement at 999 parameters, so a 30-column delivery "
+            f"takes 30 INSERTs per 1,000; the floor's bulk_create alone issues "
+            f"{floor.queries / n * 1000:.1f} per 1,000 (PostgreSQL: 1)"
+        )
+    return result
+
+
+def _herald(n: int):
+    """One full staging on fresh customers; returns the figure, its phases and the rows it
+    wrote (for the floor)."""
     from notifications.batch import batch_launch, envelope_approve, reviews_decide
     from notifications.models import Delivery, ProposedAction
 
-    n = ctx.size(10_000)
-    result = Workload(1, "Batch staging", f"{n:,} customers, one review + one delivery each")
     wipe()
     customers(n)
     user = staff_user()
     review = ProposedAction.Type.HITL_REVIEW
-
     with override_settings(BATCH_MAX_RECIPIENTS_CEILING=max(10_000, n)):
         with measure("  phase: batch_launch (preview, envelope)", n, "recipients") as launch:
             run_ = batch_launch(
@@ -60,7 +88,6 @@ def run(ctx: Context) -> Workload:
             decided = reviews_decide(ids=ids, approve=True, user=user, now=NOW)
     assert reviews == n and decided.deliveries == n, (reviews, decided)
     assert Delivery.objects.count() == n
-
     phases = [launch, approve, decide]
     herald = Figure(
         "Herald: launch → approve → stage",
@@ -71,32 +98,32 @@ def run(ctx: Context) -> Workload:
         peak_mb=max(p.peak_mb for p in phases),
         delta_mb=max(p.delta_mb for p in phases),
     )
-    result.herald = herald
-    result.extra = phases
-
-    # The floor: the same rows, written with bulk_create and nothing else.
-    review_rows = list(
-        ProposedAction.objects.filter(action_type=review)
-        .order_by("id")
-        .values(*_fields(ProposedAction))
+    rows = (
+        list(
+            ProposedAction.objects.filter(action_type=review)
+            .order_by("id")
+            .values(*_fields(ProposedAction))
+        ),
+        list(Delivery.objects.order_by("id").values(*_fields(Delivery))),
     )
-    delivery_rows = list(Delivery.objects.order_by("id").values(*_fields(Delivery)))
+    return herald, phases, rows
+
+
+def _floor(n: int, rows) -> Figure:
+    """The same rows, written with bulk_create and nothing else."""
+    from notifications.models import Delivery, ProposedAction
+
+    review_rows, delivery_rows = rows
     Delivery.objects.all()._raw_delete("default")
-    ProposedAction.objects.filter(action_type=review)._raw_delete("default")
+    ProposedAction.objects.filter(action_type=ProposedAction.Type.HITL_REVIEW)._raw_delete(
+        "default"
+    )
     with measure("floor: bulk_create of the same rows", n, "recipients") as floor:
         ProposedAction.objects.bulk_create(
             [ProposedAction(**row) for row in review_rows], batch_size=1000
         )
         Delivery.objects.bulk_create([Delivery(**row) for row in delivery_rows], batch_size=1000)
-    del review_rows, delivery_rows
-
-    post_office = _post_office(n)
-
-    result.compare(floor, at_least=0.5)
-    result.compare(post_office, at_least=2.0)
-    per_thousand = herald.queries / n * 1000
-    result.check("queries per 1,000 recipients", "≤ 10", f"{per_thousand:.1f}", per_thousand <= 10)
-    return result
+    return floor
 
 
 def _fields(model) -> list[str]:
@@ -112,12 +139,14 @@ def _post_office(n: int) -> Figure:
 
     from notifications.batch import customer_context
     from notifications.models import Customer
-    from notifications.unsubscribe import unsubscribe_headers, unsubscribe_url
+    from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 
+    Email.objects.all()._raw_delete("default")
     html = _inline_layout()
     with measure("django-post-office send_many", n, "recipients") as figure:
         batch = []
         for customer in Customer.objects.filter(bid="B5875").order_by("id"):
+            url = unsubscribe_url(customer.email)  # signed once, as Herald does
             batch.append(
                 {
                     "sender": settings.DEFAULT_FROM_EMAIL,
@@ -127,9 +156,9 @@ def _post_office(n: int) -> Figure:
                     "html_message": html,
                     "context": {
                         **customer_context(customer),
-                        "unsubscribe_url": unsubscribe_url(customer.email),
+                        "unsubscribe_url": url,
                     },
-                    "headers": unsubscribe_headers(customer.email),
+                    "headers": list_unsubscribe_headers(url),
                 }
             )
         mail.send_many(batch)

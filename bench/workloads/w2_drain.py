@@ -23,7 +23,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from bench.db import wipe
-from bench.harness import Figure, Workload, measure
+from bench.harness import REPEAT, Figure, Workload, best, measure
 from bench.workloads.common import BODY, NOW, SUBJECT, Context, customers
 
 PO_DEFAULTS = {"BACKENDS": {"default": "django.core.mail.backends.dummy.EmailBackend"}}
@@ -71,19 +71,24 @@ def run(ctx: Context) -> Workload:
     stage(n)
     due = list(Delivery.objects.order_by("id").values())
 
-    with measure("Herald: dispatch_due until empty", n, "messages") as herald:
-        report = dispatch_due(now=NOW)
-    assert report.sent == n, report
-    result.herald = herald
-
-    post_office = {}
-    for label, config in (("defaults", PO_DEFAULTS), ("tuned", PO_TUNED)):
-        _post_office_queue(due)
-        with override_settings(POST_OFFICE=config):
-            post_office[label] = _post_office_drain(n, label, config)
-
-    _reset(due)
-    floor = _floor(n)
+    heralds, floors = [], []
+    post_office: dict[str, list] = {"defaults": [], "tuned": []}
+    for repeat in range(REPEAT):
+        if repeat:
+            _reset(due)
+        with measure("Herald: dispatch_due until empty", n, "messages") as herald:
+            report = dispatch_due(now=NOW)
+        assert report.sent == n, report
+        heralds.append(herald)
+        for label, config in (("defaults", PO_DEFAULTS), ("tuned", PO_TUNED)):
+            _post_office_queue(due)
+            with override_settings(POST_OFFICE=config):
+                post_office[label].append(_post_office_drain(n, label, config))
+        _reset(due)
+        floors.append(_floor(n))
+    herald = result.herald = best(heralds)
+    floor = best(floors)
+    post_office = {label: best(figures) for label, figures in post_office.items()}
 
     result.compare(post_office["defaults"], at_least=3.0)
     result.compare(post_office["tuned"], at_least=2.0)
@@ -97,8 +102,10 @@ def run(ctx: Context) -> Workload:
 
 
 def _reset(rows: list[dict]) -> None:
-    from notifications.models import Delivery, DeliveryEvent
+    """The outbox as it was before the drain (and its batch running again)."""
+    from notifications.models import Delivery, DeliveryEvent, WorkflowRun
 
+    WorkflowRun.objects.update(status=WorkflowRun.Status.RUNNING, completed_at=None)
     DeliveryEvent.objects.all()._raw_delete("default")
     Delivery.objects.all()._raw_delete("default")
     Delivery.objects.bulk_create([Delivery(**row) for row in rows], batch_size=1000)

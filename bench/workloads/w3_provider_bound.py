@@ -8,7 +8,8 @@ serializes the claims, which are short next to the 50 ms sends).
 
 Claims are sized to the provider: DISPATCH_BATCH_SIZE=20 (one second of a 50 ms provider).
 At the default of 200, one claim holds ten seconds of work and 2,000 rows make only ten
-claims, so at C = 20 half the workers would find nothing to claim.
+claims, so at C = 20 half the workers would find nothing to claim. (BENCH_CLAIM in the
+environment tries another claim size.)
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from datetime import timedelta
 from django.db import connection
 
 from bench.db import analyze, fast_insert, wipe
-from bench.harness import Workload, measure
+from bench.harness import REPEAT, Workload, best, measure
 from bench.workloads.common import NOW, Context
 
 ZONES = ("UTC", "America/New_York", "Europe/London", "Asia/Kolkata")
@@ -42,17 +42,22 @@ def run(ctx: Context) -> Workload:
     _build(people)
     stakeholders = list(Stakeholder.objects.select_related("persona").order_by("id"))
 
-    with measure("Herald: cadence_decisions", people, "decisions") as herald:
-        decisions = _herald(stakeholders)
-    result.herald = herald
-
-    with measure("per-stakeholder ORM loop", people, "decisions") as loop:
-        expected = _loop()
-    assert decisions == expected, _first_difference(decisions, expected)
-
-    with measure("floor: one hand-written SQL GROUP BY", people, "decisions") as floor:
-        floor_rows = _floor()
-    assert 0 < len(floor_rows) <= people, len(floor_rows)
+    heralds, loops, floors = [], [], []
+    for repeat in range(REPEAT):
+        with measure("Herald: cadence_decisions", people, "decisions") as herald:
+            decisions = _herald(stakeholders)
+        heralds.append(herald)
+        if repeat < 2:  # the loop takes seconds: twice is enough to take the better
+            with measure("per-stakeholder ORM loop", people, "decisions") as loop:
+                expected = _loop()
+            assert decisions == expected, _first_difference(decisions, expected)
+            loops.append(loop)
+        with measure("floor: one hand-written SQL GROUP BY", people, "decisions") as floor:
+            floor_rows = _floor()
+        assert 0 < len(floor_rows) <= people, len(floor_rows)
+        floors.append(floor)
+    herald = result.herald = best(heralds)
+    loop, floor = best(loops), best(floors)
 
     allowed = sum(d.allowed for d in decisions.values())
     result.notes.append(

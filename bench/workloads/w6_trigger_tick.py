@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bench.db import wipe
-from bench.harness import Workload, measure
+from bench.harness import REPEAT, Workload, best, measure
 from bench.workloads.common import NOW, Context
 
 WORKFLOWS = (
@@ -35,9 +35,14 @@ def run(ctx: Context) -> Workload:
     )
     wipe()
     _build(kiosks)
-    with measure("Herald: evaluate_triggers (one tick)", kiosks, "kiosks") as herald:
-        report = evaluate_triggers(now=NOW)
-    result.herald = herald
+    heralds = []
+    for repeat in range(REPEAT):
+        if repeat:
+            _reset()
+        with measure("Herald: evaluate_triggers (one tick)", kiosks, "kiosks") as herald:
+            report = evaluate_triggers(now=NOW)
+        heralds.append(herald)
+    herald = result.herald = best(heralds)
     staged = _staged()
     _reset()
     with measure("per-kiosk ORM loop", kiosks, "kiosks") as loop:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bench.db import fast_insert, wipe
-from bench.harness import Workload, measure
+from bench.harness import REPEAT, Workload, best, measure
 from bench.workloads.common import Context
 
 CHUNK = 500
@@ -26,9 +26,12 @@ def run(ctx: Context) -> Workload:
     result = Workload(7, "Discoverer", f"{runs:,} active production runs, chunks of {CHUNK}")
     wipe()
     now = _build(runs)
-    with measure("Herald: read + classify every run (dry run)", runs, "runs") as herald:
-        dry = discover_reminders(now=now, chunk_size=CHUNK, dry_run=True)
-    result.herald = herald
+    heralds = []
+    for _ in range(REPEAT):
+        with measure("Herald: read + classify every run (dry run)", runs, "runs") as herald:
+            dry = discover_reminders(now=now, chunk_size=CHUNK, dry_run=True)
+        heralds.append(herald)
+    herald = result.herald = best(heralds)
     with measure("Herald: the day's run (emits the events)", runs, "runs") as first:
         summary = discover_reminders(now=now, chunk_size=CHUNK)
     with measure("Herald: a second run the same day", runs, "runs") as again:
