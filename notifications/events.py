@@ -13,7 +13,7 @@ Domain apps register subscribers from AppConfig.ready():
 import fnmatch
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -75,6 +75,67 @@ def record_event(
     if handlings:
         transaction.on_commit(kick_handlers)
     return event, True
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record with `record_events`."""
+
+    name: str
+    payload: dict
+    idempotency_key: str
+
+
+def record_events(new: Sequence[NewEvent], *, now: datetime) -> set[str]:
+    """Record many events at once (a page of the discoverer's reminders): the keys already
+    recorded are left as they are; returns the keys recorded now.
+
+    Three statements for the lot (read the known keys, insert the events, insert their
+    handlings) and one hint to the workers after commit, where `record_event` costs a
+    savepoint, two inserts and a hint per event. All or nothing: a key someone else
+    records meanwhile raises IntegrityError and nothing of the lot is kept, so the caller
+    can go on one event at a time with `record_event`."""
+    by_key = {e.idempotency_key: e for e in new}
+    known = set()
+    keys = list(by_key)
+    for start in range(0, len(keys), 500):
+        known.update(
+            Event.objects.filter(idempotency_key__in=keys[start : start + 500]).values_list(
+                "idempotency_key", flat=True
+            )
+        )
+    fresh = [e for key, e in by_key.items() if key not in known]
+    if not fresh:
+        return set()
+    with transaction.atomic():
+        events = Event.objects.bulk_create(
+            [
+                Event(name=e.name, payload=e.payload, idempotency_key=e.idempotency_key,
+                      created_at=now)
+                for e in fresh
+            ],
+            batch_size=500,
+        )  # fmt: skip
+        if any(event.pk is None for event in events):  # a database that returns no ids
+            ids = dict(
+                Event.objects.filter(
+                    idempotency_key__in=[e.idempotency_key for e in fresh]
+                ).values_list("idempotency_key", "id")
+            )
+            for event in events:
+                event.pk = ids[event.idempotency_key]
+        handlings = EventHandling.objects.bulk_create(
+            [
+                EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
+                for event in events
+                for s in _subscribers.values()
+                if s.matches(event.name)
+            ],
+            batch_size=500,
+        )
+    if handlings:
+        transaction.on_commit(kick_handlers)
+    return {e.idempotency_key for e in fresh}
 
 
 def kick_handlers() -> None:

@@ -13,6 +13,7 @@ digest is on). It sends nothing itself: the wildcard dispatcher does (dispatcher
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from django.db import transaction
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from notifications.events import record_event
+from notifications.events import NewEvent, record_event, record_events
 from production_runs.models import (
     ACTIVE_STATUSES,
     ProductionRun,
@@ -178,7 +179,7 @@ def reminder_due(
     return stall_day(state.first_overdue_at, now) >= due_day
 
 
-def _remember(
+def _advance(
     state: ReminderState | None,
     *,
     run_id: int,
@@ -186,17 +187,29 @@ def _remember(
     since: datetime,
     now: datetime,
     flag_after: int,
-) -> tuple[ReminderState, bool]:
-    """Count one reminder on the run's stall; returns (state, newly flagged)."""
-    if not is_same_stall(state, kind, since):
-        if state is not None:
-            state.delete()
+) -> tuple[ReminderState, bool, int | None]:
+    """Count one reminder on the run's stall, in memory and on a copy (the caller's state is
+    left as read, should the write fail); returns (state, newly flagged, the id of a state
+    row of an earlier stall that must go)."""
+    stale = None
+    if is_same_stall(state, kind, since):
+        state = copy.copy(state)
+    else:
+        stale = state.pk if state is not None else None
         state = ReminderState(run_id=run_id, kind=kind, stalled_since=since, first_overdue_at=now)
     state.reminder_count += 1
     state.last_reminded_at = now
     newly_flagged = state.flagged_at is None and state.reminder_count >= flag_after
     if newly_flagged:
         state.flagged_at = now
+    return state, newly_flagged, stale
+
+
+def _remember(state: ReminderState | None, **advance) -> tuple[ReminderState, bool]:
+    """Count one reminder on the run's stall and save it; returns (state, newly flagged)."""
+    state, newly_flagged, stale = _advance(state, **advance)
+    if stale is not None:
+        ReminderState.objects.filter(pk=stale).delete()
     state.save()
     return state, newly_flagged
 
@@ -330,11 +343,7 @@ def discover_reminders(
             else:
                 emit.append(due)
         if emit:
-            # One transaction per page (each run still in its own savepoint, so one failure
-            # stays one run's): a commit per event was most of a large run's time.
-            with transaction.atomic():
-                for due in emit:
-                    _emit_one(due, now=now, day=day, settings=settings, summary=summary)
+            _emit_page(emit, now=now, day=day, settings=settings, summary=summary)
         if progress is not None:
             progress(summary["total_inspected"])
 
@@ -370,22 +379,78 @@ def _failed(summary: dict, what: str, error: Exception) -> None:
         summary["errors"].append(f"{what}: {type(error).__name__}: {error}")
 
 
+def _reminder(due: Due, day: date) -> NewEvent:
+    run = due.run
+    return NewEvent(
+        reminder_event_name(due.kind),
+        {
+            "production_run_id": run.id,
+            "partner_id": run.partner_id,
+            "design_id": run.design_id,
+            "reminder_kind": due.kind,
+        },
+        reminder_key(run.id, day),
+    )
+
+
+def _emit_page(emit: list[Due], *, now, day, settings, summary) -> None:
+    """A page's events and escalation states in one transaction and a handful of
+    statements. Should the lot fail (a run's event recorded meanwhile by another run of the
+    discoverer, a bad row), the page goes again one run at a time, each in its own
+    savepoint, so that one failure stays one run's."""
+    try:
+        with transaction.atomic():
+            counts = _emit_bulk(emit, now=now, day=day, settings=settings)
+    except Exception as error:
+        logger.info("reminder page of %d runs goes one by one (%s)", len(emit), error)
+        with transaction.atomic():
+            for due in emit:
+                _emit_one(due, now=now, day=day, settings=settings, summary=summary)
+        return
+    for name, count in counts.items():
+        summary[name] += count
+
+
+def _emit_bulk(emit: list[Due], *, now, day, settings) -> dict[str, int]:
+    recorded = record_events([_reminder(due, day) for due in emit], now=now)
+    counts = {"already_emitted": 0, "dispatched": 0, "events": 0, "flagged": 0}
+    stale, fresh, known = [], [], []
+    for due in emit:
+        if reminder_key(due.run.id, day) not in recorded:
+            counts["already_emitted"] += 1
+            continue
+        state, flagged, gone = _advance(
+            due.state,
+            run_id=due.run.id,
+            kind=due.kind,
+            since=due.since,
+            now=now,
+            flag_after=settings.flag_after_reminders,
+        )
+        if gone is not None:
+            stale.append(gone)
+        (known if state.pk else fresh).append(state)
+        counts["dispatched"] += 1
+        counts["events"] += 1
+        counts["flagged"] += int(flagged)
+    if stale:
+        ReminderState.objects.filter(pk__in=stale).delete()
+    ReminderState.objects.bulk_create(fresh, batch_size=500)
+    ReminderState.objects.bulk_update(
+        known, ["reminder_count", "last_reminded_at", "flagged_at"], batch_size=500
+    )
+    return counts
+
+
 def _emit_one(due: Due, *, now, day, settings, summary) -> None:
     """One run's event and its escalation state, together or not at all; a failure is
     counted and the discoverer goes on with the next run."""
     run = due.run
     try:
         with transaction.atomic():
+            event = _reminder(due, day)
             _, created = record_event(
-                reminder_event_name(due.kind),
-                {
-                    "production_run_id": run.id,
-                    "partner_id": run.partner_id,
-                    "design_id": run.design_id,
-                    "reminder_kind": due.kind,
-                },
-                idempotency_key=reminder_key(run.id, day),
-                now=now,
+                event.name, event.payload, idempotency_key=event.idempotency_key, now=now
             )
             if not created:
                 summary["already_emitted"] += 1

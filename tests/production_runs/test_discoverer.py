@@ -127,19 +127,69 @@ def test_runs_without_a_partner_are_dropped_before_classification():
 
 def test_a_failing_run_is_counted_and_the_rest_still_get_their_events(monkeypatch):
     bad, good = pending_run(), pending_run()
-    real = discoverer.record_event
+    real_one, real_many = discoverer.record_event, discoverer.record_events
 
     def record_event(name, payload, **kwargs):
         if payload["production_run_id"] == bad.id:
             raise RuntimeError("ledger unavailable for this row")
-        return real(name, payload, **kwargs)
+        return real_one(name, payload, **kwargs)
+
+    def record_events(new, **kwargs):
+        if any(e.payload["production_run_id"] == bad.id for e in new):
+            raise RuntimeError("ledger unavailable for this row")
+        return real_many(new, **kwargs)
 
     monkeypatch.setattr(discoverer, "record_event", record_event)
+    monkeypatch.setattr(discoverer, "record_events", record_events)
     summary = discover_reminders(now=NOW)
     assert (summary["dispatched"], summary["failed"]) == (1, 1)
     assert "ledger unavailable" in summary["errors"][0]
     assert list(kinds_emitted()) == [good.id]
     assert not ReminderState.objects.filter(run=bad).exists()  # retried tomorrow
+
+
+def test_a_page_whose_bulk_write_fails_goes_one_run_at_a_time_and_counts_once(monkeypatch):
+    """The lot fails after its escalation states were counted in memory: the runs are then
+    recorded one by one, each counted once (reminder_count 1, not 2)."""
+    runs = [pending_run(), not_started_run(), idle_run()]
+    real = ReminderState.objects.bulk_update
+
+    def failing_bulk_update(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with_state = runs[0]
+    ReminderState.objects.create(
+        run=with_state,
+        kind="assignment_pending",
+        stalled_since=with_state.created_at,
+        first_overdue_at=NOW - 3 * DAY,
+        reminder_count=1,
+        last_reminded_at=NOW - 3 * DAY,
+    )
+    monkeypatch.setattr(ReminderState.objects, "bulk_update", failing_bulk_update)
+    summary = discover_reminders(now=NOW)
+    monkeypatch.setattr(ReminderState.objects, "bulk_update", real)
+    assert (summary["dispatched"], summary["failed"], summary["events"]) == (3, 0, 3)
+    assert sorted(kinds_emitted()) == sorted(r.id for r in runs)
+    counts = dict(ReminderState.objects.values_list("run_id", "reminder_count"))
+    assert counts == {runs[0].id: 2, runs[1].id: 1, runs[2].id: 1}
+
+
+def test_a_pages_reminders_cost_the_same_queries_for_ten_runs_as_for_forty():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for(count, at):
+        for _ in range(count):
+            pending_run()
+        with CaptureQueriesContext(connection) as captured:
+            summary = discover_reminders(now=at)
+        assert summary["dispatched"] == count
+        Event.objects.all().delete()
+        ProductionRun.objects.all().delete()
+        return len(captured)
+
+    assert queries_for(40, NOW) == queries_for(10, NOW)
 
 
 def test_the_celery_task_runs_the_discoverer_now(clock):

@@ -116,3 +116,46 @@ def test_two_discoverer_runs_at_once_the_same_day_emit_one_reminder_per_run():
     events = Event.objects.filter(name__startswith="production_run.reminder_")
     assert sorted(e.payload["production_run_id"] for e in events) == sorted(r.id for r in runs)
     assert len(results) == 2 and not any(r["failed"] for r in results)
+
+
+def _discover_in_process(barrier, queue, now):
+    from production_runs.discoverer import discover_reminders
+
+    connections.close_all()
+    barrier.wait()
+    queue.put(discover_reminders(now=now, chunk_size=100))
+    connections.close_all()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_discoverer_processes_at_once_on_postgresql_emit_one_reminder_per_run():
+    """Pages of 100 written in bulk by two processes at once: where both write the same
+    page, one bulk insert fails on the unique key and that page goes one run at a time."""
+    from notifications.models import Event
+    from production_runs.models import ReminderState
+    from tests.production_runs.factories import NOW, idle_run, not_started_run, pending_run
+
+    runs = [make() for _ in range(100) for make in (pending_run, not_started_run, idle_run)]
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_discover_in_process, args=(barrier, queue, NOW)) for _ in "ab"]
+    for p in procs:
+        p.start()
+    summaries = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    events = Event.objects.filter(name__startswith="production_run.reminder_")
+    assert sorted(e.payload["production_run_id"] for e in events) == sorted(r.id for r in runs)
+    states = dict(ReminderState.objects.values_list("run_id", "reminder_count"))
+    assert states == {r.id: 1 for r in runs}
+    assert sum(s["dispatched"] for s in summaries) == len(runs)
+    # Each run is one process's: the other found its event (already emitted) or, reading
+    # after that page was committed, its state reminded today (not due).
+    assert all(
+        s["dispatched"] + s["already_emitted"] + s["skipped_not_due"] == len(runs)
+        for s in summaries
+    )
+    assert not any(s["failed"] for s in summaries)
