@@ -161,8 +161,9 @@ DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
 TRACKING_APPLY = env("TRACKING_APPLY", default="celery")
 if TRACKING_APPLY not in ("celery", "inline"):
     raise ImproperlyConfigured("TRACKING_APPLY must be celery or inline")
-# Accepted deliveries are written in bulk, this many at a time.
-DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=100)
+# Accepted deliveries are written in bulk, this many at a time (at most a claim's worth: a
+# crash before the write leaves them "unknown" for reconciliation, never resent).
+DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=200)
 # Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so
 # failures of one burst do not all retry at the same instant.
 DISPATCH_RETRY_JITTER = env.float("DISPATCH_RETRY_JITTER", default=0.1)

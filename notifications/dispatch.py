@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils.module_loading import import_string
 
@@ -308,7 +308,7 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
         return
     by_id = {h.delivery.id: h for h in handovers}
     with transaction.atomic():
-        Delivery.objects.filter(
+        written = Delivery.objects.filter(
             id__in=list(by_id), status__in=[Status.SENDING, Status.UNKNOWN]
         ).update(
             status=Status.SENT,
@@ -321,17 +321,45 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
             last_error="",
             updated_at=now,
         )
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=i, kind="sent", at=h.at, reason=f"accepted by {h.provider}"
-                )
-                for i, h in by_id.items()
-            ]
-        )
+        if written == len(by_id):
+            _copy_sent_events(list(by_id))
+        else:  # someone changed some rows meanwhile: the provider has them all the same
+            DeliveryEvent.objects.bulk_create(
+                [
+                    DeliveryEvent(
+                        delivery_id=i, kind="sent", at=h.at, reason=f"accepted by {h.provider}"
+                    )
+                    for i, h in by_id.items()
+                ]
+            )
     for handover in handovers:
         handover.delivery.provider_message_id = handover.provider_message_id
     tracking.match_unmatched_many([h.delivery for h in handovers], now=now)
+
+
+def _copy_sent_events(ids: list[int]) -> None:
+    """The "sent" event of each of these just-written deliveries, copied from its row in
+    one INSERT ... SELECT: building 10,000 event instances in Python was a fifth of a
+    drain's time."""
+    event, delivery = DeliveryEvent._meta, Delivery._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(
+        quote(event.get_field(name).column)
+        for name in ("delivery", "kind", "at", "reason", "provider_event_id", "data")
+    )
+    source = ", ".join(
+        quote(delivery.get_field(name).column) for name in ("id", "sent_at", "status_reason")
+    )
+    id_source, at_source, reason_source = source.split(", ")
+    empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    placeholders = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(event.db_table)} ({columns}) "
+            f"SELECT {id_source}, %s, {at_source}, {reason_source}, %s, {empty_json} "
+            f"FROM {quote(delivery.db_table)} WHERE {id_source} IN ({placeholders})",
+            [DeliveryEvent.Kind.SENT, "", "{}", *ids],
+        )
 
 
 def _per_row(by_id: dict[int, Handover], field: str, value):

@@ -273,3 +273,41 @@ def test_an_unreadable_ok_from_the_provider_is_unknown_not_resent(settings):
     delivery.refresh_from_db()
     assert delivery.status == "unknown"
     assert "check before resending" in delivery.status_reason
+
+
+@pytest.mark.django_db
+def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provider():
+    first, second = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
+    later = NOW + timedelta(seconds=3)
+    dispatch.record_sent(
+        [
+            dispatch.Handover(_claimed(first), "anymail", "id-1", NOW),
+            dispatch.Handover(_claimed(second), "twilio", "id-2", later),
+        ],
+        now=later,
+    )
+    events = {e.delivery_id: e for e in DeliveryEvent.objects.filter(kind="sent")}
+    assert (events[first.id].at, events[first.id].reason) == (NOW, "accepted by anymail")
+    assert (events[second.id].at, events[second.id].reason) == (later, "accepted by twilio")
+    assert events[first.id].data == {} and events[first.id].provider_event_id == ""
+    assert DeliveryEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_delivery_changed_while_it_was_being_sent_still_records_that_the_provider_took_it():
+    kept, changed = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
+    claimed = [_claimed(kept), _claimed(changed)]
+    Delivery.objects.filter(id=changed.id).update(status="cancelled")  # staff, meanwhile
+    dispatch.record_sent(
+        [dispatch.Handover(d, "anymail", f"id-{d.id}", NOW) for d in claimed], now=NOW
+    )
+    assert Delivery.objects.get(id=kept.id).status == "sent"
+    assert Delivery.objects.get(id=changed.id).status == "cancelled"  # not overwritten
+    sent = DeliveryEvent.objects.filter(kind="sent")
+    assert sorted(sent.values_list("delivery_id", flat=True)) == sorted([kept.id, changed.id])
+
+
+def _claimed(delivery: Delivery) -> Delivery:
+    Delivery.objects.filter(id=delivery.id).update(status="sending")
+    delivery.refresh_from_db()
+    return delivery
