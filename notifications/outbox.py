@@ -12,7 +12,7 @@ from django.db.models import Expression, F, Field
 from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
 from notifications.templating import compile_template
-from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_url
+from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_urls
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def stage_deliveries(
         base_payload.setdefault("template", notification.template.whatsapp_template)
     rows = []
     workflow_run_id = notification.workflow_run_id
+    unsubscribe_url = unsubscribe_urls() if unsubscribe else None
     for recipient in recipients:
         channel = recipient.channel or compiled.channel
         row_payload = dict(base_payload)

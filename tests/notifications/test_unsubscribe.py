@@ -11,6 +11,7 @@ from notifications.unsubscribe import (
     unsubscribe_headers,
     unsubscribe_token,
     unsubscribe_url,
+    unsubscribe_urls,
 )
 
 pytestmark = pytest.mark.django_db
@@ -121,3 +122,16 @@ def test_a_forged_or_tampered_link_is_refused_and_writes_nothing(mail_client, to
 )
 def test_addresses_are_partly_masked(address, masked):
     assert mask_address(address) == masked
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["jane@example.com", "Jane.Doe+news@Example.co.uk", "zoë@exämple.de", "a" * 200 + "@x.io"],
+)
+def test_a_batchs_unsubscribe_urls_are_the_same_as_one_at_a_time(address, settings):
+    settings.SITE_URL = "https://herald.example.com/TOKEN"  # the marker in the site's URL
+    assert unsubscribe_urls()(address) == unsubscribe_url(address)
+    assert read_token(_path(unsubscribe_urls()(address)).rstrip("/").rsplit("/", 1)[1]) == (
+        address,
+        "email",
+    )
