@@ -22,8 +22,20 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    Case,
+    CharField,
+    DateTimeField,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 
 from notifications.events import NewEvent, record_event, record_events
 from production_runs.models import (
@@ -83,11 +95,16 @@ class Thresholds:
     def __getitem__(self, kind: str) -> timedelta:
         return getattr(self, kind)
 
+    def cutoffs(self, now: datetime) -> dict[str, datetime]:
+        """{kind: the moment a stall of that kind must have begun before to be overdue}."""
+        return {kind: now - self[kind] for kind in KINDS}
+
 
 def stall(run) -> tuple[str, datetime] | None:
     """The bucket a run would be in once overdue, and the time its stall is measured from.
 
-    `run` needs status, created_at, accepted_at, started_at and last_progress_at."""
+    `run` needs status, created_at, accepted_at, started_at and last_progress_at.
+    `with_classification` is the same in SQL (the discoverer's read): keep them in step."""
     if run.accepted_at is None and run.started_at is None:
         if run.status == RunStatus.SENT_TO_PARTNER:
             return ReminderKind.ASSIGNMENT_PENDING, run.created_at
@@ -112,6 +129,44 @@ def classify(run, *, now: datetime, thresholds: Thresholds) -> tuple[str, dateti
 def with_last_progress(queryset: QuerySet) -> QuerySet:
     latest = ProgressUpdate.objects.filter(run=OuterRef("pk")).order_by("-at", "-id")
     return queryset.annotate(last_progress_at=Subquery(latest.values("at")[:1]))
+
+
+def with_classification(queryset: QuerySet, cutoffs: dict[str, datetime]) -> QuerySet:
+    """`classify` in SQL: `overdue_kind` and `overdue_since`, both NULL where `classify`
+    gives None (`cutoffs` as `Thresholds.cutoffs` gives them).
+
+    The three conditions are `stall`'s branches, made disjoint: no acceptance and no start
+    (sent to the partner only), accepted but not started, started and in progress. The
+    discoverer reads these rather than the four datetimes `stall` needs, and a run that is
+    not overdue brings none: their conversion cost more than the rest of the read."""
+    not_accepted, not_started = Q(accepted_at__isnull=True), Q(started_at__isnull=True)
+    branches = (
+        (
+            ReminderKind.ASSIGNMENT_PENDING,
+            not_accepted & not_started & Q(status=RunStatus.SENT_TO_PARTNER),
+            F("created_at"),
+        ),
+        (ReminderKind.NOT_STARTED, ~not_accepted & not_started, F("accepted_at")),
+        (
+            ReminderKind.IDLE,
+            ~not_started & Q(status=RunStatus.IN_PROGRESS),
+            # The latest progress update, else the start.
+            Coalesce("last_progress_at", "started_at"),
+        ),
+    )
+    overdue = [
+        (kind, when & LessThan(since, cutoffs[kind]), since) for kind, when, since in branches
+    ]
+    return with_last_progress(queryset).annotate(
+        overdue_kind=Case(
+            *(When(when, then=Value(kind)) for kind, when, _ in overdue),
+            output_field=CharField(),
+        ),
+        overdue_since=Case(
+            *(When(when, then=since) for _, when, since in overdue),
+            output_field=DateTimeField(),
+        ),
+    )
 
 
 def bucket_filter(kind: str, *, now: datetime, thresholds: Thresholds) -> Q:
@@ -219,27 +274,31 @@ def _remember(state: ReminderState | None, **advance) -> tuple[ReminderState, bo
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """What the discoverer reads of a run: the fields `stall` needs and the ids its events
-    carry (a model instance per run cost more than the classification itself)."""
+    """What the discoverer reads of a run: its classification (`with_classification`) and
+    the ids its events carry (a model instance per run cost more than the classification
+    itself, and the four datetimes `classify` needs cost more than the rest of the row)."""
 
     id: int
     partner_id: int | None
     design_id: int | None
-    status: str
-    created_at: datetime
-    accepted_at: datetime | None
-    started_at: datetime | None
-    last_progress_at: datetime | None
+    overdue_kind: str | None
+    overdue_since: datetime | None
+
+    @property
+    def overdue(self) -> tuple[str, datetime] | None:
+        """What `classify` gives for this run."""
+        return None if self.overdue_kind is None else (self.overdue_kind, self.overdue_since)
 
 
 READ_FIELDS = tuple(RunRow.__dataclass_fields__)
 
 
-def active_runs(*, chunk_size: int) -> Iterator[list[RunRow]]:
-    """Every active run, in pages of `chunk_size` ordered by id (keyset: no OFFSET, no cap,
-    and a run inserted during the read is either seen once or not at all)."""
+def active_runs(*, cutoffs: dict[str, datetime], chunk_size: int) -> Iterator[list[RunRow]]:
+    """Every active run, classified against `cutoffs`, in pages of `chunk_size` ordered by
+    id (keyset: no OFFSET, no cap, and a run inserted during the read is either seen once
+    or not at all)."""
     base = (
-        with_last_progress(ProductionRun.objects.filter(status__in=ACTIVE_STATUSES))
+        with_classification(ProductionRun.objects.filter(status__in=ACTIVE_STATUSES), cutoffs)
         .order_by("id")
         .values_list(*READ_FIELDS)
     )
@@ -298,26 +357,29 @@ def discover_reminders(
     `already_emitted` (today's event exists). `dry_run` classifies and reports, emits
     nothing and changes nothing."""
     settings = ReminderSettings.load()
-    thresholds = Thresholds.of(settings)
+    cutoffs = Thresholds.of(settings).cutoffs(now)
     steps, repeat = settings.steps, settings.escalation_repeat_days
     summary = _empty_summary(now=now, dry_run=dry_run, digest=settings.digest_enabled)
     digest_groups: dict[tuple[int, str], list[Due]] = defaultdict(list)
     day = local_date(now)
+    # Reminders are written in batches of about `chunk_size`, gathered over as many pages as
+    # it takes: a page holds a few dozen stalled runs, and each batch costs a transaction
+    # and a hint to the workers whatever its size.
+    emit: list[Due] = []
 
-    for page in active_runs(chunk_size=chunk_size):
+    for page in active_runs(cutoffs=cutoffs, chunk_size=chunk_size):
         # The page's ids are one ascending range: a range read, not a list of 500 ids.
         states = {
             s.run_id: s
             for s in ReminderState.objects.filter(run_id__gte=page[0].id, run_id__lte=page[-1].id)
         }
-        emit: list[Due] = []
         for run in page:
             summary["total_inspected"] += 1
             if run.partner_id is None:
                 summary["skipped_no_partner"] += 1
                 continue
             state = states.get(run.id)
-            found = classify(run, now=now, thresholds=thresholds)
+            found = run.overdue
             if found is None:
                 summary["skipped_not_overdue"] += 1
                 if state is not None and not dry_run:
@@ -342,10 +404,13 @@ def discover_reminders(
                 summary["events"] += 1
             else:
                 emit.append(due)
-        if emit:
-            _emit_page(emit, now=now, day=day, settings=settings, summary=summary)
+        if len(emit) >= chunk_size:
+            _emit_batch(emit, now=now, day=day, settings=settings, summary=summary)
+            emit = []
         if progress is not None:
             progress(summary["total_inspected"])
+    if emit:
+        _emit_batch(emit, now=now, day=day, settings=settings, summary=summary)
 
     for (partner_id, kind), group in sorted(digest_groups.items()):
         if dry_run:
@@ -393,16 +458,16 @@ def _reminder(due: Due, day: date) -> NewEvent:
     )
 
 
-def _emit_page(emit: list[Due], *, now, day, settings, summary) -> None:
-    """A page's events and escalation states in one transaction and a handful of
+def _emit_batch(emit: list[Due], *, now, day, settings, summary) -> None:
+    """A batch's events and escalation states in one transaction and a handful of
     statements. Should the lot fail (a run's event recorded meanwhile by another run of the
-    discoverer, a bad row), the page goes again one run at a time, each in its own
+    discoverer, a bad row), the batch goes again one run at a time, each in its own
     savepoint, so that one failure stays one run's."""
     try:
         with transaction.atomic():
             counts = _emit_bulk(emit, now=now, day=day, settings=settings)
     except Exception as error:
-        logger.info("reminder page of %d runs goes one by one (%s)", len(emit), error)
+        logger.info("reminder batch of %d runs goes one by one (%s)", len(emit), error)
         with transaction.atomic():
             for due in emit:
                 _emit_one(due, now=now, day=day, settings=settings, summary=summary)

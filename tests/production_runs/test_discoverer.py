@@ -192,6 +192,27 @@ def test_a_pages_reminders_cost_the_same_queries_for_ten_runs_as_for_forty():
     assert queries_for(40, NOW) == queries_for(10, NOW)
 
 
+def test_reminders_are_written_in_batches_of_a_chunk_not_one_per_page(monkeypatch):
+    """A page holds a few stalled runs among many: their reminders are gathered over pages
+    into batches of about `chunk_size` (a transaction and a worker hint each)."""
+    batches = []
+    real = discoverer.record_events
+
+    def record_events(new, **kwargs):
+        batches.append(len(new))
+        return real(new, **kwargs)
+
+    monkeypatch.setattr(discoverer, "record_events", record_events)
+    for index in range(40):  # 10 stalled, one in each page of 4
+        pending_run(age=2 * DAY if index % 4 == 0 else HOUR)
+
+    summary = discover_reminders(now=NOW, chunk_size=4)
+
+    assert summary["dispatched"] == 10 and summary["total_inspected"] == 40
+    assert batches == [4, 4, 2]
+    assert len(kinds_emitted()) == 10 and ReminderState.objects.count() == 10
+
+
 def test_the_celery_task_runs_the_discoverer_now(clock):
     pending_run()
     summary = discover_reminders_task()
