@@ -660,8 +660,7 @@ def _send_batch(
     claimed = _skip_suppressed(claimed, now=now, report=report)
     claimed = _apply_send_time_checks(claimed, now=now, report=report)
     keys = {_sender_key(d) for d in claimed}
-    pacing.ensure_senders(keys)
-    senders = {s.key: s for s in pacing.Sender.objects.filter(key__in=keys)}
+    senders = pacing.senders_for(keys)
     slotted, waiting = _schedule_slots(claimed, now=now, senders=senders, paced_round=paced_round)
     behind = defaultdict(list)
     for delivery, until in waiting:

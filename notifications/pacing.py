@@ -29,22 +29,27 @@ def sender_key(channel: str, payload: dict) -> str:
     return f"{channel}:{identity}"
 
 
-def ensure_senders(keys: set[str]) -> None:
-    """Create the senders seen for the first time, at the channel's default rate."""
-    known = set(Sender.objects.filter(key__in=keys).values_list("key", flat=True))
-    defaults = settings.SENDER_DEFAULT_RATES
-    Sender.objects.bulk_create(
-        [
-            Sender(
-                key=key,
-                channel=key.split(":", 1)[0],
-                rate_per_second=defaults.get(key.split(":", 1)[0], 1.0),
-                max_queue_hours=settings.SENDER_MAX_QUEUE_HOURS.get(key.split(":", 1)[0]),
-            )
-            for key in keys - known
-        ],
-        ignore_conflicts=True,
-    )
+def senders_for(keys: set[str]) -> dict[str, Sender]:
+    """The senders of these keys by key; one seen for the first time is created at its
+    channel's default rate."""
+    found = {sender.key: sender for sender in Sender.objects.filter(key__in=keys)}
+    missing = keys - found.keys()
+    if missing:
+        defaults = settings.SENDER_DEFAULT_RATES
+        Sender.objects.bulk_create(
+            [
+                Sender(
+                    key=key,
+                    channel=key.split(":", 1)[0],
+                    rate_per_second=defaults.get(key.split(":", 1)[0], 1.0),
+                    max_queue_hours=settings.SENDER_MAX_QUEUE_HOURS.get(key.split(":", 1)[0]),
+                )
+                for key in missing
+            ],
+            ignore_conflicts=True,  # another worker may create it at the same moment
+        )
+        found.update((s.key, s) for s in Sender.objects.filter(key__in=missing))
+    return found
 
 
 def interval(sender: Sender) -> timedelta:
