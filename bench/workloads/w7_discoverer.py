@@ -68,12 +68,13 @@ def run(ctx: Context) -> Workload:
         f"{herald.queries:,} ({herald.queries / pages:.1f} per page)",
         herald.queries <= 5 * pages,
     )
-    per_event = (first.queries - herald.queries) / max(events, 1)
+    writes = first.queries - herald.queries
     result.notes.append(
         f"overdue: {summary['counts']} ({sum(summary['counts'].values()):,} of {runs:,}); "
-        f"{events:,} reminder events emitted with {per_event:.1f} queries each "
-        "(record_event: savepoints, the event and its handling rows, the escalation state) "
-        "and one broker hint each"
+        f"{events:,} reminder events emitted with {writes:,} more queries than the read "
+        f"({writes / max(events, 1):.2f} per event: record_events writes about {CHUNK} "
+        "reminders at a time, the events, their handling rows and the escalation states in "
+        "bulk, with one hint to the workers per batch)"
     )
     return result
 
