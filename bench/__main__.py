@@ -4,6 +4,10 @@ bench/results.json.
     python -m bench                 all seven on the database of bench.settings
     python -m bench --only 1,2      some of them
     python -m bench --quick         a tenth of the sizes (a smoke run; figures not comparable)
+
+Each workload runs in a process of its own (with its own throw-away database), so that its
+peak memory is its own and not what earlier workloads left behind in the allocator;
+`--same-process` runs them one after another in this one.
 """
 
 from __future__ import annotations
@@ -73,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated workload numbers")
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the JSON")
+    parser.add_argument(
+        "--same-process", action="store_true", help="run every workload in this process"
+    )
     args = parser.parse_args(argv)
     chosen = [int(n) for n in args.only.split(",") if n.strip()] or sorted(WORKLOADS)
+    if len(chosen) > 1 and not args.same_process:
+        return _each_in_its_own_process(chosen, args)
 
     started = time.perf_counter()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
@@ -137,6 +146,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}")
     _clean_up(settings)
     return 1 if failures else 0
+
+
+def _each_in_its_own_process(chosen: list[int], args) -> int:
+    """Run `python -m bench --only N` for each workload and merge their results."""
+    import subprocess
+    import tempfile
+
+    started = time.perf_counter()
+    documents, failed = [], []
+    with tempfile.TemporaryDirectory(prefix="herald-bench-results-") as folder:
+        for number in chosen:
+            output = Path(folder) / f"{number}.json"
+            command = [sys.executable, "-m", "bench", "--only", str(number), "--output"]
+            command += [str(output), *(["--quick"] if args.quick else [])]
+            code = subprocess.call(command)
+            if code or not output.exists():
+                failed.append(number)
+                continue
+            documents.append(json.loads(output.read_text()))
+    if not documents:
+        return 1
+    workloads = [w for d in documents for w in d["workloads"]]
+    met = sum(d["targets_met"] for d in documents)
+    count = sum(d["targets"] for d in documents)
+    total = time.perf_counter() - started
+    print(f"\n{met} of {count} targets met; whole run {total:.0f} s", flush=True)
+    merged = {
+        **documents[0],
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(total, 1),
+        "targets_met": met,
+        "targets": count,
+        "failed_workloads": failed + [n for d in documents for n in d["failed_workloads"]],
+        "workloads": workloads,
+        "process_per_workload": True,
+    }
+    Path(args.output).write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    print(f"wrote {args.output}")
+    return 1 if merged["failed_workloads"] else 0
 
 
 def _clean_up(settings) -> None:
