@@ -21,8 +21,6 @@ def database_config(url: str, *, var_dir: Path) -> dict:
     if not engine:
         raise ImproperlyConfigured(f"DATABASE_URL has an unsupported scheme: {url.split(':')[0]!r}")
     if engine.endswith("sqlite3"):
-        # Django's backend with SQLite's real parameter limit (config/sqlite3/base.py).
-        config["ENGINE"] = "config.sqlite3"
         # WAL lets the web process read while a worker writes; IMMEDIATE takes the write lock
         # at BEGIN, so two writers queue on the timeout instead of failing with "locked".
         config.setdefault("OPTIONS", {}).update(
