@@ -686,8 +686,10 @@ class Delivery(models.Model):
         ordering = ["-created_at"]
         verbose_name_plural = "deliveries"
         indexes = [
-            # dispatch: WHERE status='scheduled' AND send_at <= now ORDER BY send_at
-            models.Index(fields=["status", "send_at"], name="delivery_due"),
+            # dispatch: WHERE status='scheduled' AND send_at <= now ORDER BY send_at, id LIMIT n
+            # (with id, PostgreSQL reads the claim in index order and stops at n; without
+            # it, every claim sorted the whole backlog: quadratic in a large drain)
+            models.Index(fields=["status", "send_at", "id"], name="delivery_due"),
             # tracking webhooks: WHERE provider_message_id = ...
             models.Index(fields=["provider_message_id"], name="delivery_provider_id"),
             # cadence history: WHERE recipient_key IN (...) AND send_at >= ...

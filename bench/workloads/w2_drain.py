@@ -22,7 +22,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.test import override_settings
 
-from bench.db import wipe
+from bench.db import analyze, wipe
 from bench.harness import REPEAT, Figure, Workload, best, measure
 from bench.workloads.common import BODY, NOW, SUBJECT, Context, customers
 
@@ -69,6 +69,7 @@ def run(ctx: Context) -> Workload:
     result = Workload(2, "Dispatch drain", f"{n:,} due emails, provider answers at once")
     wipe()
     stage(n)
+    analyze()  # statistics after the bulk load, as autovacuum gives a production database
     due = list(Delivery.objects.order_by("id").values())
 
     heralds, floors = [], []
@@ -109,6 +110,7 @@ def _reset(rows: list[dict]) -> None:
     DeliveryEvent.objects.all()._raw_delete("default")
     Delivery.objects.all()._raw_delete("default")
     Delivery.objects.bulk_create([Delivery(**row) for row in rows], batch_size=1000)
+    analyze()
 
 
 def _post_office_queue(rows: list[dict]) -> None:
@@ -132,6 +134,7 @@ def _post_office_queue(rows: list[dict]) -> None:
         ],
         batch_size=1000,
     )
+    analyze()
 
 
 def _post_office_drain(n: int, label: str, config: dict) -> Figure:
