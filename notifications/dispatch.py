@@ -347,10 +347,9 @@ def _copy_sent_events(ids: list[int]) -> None:
         quote(event.get_field(name).column)
         for name in ("delivery", "kind", "at", "reason", "provider_event_id", "data")
     )
-    source = ", ".join(
+    id_source, at_source, reason_source = (
         quote(delivery.get_field(name).column) for name in ("id", "sent_at", "status_reason")
     )
-    id_source, at_source, reason_source = source.split(", ")
     empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
     placeholders = ", ".join(["%s"] * len(ids))
     with connection.cursor() as cursor:

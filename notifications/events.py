@@ -63,13 +63,7 @@ def record_event(
             event = Event.objects.create(
                 name=name, payload=payload, idempotency_key=idempotency_key, created_at=now
             )
-            handlings = EventHandling.objects.bulk_create(
-                [
-                    EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
-                    for s in _subscribers.values()
-                    if s.matches(name)
-                ]
-            )
+            handlings = EventHandling.objects.bulk_create(_handlings(event, now))
     except IntegrityError:
         return Event.objects.get(idempotency_key=idempotency_key), False
     if handlings:
@@ -125,17 +119,21 @@ def record_events(new: Sequence[NewEvent], *, now: datetime) -> set[str]:
             for event in events:
                 event.pk = ids[event.idempotency_key]
         handlings = EventHandling.objects.bulk_create(
-            [
-                EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
-                for event in events
-                for s in _subscribers.values()
-                if s.matches(event.name)
-            ],
+            [handling for event in events for handling in _handlings(event, now)],
             batch_size=500,
         )
     if handlings:
         transaction.on_commit(kick_handlers)
     return {e.idempotency_key for e in fresh}
+
+
+def _handlings(event: Event, now: datetime) -> list[EventHandling]:
+    """One handling per subscriber whose pattern matches the event's name."""
+    return [
+        EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
+        for s in _subscribers.values()
+        if s.matches(event.name)
+    ]
 
 
 def kick_handlers() -> None:
