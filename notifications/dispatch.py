@@ -29,7 +29,6 @@ from notifications.channels import ChannelError, OutgoingMessage, get_channel
 from notifications.events import record_event
 from notifications.killswitches import active_switches, frozen_filter
 from notifications.models import Channel, Delivery, DeliveryEvent
-from notifications.outbox import ValuesByKey
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
@@ -301,26 +300,14 @@ def send_claimed(
 
 
 def record_sent(handovers: list[Handover], *, now: datetime) -> None:
-    """Write accepted deliveries in bulk: one UPDATE and one INSERT for the lot instead of a
-    transaction per message. A crash before this leaves them 'sending'; the sweep then marks
-    them unknown for reconciliation, never for a resend."""
+    """Write accepted deliveries in bulk: one statement run for the lot and one INSERT of
+    their events, instead of a transaction per message. A crash before this leaves them
+    'sending'; the sweep then marks them unknown for reconciliation, never for a resend."""
     if not handovers:
         return
     by_id = {h.delivery.id: h for h in handovers}
     with transaction.atomic():
-        written = Delivery.objects.filter(
-            id__in=list(by_id), status__in=[Status.SENDING, Status.UNKNOWN]
-        ).update(
-            status=Status.SENT,
-            status_reason=_per_row(by_id, "status_reason", lambda h: f"accepted by {h.provider}"),
-            provider=_per_row(by_id, "provider", lambda h: h.provider),
-            provider_message_id=_per_row(
-                by_id, "provider_message_id", lambda h: h.provider_message_id
-            ),
-            sent_at=_per_row(by_id, "sent_at", lambda h: h.at),
-            last_error="",
-            updated_at=now,
-        )
+        written = _write_sent(by_id, now=now)
         if written == len(by_id):
             _copy_sent_events(list(by_id))
         else:  # someone changed some rows meanwhile: the provider has them all the same
@@ -335,6 +322,49 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
     for handover in handovers:
         handover.delivery.provider_message_id = handover.provider_message_id
     tracking.match_unmatched_many([h.delivery for h in handovers], now=now)
+
+
+# Each accepted delivery's own outcome, unless someone else decided the row meanwhile.
+_SENT_COLUMNS = (
+    "status",
+    "status_reason",
+    "provider",
+    "provider_message_id",
+    "sent_at",
+    "last_error",
+    "updated_at",
+)
+
+
+def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
+    """One UPDATE statement run for every accepted delivery (`executemany`: prepared once,
+    one parameter row per delivery); returns the number of rows written. A single UPDATE
+    with a CASE per column (as before) spent more time building its SQL than running it."""
+    meta, quote = Delivery._meta, connection.ops.quote_name
+    fields = [meta.get_field(name) for name in _SENT_COLUMNS]
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    status = quote(meta.get_field("status").column)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "
+        f"WHERE {quote(meta.pk.column)} = %s AND {status} IN (%s, %s)"
+    )
+    prepare = [f.get_db_prep_save for f in fields]
+    rows = []
+    for delivery_id, handover in by_id.items():
+        values = (
+            Status.SENT,
+            f"accepted by {handover.provider}"[:300],
+            handover.provider,
+            handover.provider_message_id,
+            handover.at,
+            "",
+            now,
+        )
+        row = [to_db(value, connection) for to_db, value in zip(prepare, values, strict=True)]
+        rows.append((*row, delivery_id, Status.SENDING, Status.UNKNOWN))
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+        return cursor.rowcount
 
 
 def _copy_sent_events(ids: list[int]) -> None:
@@ -359,16 +389,6 @@ def _copy_sent_events(ids: list[int]) -> None:
             f"FROM {quote(delivery.db_table)} WHERE {id_source} IN ({placeholders})",
             [DeliveryEvent.Kind.SENT, "", "{}", *ids],
         )
-
-
-def _per_row(by_id: dict[int, Handover], field: str, value):
-    """The value of `field` for each written row: one value when they all share it (one
-    provider per channel), else a CASE over the ids."""
-    values = {i: value(h) for i, h in by_id.items()}
-    distinct = set(values.values())
-    if len(distinct) == 1:
-        return distinct.pop()
-    return ValuesByKey("id", values, Delivery._meta.get_field(field))
 
 
 def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -> str:

@@ -103,10 +103,13 @@ def run(ctx: Context) -> Workload:
 
 
 def _reset(rows: list[dict]) -> None:
-    """The outbox as it was before the drain (and its batch running again)."""
-    from notifications.models import Delivery, DeliveryEvent, WorkflowRun
+    """The outbox as it was before the drain (its batch running again, its sender's pace
+    cursor back where it was: otherwise the next drain, at the same `now`, waits for the
+    slots the last one reserved)."""
+    from notifications.models import Delivery, DeliveryEvent, Sender, WorkflowRun
 
     WorkflowRun.objects.update(status=WorkflowRun.Status.RUNNING, completed_at=None)
+    Sender.objects.update(next_slot_at=None, paused_until=None)
     DeliveryEvent.objects.all()._raw_delete("default")
     Delivery.objects.all()._raw_delete("default")
     Delivery.objects.bulk_create([Delivery(**row) for row in rows], batch_size=1000)

@@ -7,6 +7,7 @@ import pytest
 import responses
 from django.core.management import call_command
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from notifications import dispatch
 from notifications.dispatch import ManualClock, retry_delay
@@ -291,6 +292,35 @@ def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provid
     assert (events[second.id].at, events[second.id].reason) == (later, "accepted by twilio")
     assert events[first.id].data == {} and events[first.id].provider_event_id == ""
     assert DeliveryEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("count", [2, 30])
+def test_accepted_deliveries_are_written_with_their_own_outcome_in_constant_queries(count):
+    claimed = [_claimed(DeliveryFactory(send_at=NOW)) for _ in range(count)]
+    untouched = DeliveryFactory(send_at=NOW)  # not handed over: must not be written
+    handovers = [
+        dispatch.Handover(d, "anymail", f"<{d.id}@herald>", NOW + timedelta(milliseconds=i))
+        for i, d in enumerate(claimed)
+    ]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        dispatch.record_sent(handovers, now=NOW + timedelta(seconds=1))
+    written = {d.id: d for d in Delivery.objects.filter(id__in=[d.id for d in claimed])}
+    for i, delivery in enumerate(claimed):
+        row = written[delivery.id]
+        assert (row.status, row.provider, row.provider_message_id) == (
+            "sent",
+            "anymail",
+            f"<{delivery.id}@herald>",
+        )
+        assert row.sent_at == NOW + timedelta(milliseconds=i)
+        assert row.status_reason == "accepted by anymail"
+        assert row.updated_at == NOW + timedelta(seconds=1)
+    assert Delivery.objects.get(id=untouched.id).status == "scheduled"
+    assert DeliveryEvent.objects.filter(kind="sent").count() == count
+    # the write, the events, the provider's early reports; plus the transaction
+    print([q["sql"][:60] for q in queries])
+    assert len([q for q in queries if "SAVEPOINT" not in q["sql"]]) <= 5, queries.captured_queries
 
 
 @pytest.mark.django_db
