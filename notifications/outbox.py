@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Expression, F, Field
 
 from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
@@ -142,34 +141,3 @@ def kick_dispatch() -> None:
         dispatch_due_task.delay()
     except Exception as error:  # the broker is down; the beat sweep will find the rows
         logger.warning("could not kick the dispatcher (%s); the sweep will send", error)
-
-
-class ValuesByKey(Expression):
-    """One value per row in a single UPDATE: `CASE <key> WHEN %s THEN %s ... END`.
-
-    Django's Case(When(pk=..., then=...)) resolves every When like a filter, about 50 µs
-    per row and column (most of a 10,000-message drain went there); written out, the same
-    SQL costs microseconds. Rows the update reaches outside `values` would get NULL, so
-    filter the update on the same keys."""
-
-    def __init__(self, key: str, values: Mapping, output_field: Field):
-        super().__init__(output_field=output_field)
-        self.key = key
-        self.values = values
-
-    def resolve_expression(
-        self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False
-    ):
-        resolved = self.copy()
-        resolved.column = F(self.key).resolve_expression(query, allow_joins, reuse, summarize)
-        return resolved
-
-    def as_sql(self, compiler, connection):
-        column, params = compiler.compile(self.column)
-        key_field, field = self.column.output_field, self.output_field
-        params = list(params)
-        for key, value in self.values.items():
-            params.append(key_field.get_db_prep_value(key, connection))
-            params.append(field.get_db_prep_save(value, connection))
-        whens = " ".join(["WHEN %s THEN %s"] * len(self.values))
-        return f"CASE {column} {whens} END", params
