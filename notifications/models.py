@@ -96,6 +96,8 @@ class WorkflowRun(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED = (Status.COMPLETED, Status.PARTIAL, Status.FAILED, Status.CANCELLED)
+    # Runs whose waiting deliveries are not sent: aborted (resume or cancel it) or cancelled.
+    HALTED = (Status.ABORTED, Status.CANCELLED)
 
     workflow = models.ForeignKey(
         Workflow,
@@ -146,6 +148,14 @@ class WorkflowRun(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [
+            # The runs whose waiting deliveries dispatch must not claim (see dispatch).
+            models.Index(
+                fields=["status"],
+                name="run_halted",
+                condition=models.Q(status__in=["aborted", "cancelled"]),  # HALTED
+            )
+        ]
         permissions = [
             ("launch_batch", "Can launch a batch customer notification"),
             ("override_recipient_cap", "Can set max_recipients above 50"),

@@ -11,8 +11,10 @@ from django.test.utils import CaptureQueriesContext
 
 from notifications import dispatch
 from notifications.dispatch import ManualClock, retry_delay
-from notifications.models import Delivery, DeliveryEvent, Event, RecordedMessage
-from tests.notifications.factories import DeliveryFactory
+from notifications.models import Delivery, DeliveryEvent, Event, RecordedMessage, WorkflowRun
+from tests.notifications.factories import DeliveryFactory, WorkflowRunFactory
+
+HALTED = WorkflowRun.HALTED
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
@@ -277,6 +279,23 @@ def test_an_unreadable_ok_from_the_provider_is_unknown_not_resent(settings):
 
 
 @pytest.mark.django_db
+def test_deliveries_of_aborted_and_cancelled_runs_wait_while_the_others_are_sent():
+    runs = {status: WorkflowRunFactory(status=status) for status in ("running", *HALTED)}
+    waiting = {
+        status: DeliveryFactory(send_at=NOW, workflow_run=run) for status, run in runs.items()
+    }
+    loose = DeliveryFactory(send_at=NOW, workflow_run=None)
+    report = dispatch_due(now=NOW)
+    assert report.sent == 2
+    status = dict(Delivery.objects.values_list("id", "status"))
+    assert status[loose.id] == status[waiting["running"].id] == "sent"
+    assert status[waiting["aborted"].id] == status[waiting["cancelled"].id] == "scheduled"
+    WorkflowRun.objects.filter(id=runs["aborted"].id).update(status="running")  # resumed
+    assert dispatch_due(now=NOW).sent == 1
+    assert Delivery.objects.get(id=waiting["aborted"].id).status == "sent"
+
+
+@pytest.mark.django_db
 def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provider():
     first, second = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
     later = NOW + timedelta(seconds=3)
@@ -321,6 +340,27 @@ def test_accepted_deliveries_are_written_with_their_own_outcome_in_constant_quer
     # the write, the events, the provider's early reports; plus the transaction
     print([q["sql"][:60] for q in queries])
     assert len([q for q in queries if "SAVEPOINT" not in q["sql"]]) <= 5, queries.captured_queries
+
+
+@pytest.mark.django_db
+def test_accepted_deliveries_beyond_a_statements_parameters_are_written_in_even_parts(
+    monkeypatch,
+):
+    monkeypatch.setattr(connections["default"].features, "max_query_params", 27)  # 4 rows
+    claimed = [_claimed(DeliveryFactory(send_at=NOW)) for _ in range(10)]
+    handovers = [
+        dispatch.Handover(d, "twilio" if i % 2 else "anymail", f"m{d.id}", NOW)
+        for i, d in enumerate(claimed)
+    ]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        dispatch.record_sent(handovers, now=NOW)
+    updates = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 4  # per provider: 5 rows in parts of 3 and 2
+    rows = Delivery.objects.filter(id__in=[d.id for d in claimed]).order_by("id")
+    assert [(r.status, r.provider, r.provider_message_id) for r in rows] == [
+        ("sent", "twilio" if i % 2 else "anymail", f"m{d.id}") for i, d in enumerate(claimed)
+    ]
+    assert DeliveryEvent.objects.filter(kind="sent").count() == 10
 
 
 @pytest.mark.django_db
