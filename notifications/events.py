@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -118,22 +118,59 @@ def record_events(new: Sequence[NewEvent], *, now: datetime) -> set[str]:
             )
             for event in events:
                 event.pk = ids[event.idempotency_key]
-        handlings = EventHandling.objects.bulk_create(
-            [handling for event in events for handling in _handlings(event, now)],
-            batch_size=500,
-        )
-    if handlings:
+        handled = _insert_handlings(events, now=now)
+    if handled:
         transaction.on_commit(kick_handlers)
     return {e.idempotency_key for e in fresh}
 
 
+def _insert_handlings(events: Sequence[Event], *, now: datetime) -> bool:
+    """`_handlings` of these just-recorded events, one INSERT ... SELECT per subscriber and
+    500 events, their rows copied from the events' ids: building a handling instance per
+    event cost as much as the event itself. Returns whether any handling was written."""
+    ids_by_subscriber: dict[str, list[int]] = {}
+    names = {event.name for event in events}
+    for subscriber in _subscribers.values():
+        matched = {name for name in names if subscriber.matches(name)}
+        if matched:
+            ids_by_subscriber[subscriber.name] = [e.pk for e in events if e.name in matched]
+    if not ids_by_subscriber:
+        return False
+    meta, quote = EventHandling._meta, connection.ops.quote_name
+    event_id = meta.get_field("event")
+    # Every other column as a new handling has it (status, attempts, result, ... from the
+    # model's defaults), so that a field added later is written as bulk_create would.
+    fields = [f for f in meta.concrete_fields if f is not event_id and not f.primary_key]
+    columns = ", ".join(quote(f.column) for f in (event_id, *fields))
+    source, source_id = quote(Event._meta.db_table), quote(Event._meta.pk.column)
+    # PostgreSQL types the SELECT's parameters by their value, not by the column they go to.
+    typed = connection.vendor == "postgresql"
+    placeholders = ", ".join(
+        f"CAST(%s AS {f.cast_db_type(connection)})" if typed else "%s" for f in fields
+    )
+    with connection.cursor() as cursor:
+        for subscriber, ids in ids_by_subscriber.items():
+            prototype = _handling(None, subscriber, now)
+            values = [f.get_db_prep_save(f.pre_save(prototype, True), connection) for f in fields]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                cursor.execute(
+                    f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+                    f"SELECT {source_id}, {placeholders} FROM {source} "
+                    f"WHERE {source_id} IN ({', '.join(['%s'] * len(chunk))}) "
+                    f"ORDER BY {source_id}",
+                    [*values, *chunk],
+                )
+    return True
+
+
 def _handlings(event: Event, now: datetime) -> list[EventHandling]:
     """One handling per subscriber whose pattern matches the event's name."""
-    return [
-        EventHandling(event=event, subscriber=s.name, next_attempt_at=now)
-        for s in _subscribers.values()
-        if s.matches(event.name)
-    ]
+    return [_handling(event, s.name, now) for s in _subscribers.values() if s.matches(event.name)]
+
+
+def _handling(event: Event | None, subscriber: str, now: datetime) -> EventHandling:
+    return EventHandling(event=event, subscriber=subscriber, next_attempt_at=now)
 
 
 def kick_handlers() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import (
     Case,
     CharField,
@@ -296,17 +296,31 @@ READ_FIELDS = tuple(RunRow.__dataclass_fields__)
 def active_runs(*, cutoffs: dict[str, datetime], chunk_size: int) -> Iterator[list[RunRow]]:
     """Every active run, classified against `cutoffs`, in pages of `chunk_size` ordered by
     id (keyset: no OFFSET, no cap, and a run inserted during the read is either seen once
-    or not at all)."""
-    base = (
+    or not at all).
+
+    The page's SQL is compiled once and run again with each page's bound: compiling the
+    classification for each of 200 pages was a third of the read. Each page is fetched whole
+    before it is handed out, so no read is pending while the caller writes (SQLite)."""
+    queryset = (
         with_classification(ProductionRun.objects.filter(status__in=ACTIVE_STATUSES), cutoffs)
         .order_by("id")
         .values_list(*READ_FIELDS)
+        # The keyset bound comes last: its parameter is the last of the statement's.
+        .filter(id__gt=0)[:chunk_size]
     )
-    last_id = 0
+    compiler = queryset.query.get_compiler(using=queryset.db)
+    sql, params = compiler.as_sql()
+    *fixed, last_id = params
+    if last_id != 0:
+        raise RuntimeError(f"the keyset bound is not the page query's last parameter: {sql}")
+    connection = connections[queryset.db]
     while True:
-        page = [RunRow(*row) for row in base.filter(id__gt=last_id)[:chunk_size]]
-        if not page:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, (*fixed, last_id))
+            rows = cursor.fetchall()
+        if not rows:
             return
+        page = [RunRow(*row) for row in compiler.results_iter(results=[rows])]
         yield page
         last_id = page[-1].id
 

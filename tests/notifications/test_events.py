@@ -1,6 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from notifications import events
 from notifications.models import Event, EventHandling
@@ -45,6 +47,55 @@ def test_subscribers_match_by_pattern_only(calls):
     assert not EventHandling.objects.exists()
     events.handle_due(now=NOW)
     assert calls == []
+
+
+def handlings() -> list[tuple]:
+    """Every handling as the worker will see it, by event (ids aside)."""
+    return sorted(
+        (h.event.idempotency_key, h.subscriber, h.status, h.attempts, h.last_error,
+         h.next_attempt_at, h.claim_token, h.claimed_at, h.handled_at, h.result)
+        for h in EventHandling.objects.select_related("event")
+    )  # fmt: skip
+
+
+def test_events_recorded_together_get_the_handlings_they_would_get_one_by_one(calls):
+    """`record_events` writes the handlings of the lot in a few statements: the same rows,
+    per subscriber whose pattern matches, as `record_event` writes one event at a time."""
+    events.subscribe("*.reminder_idle", lambda event: None, name="test.idle_only")
+    names = ["herald_test_run.reminder_idle", "herald_test_run.reminder_not_started", "x.y"]
+    new = [
+        events.NewEvent(names[n % 3], {"production_run_id": n}, f"many:{n}") for n in range(1_060)
+    ]
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            recorded = events.record_events(new, now=NOW)
+        together = handlings()
+        EventHandling.objects.all().delete()
+        Event.objects.all().delete()
+        for event in new:
+            events.record_event(
+                event.name, event.payload, idempotency_key=event.idempotency_key, now=NOW
+            )
+        one_by_one = handlings()
+        handled = events.handle_due(now=NOW, limit=2_000)
+    finally:
+        events._subscribers.pop("test.idle_only")
+
+    assert recorded == {event.idempotency_key for event in new}
+    assert together == one_by_one
+    assert len(together) == 707 + 354  # herald_test_run.* twice in three, idle once in three
+    handling_inserts = [q for q in captured if "INSERT" in q["sql"] and "handling" in q["sql"]]
+    assert len(handling_inserts) == 2 + 1  # 707 ids for one subscriber, 354 for the other
+    assert handled == {"done": len(together), "failed": 0, "gave_up": 0}
+    assert len(calls) == 707
+
+
+def test_events_recorded_together_that_no_one_subscribes_to_get_no_handlings(calls):
+    recorded = events.record_events(
+        [events.NewEvent("x.y", {}, "nobody:1"), events.NewEvent("x.z", {}, "nobody:2")], now=NOW
+    )
+    assert recorded == {"nobody:1", "nobody:2"}
+    assert Event.objects.count() == 2 and not EventHandling.objects.exists()
 
 
 def test_a_failed_handling_is_retried_with_backoff_and_visible():

@@ -5,13 +5,18 @@ import pytest
 from notifications.models import Event
 from production_runs import discoverer
 from production_runs.discoverer import (
+    READ_FIELDS,
+    RunRow,
     Thresholds,
+    active_runs,
     bucket_filter,
     classify,
     discover_reminders,
+    with_classification,
     with_idle_since,
 )
 from production_runs.models import (
+    ACTIVE_STATUSES,
     ProductionRun,
     ReminderSettings,
     ReminderState,
@@ -190,6 +195,46 @@ def test_a_pages_reminders_cost_the_same_queries_for_ten_runs_as_for_forty():
         return len(captured)
 
     assert queries_for(40, NOW) == queries_for(10, NOW)
+
+
+def test_the_page_query_is_compiled_once_and_each_page_is_one_query(monkeypatch):
+    """The classification is compiled once for the whole read, not once per page; each
+    page is then one statement with its own keyset bound."""
+    from django.db import connection
+    from django.db.models.sql.compiler import SQLCompiler
+    from django.test.utils import CaptureQueriesContext
+
+    young = pending_run(age=HOUR)
+    runs = [pending_run() for _ in range(5)] + [young] + [idle_run() for _ in range(5)]
+    runs.append(RunFactory(partner=None))
+    cutoffs = Thresholds.of(ReminderSettings.load()).cutoffs(NOW)
+    compiled = []
+    real = SQLCompiler.as_sql
+
+    def as_sql(self, *args, **kwargs):
+        if self.query.model is ProductionRun:
+            compiled.append(self.query)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", as_sql)
+    with CaptureQueriesContext(connection) as captured:
+        pages = list(active_runs(cutoffs=cutoffs, chunk_size=5))
+    monkeypatch.setattr(SQLCompiler, "as_sql", real)
+
+    assert [len(page) for page in pages] == [5, 5, 2]
+    assert len(compiled) == 1
+    assert len(captured) == len(pages) + 1  # and the empty page that ends the read
+    read = [row for page in pages for row in page]
+    assert [row.id for row in read] == sorted(run.id for run in runs)
+    assert read == [
+        RunRow(*row)
+        for row in with_classification(
+            ProductionRun.objects.filter(status__in=ACTIVE_STATUSES), cutoffs
+        )
+        .order_by("id")
+        .values_list(*READ_FIELDS)
+    ]
+    assert [row.id for row in read if row.overdue is None] == [young.id]
 
 
 def test_reminders_are_written_in_batches_of_a_chunk_not_one_per_page(monkeypatch):
