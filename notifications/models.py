@@ -592,7 +592,6 @@ class Delivery(models.Model):
     )
     idempotency_key = models.CharField(
         max_length=200,
-        unique=True,
         help_text="At most one delivery per key, e.g. <workflow_run_id>:<customer_id>.",
     )
     send_at = models.DateTimeField(default=timezone.now, help_text="Not sent before this time.")
@@ -657,7 +656,6 @@ class Delivery(models.Model):
     sender = models.CharField(
         max_length=200,
         blank=True,
-        db_index=True,
         help_text="The paced sending identity, e.g. sms:+15005550006 or whatsapp:1055.",
     )
     paced_until = models.DateTimeField(
@@ -671,6 +669,7 @@ class Delivery(models.Model):
         null=True,
         blank=True,
         related_name="deliveries",
+        db_index=False,  # delivery_run_status (workflow_run, status) serves it
         help_text="The workflow run that created it, if any.",
     )
     claim_token = models.UUIDField(
@@ -709,6 +708,13 @@ class Delivery(models.Model):
             # a batch's progress and completion: counts by status WHERE workflow_run_id = ...
             # (answered from the index alone, not from 10,000 wide rows)
             models.Index(fields=["workflow_run", "status"], name="delivery_run_status"),
+        ]
+        # A constraint rather than unique=True: the same uniqueness, without the second
+        # (LIKE) index PostgreSQL would get for it. Every index is written again by each
+        # claim and outcome of a delivery (so no index on `sender`, and the run's own
+        # foreign-key index is left to delivery_run_status).
+        constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="delivery_idempotency_key")
         ]
 
     def __str__(self):
