@@ -24,14 +24,16 @@ from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 from django.db import connections
-from django.db.models import Count, DateTimeField, Q
+from django.db.models import Count, DateTimeField, F, Lookup, Q, Value
 from django.db.models.functions import Coalesce
+from django.db.models.lookups import In
 
 from cadence.models import CADENCE_FIELDS, TYPE_LIMIT_FIELDS, Persona, Stakeholder
 from cadence.policy import (
     HISTORY_WINDOW,
     Counts,
     Decision,
+    Periods,
     Rules,
     Sent,
     allowed_by_counts,
@@ -98,7 +100,7 @@ def stakeholder_histories(
         return {}
     rows = (
         Delivery.objects.filter(
-            recipient_key__in=keys,
+            _OneOf(F("recipient_key"), keys),
             status__in=COUNTING_STATUSES,
             send_at__gte=now - HISTORY_WINDOW,
         )
@@ -362,9 +364,9 @@ def cadence_decisions(
     """Layer 2 for a whole audience: {stakeholder id: may one more message of `message_type`
     go on `channel` at `now`, and if not, which rule holds it and until when}.
 
-    The counts the rules look at come from one grouped query per time zone and cooldown
-    (the database counts; nobody's messages are loaded). Only the people a rule holds get
-    their time line (one more query) and `decide`, which finds when they may be told. The
+    The counts the rules look at come from one grouped query over the whole audience (the
+    database counts; nobody's messages are loaded). Only the people a rule holds get their
+    time line (one more query) and `decide`, which finds when they may be told. The
     answers are those of `decide` over `stakeholder_histories`, person by person."""
     people = {person.pk: person for person in stakeholders}
     rules = _rules_of(people)
@@ -427,7 +429,13 @@ def _rules_of(people: dict[int, Stakeholder]) -> dict[int, Rules]:
     return rules
 
 
-_COUNT_CHUNK = 5000  # keys per query: well under SQLite's 32,766 parameters
+# Keys per query where the database caps the parameters of a statement: well under
+# SQLite's 32,766. PostgreSQL has no such cap and takes the audience in one query (each
+# query reads the month's rows of the outbox, whoever they are for).
+_COUNT_CHUNK = 5000
+# Calendars (a zone's day, week and month around `now`) counted side by side in one
+# query: each adds four columns that every row is tested against.
+_CALENDARS_PER_QUERY = 8
 _NONE_COUNTED = astuple(Counts())
 
 
@@ -441,59 +449,148 @@ def _counts(
 ) -> dict[int, tuple[int, ...]]:
     """{stakeholder id: the fields of their Counts around `now`, as a tuple}, for the
     people whose time zone has regular midnights (the others are left out: the caller
-    decides them from their time line). One grouped query per time zone and cooldown
-    (each counts its own calendar)."""
-    groups = defaultdict(list)
+    decides them from their time line). A count that no rule of the audience reads (its
+    cap is 0) is 0, and `type_day` may count more than there are (see `_count_chunk`):
+    `allowed_by_counts` can then only hold someone `decide` would let through, never the
+    reverse, and the held are judged by `decide`.
+
+    One grouped query for the whole audience: each calendar (the day, week and month of
+    `now` in a zone; zones that agree share one) and each cooldown has columns of its own,
+    and a person's counts are read from theirs. (A query per zone and cooldown read the
+    same rows once each: on PostgreSQL a heap scan of the month's rows every time.)"""
+    by_zone: dict[str, list[int]] = defaultdict(list)
     for pk, person in people.items():
-        groups[(person.time_zone, rules[pk].cooldown_hours)].append(pk)
-    at = Coalesce("sent_at", "send_at", output_field=DateTimeField())
+        by_zone[person.time_zone].append(pk)
+    calendar_of = {zone: periods(now, ZoneInfo(zone)) for zone in by_zone}
+    by_calendar: dict[Periods, list[int]] = defaultdict(list)
+    for zone, ids in by_zone.items():
+        if calendar_of[zone] is not None:
+            by_calendar[calendar_of[zone]] += ids
+    calendars = list(by_calendar)
+    capped = connections[Delivery.objects.db].features.max_query_params is not None
     found: dict[int, tuple[int, ...]] = {}
-    for (zone, hours), ids in groups.items():
-        bounds = periods(now, ZoneInfo(zone))
-        if bounds is None:
-            continue
-        reach = timedelta(hours=max(hours, 0))
-        for start in range(0, len(ids), _COUNT_CHUNK):
-            chunk = {stakeholder_key(i): i for i in ids[start : start + _COUNT_CHUNK]}
-            found.update(dict.fromkeys(chunk.values(), _NONE_COUNTED))
-            counting = (
-                Delivery.objects.filter(
-                    recipient_key__in=list(chunk),
+    for first in range(0, len(calendars), _CALENDARS_PER_QUERY):
+        batch = calendars[first : first + _CALENDARS_PER_QUERY]
+        ids = [pk for bounds in batch for pk in by_calendar[bounds]]
+        size = _COUNT_CHUNK if capped else len(ids)
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            found.update(
+                _count_chunk(
+                    {pk: people[pk] for pk in chunk},
+                    rules,
+                    calendar_of=calendar_of,
                     channel=channel,
-                    status__in=COUNTING_STATUSES,
-                    send_at__gte=now - HISTORY_WINDOW,
-                )
-                .annotate(at=at)
-                .values("recipient_key")
-                .annotate(
-                    # |at - now| < cooldown, as decide() has it
-                    near=_within((now - reach, now + reach), open_start=True),
-                    day=_within(bounds.day),
-                    # A fallback copy counts with its original's type: rather than join
-                    # every row to its original, a person with one today is left to
-                    # `decide` (rare; the join made the whole count a third slower).
-                    type_day=_within(bounds.day, message_type=message_type, fallback_of=None),
-                    fallbacks_today=_within(bounds.day, fallback_of__isnull=False),
-                    week=_within(bounds.week),
-                    month=_within(bounds.month),
-                )
-                .order_by()
-                .values_list(
-                    "recipient_key", "near", "day", "type_day", "week", "month", "fallbacks_today"
+                    message_type=message_type,
+                    now=now,
                 )
             )
-            # Plain integers on every database: read off the cursor, without Django's
-            # converter call per value (six per person, more than the rest of the loop).
-            with connections[counting.db].cursor() as cursor:
-                cursor.execute(*counting.query.get_compiler(counting.db).as_sql())
-                for row in cursor:
-                    if row[-1]:  # fallbacks today
-                        del found[chunk[row[0]]]
-                    else:
-                        found[chunk[row[0]]] = row[1:-1]
     return found
 
 
-def _within(bounds: tuple[datetime, datetime], *, open_start: bool = False, **extra) -> Count:
+def _count_chunk(
+    people: dict[int, Stakeholder],
+    rules: dict[int, Rules],
+    *,
+    calendar_of: dict[str, Periods | None],
+    channel: str,
+    message_type: str,
+    now: datetime,
+) -> dict[int, tuple[int, ...]]:
+    """_counts for `people` (all with regular midnights): one query."""
+    zones = {person.time_zone for person in people.values()}
+    calendars = list(dict.fromkeys(calendar_of[zone] for zone in zones))
+    cooldowns = sorted({rules[pk].cooldown_hours for pk in people})
+    # Only what some rule here looks at is counted (a cap of 0 never reads its count): the
+    # others are a constant 0, so that every row has the same layout.
+    shared = {id(rules[pk]): rules[pk] for pk in people}.values()
+    counted = {
+        "type_day": any(r.type_limits.get(message_type, 0) for r in shared),
+        "day": any(r.max_per_day for r in shared),
+        "week": any(r.max_per_week for r in shared),
+        "month": any(r.max_per_month for r in shared),
+    }
+    # A fallback copy counts with its original's type, which the copy does not carry:
+    # rather than join every row to its original, copies count as of the type asked about.
+    # The count is then at most one too many per copy: whoever it holds is judged again
+    # by `decide`, so nobody is let through who should not be.
+    of_type = Q(message_type=message_type) | Q(fallback_of__isnull=False)
+    columns = {}
+    spans = []  # (start, end) of every column counted
+    for index, hours in enumerate(cooldowns):
+        reach = timedelta(hours=max(hours, 0))
+        columns[f"near_{index}"] = Value(0)
+        if hours > 0:
+            # |at - now| < cooldown, as decide() has it
+            spans.append((now - reach, now + reach))
+            columns[f"near_{index}"] = _within(spans[-1], open_start=True)
+    for index, bounds in enumerate(calendars):
+        for name, span, *also in (
+            ("day", bounds.day),
+            ("type_day", bounds.day, of_type),
+            ("week", bounds.week),
+            ("month", bounds.month),
+        ):
+            columns[f"{name}_{index}"] = Value(0)
+            if counted[name]:
+                spans.append(span)
+                columns[f"{name}_{index}"] = _within(span, *also)
+    if not spans:  # no rule here counts anything
+        return dict.fromkeys(people, _NONE_COUNTED)
+    # Where each person's counts are in a row: (near, day, type_day, week, month) from the
+    # column of their cooldown and the four of their calendar.
+    near_at = {hours: 1 + index for index, hours in enumerate(cooldowns)}
+    calendar_at = {bounds: 1 + len(cooldowns) + 4 * i for i, bounds in enumerate(calendars)}
+    zone_at = {zone: calendar_at[calendar_of[zone]] for zone in zones}
+    counting = (
+        Delivery.objects.filter(
+            _OneOf(F("recipient_key"), [stakeholder_key(pk) for pk in people]),
+            channel=channel,
+            status__in=COUNTING_STATUSES,
+            send_at__gte=now - HISTORY_WINDOW,
+        )
+        .annotate(at=Coalesce("sent_at", "send_at", output_field=DateTimeField()))
+        # The index range is the month's (on send_at) either way, but the rows outside
+        # every span counted are not grouped: without a monthly cap, all but the week's.
+        .filter(at__gte=min(start for start, _ in spans), at__lt=max(end for _, end in spans))
+        .values("recipient_key")
+        .annotate(**columns)
+        .order_by()
+        .values_list("recipient_key", *columns)
+    )
+    found = dict.fromkeys(people, _NONE_COUNTED)
+    # Plain integers on every database: read off the cursor, without Django's converter
+    # call per value (several per person, more than the rest of the loop).
+    with connections[counting.db].cursor() as cursor:
+        cursor.execute(*counting.query.get_compiler(counting.db).as_sql())
+        for row in cursor.fetchall():
+            pk = stakeholder_id(row[0])
+            near, at = near_at[rules[pk].cooldown_hours], zone_at[people[pk].time_zone]
+            found[pk] = (row[near], *row[at : at + 4])
+    return found
+
+
+class _OneOf(Lookup):
+    """`lhs IN (values)`. On PostgreSQL the values go as one comma-separated string
+    (`lhs = ANY(string_to_array(%s, ','))`, folded into an array when the query is planned:
+    the same plan): a whole audience is thousands of keys, and as many placeholders, or an
+    array the driver quotes element by element, cost more than the database takes to
+    count. Values with a comma of their own are sent as an IN list."""
+
+    lookup_name = "one_of"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        return In(self.lhs, self.rhs).as_sql(compiler, connection)
+
+    def as_postgresql(self, compiler, connection):
+        joined = ",".join(self.rhs)
+        if not self.rhs or joined.count(",") != len(self.rhs) - 1:
+            return self.as_sql(compiler, connection)
+        lhs, params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(string_to_array(%s, ','))", (*params, joined)
+
+
+def _within(bounds: tuple[datetime, datetime], *also: Q, open_start: bool = False) -> Count:
     start = {"at__gt" if open_start else "at__gte": bounds[0]}
-    return Count("pk", filter=Q(**start, at__lt=bounds[1], **extra))
+    return Count("pk", filter=Q(*also, **start, at__lt=bounds[1]))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cadence.models import Persona, Stakeholder
 from cadence.policy import MESSAGE_TYPES, Decision, decide
+from notifications import cadence_checks
 from notifications.cadence_checks import cadence_decisions, stakeholder_histories
 from notifications.models import Delivery
 from tests.cadence.factories import PersonaFactory, StakeholderFactory
@@ -110,16 +111,7 @@ def one_by_one(audience, *, channel, message_type, now) -> dict:
     }
 
 
-@settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    audience=people,
-    now=nows,
-    channel=st.sampled_from(["email", "sms"]),
-    message_type=st.sampled_from(MESSAGE_TYPES),
-)
-def test_the_audience_gets_what_decide_gives_each_person(audience, now, channel, message_type):
+def gets_what_decide_gives(audience, now, channel, message_type) -> None:
     Delivery.objects.all().delete()
     Stakeholder.objects.all().delete()
     Persona.objects.all().delete()
@@ -128,6 +120,50 @@ def test_the_audience_gets_what_decide_gives_each_person(audience, now, channel,
     got = cadence_decisions(stakeholders, channel=channel, message_type=message_type, now=now)
 
     assert got == one_by_one(stakeholders, channel=channel, message_type=message_type, now=now)
+
+
+questions = {
+    "audience": people,
+    "now": nows,
+    "channel": st.sampled_from(["email", "sms"]),
+    "message_type": st.sampled_from(MESSAGE_TYPES),
+}
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(**questions)
+def test_the_audience_gets_what_decide_gives_each_person(audience, now, channel, message_type):
+    gets_what_decide_gives(audience, now, channel, message_type)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(**questions)
+def test_the_same_answers_when_the_counts_take_several_queries(
+    monkeypatch, audience, now, channel, message_type
+):
+    """Two people's keys per query, and one calendar (zone) per query."""
+    monkeypatch.setattr(cadence_checks, "_COUNT_CHUNK", 2)
+    monkeypatch.setattr(cadence_checks, "_CALENDARS_PER_QUERY", 1)
+
+    gets_what_decide_gives(audience, now, channel, message_type)
+
+
+@pytest.mark.postgres
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(**questions)
+def test_on_postgresql_the_audience_gets_what_decide_gives_each_person(
+    audience, now, channel, message_type
+):
+    """The keys go as one string there (`_OneOf`), the audience in one query."""
+    assert connection.vendor == "postgresql"
+
+    gets_what_decide_gives(audience, now, channel, message_type)
 
 
 def test_the_queries_do_not_grow_with_the_audience():
@@ -257,3 +293,80 @@ def test_a_zone_with_irregular_midnights_is_decided_from_the_time_line(monkeypat
 
     assert got == one_by_one(audience, channel="email", message_type="alert", now=now)
     assert (got[quiet.pk].allowed, got[busy.pk].blocking_rule) == (True, "cooldown")
+
+
+def test_a_fallback_copy_of_another_type_today_does_not_hold_the_person():
+    """The counts take a fallback copy for the type asked about (an upper bound): the
+    person is then judged by `decide`, which knows the original was a report."""
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    person = StakeholderFactory(persona=PersonaFactory(**{**UNCAPPED, "max_alert_per_day": 1}))
+    original = sent(person, at=now - timedelta(hours=3), kind="report", status="failed")
+    sent(person, channel="sms", at=now - timedelta(hours=2), kind="custom", fallback_of=original)
+
+    decision = screened_alone(person, channel="sms", now=now)
+
+    assert decision.allowed
+
+
+def test_every_time_zone_and_cooldown_is_counted_in_one_query():
+    now = BASE  # a Monday
+    personas = [
+        PersonaFactory(name="hourly", cooldown_hours=1),
+        PersonaFactory(name="two-hourly", cooldown_hours=2),
+    ]
+    for index, zone in enumerate(ZONES[:4] * 2):
+        person = StakeholderFactory(persona=personas[index // 4], time_zone=zone)
+        sent(person, at=now - timedelta(days=3))  # last week: nobody is held
+    audience = list(Stakeholder.objects.select_related("persona"))
+
+    with CaptureQueriesContext(connection) as captured:
+        got = cadence_decisions(audience, channel="email", message_type="alert", now=now)
+
+    assert len(captured) == 1
+    assert all(decision.allowed for decision in got.values())
+    assert got == one_by_one(audience, channel="email", message_type="alert", now=now)
+
+
+def test_an_audience_whose_rules_count_nothing_is_decided_without_a_query():
+    now = BASE
+    person = StakeholderFactory(persona=PersonaFactory(**UNCAPPED), time_zone="Asia/Kolkata")
+    sent(person, at=now - timedelta(minutes=5))
+
+    with CaptureQueriesContext(connection) as captured:
+        got = cadence_decisions([person], channel="email", message_type="alert", now=now)
+
+    assert len(captured) == 0
+    assert got == {person.pk: Decision(True, None, now)}
+
+
+def one_of(values: list[str]) -> set[str]:
+    """The recipient keys `_OneOf` picks out of deliveries to "a,b", "c" and "d"."""
+    from django.db.models import F
+
+    if not Delivery.objects.exists():
+        notification = NotificationFactory()
+        for key in ("a,b", "c", "d"):
+            Delivery.objects.create(
+                notification=notification,
+                recipient_key=key,
+                channel="email",
+                address="someone@example.org",
+                idempotency_key=key,
+                send_at=BASE,
+            )
+    found = Delivery.objects.filter(cadence_checks._OneOf(F("recipient_key"), values))
+    return set(found.values_list("recipient_key", flat=True))
+
+
+def test_one_of_matches_exactly_the_keys_given():
+    assert one_of(["c", "d", "e"]) == {"c", "d"}
+    assert one_of(["a,b", "c"]) == {"a,b", "c"}  # a comma of its own: an IN list
+    assert one_of(["a"]) == set()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_one_of_matches_exactly_the_keys_given():
+    assert connection.vendor == "postgresql"
+    assert one_of(["c", "d", "e"]) == {"c", "d"}
+    assert one_of(["a,b", "c"]) == {"a,b", "c"}
+    assert one_of(["a"]) == set()
