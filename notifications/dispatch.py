@@ -812,8 +812,29 @@ def dispatch_due(
     frozen = frozen_filter(active_switches())
     if frozen is not None:
         report.frozen = _due(now=now, frozen=None).filter(frozen).count()
-    handled = 0
     channels: dict = {}
+    try:
+        _dispatch_channels(
+            report, channels=channels, now=now, limit=limit, clock=clock, frozen=frozen
+        )
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return report
+
+
+def _dispatch_channels(
+    report: DispatchReport,
+    *,
+    channels: dict,
+    now: datetime,
+    limit: int | None,
+    clock: Clock | ManualClock,
+    frozen: Q | None,
+) -> None:
+    """Channel by channel: claim and send batches until none are due (or `limit` have been
+    handled). `channels` collects the channel objects used, for the caller to close."""
+    handled = 0
     paced_round: set[str] = set()
     sent_runs: set[int] = set()
     for channel in Channel.values:
@@ -840,7 +861,6 @@ def dispatch_due(
             if not closed or gate == "trial" or len(claimed) < size:
                 break
         _tell_sent_listeners(sent_runs, clock.now())
-    return report
 
 
 def reroute_to_fallback(*, channel: str, now: datetime, frozen: Q | None) -> int:

@@ -79,6 +79,10 @@ class Channel:
         """Hand the message to the provider and return its id for later status callbacks."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of what the channel kept open between sends (an HTTP session); dispatch
+        calls it at the end of each round."""
+
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if any.

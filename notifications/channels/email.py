@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import requests
+from anymail.backends.base_requests import AnymailRequestsBackend
 from anymail.exceptions import (
     AnymailAPIError,
     AnymailError,
@@ -20,7 +21,7 @@ from anymail.exceptions import (
     AnymailRecipientsRefused,
 )
 from django.conf import settings
-from django.core.mail import BadHeaderError, EmailMultiAlternatives, make_msgid
+from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection, make_msgid
 
 from .base import (
     Channel,
@@ -37,8 +38,12 @@ class EmailChannel(Channel):
     name = "email"
     provider = "anymail"
 
+    def __init__(self) -> None:
+        self._session_backend: AnymailRequestsBackend | None = None
+
     def send(self, message: OutgoingMessage) -> str:
         email = self.build(message)
+        email.connection = self._connection()
         try:
             email.send(fail_silently=False)
         except Exception as exc:
@@ -53,6 +58,25 @@ class EmailChannel(Channel):
                 return ",".join(sorted(str(m) for m in message_id))
             return str(message_id)
         return email.extra_headers["Message-ID"]
+
+    def _connection(self):
+        """The mail backend for this send. Anymail's HTTP backends are kept open for the
+        channel's life (one dispatch round): their requests session reuses its TLS
+        connection, where a backend per message shook hands with the ESP every time. Other
+        backends (SMTP among them, whose idle connection a server may drop unnoticed) get
+        one per message, as Django's mail API gives them."""
+        if self._session_backend is not None:
+            return self._session_backend
+        backend = get_connection(fail_silently=False)
+        if isinstance(backend, AnymailRequestsBackend):
+            backend.open()
+            self._session_backend = backend
+        return backend
+
+    def close(self) -> None:
+        if self._session_backend is not None:
+            backend, self._session_backend = self._session_backend, None
+            backend.close()
 
     def build(self, message: OutgoingMessage) -> EmailMultiAlternatives:
         payload = message.payload

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import responses
+from anymail.backends.base_requests import AnymailRequestsBackend
 from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from requests.exceptions import ConnectionError as RequestsConnectionError
@@ -484,6 +485,35 @@ def test_email_postmark_success_returns_postmark_message_id(postmark_settings, p
     sent = json.loads(provider_http.calls[0].request.body)
     assert sent["To"] == "ana@example.com"
     assert sent["Metadata"] == {"idempotency_key": "k-email"}
+
+
+def test_an_anymail_http_backend_keeps_one_session_until_the_channel_is_closed(
+    postmark_settings, provider_http, monkeypatch
+):
+    sessions = []
+    create_session = AnymailRequestsBackend.create_session
+
+    def spy(backend):
+        sessions.append(create_session(backend))
+        return sessions[-1]
+
+    monkeypatch.setattr(AnymailRequestsBackend, "create_session", spy)
+    answer = {"SubmittedAt": "2025-01-01T00:00:00Z", "ErrorCode": 0, "Message": "OK"}
+    for n in range(3):
+        provider_http.post(POSTMARK_URL, json={**answer, "To": f"{n}@e.com", "MessageID": f"m{n}"})
+    provider_http.post(POSTMARK_URL, body="oops", status=500)
+    channel = get_channel("email")
+    ids = [channel.send(email(to=f"{n}@e.com")) for n in range(3)]
+    with pytest.raises(TransientError):  # a failed send keeps the session for the next
+        channel.send(email(to="3@e.com"))
+    assert ids == ["m0", "m1", "m2"]
+    assert len(sessions) == 1  # one session (one TLS connection pool) for all four
+    assert len(provider_http.calls) == 4
+    channel.close()
+    provider_http.post(POSTMARK_URL, json={**answer, "To": "4@e.com", "MessageID": "m4"})
+    assert channel.send(email(to="4@e.com")) == "m4"  # reopened after close
+    assert len(sessions) == 2
+    channel.close()
 
 
 def test_email_postmark_500_is_transient(postmark_settings, provider_http):

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import responses
+from anymail.backends.base_requests import AnymailRequestsBackend
 from django.core.management import call_command
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
@@ -293,6 +294,34 @@ def test_deliveries_of_aborted_and_cancelled_runs_wait_while_the_others_are_sent
     WorkflowRun.objects.filter(id=runs["aborted"].id).update(status="running")  # resumed
     assert dispatch_due(now=NOW).sent == 1
     assert Delivery.objects.get(id=waiting["aborted"].id).status == "sent"
+
+
+@pytest.mark.django_db
+def test_a_round_sends_its_emails_over_one_esp_session_and_closes_it(settings, monkeypatch):
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    opened, closed = [], []
+    create_session, close = AnymailRequestsBackend.create_session, AnymailRequestsBackend.close
+
+    def spy_create(backend):
+        opened.append(create_session(backend))
+        return opened[-1]
+
+    def spy_close(backend):
+        closed.append(backend.session)
+        close(backend)
+
+    monkeypatch.setattr(AnymailRequestsBackend, "create_session", spy_create)
+    monkeypatch.setattr(AnymailRequestsBackend, "close", spy_close)
+    deliveries = [DeliveryFactory(send_at=NOW) for _ in range(3)]
+    with responses.RequestsMock() as mock:
+        for d in deliveries:
+            answer = {"To": d.address, "MessageID": f"pm-{d.id}", "ErrorCode": 0, "Message": "OK"}
+            mock.post("https://api.postmarkapp.com/email", json=answer)
+        assert dispatch_due(now=NOW).sent == 3
+    assert len(opened) == 1 and closed == opened  # one session, closed with the round
+    sent = dict(Delivery.objects.values_list("id", "provider_message_id"))
+    assert sent == {d.id: f"pm-{d.id}" for d in deliveries}
 
 
 @pytest.mark.django_db
