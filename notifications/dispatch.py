@@ -183,6 +183,11 @@ def claim_due(
     *, now: datetime, limit: int, channel: str | None = None, frozen: Q | None = None
 ) -> list[Delivery]:
     """Take up to `limit` due deliveries for this worker; others get different rows."""
+    waiting = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
+    if not (waiting.filter(channel=channel) if channel else waiting).exists():
+        # Nothing due: no transaction (on SQLite, BEGIN IMMEDIATE takes the database's
+        # write lock even to find nothing, and every round ends with such a claim).
+        return []
     token = uuid.uuid4()
     with transaction.atomic():
         due = _due(now=now, frozen=frozen)  # halted runs read inside the claim's transaction

@@ -325,6 +325,17 @@ def test_a_round_sends_its_emails_over_one_esp_session_and_closes_it(settings, m
 
 
 @pytest.mark.django_db
+def test_a_claim_with_nothing_due_reads_once_and_opens_no_transaction():
+    DeliveryFactory(send_at=NOW + timedelta(minutes=5))  # not due yet
+    DeliveryFactory(send_at=NOW, channel="sms", address="+14155550123")  # another channel
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert dispatch.claim_due(now=NOW, limit=10, channel="email") == []
+    assert len(queries) == 1 and queries[0]["sql"].startswith("SELECT"), queries.captured_queries
+    claimed = dispatch.claim_due(now=NOW, limit=10, channel="sms")
+    assert [d.channel for d in claimed] == ["sms"]
+
+
+@pytest.mark.django_db
 def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provider():
     first, second = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
     later = NOW + timedelta(seconds=3)
