@@ -175,6 +175,7 @@ def _halted_runs() -> list[int]:
     return list(
         WorkflowRun.objects.filter(status__in=WorkflowRun.HALTED)
         .filter(Exists(waiting))
+        .order_by()
         .values_list("id", flat=True)
     )
 
@@ -365,11 +366,15 @@ def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
 def _write_sent_rows(handovers: list[Handover], *, provider: str, now: datetime) -> int:
     meta, quote = Delivery._meta, connection.ops.quote_name
     column = {name: quote(meta.get_field(name).column) for name in _SENT_COLUMNS}
-    sent_at = meta.get_field("sent_at")
+    sent_at, message_id = meta.get_field("sent_at"), meta.get_field("provider_message_id")
     id_column = quote(meta.pk.column)
     whens = " ".join(["WHEN %s THEN %s"] * len(handovers))
     ids = [h.delivery.id for h in handovers]
-    message_ids = [value for h in handovers for value in (h.delivery.id, h.provider_message_id)]
+    message_ids = [
+        value
+        for h in handovers
+        for value in (h.delivery.id, message_id.get_db_prep_save(h.provider_message_id, connection))
+    ]
     times = [
         value
         for h in handovers
@@ -824,7 +829,10 @@ def dispatch_due(
         )
     finally:
         for channel in channels.values():
-            channel.close()
+            try:
+                channel.close()
+            except Exception:  # the round's outcome is written; do not hide its own error
+                logger.exception("could not close the %s channel", channel.name)
     return report
 
 

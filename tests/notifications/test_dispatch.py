@@ -404,6 +404,13 @@ def test_accepted_deliveries_beyond_a_statements_parameters_are_written_in_even_
 
 
 @pytest.mark.django_db
+def test_a_provider_id_that_is_not_text_is_stored_as_text():
+    delivery = _claimed(DeliveryFactory(send_at=NOW))
+    dispatch.record_sent([dispatch.Handover(delivery, "twilio", 4711, NOW)], now=NOW)
+    assert Delivery.objects.get(id=delivery.id).provider_message_id == "4711"
+
+
+@pytest.mark.django_db
 def test_a_delivery_changed_while_it_was_being_sent_still_records_that_the_provider_took_it():
     kept, changed = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
     claimed = [_claimed(kept), _claimed(changed)]
