@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import CharField, Q
 from django.utils import timezone
 
 from notifications.models import Event, EventHandling
@@ -144,10 +144,10 @@ def _insert_handlings(events: Sequence[Event], *, now: datetime) -> bool:
     columns = ", ".join(quote(f.column) for f in (event_id, *fields))
     source, source_id = quote(Event._meta.db_table), quote(Event._meta.pk.column)
     # PostgreSQL types the SELECT's parameters by their value, not by the column they go to.
+    # Text is cast without its length: an explicit CAST to varchar(n) cuts a longer value
+    # short, where storing it into the column fails as bulk_create would.
     typed = connection.vendor == "postgresql"
-    placeholders = ", ".join(
-        f"CAST(%s AS {f.cast_db_type(connection)})" if typed else "%s" for f in fields
-    )
+    placeholders = ", ".join(f"CAST(%s AS {_cast_type(f)})" if typed else "%s" for f in fields)
     with connection.cursor() as cursor:
         for subscriber, ids in ids_by_subscriber.items():
             prototype = _handling(None, subscriber, now)
@@ -162,6 +162,12 @@ def _insert_handlings(events: Sequence[Event], *, now: datetime) -> bool:
                     [*values, *chunk],
                 )
     return True
+
+
+def _cast_type(field) -> str:
+    if isinstance(field, CharField):
+        return connection.ops.cast_char_field_without_max_length
+    return field.cast_db_type(connection)
 
 
 def _handlings(event: Event, now: datetime) -> list[EventHandling]:

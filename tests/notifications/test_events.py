@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection
+from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
 
 from notifications import events
@@ -145,3 +145,16 @@ def test_a_handling_gives_up_after_five_attempts():
         }
     finally:
         events._subscribers.pop("test.broken")
+
+
+@pytest.mark.postgres
+def test_a_subscriber_name_too_long_for_its_column_fails_rather_than_being_cut_short():
+    assert connection.vendor == "postgresql"
+    name = "test." + "x" * 200  # the column holds 200
+    events.subscribe("long.*", lambda event: None, name=name)
+    try:
+        with pytest.raises(DataError):
+            events.record_events([events.NewEvent("long.one", {}, "long:1")], now=NOW)
+    finally:
+        events._subscribers.pop(name)
+    assert not EventHandling.objects.filter(subscriber__startswith="test.xxx").exists()
