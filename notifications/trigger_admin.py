@@ -12,10 +12,15 @@ from django.utils.html import format_html, format_html_join
 
 from cadence.models import TYPE_LIMIT_FIELDS, Persona, Stakeholder, TriggerCooldown
 from cadence.policy import RULE_LABELS, Rules
+from notifications.admin_confirm import confirm_page, confirmed
 from notifications.cadence_checks import cadence_simulate, cadence_what_if
 from notifications.models import Channel, MessageType
 from notifications.trigger_models import TriggerEvent, TriggerSetup, TriggerWorkflow
-from notifications.triggers import evaluate_triggers, registered_evaluators
+from notifications.triggers import (
+    active_trigger_workflows,
+    evaluate_triggers,
+    registered_evaluators,
+)
 
 COMMON_VARIABLES = ("summary", "context_key", "stakeholder_name")
 GROUPED_VARIABLES = ("count", "summaries", "items", "stakeholder_name")
@@ -179,8 +184,23 @@ class TriggerWorkflowAdmin(admin.ModelAdmin):
         for problem in _setup_problems(form.instance):
             self.message_user(request, problem, messages.WARNING)
 
-    @admin.action(description="Evaluate all trigger workflows now")
+    @admin.action(description="Evaluate all trigger workflows now…")
     def evaluate_now(self, request, queryset):
+        if not confirmed(request):
+            workflows = active_trigger_workflows()
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="evaluate_now",
+                title="Evaluate all trigger workflows now",
+                summary=f"This runs at once what beat runs every five minutes, for every active "
+                f"trigger workflow ({len(workflows)}), not only the selected ones: each context "
+                "that fires outside its cooldown becomes deliveries, sent on the next dispatch "
+                "round or queued by the stakeholders' cadence rules.",
+                items=[workflow.name for workflow in workflows],
+                confirm_label="Yes, evaluate now",
+            )
         report = evaluate_triggers(now=timezone.now())
         self.message_user(
             request,

@@ -62,6 +62,8 @@ def test_a_kiosk_goes_offline_and_the_alerts_go_or_wait_with_their_reason(
     expect(page.locator("#result_list")).to_contain_text("OFFLINE")
     page.goto(f"{live_server.url}/admin/notifications/triggerworkflow/")
     run_action(page, "evaluate_now", rows=["Kiosk offline"])
+    expect(page.locator("#confirm-action")).to_contain_text("every active trigger workflow (1)")
+    page.click("#confirm-button")
     expect(page.locator(".messagelist")).to_contain_text(
         "1 contexts fired, 0 skipped by cooldown; 1 deliveries now, 1 queued by cadence."
     )

@@ -78,9 +78,12 @@ def test_trigger_workflow_list_and_evaluate_now_action(admin_client):
         url = reverse("admin:notifications_triggerworkflow_changelist")
         page = admin_client.get(url).content.decode()
         assert "kiosk_health_status" in page and "Manager" in page and "never" in page
-        response = admin_client.post(
-            url, {"action": "evaluate_now", "_selected_action": [workflow.pk]}, follow=True
-        )
+        chosen = {"action": "evaluate_now", "_selected_action": [workflow.pk]}
+        asked = admin_client.post(url, chosen).content.decode()
+        assert "Evaluate all trigger workflows now" in asked and "Yes, evaluate now" in asked
+        assert "every active trigger workflow (1)" in asked and workflow.name in asked
+        assert not Delivery.objects.exists()  # nothing happens before the confirmation
+        response = admin_client.post(url, {**chosen, "post": "yes"}, follow=True)
     assert "1 contexts fired, 0 skipped by cooldown; 1 deliveries now" in response.content.decode()
     assert Delivery.objects.count() == 1
 
