@@ -53,6 +53,23 @@ def django_db_modify_db_settings():
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_stray_connections_at_teardown(django_db_setup, django_db_blocker):
+    """Before the PostgreSQL test database is dropped, end the sessions others left open:
+    the live server's request threads (browser tests) keep one until the process exits,
+    and the drop then failed with "database is being accessed by other users"."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def fast_senders(settings):
     """Tests that are not about pacing should not wait for it: every sender starts at a
