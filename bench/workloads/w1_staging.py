@@ -140,12 +140,13 @@ def _post_office(n: int) -> Figure:
 
     from notifications.batch import customer_context
     from notifications.models import Customer
-    from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_url
+    from notifications.unsubscribe import list_unsubscribe_headers, unsubscribe_urls
 
     Email.objects.all()._raw_delete("default")
     html = _inline_layout()
     with measure("django-post-office send_many", n, "recipients") as figure:
         batch = []
+        unsubscribe_url = unsubscribe_urls()  # Herald's batch helper, as Herald stages
         for customer in Customer.objects.filter(bid="B5875").order_by("id"):
             url = unsubscribe_url(customer.email)  # signed once, as Herald does
             batch.append(
