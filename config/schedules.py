@@ -62,6 +62,14 @@ SCHEDULES = [
         description="Runs event subscribers that are due or being retried.",
         every_seconds=60,
     ),
+    # Files chosen on a batch launch whose confirmation page was left: gone after a day.
+    Schedule(
+        name="Sweep abandoned launch attachments hourly",
+        task="herald.sweep_staged_attachments",
+        description="Deletes files staged for a batch launch that was never confirmed, a day "
+        "after they were chosen.",
+        every_seconds=3600,
+    ),
     # Seed 001: the verify cron wakes at :08 and :38 every hour.
     Schedule(
         name="Run verify checks at :08 and :38",

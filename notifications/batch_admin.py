@@ -2,15 +2,9 @@
 with progress and breaker state, proposed actions with bulk decisions, customers. Every
 action calls notifications.batch and reports what happened."""
 
-import mimetypes
-import re
-import uuid
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.files import File
-from django.core.files.storage import default_storage
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -18,7 +12,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.text import get_valid_filename
 
 from notifications import batch
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
@@ -32,6 +25,7 @@ from notifications.models import (
     VerifyCheck,
     WorkflowRun,
 )
+from notifications.staged_files import drop_staged, stage_attachments, staged_attachments
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -82,37 +76,6 @@ def _form_errors(form: BatchForm, error: ValidationError) -> None:
             target = "body_template"
         for message in messages_:
             form.add_error(target, message)
-
-
-STAGED = "batch-staging"
-STAGED_NAME = re.compile(rf"^{STAGED}/[0-9a-f]{{32}}/[^/\\]+$")
-
-
-def stage_attachments(uploads) -> list[str]:
-    """Keep the files chosen before the confirmation page (browsers do not post a file
-    twice); the confirmed launch picks them up by name."""
-    names = []
-    for upload in uploads:
-        name = f"{STAGED}/{uuid.uuid4().hex}/{get_valid_filename(upload.name) or 'file'}"
-        names.append(default_storage.save(name, upload))
-    return names
-
-
-def staged_attachments(names) -> list[File]:
-    files = []
-    for name in names:
-        if not STAGED_NAME.match(name) or not default_storage.exists(name):
-            continue  # only what stage_attachments wrote
-        staged = File(default_storage.open(name), name=name.rsplit("/", 1)[-1])
-        staged.content_type = mimetypes.guess_type(staged.name)[0] or ""
-        files.append(staged)
-    return files
-
-
-def drop_staged(names) -> None:
-    for name in names:
-        if STAGED_NAME.match(name) and default_storage.exists(name):
-            default_storage.delete(name)
 
 
 @admin.register(WorkflowRun)

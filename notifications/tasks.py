@@ -6,6 +6,7 @@ from django.utils import timezone
 from notifications.batch import finalize_ready_runs, run_verify_checks
 from notifications.dispatch import dispatch_due, next_due_in
 from notifications.events import handle_due
+from notifications.staged_files import sweep_staged
 from notifications.tracking import apply_pending_reports, match_pending
 
 # A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
@@ -32,6 +33,11 @@ def dispatch_due_task() -> dict:
 @shared_task(name="herald.handle_events", ignore_result=True)
 def handle_events_task() -> dict:
     return handle_due(now=timezone.now())
+
+
+@shared_task(name="herald.sweep_staged_attachments", ignore_result=True)
+def sweep_staged_attachments_task() -> int:
+    return sweep_staged(now=timezone.now())
 
 
 @shared_task(name="herald.run_verify_checks", ignore_result=True)

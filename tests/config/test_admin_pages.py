@@ -2,6 +2,7 @@
 filters or search staff reach for; records are read-only; every field explains itself;
 risky actions ask first and say what will happen and to how many."""
 
+import os
 from datetime import timedelta
 from io import StringIO
 
@@ -27,6 +28,7 @@ from notifications.models import (
     Workflow,
     WorkflowRun,
 )
+from notifications.staged_files import sweep_staged
 from production_runs.activation import DISCOVER_TASK
 from production_runs.models import ScheduleChange
 from tests.notifications.factories import CustomerFactory, DeliveryFactory, WorkflowRunFactory
@@ -177,6 +179,30 @@ def test_launch_confirms_and_keeps_the_attachment_chosen_before(admin_client, se
     assert attachment.name == "calendar.pdf" and attachment.mimetype == "application/pdf"
     assert attachment.file.read() == b"%PDF-1.4 demo"
     assert not default_storage.exists(names[0])  # the staged copy is gone
+
+
+def test_files_of_a_launch_never_confirmed_are_swept_a_day_later(admin_client, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path)
+    CustomerFactory()
+    chosen = {}
+    for label in ("abandoned", "fresh"):
+        upload = SimpleUploadedFile(f"{label}.pdf", b"%PDF-1.4", content_type="application/pdf")
+        page = admin_client.post(
+            reverse("admin:batch_new"), {**FORM, "_launch": "1", "attachments": upload}
+        )
+        [chosen[label]] = [v for k, v in page.context["hidden"] if k == "staged_attachment"]
+    (tmp_path / "batch-staging" / "notes.txt").write_text("not a staged file")  # left alone
+    now = timezone.now()
+    day_ago = (now - timedelta(hours=25)).timestamp()
+    os.utime(tmp_path / chosen["abandoned"], (day_ago, day_ago))
+
+    assert sweep_staged(now=now) == 1
+    assert not default_storage.exists(chosen["abandoned"])
+    assert not (tmp_path / chosen["abandoned"]).parent.exists()  # its folder too
+    assert default_storage.exists(chosen["fresh"])  # its page may still be open
+    assert (tmp_path / "batch-staging" / "notes.txt").exists()
+    assert sweep_staged(now=now) == 0
+    assert not WorkflowRun.objects.exists()
 
 
 def test_a_staged_attachment_outside_the_staging_folder_is_ignored(

@@ -20,7 +20,7 @@ def test_running_it_twice_changes_nothing():
     assert [{**row, "date_changed": None} for row in after] == [
         {**row, "date_changed": None} for row in before
     ]
-    assert len(after) == len(SCHEDULES) == 5
+    assert len(after) == len(SCHEDULES) == 6
 
 
 def test_discoverer_crontab_carries_asia_kolkata_and_starts_disabled():
@@ -38,6 +38,7 @@ def test_cadences_of_the_other_schedules():
     assert by_task["herald.evaluate_triggers"].interval.every == 300
     assert by_task["herald.dispatch_due"].interval.every == 60
     assert by_task["herald.run_verify_checks"].crontab.minute == "8,38"
+    assert by_task["herald.sweep_staged_attachments"].interval.every == 3600
 
 
 def test_a_schedule_edited_in_the_admin_survives_a_rerun():
