@@ -15,19 +15,11 @@ from cadence.policy import MESSAGE_TYPES, Decision, decide
 from notifications import cadence_checks
 from notifications.cadence_checks import cadence_decisions, stakeholder_histories
 from notifications.models import Delivery
-from tests.cadence.factories import PersonaFactory, StakeholderFactory
+from tests.cadence.factories import ZONES, PersonaFactory, StakeholderFactory
 from tests.notifications.factories import NotificationFactory
 
 pytestmark = pytest.mark.django_db
 
-ZONES = [
-    "UTC",
-    "Asia/Kolkata",
-    "America/New_York",
-    "Europe/London",
-    "Australia/Lord_Howe",  # a 30-minute DST shift
-    "America/Santiago",  # DST changes at midnight: no regular periods on those days
-]
 STATUSES = [s.value for s in Delivery.Status]
 BASE = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # spans DST changes in both hemispheres
 

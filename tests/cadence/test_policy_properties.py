@@ -9,15 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cadence.policy import MESSAGE_TYPES, Rules, Sent, decide
+from tests.cadence.factories import ZONES
 
-ZONES = [
-    "UTC",
-    "Asia/Kolkata",
-    "America/New_York",
-    "Europe/London",
-    "Australia/Lord_Howe",  # a 30-minute DST shift
-    "America/Santiago",  # DST changes at midnight
-]
 BASE = datetime(2026, 3, 1, tzinfo=UTC)  # spans DST changes in both hemispheres
 SPAN_MINUTES = 70 * 24 * 60
 
