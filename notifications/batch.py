@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Count, F, Max, Q
 
 from notifications import tracking
+from notifications.bulk import insert_rows
 from notifications.cohort import cohort
 from notifications.events import record_event
 from notifications.killswitches import HIGH_RISK_OPS, is_on
@@ -352,18 +353,18 @@ def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
         # Reviewers read (and approve) the text; the layout is added when it is staged.
         subject, body = compiled.render_text(customer_context(customer))
         reviews.append(
-            ProposedAction(
-                action_type=ProposedAction.Type.HITL_REVIEW,
-                entity_ref=f"workflow:batch_notify:run_{run.id}:customer_{customer.id}",
-                workflow_run=run,
-                customer_id=customer.id,
-                subject=subject,
-                body=body,
-                created_at=now,
-            )
+            {
+                "action_type": ProposedAction.Type.HITL_REVIEW,
+                "entity_ref": f"workflow:batch_notify:run_{run.id}:customer_{customer.id}",
+                "workflow_run_id": run.id,
+                "customer_id": customer.id,
+                "subject": subject,
+                "body": body,
+                "created_at": now,
+            }
         )
     with transaction.atomic():
-        ProposedAction.objects.bulk_create(reviews, batch_size=1000, ignore_conflicts=True)
+        insert_rows(ProposedAction, reviews, ignore_conflicts=True)
         WorkflowRun.objects.filter(id=run.id, status=Status.AWAITING_APPROVAL).update(
             status=Status.AWAITING_REVIEW
         )

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from django.db import transaction
 
+from notifications.bulk import insert_rows
 from notifications.models import Channel, Delivery, Notification, Workflow
 from notifications.pacing import sender_key
 from notifications.templating import compile_template
@@ -93,39 +94,37 @@ def stage_deliveries(
                 "parameters", [str(context.get(v, "")) for v in compiled.variables]
             )
         rows.append(
-            Delivery(
-                notification_id=notification.id,
-                workflow_run_id=workflow_run_id,
-                recipient_key=recipient.key,
-                channel=channel,
-                message_type=notification.message_type,
-                context_key=context_key,
-                fallback_channel=recipient.fallback_channel,
-                fallback_address=recipient.fallback_address,
-                sender=sender_key(channel, row_payload),
-                address=recipient.address,
-                subject=rendered.subject,
-                body=rendered.body,
-                html_body=rendered.html_body,
-                payload=row_payload,
-                idempotency_key=recipient.idempotency_key or f"{key_prefix}:{recipient.key}",
-                send_at=send_at or now,
-                expires_at=expires_at,
-                max_attempts=policy.max_attempts,
-                retry_base_seconds=policy.base_seconds,
-                retry_max_seconds=policy.max_seconds,
-                created_at=now,
-            )
+            {
+                "notification_id": notification.id,
+                "workflow_run_id": workflow_run_id,
+                "recipient_key": recipient.key,
+                "channel": channel,
+                "message_type": notification.message_type,
+                "context_key": context_key,
+                "fallback_channel": recipient.fallback_channel,
+                "fallback_address": recipient.fallback_address,
+                "sender": sender_key(channel, row_payload),
+                "address": recipient.address,
+                "subject": rendered.subject,
+                "body": rendered.body,
+                "html_body": rendered.html_body,
+                "payload": row_payload,
+                "idempotency_key": recipient.idempotency_key or f"{key_prefix}:{recipient.key}",
+                "send_at": send_at or now,
+                "expires_at": expires_at,
+                "max_attempts": policy.max_attempts,
+                "retry_base_seconds": policy.base_seconds,
+                "retry_max_seconds": policy.max_seconds,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-    keys = [row.idempotency_key for row in rows]
-    existing = set(
-        Delivery.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", flat=True)
-    )
-    new_rows = [row for row in rows if row.idempotency_key not in existing]
-    Delivery.objects.bulk_create(new_rows, batch_size=1000, ignore_conflicts=True)
-    if new_rows:
+    # A key already staged (a duplicate trigger, a second approval) is skipped by the
+    # database, and not counted.
+    created = insert_rows(Delivery, rows, ignore_conflicts=True)
+    if created:
         kick_dispatch_on_commit()
-    return len(new_rows)
+    return created
 
 
 def kick_dispatch_on_commit() -> None:

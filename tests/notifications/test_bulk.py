@@ -1,0 +1,173 @@
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from django.db import DataError, IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from notifications.bulk import ROWS_PER_STATEMENT, insert_rows
+from notifications.models import Delivery, DeliveryEvent
+from tests.notifications.factories import DeliveryFactory, NotificationFactory
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+pytestmark = pytest.mark.django_db
+
+
+def _rows(notification, count, *, start=0):
+    return [
+        {
+            "notification_id": notification.id,
+            "recipient_key": f"customer:{i}",
+            "address": f"c{i}@example.com",
+            "subject": f"Hello {i}",
+            "body": "Body",
+            "payload": {"headers": {"X-N": str(i)}} if i % 2 else {},
+            "idempotency_key": f"k:{i}",
+            "send_at": NOW,
+            "retry_base_seconds": 1.5 + i,
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def stores_each_row_with_its_values_and_the_defaults():
+    notification = NotificationFactory()
+    assert insert_rows(Delivery, _rows(notification, 3)) == 3
+
+    stored = list(Delivery.objects.order_by("idempotency_key"))
+    assert [d.idempotency_key for d in stored] == ["k:0", "k:1", "k:2"]
+    for i, delivery in enumerate(stored):
+        assert delivery.notification_id == notification.id
+        assert delivery.subject == f"Hello {i}"
+        assert delivery.payload == ({"headers": {"X-N": str(i)}} if i % 2 else {})
+        assert delivery.send_at == NOW
+        assert delivery.retry_base_seconds == 1.5 + i
+        # Left out: the model's defaults.
+        assert delivery.status == Delivery.Status.SCHEDULED
+        assert delivery.attempts == 0
+        assert delivery.max_attempts == 3
+        assert delivery.workflow_run_id is None
+        assert delivery.claim_token is None
+        assert delivery.expires_at is None
+        assert delivery.updated_at is not None  # auto_now: set
+
+
+def skips_conflicts_and_counts_only_the_new_rows():
+    notification = NotificationFactory()
+    kept = DeliveryFactory(notification=notification, idempotency_key="k:1", subject="first")
+    rows = _rows(notification, 3)
+    rows.append({**rows[0], "subject": "same key twice"})
+
+    assert insert_rows(Delivery, rows, ignore_conflicts=True) == 2
+
+    assert Delivery.objects.count() == 3
+    assert Delivery.objects.get(idempotency_key="k:1").subject == "first"
+    assert Delivery.objects.get(idempotency_key="k:0").subject == "Hello 0"
+    assert kept.pk == Delivery.objects.get(idempotency_key="k:1").pk
+
+
+def test_each_row_is_stored_with_its_values_and_the_defaults():
+    stores_each_row_with_its_values_and_the_defaults()
+
+
+def test_a_conflicting_row_is_skipped_and_not_counted():
+    skips_conflicts_and_counts_only_the_new_rows()
+
+
+def test_a_conflict_is_an_error_unless_ignored_and_writes_nothing():
+    notification = NotificationFactory()
+    DeliveryFactory(notification=notification, idempotency_key="k:2")
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_rows(Delivery, _rows(notification, 3))
+
+    assert Delivery.objects.count() == 1
+
+
+def test_unknown_or_uneven_fields_are_refused_before_anything_is_written():
+    notification = NotificationFactory()
+    with pytest.raises(TypeError, match="notification_id, not notification"):
+        insert_rows(Delivery, [{"notification": notification, "idempotency_key": "k"}])
+    rows = _rows(notification, 2)
+    del rows[1]["subject"]
+    with pytest.raises(ValueError, match="same fields"):
+        insert_rows(Delivery, rows)
+    assert insert_rows(Delivery, []) == 0
+    assert Delivery.objects.count() == 0
+
+
+def test_identical_rows_are_all_inserted():
+    delivery = DeliveryFactory()
+    row = {"delivery_id": delivery.id, "kind": "queued", "at": NOW, "reason": "same"}
+
+    assert insert_rows(DeliveryEvent, [row, dict(row), dict(row)]) == 3
+
+    assert DeliveryEvent.objects.filter(delivery=delivery, reason="same").count() == 3
+
+
+def test_values_shared_by_every_row_are_sent_once_per_statement():
+    notification = NotificationFactory()
+    with CaptureQueriesContext(connection) as queries:
+        insert_rows(Delivery, _rows(notification, 40))
+
+    (insert,) = [q["sql"] for q in queries if q["sql"].startswith("INSERT")]
+    if connection.vendor == "sqlite":
+        assert insert.count("'Body'") == 1
+        assert insert.count("'Hello 39'") == 1
+    assert Delivery.objects.count() == 40
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own parameter limit")
+def test_on_sqlite_statements_stay_under_the_databases_own_parameter_limit():
+    """Lowered with SQLite's setlimit: a statement over it would fail."""
+    notification = NotificationFactory()
+    connection.ensure_connection()
+    raw = connection.connection
+    # 6 values differ from row to row (recipient, address, subject, payload, key, retry
+    # base); the rest are shared, sent once per statement. Room for 4 rows a statement:
+    shared = len([f for f in Delivery._meta.concrete_fields if not f.primary_key]) - 6
+    before = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, shared + 4 * 6)
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            assert insert_rows(Delivery, _rows(notification, 10)) == 10
+    finally:
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, before)
+    assert len([q for q in queries if q["sql"].startswith("INSERT")]) == 3
+    assert sorted(Delivery.objects.values_list("recipient_key", flat=True)) == sorted(
+        f"customer:{i}" for i in range(10)
+    )
+
+
+@pytest.mark.postgres
+def test_on_postgresql_rows_defaults_and_conflicts_are_stored_the_same():
+    assert connection.vendor == "postgresql"
+    stores_each_row_with_its_values_and_the_defaults()
+    Delivery.objects.all().delete()
+    skips_conflicts_and_counts_only_the_new_rows()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_each_column_goes_as_one_array():
+    assert connection.vendor == "postgresql"
+    notification = NotificationFactory()
+    rows = _rows(notification, ROWS_PER_STATEMENT + 500)
+    rows[7]["subject"] = 'A "quoted", {braced} \\ subject'
+    with CaptureQueriesContext(connection) as queries:
+        assert insert_rows(Delivery, rows) == ROWS_PER_STATEMENT + 500
+    inserts = [q["sql"] for q in queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 2
+    assert "UNNEST" in inserts[0]
+    assert Delivery.objects.filter(payload__headers__has_key="X-N").count() == len(rows) // 2
+    assert Delivery.objects.get(idempotency_key="k:7").subject == rows[7]["subject"]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_an_over_long_value_fails_rather_than_being_cut():
+    assert connection.vendor == "postgresql"
+    rows = _rows(NotificationFactory(), 2)
+    rows[1]["subject"] = "x" * 301  # the column holds 300
+
+    with pytest.raises(DataError), transaction.atomic():
+        insert_rows(Delivery, rows)
+
+    assert Delivery.objects.count() == 0
