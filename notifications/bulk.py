@@ -84,7 +84,7 @@ def insert_rows(
         # The shared values once per statement, in a SELECT over the VALUES list (whose
         # columns SQLite names column1, column2, …); WHERE true lets ON CONFLICT follow.
         selected = ", ".join(["%s"] * len(fixed) + [f"column{i + 1}" for i in range(len(varying))])
-        size = max(1, (_sqlite_parameter_limit(connection) - len(fixed)) // len(varying))
+        size = max(1, (sqlite_parameter_limit(connection) - len(fixed)) // len(varying))
         one = "(" + ", ".join(["%s"] * len(varying)) + ")"
 
         def statement(part):
@@ -137,7 +137,7 @@ def _preparer(field: Field, connection):
     return lambda value: field.get_db_prep_save(value, connection)
 
 
-def _sqlite_parameter_limit(connection) -> int:
+def sqlite_parameter_limit(connection) -> int:
     """SQLite's own limit on parameters per statement (32,766 since 3.32; Django 5.2 assumes
     the old 999 for its own statements)."""
     connection.ensure_connection()

@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -7,7 +8,7 @@ import pytest
 import responses
 from anymail.backends.base_requests import AnymailRequestsBackend
 from django.core.management import call_command
-from django.db import connections
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from notifications import dispatch
@@ -378,29 +379,50 @@ def test_accepted_deliveries_are_written_with_their_own_outcome_in_constant_quer
     assert Delivery.objects.get(id=untouched.id).status == "scheduled"
     assert DeliveryEvent.objects.filter(kind="sent").count() == count
     # the write, the events, the provider's early reports; plus the transaction
-    print([q["sql"][:60] for q in queries])
     assert len([q for q in queries if "SAVEPOINT" not in q["sql"]]) <= 5, queries.captured_queries
 
 
-@pytest.mark.django_db
-def test_accepted_deliveries_beyond_a_statements_parameters_are_written_in_even_parts(
-    monkeypatch,
-):
-    monkeypatch.setattr(connections["default"].features, "max_query_params", 27)  # 4 rows
-    claimed = [_claimed(DeliveryFactory(send_at=NOW)) for _ in range(10)]
+def _sent_by_two_providers(count):
+    claimed = [_claimed(DeliveryFactory(send_at=NOW)) for _ in range(count)]
     handovers = [
         dispatch.Handover(d, "twilio" if i % 2 else "anymail", f"m{d.id}", NOW)
         for i, d in enumerate(claimed)
     ]
     with CaptureQueriesContext(connections["default"]) as queries:
         dispatch.record_sent(handovers, now=NOW)
-    updates = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    return claimed, [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own parameter limit")
+@pytest.mark.django_db
+def test_on_sqlite_accepted_deliveries_beyond_a_statements_parameters_go_in_even_parts():
+    """SQLite's limit lowered with setlimit: a statement over it would fail."""
+    connection.ensure_connection()
+    before = connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 27)  # 4 rows
+    try:
+        claimed, updates = _sent_by_two_providers(10)
+    finally:
+        connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, before)
     assert len(updates) == 4  # per provider: 5 rows in parts of 3 and 2
     rows = Delivery.objects.filter(id__in=[d.id for d in claimed]).order_by("id")
     assert [(r.status, r.provider, r.provider_message_id) for r in rows] == [
         ("sent", "twilio" if i % 2 else "anymail", f"m{d.id}") for i, d in enumerate(claimed)
     ]
     assert DeliveryEvent.objects.filter(kind="sent").count() == 10
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_on_postgresql_each_providers_outcomes_are_one_update_of_arrays():
+    assert connection.vendor == "postgresql"
+    claimed, updates = _sent_by_two_providers(30)
+    assert len(updates) == 2
+    assert all("UNNEST" in sql for sql in updates)
+    rows = Delivery.objects.filter(id__in=[d.id for d in claimed]).order_by("id")
+    assert [(r.status, r.provider, r.provider_message_id, r.sent_at) for r in rows] == [
+        ("sent", "twilio" if i % 2 else "anymail", f"m{d.id}", NOW) for i, d in enumerate(claimed)
+    ]
+    assert DeliveryEvent.objects.filter(kind="sent").count() == 30
 
 
 @pytest.mark.django_db
