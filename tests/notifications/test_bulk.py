@@ -5,7 +5,7 @@ import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from notifications.bulk import ROWS_PER_STATEMENT, insert_rows
+from notifications.bulk import ROWS_PER_STATEMENT, SQLITE_STATEMENT_PARAMETERS, insert_rows
 from notifications.models import Delivery, DeliveryEvent
 from tests.notifications.factories import DeliveryFactory, NotificationFactory
 
@@ -136,6 +136,18 @@ def test_on_sqlite_statements_stay_under_the_databases_own_parameter_limit():
     assert sorted(Delivery.objects.values_list("recipient_key", flat=True)) == sorted(
         f"customer:{i}" for i in range(10)
     )
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's statements")
+def test_on_sqlite_a_statement_carries_no_more_than_its_parameter_budget():
+    """Compiled statements stay in the connection's cache: big ones held megabytes."""
+    notification = NotificationFactory()
+    rows = SQLITE_STATEMENT_PARAMETERS // 6 + 10  # 6 values a row differ
+    with CaptureQueriesContext(connection) as queries:
+        assert insert_rows(Delivery, _rows(notification, rows)) == rows
+    inserts = [q["sql"] for q in queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 2
+    assert Delivery.objects.count() == rows
 
 
 @pytest.mark.postgres
