@@ -46,8 +46,8 @@ def run(ctx: Context) -> Workload:
     result.check("queries per 1,000 recipients", "≤ 10", f"{per_thousand:.1f}", per_thousand <= 10)
     result.notes.append(
         "Herald inserts reviews and deliveries with notifications.bulk.insert_rows (values "
-        "shared by every row sent once per statement; SQLite's own parameter limit; one array "
-        "per column on PostgreSQL); the floor is Django's bulk_create "
+        "shared by every row sent once per statement; on PostgreSQL the rows' own values as one "
+        "JSON document per statement); the floor is Django's bulk_create "
         f"({floor.queries / n * 1000:.1f} queries per 1,000 recipients here)"
     )
     return result
