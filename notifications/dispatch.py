@@ -181,14 +181,21 @@ def _halted_runs() -> list[int]:
 
 
 def claim_due(
-    *, now: datetime, limit: int, channel: str | None = None, frozen: Q | None = None
+    *,
+    now: datetime,
+    limit: int,
+    channel: str | None = None,
+    frozen: Q | None = None,
+    look_first: bool = True,
 ) -> list[Delivery]:
-    """Take up to `limit` due deliveries for this worker; others get different rows."""
-    waiting = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
-    if not (waiting.filter(channel=channel) if channel else waiting).exists():
-        # Nothing due: no transaction (on SQLite, BEGIN IMMEDIATE takes the database's
-        # write lock even to find nothing, and every round ends with such a claim).
-        return []
+    """Take up to `limit` due deliveries for this worker; others get different rows.
+    `look_first`: check that something is due before opening the claim's transaction (on
+    SQLite, BEGIN IMMEDIATE takes the database's write lock even to find nothing); a
+    caller whose last claim came back full skips the check."""
+    if look_first:
+        waiting = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
+        if not (waiting.filter(channel=channel) if channel else waiting).exists():
+            return []
     token = uuid.uuid4()
     with transaction.atomic():
         due = _due(now=now, frozen=frozen)  # halted runs read inside the claim's transaction
@@ -882,10 +889,14 @@ def _dispatch_channels(
         if gate == "open":
             report.add("deferred", reroute_to_fallback(channel=channel, now=now, frozen=frozen))
             continue
+        look_first = True  # a channel's first claim; after a full one, more is likely due
         while limit is None or handled < limit:
             size = 1 if gate == "trial" else settings.DISPATCH_BATCH_SIZE
             size = size if limit is None else min(size, limit - handled)
-            claimed = claim_due(now=clock.now(), limit=size, channel=channel, frozen=frozen)
+            claimed = claim_due(
+                now=clock.now(), limit=size, channel=channel, frozen=frozen, look_first=look_first
+            )
+            look_first = False
             handled += len(claimed)
             closed = _send_batch(
                 claimed,

@@ -337,6 +337,24 @@ def test_a_claim_with_nothing_due_reads_once_and_opens_no_transaction():
 
 
 @pytest.mark.django_db
+def test_a_drain_looks_before_the_first_claim_of_each_channel_only(settings):
+    settings.DISPATCH_BATCH_SIZE = 2
+    for _ in range(5):
+        DeliveryFactory(send_at=NOW)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert dispatch_due(now=NOW).sent == 5
+    looks = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT 1 AS "a" FROM "notifications_delivery"')
+        and '"send_at" <=' in q["sql"]
+    ]
+    # email (claims of 2, 2 and 1: looked before the first), sms, whatsapp (nothing due)
+    assert len(looks) == 3
+    assert sum("\"channel\" = 'email'" in sql for sql in looks) == 1
+
+
+@pytest.mark.django_db
 def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provider():
     first, second = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
     later = NOW + timedelta(seconds=3)
