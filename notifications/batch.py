@@ -364,11 +364,11 @@ def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
             }
         )
     with transaction.atomic():
-        insert_rows(ProposedAction, reviews, ignore_conflicts=True)
+        staged = insert_rows(ProposedAction, reviews, ignore_conflicts=True)
         WorkflowRun.objects.filter(id=run.id, status=Status.AWAITING_APPROVAL).update(
             status=Status.AWAITING_REVIEW
         )
-    return len(reviews)
+    return staged
 
 
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:

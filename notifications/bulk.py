@@ -12,6 +12,7 @@ SQLite and as one JSON document on PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
@@ -19,7 +20,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.db import connections, router
-from django.db.models import CharField, Field, JSONField, Model, TextField
+from django.db.models import NOT_PROVIDED, CharField, Field, JSONField, Model, TextField
 from django.utils import timezone
 
 # Rows per statement on PostgreSQL (one JSON document).
@@ -32,61 +33,78 @@ def insert_rows(
     model: type[Model], rows: Sequence[Mapping], *, ignore_conflicts: bool = False
 ) -> int:
     """Insert `rows` (each a dict of field attnames — `notification_id`, not `notification`
-    — all with the same keys) and return how many were inserted. Fields left out get their default
-    (`auto_now` and `auto_now_add` fields: now). With `ignore_conflicts`, a row that would
-    break a unique constraint is skipped (ON CONFLICT DO NOTHING), and not counted.
+    — all with the same keys) and return how many were inserted. A field left out gets its
+    default as `bulk_create` gives it (a callable one called for each row; `auto_now` and
+    `auto_now_add` fields: now), or the database's own (`db_default`). With
+    `ignore_conflicts`, a row that would break a unique constraint is skipped (ON CONFLICT
+    DO NOTHING), and not counted.
 
     Like `bulk_create`, it sends no signals, calls no `save()` and sets no primary keys on
-    anything; unlike it, it makes no model instances. SQLite and PostgreSQL."""
+    anything; unlike it, it makes no model instances. SQLite and PostgreSQL; plain values
+    only (no expressions; on PostgreSQL no bytes or durations)."""
     if not rows:
         return 0
     meta = model._meta
     connection = connections[router.db_for_write(model)]
+    if connection.vendor not in ("sqlite", "postgresql"):
+        raise NotImplementedError(
+            f"insert_rows writes SQLite and PostgreSQL, not {connection.vendor}"
+        )
+    if meta.parents:
+        raise TypeError(f"{meta.label} inherits another model's table: use bulk_create")
     names = set(rows[0])
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field and not f.generated]
     if unknown := names - {f.attname for f in fields}:
-        raise TypeError(
-            f"{meta.label} has no column field {', '.join(sorted(unknown))} "
-            "(name a foreign key by its id: notification_id, not notification)"
+        hint = (
+            "the primary key is the database's to set"
+            if meta.pk.attname in unknown
+            else "name a foreign key by its id: notification_id, not notification"
         )
+        raise TypeError(f"{meta.label} has no column field {', '.join(sorted(unknown))} ({hint})")
     if any(row.keys() != names for row in rows):
         raise ValueError("every row must name the same fields")
 
-    constant: list[tuple[Field, object]] = []  # prepared once
-    varying: list[Field] = []
     now = timezone.now()
+    columns: list[tuple[Field, list]] = []  # each field's value in each row
     for field in fields:
-        if field.attname not in rows[0]:
-            value = (
-                now
-                if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
-                else field.get_default()
-            )
-            constant.append((field, field.get_db_prep_save(value, connection)))
-            continue
-        first = rows[0][field.attname]
-        if all(row[field.attname] == first for row in rows):
-            constant.append((field, field.get_db_prep_save(first, connection)))
+        if field.attname in names:
+            values = [row[field.attname] for row in rows]
+            if any(hasattr(value, "resolve_expression") for value in values):
+                raise TypeError(f"{field.name}: insert_rows takes values, not expressions")
+        elif getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            values = [now] * len(rows)
+        elif field.has_default():
+            values = [field.get_default() for _ in rows]  # a callable one, once a row
+        elif field.db_default is not NOT_PROVIDED:
+            continue  # the database's own default
         else:
-            varying.append(field)
+            values = [field.get_default()] * len(rows)
+        columns.append((field, values))
+
+    constant: list[tuple[Field, object]] = []  # prepared once
+    varying: list[tuple[Field, list]] = []
+    for field, values in columns:
+        if _all_same(field, values):
+            constant.append((field, field.get_db_prep_save(values[0], connection)))
+        else:
+            varying.append((field, values))
+    if not varying:  # identical rows: one column (not a JSON one if there is another) carries them
+        plain = [i for i, (f, _) in enumerate(constant) if not isinstance(f, JSONField)]
+        field, _ = constant.pop(plain[-1] if plain else -1)
+        varying.append((field, dict(columns)[field]))
+
     as_json = connection.vendor == "postgresql"
-    if varying:
-        prepare = [(f.attname, _preparer(f, connection, as_json=as_json)) for f in varying]
+    prepare = [(values, _preparer(f, connection, as_json=as_json)) for f, values in varying]
 
-        def columns_of(part):  # the rows' own values by column, prepared a statement at a time
-            return [[p(row[name]) for row in part] for name, p in prepare]
-    else:  # identical rows: one column (not a JSON one) carries them
-        index = max(i for i, (f, _) in enumerate(constant) if not isinstance(f, JSONField))
-        field, value = constant.pop(index)
-        varying = [field]
-
-        def columns_of(part):
-            return [[value] * len(part)]
+    def columns_of(start: int, end: int) -> list[list]:  # prepared a statement at a time
+        return [[p(v) for v in values[start:end]] for values, p in prepare]
 
     fixed = [value for _, value in constant]
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in [*(f for f, _ in constant), *varying])
-    head = f"INSERT INTO {quote(meta.db_table)} ({columns})"
+    names_sql = ", ".join(
+        quote(f.column) for f in [*(f for f, _ in constant), *(f for f, _ in varying)]
+    )
+    head = f"INSERT INTO {quote(meta.db_table)} ({names_sql})"
     tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
     if connection.vendor == "sqlite":
         # The shared values once per statement, in a SELECT over the VALUES list (whose
@@ -95,55 +113,75 @@ def insert_rows(
         size = max(1, (sqlite_parameters(connection) - len(fixed)) // len(varying))
         one = "(" + ", ".join(["%s"] * len(varying)) + ")"
 
-        def statement(part):
-            values = ", ".join([one] * len(part))
-            own = [v for row in zip(*columns_of(part), strict=True) for v in row]
+        def statement(start: int, end: int) -> tuple[str, list]:
+            own = [v for row in zip(*columns_of(start, end), strict=True) for v in row]
+            values = ", ".join([one] * (end - start))
             return f"{head} SELECT {selected} FROM (VALUES {values}) WHERE true{tail}", [
                 *fixed,
                 *own,
             ]
     else:
-        # PostgreSQL: the rows' own values as one JSON document, read into the table's row
-        # type by json_populate_recordset (each value through its column's input function:
-        # an over-long text fails, it is not cut). One array per column (UNNEST, as Django
+        # PostgreSQL: the rows' own values as one JSON document, read by json_to_recordset
+        # into columns of the table's types without their length (so an over-long text
+        # fails when it is stored, it is not cut); a JSON field's value is encoded by its
+        # own encoder and read as text, then cast. One array per column (UNNEST, as Django
         # 5.2's bulk_create does) took a third longer, psycopg escaping each quote of each
         # HTML body in Python; a VALUES list, 2 s to read its 330,000 placeholders.
         size = ROWS_PER_STATEMENT
-        table = quote(meta.db_table)
         selected = ", ".join(
-            [f"%s::{f.db_type(connection).split('(')[0]}" for f, _ in constant]
-            + [f"given.{quote(f.column)}" for f in varying]
+            [f"%s::{_pg_type(f, connection)}" for f, _ in constant]
+            + [
+                f"given.{quote(f.column)}::jsonb"
+                if isinstance(f, JSONField)
+                else f"given.{quote(f.column)}"
+                for f, _ in varying
+            ]
         )
-        names = [f.column for f in varying]
+        record = ", ".join(
+            f"{quote(f.column)} {'text' if isinstance(f, JSONField) else _pg_type(f, connection)}"
+            for f, _ in varying
+        )
+        keys = [f.column for f, _ in varying]
 
-        def statement(part):
+        def statement(start: int, end: int) -> tuple[str, list]:
             document = json.dumps(
-                [dict(zip(names, row, strict=True)) for row in zip(*columns_of(part), strict=True)],
+                [
+                    dict(zip(keys, row, strict=True))
+                    for row in zip(*columns_of(start, end), strict=True)
+                ],
                 default=_json_value,
                 allow_nan=False,
+                ensure_ascii=False,
             )
-            sql = (
-                f"{head} SELECT {selected} "
-                f"FROM json_populate_recordset(NULL::{table}, %s) AS given{tail}"
-            )
+            sql = f"{head} SELECT {selected} FROM json_to_recordset(%s) AS given ({record}){tail}"
             return sql, [*fixed, document]
 
     inserted = 0
     with connection.cursor() as cursor:
         for start in range(0, len(rows), size):
-            cursor.execute(*statement(rows[start : start + size]))
+            cursor.execute(*statement(start, min(start + size, len(rows))))
             inserted += cursor.rowcount
     return inserted
 
 
+def _all_same(field: Field, values: list) -> bool:
+    """Whether one prepared value stands for every row's: equal and of one type (1, 1.0 and
+    True are equal), and for JSON the same document ({"on": 1} and {"on": true} are equal
+    dicts)."""
+    first = values[0]
+    if isinstance(field, JSONField):
+        encoded = json.dumps(first, cls=field.encoder)
+        return all(json.dumps(v, cls=field.encoder) == encoded for v in values)
+    kind = type(first)
+    return all(type(v) is kind and v == first for v in values)
+
+
 def _preparer(field: Field, connection, *, as_json: bool):
     """The field's own preparation of a value for the database, skipped for a str going into
-    a plain text column (where it is the str itself). For a JSON document (`as_json`), a
-    JSON field's value goes as it is, encoded by the field's encoder if it has one."""
+    a plain text column (where it is the str itself). For the JSON document (`as_json`), a
+    JSON field's value is encoded as the field encodes it, and goes as text."""
     if as_json and isinstance(field, JSONField):
-        if field.encoder is None:
-            return lambda value: value
-        return lambda value: json.loads(json.dumps(value, cls=field.encoder))
+        return lambda value: None if value is None else json.dumps(value, cls=field.encoder)
     kind = type(field)
     plain_text = (
         isinstance(field, CharField | TextField)
@@ -159,12 +197,20 @@ def _preparer(field: Field, connection, *, as_json: bool):
 
 
 def _json_value(value):
-    """Prepared values JSON has no type for, as their columns read them back."""
+    """Prepared values JSON has no type for, written as their PostgreSQL columns read them."""
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, UUID | Decimal):
         return str(value)
-    raise TypeError(f"cannot insert a {type(value).__name__} value in a JSON document")
+    raise TypeError(
+        f"insert_rows cannot send a {type(value).__name__} to PostgreSQL: use bulk_create"
+    )
+
+
+def _pg_type(field: Field, connection) -> str:
+    """The column's type without its modifier (varchar(300) → varchar): an explicit cast to
+    varchar(n) would cut an over-long value instead of failing."""
+    return re.sub(r"\(\s*\d+(\s*,\s*\d+)?\s*\)", "", field.db_type(connection))
 
 
 def sqlite_parameters(connection) -> int:

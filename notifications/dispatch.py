@@ -389,7 +389,7 @@ def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
             written += _write_sent_arrays(rows, fields)
             continue
         # Five parameters a row, and the shared ones, within SQLite's limit.
-        most = (bulk.sqlite_parameters(connection) - len(fields) - 2) // 5
+        most = max(1, (bulk.sqlite_parameters(connection) - len(fields) - 2) // 5)
         size = math.ceil(len(rows) / math.ceil(len(rows) / most))  # even parts
         for start in range(0, len(rows), size):
             written += _write_sent_case(rows[start : start + size], fields)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -150,7 +151,7 @@ def _celery(label: str, n: int, concurrency: int, backend: str) -> Figure:
     )  # fmt: skip
     try:
         _wait_ready(client, worker)
-        _warm_up(client, concurrency)
+        _warm_up(client, hostname.replace("%h", socket.gethostname()), concurrency)
         left = Delivery.objects.filter(status__in=["scheduled", "sending"])
         with measure(label, n, "messages", queries=QueryCounter()) as figure:
             for _ in range(concurrency):
@@ -173,19 +174,24 @@ def _celery(label: str, n: int, concurrency: int, backend: str) -> Figure:
     return figure
 
 
-def _warm_up(client, concurrency: int) -> None:
-    """What a long-running worker did long before: each child process has opened its
-    database connection (a few tasks that read and send nothing, three per child so that
-    every idle child gets some). Otherwise 20 processes on 2 cores connect during the
-    measured drain."""
+def _warm_up(client, hostname: str, concurrency: int) -> None:
+    """What a long-running worker did long before: its child processes have opened their
+    database connections (tasks that read and send nothing, three per child so that every
+    idle child is likely to get some; fair scheduling gives no guarantee). Otherwise 20
+    processes on 2 cores connect during the measured drain. Waits until this worker has
+    taken them all and runs none."""
     tasks = 3 * concurrency
     for _ in range(tasks):
         client.send_task("herald.handle_events")
+    inspector = client.control.inspect(destination=[hostname], timeout=1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        stats = client.control.inspect(timeout=1).stats() or {}
-        done = sum(s.get("total", {}).get("herald.handle_events", 0) for s in stats.values())
-        if done >= tasks:
+        taken = sum(
+            s.get("total", {}).get("herald.handle_events", 0)
+            for s in (inspector.stats() or {}).values()
+        )
+        running = any((inspector.active() or {hostname: [None]}).values())
+        if taken >= tasks and not running:
             return
         time.sleep(0.1)
     raise TimeoutError("the Celery worker did not finish its warm-up tasks in a minute")

@@ -4,7 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models import Value
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from notifications.bulk import ROWS_PER_STATEMENT, SQLITE_STATEMENT_PARAMETERS, insert_rows
 from notifications.models import Delivery, DeliveryEvent
@@ -28,6 +30,7 @@ def _rows(notification, count, *, start=0):
             "retry_base_seconds": 1.5 + i,
             "expires_at": NOW + timedelta(hours=i),
             "claim_token": uuid.UUID(int=i + 1),
+            "created_at": NOW,
         }
         for i in range(start, start + count)
     ]
@@ -35,7 +38,9 @@ def _rows(notification, count, *, start=0):
 
 def stores_each_row_with_its_values_and_the_defaults():
     notification = NotificationFactory()
+    before = timezone.now()
     assert insert_rows(Delivery, _rows(notification, 3)) == 3
+    after = timezone.now()
 
     stored = list(Delivery.objects.order_by("idempotency_key"))
     assert [d.idempotency_key for d in stored] == ["k:0", "k:1", "k:2"]
@@ -52,7 +57,7 @@ def stores_each_row_with_its_values_and_the_defaults():
         assert delivery.attempts == 0
         assert delivery.max_attempts == 3
         assert delivery.workflow_run_id is None
-        assert delivery.updated_at is not None  # auto_now: set
+        assert before <= delivery.updated_at <= after  # auto_now: now
 
 
 def skips_conflicts_and_counts_only_the_new_rows():
@@ -108,16 +113,61 @@ def test_identical_rows_are_all_inserted():
     assert DeliveryEvent.objects.filter(delivery=delivery, reason="same").count() == 3
 
 
-def test_values_shared_by_every_row_are_sent_once_per_statement():
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's statement text")
+def test_on_sqlite_values_shared_by_every_row_are_sent_once_per_statement():
     notification = NotificationFactory()
     with CaptureQueriesContext(connection) as queries:
         insert_rows(Delivery, _rows(notification, 40))
 
     (insert,) = [q["sql"] for q in queries if q["sql"].startswith("INSERT")]
-    if connection.vendor == "sqlite":
-        assert insert.count("'Body'") == 1
-        assert insert.count("'Hello 39'") == 1
+    assert insert.count("'Body'") == 1  # shared
+    assert insert.count("'customer:39'") == 1 and insert.count("'customer:0'") == 1  # own
+    assert insert.count("'c39@example.com'") == 1
     assert Delivery.objects.count() == 40
+
+
+def test_a_default_left_out_is_given_to_each_row_as_bulk_create_would():
+    notification = NotificationFactory()
+    rows = _rows(notification, 3)
+    for row in rows:
+        del row["created_at"]  # default: timezone.now, called for each row
+        del row["payload"]  # default: dict
+    before = timezone.now()
+    insert_rows(Delivery, rows)
+    after = timezone.now()
+
+    stored = list(Delivery.objects.order_by("idempotency_key"))
+    assert all(before <= d.created_at <= after for d in stored)
+    assert [d.payload for d in stored] == [{}, {}, {}]
+
+
+def test_values_that_are_equal_but_stored_differently_are_not_shared():
+    notification = NotificationFactory()
+    rows = _rows(notification, 3)
+    rows[0]["payload"], rows[1]["payload"], rows[2]["payload"] = (
+        {"on": True},
+        {"on": 1},
+        {"on": 1.5},
+    )
+    rows[0]["recipient_key"], rows[1]["recipient_key"] = 1, True  # "1" and "True" as text
+    rows[2]["recipient_key"] = 1
+    insert_rows(Delivery, rows)
+
+    stored = list(Delivery.objects.order_by("idempotency_key"))
+    assert [d.payload for d in stored] == [{"on": True}, {"on": 1}, {"on": 1.5}]
+    assert [type(d.payload["on"]) for d in stored] == [bool, int, float]
+    assert [d.recipient_key for d in stored] == ["1", "True", "1"]
+
+
+def test_expressions_and_the_primary_key_are_refused_with_a_clear_error():
+    notification = NotificationFactory()
+    rows = _rows(notification, 2)
+    rows[0]["max_attempts"], rows[1]["max_attempts"] = 4, Value(4)
+    with pytest.raises(TypeError, match="values, not expressions"):
+        insert_rows(Delivery, rows)
+    with pytest.raises(TypeError, match="primary key"):
+        insert_rows(Delivery, [{**_rows(notification, 1)[0], "id": 7}])
+    assert Delivery.objects.count() == 0
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own parameter limit")
@@ -171,7 +221,7 @@ def test_on_postgresql_the_rows_go_as_one_json_document_per_statement():
         assert insert_rows(Delivery, rows) == ROWS_PER_STATEMENT + 500
     inserts = [q["sql"] for q in queries if q["sql"].startswith("INSERT")]
     assert len(inserts) == 2
-    assert "json_populate_recordset" in inserts[0]
+    assert "json_to_recordset" in inserts[0]
     assert Delivery.objects.filter(payload__headers__has_key="X-N").count() == len(rows) // 2
     assert Delivery.objects.get(idempotency_key="k:7").subject == rows[7]["subject"]
 
@@ -186,3 +236,13 @@ def test_on_postgresql_an_over_long_value_fails_rather_than_being_cut():
         insert_rows(Delivery, rows)
 
     assert Delivery.objects.count() == 0
+
+
+@pytest.mark.postgres
+def test_on_postgresql_defaults_and_equal_values_are_stored_the_same():
+    assert connection.vendor == "postgresql"
+    test_a_default_left_out_is_given_to_each_row_as_bulk_create_would()
+    Delivery.objects.all().delete()
+    test_values_that_are_equal_but_stored_differently_are_not_shared()
+    Delivery.objects.all().delete()
+    test_identical_rows_are_all_inserted()
