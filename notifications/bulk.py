@@ -64,8 +64,28 @@ def insert_rows(
     if any(row.keys() != names for row in rows):
         raise ValueError("every row must name the same fields")
 
-    now = timezone.now()
-    columns: list[tuple[Field, list]] = []  # each field's value in each row
+    constant, varying = _shared_and_own(_values_by_field(fields, rows), connection)
+    quote = connection.ops.quote_name
+    names_sql = ", ".join(
+        quote(f.column) for f in [*(f for f, _ in constant), *(f for f, _ in varying)]
+    )
+    head = f"INSERT INTO {quote(meta.db_table)} ({names_sql})"
+    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+    build = _sqlite_statements if connection.vendor == "sqlite" else _postgresql_statements
+    size, statement = build(head, tail, constant, varying, connection)
+    inserted = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), size):
+            cursor.execute(*statement(start, min(start + size, len(rows))))
+            inserted += cursor.rowcount
+    return inserted
+
+
+def _values_by_field(fields: list[Field], rows: Sequence[Mapping]) -> list[tuple[Field, list]]:
+    """Each field's value in each row: as given, or its default as `bulk_create` gives it;
+    fields left to the database's own default (`db_default`) are left out."""
+    names, now = rows[0].keys(), timezone.now()
+    columns = []
     for field in fields:
         if field.attname in names:
             values = [row[field.attname] for row in rows]
@@ -76,92 +96,90 @@ def insert_rows(
         elif field.has_default():
             values = [field.get_default() for _ in rows]  # a callable one, once a row
         elif field.db_default is not NOT_PROVIDED:
-            continue  # the database's own default
+            continue
         else:
             values = [field.get_default()] * len(rows)
         columns.append((field, values))
+    return columns
 
-    constant: list[tuple[Field, object]] = []  # prepared once
-    varying: list[tuple[Field, list]] = []
+
+def _shared_and_own(columns, connection) -> tuple[list[tuple[Field, object]], list]:
+    """The columns whose value is the same in every row (prepared once) and the others.
+    Identical rows keep one column (not a JSON one if there is another) to carry them."""
+    constant, varying = [], []
     for field, values in columns:
         if _all_same(field, values):
             constant.append((field, field.get_db_prep_save(values[0], connection)))
         else:
             varying.append((field, values))
-    if not varying:  # identical rows: one column (not a JSON one if there is another) carries them
+    if not varying:
         plain = [i for i, (f, _) in enumerate(constant) if not isinstance(f, JSONField)]
         field, _ = constant.pop(plain[-1] if plain else -1)
         varying.append((field, dict(columns)[field]))
+    return constant, varying
 
-    as_json = connection.vendor == "postgresql"
+
+def _own_values(varying, connection, *, as_json: bool):
+    """`values(start, end)`: the varying columns' values of those rows, prepared (a
+    statement's worth at a time)."""
     prepare = [(values, _preparer(f, connection, as_json=as_json)) for f, values in varying]
 
-    def columns_of(start: int, end: int) -> list[list]:  # prepared a statement at a time
-        return [[p(v) for v in values[start:end]] for values, p in prepare]
+    def values(start: int, end: int) -> list[list]:
+        return [[p(v) for v in column[start:end]] for column, p in prepare]
 
+    return values
+
+
+def _sqlite_statements(head: str, tail: str, constant, varying, connection):
+    """The shared values once per statement, in a SELECT over the VALUES list (whose
+    columns SQLite names column1, column2, …); WHERE true lets ON CONFLICT follow."""
     fixed = [value for _, value in constant]
+    own = _own_values(varying, connection, as_json=False)
+    selected = ", ".join(["%s"] * len(fixed) + [f"column{i + 1}" for i in range(len(varying))])
+    one = "(" + ", ".join(["%s"] * len(varying)) + ")"
+
+    def statement(start: int, end: int) -> tuple[str, list]:
+        rows = ", ".join([one] * (end - start))
+        params = [v for row in zip(*own(start, end), strict=True) for v in row]
+        return f"{head} SELECT {selected} FROM (VALUES {rows}) WHERE true{tail}", [*fixed, *params]
+
+    return max(1, (sqlite_parameters(connection) - len(fixed)) // len(varying)), statement
+
+
+def _postgresql_statements(head: str, tail: str, constant, varying, connection):
+    """The rows' own values as one JSON document, read by json_to_recordset into columns of
+    the table's types without their length (so an over-long text fails when it is stored,
+    it is not cut); a JSON field's value is encoded by its own encoder and read as text,
+    then cast. One array per column (UNNEST, as Django 5.2's bulk_create does) took a third
+    longer, psycopg escaping each quote of each HTML body in Python; a VALUES list, 2 s to
+    read its 330,000 placeholders."""
     quote = connection.ops.quote_name
-    names_sql = ", ".join(
-        quote(f.column) for f in [*(f for f, _ in constant), *(f for f, _ in varying)]
-    )
-    head = f"INSERT INTO {quote(meta.db_table)} ({names_sql})"
-    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
-    if connection.vendor == "sqlite":
-        # The shared values once per statement, in a SELECT over the VALUES list (whose
-        # columns SQLite names column1, column2, …); WHERE true lets ON CONFLICT follow.
-        selected = ", ".join(["%s"] * len(fixed) + [f"column{i + 1}" for i in range(len(varying))])
-        size = max(1, (sqlite_parameters(connection) - len(fixed)) // len(varying))
-        one = "(" + ", ".join(["%s"] * len(varying)) + ")"
-
-        def statement(start: int, end: int) -> tuple[str, list]:
-            own = [v for row in zip(*columns_of(start, end), strict=True) for v in row]
-            values = ", ".join([one] * (end - start))
-            return f"{head} SELECT {selected} FROM (VALUES {values}) WHERE true{tail}", [
-                *fixed,
-                *own,
-            ]
-    else:
-        # PostgreSQL: the rows' own values as one JSON document, read by json_to_recordset
-        # into columns of the table's types without their length (so an over-long text
-        # fails when it is stored, it is not cut); a JSON field's value is encoded by its
-        # own encoder and read as text, then cast. One array per column (UNNEST, as Django
-        # 5.2's bulk_create does) took a third longer, psycopg escaping each quote of each
-        # HTML body in Python; a VALUES list, 2 s to read its 330,000 placeholders.
-        size = ROWS_PER_STATEMENT
-        selected = ", ".join(
-            [f"%s::{_pg_type(f, connection)}" for f, _ in constant]
-            + [
-                f"given.{quote(f.column)}::jsonb"
-                if isinstance(f, JSONField)
-                else f"given.{quote(f.column)}"
-                for f, _ in varying
-            ]
-        )
-        record = ", ".join(
-            f"{quote(f.column)} {'text' if isinstance(f, JSONField) else _pg_type(f, connection)}"
+    fixed = [value for _, value in constant]
+    own = _own_values(varying, connection, as_json=True)
+    selected = ", ".join(
+        [f"%s::{_pg_type(f, connection)}" for f, _ in constant]
+        + [
+            f"given.{quote(f.column)}" + ("::jsonb" if isinstance(f, JSONField) else "")
             for f, _ in varying
+        ]
+    )
+    record = ", ".join(
+        f"{quote(f.column)} {'text' if isinstance(f, JSONField) else _pg_type(f, connection)}"
+        for f, _ in varying
+    )
+    keys = [f.column for f, _ in varying]
+
+    def statement(start: int, end: int) -> tuple[str, list]:
+        document = json.dumps(
+            [dict(zip(keys, row, strict=True)) for row in zip(*own(start, end), strict=True)],
+            default=_json_value,
+            allow_nan=False,
+            ensure_ascii=False,
         )
-        keys = [f.column for f, _ in varying]
+        sql = f"{head} SELECT {selected} FROM json_to_recordset(%s) AS given ({record}){tail}"
+        return sql, [*fixed, document]
 
-        def statement(start: int, end: int) -> tuple[str, list]:
-            document = json.dumps(
-                [
-                    dict(zip(keys, row, strict=True))
-                    for row in zip(*columns_of(start, end), strict=True)
-                ],
-                default=_json_value,
-                allow_nan=False,
-                ensure_ascii=False,
-            )
-            sql = f"{head} SELECT {selected} FROM json_to_recordset(%s) AS given ({record}){tail}"
-            return sql, [*fixed, document]
-
-    inserted = 0
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), size):
-            cursor.execute(*statement(start, min(start + size, len(rows))))
-            inserted += cursor.rowcount
-    return inserted
+    return ROWS_PER_STATEMENT, statement
 
 
 def _all_same(field: Field, values: list) -> bool:

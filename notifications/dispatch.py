@@ -396,26 +396,32 @@ def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
     return written
 
 
-def _sent_set_clause(fields: dict) -> tuple[str, list]:
+def _sent_update(fields: dict) -> tuple[dict[str, str], str, list]:
+    """The quoted names an outcome UPDATE needs, its SET clause for the values every row
+    shares (`fields`), and their parameters."""
     quote, meta = connection.ops.quote_name, Delivery._meta
-    sql = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in fields)
-    return sql, list(fields.values())
+    names = {
+        "table": quote(meta.db_table),
+        "id": quote(meta.pk.column),
+        **{
+            name: quote(meta.get_field(name).column)
+            for name in ("provider_message_id", "sent_at", "status")
+        },
+    }
+    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in fields)
+    return names, assignments, list(fields.values())
 
 
 def _write_sent_arrays(rows: list[tuple], fields: dict) -> int:
-    meta, quote = Delivery._meta, connection.ops.quote_name
-    table, id_column = quote(meta.db_table), quote(meta.pk.column)
-    message_column = quote(meta.get_field("provider_message_id").column)
-    sent_column = quote(meta.get_field("sent_at").column)
-    status_column = quote(meta.get_field("status").column)
-    assignments, values = _sent_set_clause(fields)
+    name, assignments, values = _sent_update(fields)
+    table, id_column = name["table"], name["id"]
     ids, message_ids, times = (list(column) for column in zip(*rows, strict=True))
     sql = (
-        f"UPDATE {table} SET {assignments}, {message_column} = sent.message_id, "
-        f"{sent_column} = sent.at "
+        f"UPDATE {table} SET {assignments}, {name['provider_message_id']} = sent.message_id, "
+        f"{name['sent_at']} = sent.at "
         f"FROM UNNEST(%s::bigint[], %s::text[], %s::timestamp with time zone[]) "
         f"AS sent (id, message_id, at) "
-        f"WHERE {table}.{id_column} = sent.id AND {table}.{status_column} IN (%s, %s)"
+        f"WHERE {table}.{id_column} = sent.id AND {table}.{name['status']} IN (%s, %s)"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, ids, message_ids, times, Status.SENDING, Status.UNKNOWN])
@@ -423,19 +429,15 @@ def _write_sent_arrays(rows: list[tuple], fields: dict) -> int:
 
 
 def _write_sent_case(rows: list[tuple], fields: dict) -> int:
-    meta, quote = Delivery._meta, connection.ops.quote_name
-    id_column = quote(meta.pk.column)
-    message_column = quote(meta.get_field("provider_message_id").column)
-    sent_column = quote(meta.get_field("sent_at").column)
-    status_column = quote(meta.get_field("status").column)
-    assignments, values = _sent_set_clause(fields)
+    name, assignments, values = _sent_update(fields)
+    id_column = name["id"]
     whens = " ".join(["WHEN %s THEN %s"] * len(rows))
     sql = (
-        f"UPDATE {quote(meta.db_table)} SET {assignments}, "
-        f"{message_column} = CASE {id_column} {whens} END, "
-        f"{sent_column} = CASE {id_column} {whens} END "
+        f"UPDATE {name['table']} SET {assignments}, "
+        f"{name['provider_message_id']} = CASE {id_column} {whens} END, "
+        f"{name['sent_at']} = CASE {id_column} {whens} END "
         f"WHERE {id_column} IN ({', '.join(['%s'] * len(rows))}) "
-        f"AND {status_column} IN (%s, %s)"
+        f"AND {name['status']} IN (%s, %s)"
     )
     params = [
         *values,
