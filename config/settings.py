@@ -156,6 +156,11 @@ PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 # for a human to reconcile; it is never resent blindly.
 DISPATCH_SENDING_TIMEOUT_SECONDS = env.int("DISPATCH_SENDING_TIMEOUT_SECONDS", default=600)
 DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
+# A claim whose deliveries were all handed over in under half a second (a fast provider)
+# makes the next claim of the round twice as big, up to this many: fewer claims and writes
+# per message. A slow provider keeps claims at DISPATCH_BATCH_SIZE, so one worker does not
+# hold minutes of work that others could share.
+DISPATCH_MAX_BATCH_SIZE = env.int("DISPATCH_MAX_BATCH_SIZE", default=1000)
 # Tracking webhooks store each report and answer at once; "celery" applies the reports in a
 # worker (production), "inline" in the request (simpler to follow in development tests).
 TRACKING_APPLY = env("TRACKING_APPLY", default="celery")

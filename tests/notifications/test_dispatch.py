@@ -354,6 +354,31 @@ def test_a_drain_looks_before_the_first_claim_of_each_channel_only(settings):
     assert sum("\"channel\" = 'email'" in sql for sql in looks) == 1
 
 
+def test_a_quick_claim_doubles_the_next_up_to_the_most_and_a_slow_one_goes_back(settings):
+    settings.DISPATCH_BATCH_SIZE, settings.DISPATCH_MAX_BATCH_SIZE = 20, 100
+    assert dispatch.next_claim_size(20, seconds=0.1) == 40
+    assert dispatch.next_claim_size(80, seconds=0.1) == 100
+    assert dispatch.next_claim_size(40, seconds=1.0) == 40  # about right: kept
+    assert dispatch.next_claim_size(80, seconds=2.5) == 20  # a slow provider: back to base
+
+
+@pytest.mark.django_db
+def test_a_round_with_a_quick_provider_claims_more_each_time(settings):
+    settings.DISPATCH_BATCH_SIZE, settings.DISPATCH_MAX_BATCH_SIZE = 2, 8
+    for _ in range(20):
+        DeliveryFactory(send_at=NOW)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        report = dispatch_due(now=NOW)  # on a clock where no time passes
+    claims = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('UPDATE "notifications_delivery" SET "status" = \'sending\'')
+    ]
+    assert report.sent == 20
+    assert len(claims) == 4  # 2, 4, 8 and the last 6
+    assert Delivery.objects.filter(status="sent").count() == 20
+
+
 @pytest.mark.django_db
 def test_each_accepted_delivery_gets_one_sent_event_with_its_own_time_and_provider():
     first, second = DeliveryFactory(send_at=NOW), DeliveryFactory(send_at=NOW)
