@@ -49,6 +49,7 @@ start() {
     --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/log" --save "" --appendonly no >&2
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   echo "$bin" > "$dir/pg_bin"
+  echo "$redis_port" > "$dir/redis_port"
   log "PostgreSQL on $pg_port, Redis on $redis_port, state in $dir"
   echo "export HERALD_SERVICES_DIR=$dir"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/herald"
@@ -61,6 +62,10 @@ stop() {
   local dir=${HERALD_SERVICES_DIR:-}
   [ -n "$dir" ] && [ -d "$dir" ] || { log "nothing to stop"; return 0; }
   if [ -f "$dir/redis/redis.pid" ]; then kill "$(cat "$dir/redis/redis.pid")" 2>/dev/null || true; fi
+  # By its port too: a test that stops Redis starts it again without the pid file.
+  if [ -f "$dir/redis_port" ]; then
+    redis-cli -p "$(cat "$dir/redis_port")" shutdown nosave >/dev/null 2>&1 || true
+  fi
   as_pg "$(cat "$dir/pg_bin")/pg_ctl" -D "$dir/pg/data" -m immediate stop >&2 || true
   rm -rf "$dir"
   log "stopped"
