@@ -204,14 +204,6 @@ def test_on_sqlite_a_statement_carries_no_more_than_its_parameter_budget():
 
 
 @pytest.mark.postgres
-def test_on_postgresql_rows_defaults_and_conflicts_are_stored_the_same():
-    assert connection.vendor == "postgresql"
-    stores_each_row_with_its_values_and_the_defaults()
-    Delivery.objects.all().delete()
-    skips_conflicts_and_counts_only_the_new_rows()
-
-
-@pytest.mark.postgres
 def test_on_postgresql_the_rows_go_as_one_json_document_per_statement():
     assert connection.vendor == "postgresql"
     notification = NotificationFactory()
@@ -239,10 +231,15 @@ def test_on_postgresql_an_over_long_value_fails_rather_than_being_cut():
 
 
 @pytest.mark.postgres
-def test_on_postgresql_defaults_and_equal_values_are_stored_the_same():
+def test_on_postgresql_the_same_rows_defaults_and_conflicts_are_stored_the_same():
+    """The cases above, again through the PostgreSQL path (a JSON document)."""
     assert connection.vendor == "postgresql"
-    test_a_default_left_out_is_given_to_each_row_as_bulk_create_would()
-    Delivery.objects.all().delete()
-    test_values_that_are_equal_but_stored_differently_are_not_shared()
-    Delivery.objects.all().delete()
-    test_identical_rows_are_all_inserted()
+    for case in (
+        stores_each_row_with_its_values_and_the_defaults,
+        skips_conflicts_and_counts_only_the_new_rows,
+        test_a_default_left_out_is_given_to_each_row_as_bulk_create_would,
+        test_values_that_are_equal_but_stored_differently_are_not_shared,
+        test_identical_rows_are_all_inserted,
+    ):
+        Delivery.objects.all().delete()
+        case()
