@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class NotificationsConfig(AppConfig):
@@ -19,3 +20,7 @@ class NotificationsConfig(AppConfig):
         from notifications import cadence_checks, trigger_admin  # noqa: F401
 
         cadence_checks.register()
+
+        from notifications.checks import check_sqlite_version
+
+        checks.register(check_sqlite_version)

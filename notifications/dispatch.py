@@ -352,12 +352,12 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
 
 def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
     """Write each accepted delivery's outcome, unless someone decided the row meanwhile;
-    returns the number of rows written. One UPDATE per provider: on PostgreSQL its message
-    ids and handover times go as arrays (UNNEST; written as a CASE, psycopg spent longer
-    reading its thousand placeholders than the server did running it), on SQLite in a CASE
-    over the ids, written out (built by Django as Case/When it took longer to compile than to
-    run) and split under SQLite's parameter limit. An executemany of one UPDATE per row was
-    slower on PostgreSQL."""
+    returns the number of rows written. One UPDATE per provider, joined to its rows' message
+    ids and handover times: on PostgreSQL sent as arrays (UNNEST; written as a CASE, psycopg
+    spent longer reading its thousand placeholders than the server did running it), on
+    SQLite as a VALUES list split under SQLite's parameter limit (a CASE over the ids, as
+    before, compared each row with every id: 21 ms for 1,000 rows against 15 ms). An
+    executemany of one UPDATE per row was slower on PostgreSQL."""
     by_provider: dict[str, list[Handover]] = defaultdict(list)
     for handover in by_id.values():
         by_provider[handover.provider].append(handover)
@@ -388,11 +388,11 @@ def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> int:
         if connection.vendor == "postgresql":
             written += _write_sent_arrays(rows, fields)
             continue
-        # Five parameters a row, and the shared ones, within SQLite's limit.
-        most = max(1, (bulk.sqlite_parameters(connection) - len(fields) - 2) // 5)
+        # Three parameters a row, and the shared ones, within SQLite's limit.
+        most = max(1, (bulk.sqlite_parameters(connection) - len(fields) - 2) // 3)
         size = math.ceil(len(rows) / math.ceil(len(rows) / most))  # even parts
         for start in range(0, len(rows), size):
-            written += _write_sent_case(rows[start : start + size], fields)
+            written += _write_sent_values(rows[start : start + size], fields)
     return written
 
 
@@ -428,25 +428,17 @@ def _write_sent_arrays(rows: list[tuple], fields: dict) -> int:
         return cursor.rowcount
 
 
-def _write_sent_case(rows: list[tuple], fields: dict) -> int:
+def _write_sent_values(rows: list[tuple], fields: dict) -> int:
+    """SQLite (3.33 or later, for UPDATE ... FROM; see notifications.checks)."""
     name, assignments, values = _sent_update(fields)
-    id_column = name["id"]
-    whens = " ".join(["WHEN %s THEN %s"] * len(rows))
+    table, id_column = name["table"], name["id"]
     sql = (
-        f"UPDATE {name['table']} SET {assignments}, "
-        f"{name['provider_message_id']} = CASE {id_column} {whens} END, "
-        f"{name['sent_at']} = CASE {id_column} {whens} END "
-        f"WHERE {id_column} IN ({', '.join(['%s'] * len(rows))}) "
-        f"AND {name['status']} IN (%s, %s)"
+        f"UPDATE {table} SET {assignments}, {name['provider_message_id']} = sent.column2, "
+        f"{name['sent_at']} = sent.column3 "
+        f"FROM (VALUES {', '.join(['(%s, %s, %s)'] * len(rows))}) AS sent "
+        f"WHERE {table}.{id_column} = sent.column1 AND {table}.{name['status']} IN (%s, %s)"
     )
-    params = [
-        *values,
-        *(v for row_id, message_id, _ in rows for v in (row_id, message_id)),
-        *(v for row_id, _, at in rows for v in (row_id, at)),
-        *(row_id for row_id, _, _ in rows),
-        Status.SENDING,
-        Status.UNKNOWN,
-    ]
+    params = [*values, *(v for row in rows for v in row), Status.SENDING, Status.UNKNOWN]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
