@@ -166,9 +166,10 @@ DISPATCH_MAX_BATCH_SIZE = env.int("DISPATCH_MAX_BATCH_SIZE", default=1000)
 TRACKING_APPLY = env("TRACKING_APPLY", default="celery")
 if TRACKING_APPLY not in ("celery", "inline"):
     raise ImproperlyConfigured("TRACKING_APPLY must be celery or inline")
-# Accepted deliveries are written in bulk, this many at a time (at most a claim's worth: a
-# crash before the write leaves them "unknown" for reconciliation, never resent).
-DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=200)
+# Accepted deliveries are written in bulk: at the end of each claim, or sooner once this many
+# are waiting or the oldest was handed over a second ago (a crash before the write leaves
+# them "unknown" for reconciliation, never resent).
+DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=1000)
 # Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so
 # failures of one burst do not all retry at the same instant.
 DISPATCH_RETRY_JITTER = env.float("DISPATCH_RETRY_JITTER", default=0.1)

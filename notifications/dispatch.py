@@ -628,11 +628,17 @@ def _tell_listeners(delivery: Delivery, outcome: str, now: datetime) -> bool:
     return halt
 
 
+# The longest an accepted delivery waits in the buffer for its bulk write (a crash meanwhile
+# leaves it "unknown" for reconciliation, never resent).
+WRITE_WITHIN = timedelta(seconds=1)
+
+
 class _SentBuffer:
-    """Successes waiting for their bulk write (at most `size`, and always before anything
-    else reads or changes their rows). The runs written are collected in `runs`: sent
-    listeners hear of them once, at the end of the round (asking after every write whether
-    a run had anything left made a long drain quadratic)."""
+    """Successes waiting for their bulk write: written once `size` are waiting or the oldest
+    was handed over WRITE_WITHIN ago, and always before anything else reads or changes their
+    rows. The runs written are collected in `runs`: sent listeners hear of them once, at the
+    end of the round (asking after every write whether a run had anything left made a long
+    drain quadratic)."""
 
     def __init__(self, size: int, runs: set[int]):
         self.size = size
@@ -641,7 +647,7 @@ class _SentBuffer:
 
     def add(self, handover: Handover, *, now: datetime) -> None:
         self.handovers.append(handover)
-        if len(self.handovers) >= self.size:
+        if len(self.handovers) >= self.size or now - self.handovers[0].at >= WRITE_WITHIN:
             self.flush(now=now)
 
     def flush(self, *, now: datetime) -> None:

@@ -470,6 +470,24 @@ def test_on_postgresql_each_providers_outcomes_are_one_update_of_arrays():
 
 
 @pytest.mark.django_db
+def test_with_a_slow_provider_accepted_deliveries_are_written_within_a_second(settings):
+    """Sends paced two a second: the handovers at 0, 0.5 and 1 s are written together at 1 s
+    (the oldest waited a second), the last two at the end of the claim."""
+    settings.SENDER_DEFAULT_RATES = {"email": 2.0, "sms": 2.0, "whatsapp": 2.0}
+    settings.DISPATCH_WRITE_BATCH, settings.PACING_HORIZON_SECONDS = 1000, 10
+    deliveries = [DeliveryFactory(send_at=NOW) for _ in range(5)]
+    assert dispatch_due(now=NOW).sent == 5
+    rows = Delivery.objects.filter(id__in=[d.id for d in deliveries]).order_by("sent_at", "id")
+    assert [(r.sent_at - NOW, r.updated_at - NOW) for r in rows] == [
+        (timedelta(seconds=0), timedelta(seconds=1)),
+        (timedelta(seconds=0.5), timedelta(seconds=1)),
+        (timedelta(seconds=1), timedelta(seconds=1)),
+        (timedelta(seconds=1.5), timedelta(seconds=2)),
+        (timedelta(seconds=2), timedelta(seconds=2)),
+    ]
+
+
+@pytest.mark.django_db
 def test_a_provider_id_that_is_not_text_is_stored_as_text():
     delivery = _claimed(DeliveryFactory(send_at=NOW))
     dispatch.record_sent([dispatch.Handover(delivery, "twilio", 4711, NOW)], now=NOW)
