@@ -1,5 +1,6 @@
 """Inserting many rows of one model in a few statements: the outbox's deliveries and the
-batch's reviews, 10,000 at a time.
+batch's reviews, 10,000 at a time; and reading many rows back as instances (dispatch's
+claims).
 
 `bulk_create` spent most of a batch's staging building a model instance per row and
 preparing each of its 33 values (10,000 deliveries: 1.5 s on SQLite; `insert_rows`: 0.3 s).
@@ -20,7 +21,9 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.db import connections, router
-from django.db.models import NOT_PROVIDED, CharField, Field, JSONField, Model, TextField
+from django.db.models import NOT_PROVIDED, CharField, Field, JSONField, Model, QuerySet, TextField
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 # Rows per statement on PostgreSQL (one JSON document).
@@ -240,3 +243,28 @@ def sqlite_parameters(connection) -> int:
     connection.ensure_connection()
     limit = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     return min(limit, SQLITE_STATEMENT_PARAMETERS)
+
+
+def read_instances(queryset: QuerySet, *, given: Mapping | None = None) -> list[Model]:
+    """The queryset's rows as model instances, like `list(queryset)`, but each built from its
+    converted values without `Model.__init__`, which checks every field's argument (1,000
+    deliveries of 30 columns on SQLite: 28 ms, here 20 ms). `given` (attnames) are set
+    rather than read: columns the caller has just written. Built the usual way when
+    something listens to the model's pre_init or post_init signal, which this path does not
+    send."""
+    model, given = queryset.model, dict(given or {})
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        instances = list(queryset)
+        for instance in instances:
+            instance.__dict__.update(given)
+        return instances
+    names = [f.attname for f in model._meta.concrete_fields if f.attname not in given]
+    instances = []
+    for values in queryset.values_list(*names):
+        instance = model.__new__(model)
+        instance.__dict__.update(zip(names, values, strict=True))
+        instance.__dict__.update(given)
+        state = instance._state = ModelState()
+        state.adding, state.db = False, queryset.db
+        instances.append(instance)
+    return instances

@@ -204,25 +204,22 @@ def claim_due(
         # The rows themselves, read once while locked (FOR UPDATE SKIP LOCKED on
         # PostgreSQL; SQLite's write transaction holds the whole database): reading the ids,
         # updating, then reading the rows again cost a second pass over wide rows.
-        rows = list(
-            due.order_by("send_at", "id").select_for_update(skip_locked=True, of=("self",))[:limit]
+        # The columns the update writes are set rather than read.
+        written = {"status": Status.SENDING, "claim_token": token, "claimed_at": now}
+        rows = bulk.read_instances(
+            due.order_by("send_at", "id").select_for_update(skip_locked=True, of=("self",))[:limit],
+            given={**written, "updated_at": now},
         )
         if not rows:
             return []
         ids = [row.id for row in rows]
         claimed = Delivery.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
-            status=Status.SENDING,
-            claim_token=token,
-            claimed_at=now,
-            attempts=F("attempts") + 1,
-            updated_at=now,
+            **written, attempts=F("attempts") + 1, updated_at=now
         )
     if claimed != len(rows):  # a database without row locks let someone take some of them
         return list(Delivery.objects.filter(id__in=ids, claim_token=token, status=Status.SENDING))
-    for row in rows:  # what the update wrote
-        row.status, row.claim_token, row.claimed_at = Status.SENDING, token, now
+    for row in rows:
         row.attempts += 1
-        row.updated_at = now
     return rows
 
 

@@ -5,10 +5,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Value
+from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from notifications.bulk import ROWS_PER_STATEMENT, SQLITE_STATEMENT_PARAMETERS, insert_rows
+from notifications.bulk import (
+    ROWS_PER_STATEMENT,
+    SQLITE_STATEMENT_PARAMETERS,
+    insert_rows,
+    read_instances,
+)
 from notifications.models import Delivery, DeliveryEvent
 from tests.notifications.factories import DeliveryFactory, NotificationFactory
 
@@ -243,3 +249,43 @@ def test_on_postgresql_the_same_rows_defaults_and_conflicts_are_stored_the_same(
     ):
         Delivery.objects.all().delete()
         case()
+
+
+def _fields(instance):
+    return {f.attname: getattr(instance, f.attname) for f in Delivery._meta.concrete_fields}
+
+
+def test_read_instances_gives_the_rows_as_the_queryset_does_with_the_given_values_set():
+    notification = NotificationFactory()
+    insert_rows(Delivery, _rows(notification, 4))
+    queryset = Delivery.objects.filter(notification=notification).order_by("-id")[:3]
+    token = uuid.UUID(int=99)
+    read = read_instances(queryset, given={"claim_token": token, "status": "sending"})
+    expected = list(queryset)
+    assert [_fields(r) for r in read] == [
+        {**_fields(e), "claim_token": token, "status": "sending"} for e in expected
+    ]
+    assert all(type(r) is Delivery and not r._state.adding for r in read)
+    assert read[0]._state.db == "default"
+    assert read[0].notification == notification  # relations load as usual
+    read[0].subject = "Changed"
+    read[0].save(update_fields=["subject"])  # an update of the row, not a second insert
+    assert Delivery.objects.get(id=read[0].id).subject == "Changed"
+    assert Delivery.objects.count() == 4
+
+
+def test_read_instances_builds_them_the_usual_way_when_someone_listens_to_post_init():
+    notification = NotificationFactory()
+    insert_rows(Delivery, _rows(notification, 2))
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance)
+
+    post_init.connect(listener, sender=Delivery)
+    try:
+        read = read_instances(Delivery.objects.order_by("id"), given={"status": "sending"})
+    finally:
+        post_init.disconnect(listener, sender=Delivery)
+    assert seen == read and len(read) == 2
+    assert [r.status for r in read] == ["sending", "sending"]
