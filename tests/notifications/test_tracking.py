@@ -8,6 +8,7 @@ from notifications.tracking import (
     is_suppressed,
     match_pending,
     match_unmatched,
+    match_unmatched_many,
     suppress,
     suppressions_for,
 )
@@ -152,6 +153,25 @@ def test_a_report_for_an_unknown_message_is_kept_then_matched_later():
     }
     assert match_unmatched(delivery, now=NOW) == 0
     assert delivery.events.count() == 2
+
+
+def test_reports_that_arrived_before_a_batch_was_written_are_applied_to_their_deliveries(
+    django_assert_num_queries,
+):
+    sent = [_sent(provider_message_id=f"m-{i}") for i in range(3)]
+    with django_assert_num_queries(1):  # none waiting: one look, the ids are not sent
+        assert match_unmatched_many(sent, now=NOW) == 0
+    Delivery.objects.update(provider_message_id="")  # as if the write had not happened yet
+    assert _report("delivered", message_id="m-1") == "unmatched"
+    assert _report("bounced", message_id="elsewhere") == "unmatched"
+    for delivery in sent:  # the batch's write
+        delivery.save(update_fields=["provider_message_id"])
+    assert match_unmatched_many(sent, now=NOW) == 1
+    assert [_status(d) for d in sent] == ["sent", "delivered", "sent"]
+    assert UnmatchedProviderEvent.objects.get(provider_message_id="m-1").matched_delivery == sent[1]
+    assert (
+        UnmatchedProviderEvent.objects.get(provider_message_id="elsewhere").matched_delivery is None
+    )
 
 
 def test_an_unmatched_bounce_suppresses_once_matched():
