@@ -6,6 +6,8 @@ Each test checks what the provider would actually receive, or how its answer is 
 import json
 import smtplib
 import socket
+import socketserver
+import threading
 from urllib.parse import parse_qs
 
 import pytest
@@ -577,6 +579,52 @@ def test_email_smtp_server_down_is_transient(settings):
 
     with pytest.raises(TransientError):
         get_channel("email").send(email())
+
+
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP for Django's backend: one line a command, DATA up to '.'."""
+
+    def handle(self):
+        self.server.connections += 1
+        self.wfile.write(b"220 test\r\n")
+        while line := self.rfile.readline():
+            command = line[:4].upper()
+            if command == b"DATA":
+                self.wfile.write(b"354 go on\r\n")
+                while self.rfile.readline() not in (b".\r\n", b""):
+                    pass
+                self.server.messages += 1
+                self.wfile.write(b"250 queued\r\n")
+            elif command == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:  # EHLO, MAIL, RCPT, RSET, NOOP
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def smtp_server(settings):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    server.daemon_threads = True
+    server.connections = server.messages = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.server_address[1]
+    settings.EMAIL_TIMEOUT, settings.EMAIL_USE_TLS = 5, False
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_over_smtp_each_send_opens_and_closes_its_own_connection(smtp_server):
+    """The channel keeps one backend for the round but holds no SMTP connection open
+    between sends, where an idle one could be dropped by the server unnoticed."""
+    channel = get_channel("email")
+    ids = [channel.send(email(to=f"{n}@example.com")) for n in range(3)]
+    channel.close()
+    assert len(set(ids)) == 3 and all(i.startswith("<") for i in ids)  # our Message-IDs
+    assert (smtp_server.connections, smtp_server.messages) == (3, 3)
 
 
 @pytest.mark.parametrize(
