@@ -7,8 +7,9 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self):
-        # Connects the receiver of anymail's tracking signal (email webhooks).
-        from notifications import webhooks  # noqa: F401
+        # Connects the receiver of anymail's tracking signal (email webhooks), and the
+        # `__any_of` lookup.
+        from notifications import lookups, webhooks  # noqa: F401
         from notifications.batch import on_send_outcome, on_sent
         from notifications.dispatch import register_outcome_listener, register_sent_listener
 

@@ -160,14 +160,14 @@ def _postgresql_statements(head: str, tail: str, constant, varying, connection):
     fixed = [value for _, value in constant]
     own = _own_values(varying, connection, as_json=True)
     selected = ", ".join(
-        [f"%s::{_pg_type(f, connection)}" for f, _ in constant]
+        [f"%s::{pg_type(f, connection)}" for f, _ in constant]
         + [
             f"given.{quote(f.column)}" + ("::jsonb" if isinstance(f, JSONField) else "")
             for f, _ in varying
         ]
     )
     record = ", ".join(
-        f"{quote(f.column)} {'text' if isinstance(f, JSONField) else _pg_type(f, connection)}"
+        f"{quote(f.column)} {'text' if isinstance(f, JSONField) else pg_type(f, connection)}"
         for f, _ in varying
     )
     keys = [f.column for f, _ in varying]
@@ -228,7 +228,7 @@ def _json_value(value):
     )
 
 
-def _pg_type(field: Field, connection) -> str:
+def pg_type(field: Field, connection) -> str:
     """The column's type without its modifier (varchar(300) → varchar): an explicit cast to
     varchar(n) would cut an over-long value instead of failing."""
     return re.sub(r"\(\s*\d+(\s*,\s*\d+)?\s*\)", "", field.db_type(connection))

@@ -29,6 +29,7 @@ from notifications import breakers, bulk, pacing, tracking
 from notifications.channels import ChannelError, OutgoingMessage, get_channel
 from notifications.events import record_event
 from notifications.killswitches import active_switches, frozen_filter
+from notifications.lookups import any_of_sql
 from notifications.models import Channel, Delivery, DeliveryEvent, WorkflowRun
 
 logger = logging.getLogger(__name__)
@@ -213,11 +214,12 @@ def claim_due(
         if not rows:
             return []
         ids = [row.id for row in rows]
-        claimed = Delivery.objects.filter(id__in=ids, status=Status.SCHEDULED).update(
+        claimed = Delivery.objects.filter(id__any_of=ids, status=Status.SCHEDULED).update(
             **written, attempts=F("attempts") + 1, updated_at=now
         )
     if claimed != len(rows):  # a database without row locks let someone take some of them
-        return list(Delivery.objects.filter(id__in=ids, claim_token=token, status=Status.SENDING))
+        claimed_ids = Delivery.objects.filter(id__any_of=ids, claim_token=token)
+        return list(claimed_ids.filter(status=Status.SENDING))
     for row in rows:
         row.attempts += 1
     return rows
@@ -236,7 +238,7 @@ def release(
     with transaction.atomic():
         for (token, due), ids in groups.items():
             count += Delivery.objects.filter(
-                id__in=ids, claim_token=token, status=Status.SENDING
+                id__any_of=ids, claim_token=token, status=Status.SENDING
             ).update(
                 status=Status.SCHEDULED,
                 status_reason=reason[:300],
@@ -455,13 +457,13 @@ def _copy_sent_events(ids: list[int]) -> None:
         quote(delivery.get_field(name).column) for name in ("id", "sent_at", "status_reason")
     )
     empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
-    placeholders = ", ".join(["%s"] * len(ids))
+    among, ids_param = any_of_sql(id_source, delivery.pk, ids, connection)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {quote(event.db_table)} ({columns}) "
             f"SELECT {id_source}, %s, {at_source}, {reason_source}, %s, {empty_json} "
-            f"FROM {quote(delivery.db_table)} WHERE {id_source} IN ({placeholders})",
-            [DeliveryEvent.Kind.SENT, "", "{}", *ids],
+            f"FROM {quote(delivery.db_table)} WHERE {among}",
+            [DeliveryEvent.Kind.SENT, "", "{}", ids_param],
         )
 
 

@@ -201,7 +201,7 @@ def match_unmatched_many(deliveries: list[Delivery], *, now: datetime) -> int:
         return 0
     waiting = set(
         UnmatchedProviderEvent.objects.filter(
-            provider_message_id__in=ids, matched_delivery__isnull=True
+            provider_message_id__any_of=ids, matched_delivery__isnull=True
         ).values_list("provider_message_id", flat=True)
     )
     return sum(match_unmatched(d, now=now) for d in deliveries if d.provider_message_id in waiting)
@@ -355,6 +355,8 @@ def suppressions_for(addresses: list[str], channel: str) -> dict[str, Suppressio
     normalized = {address: normalize_address(address, channel) for address in addresses}
     found = {
         s.address: s
-        for s in Suppression.objects.filter(channel=channel, address__in=set(normalized.values()))
+        for s in Suppression.objects.filter(
+            channel=channel, address__any_of=list(normalized.values())
+        )
     }
     return {address: found[norm] for address, norm in normalized.items() if norm in found}
