@@ -23,6 +23,13 @@ def finds_the_rows_whose_field_is_one_of_the_values_as_in_does():
         expected = Delivery.objects.filter(**{f"{name}__in": values}).order_by("id")
         assert list(given) == list(expected) and given.exists(), name
     assert list(Delivery.objects.filter(id__any_of=[])) == []  # nothing, as __in=[]
+    assert list(Delivery.objects.filter(id__any_of=[None])) == []
+    # None equals nothing, so it excludes nothing (a NULL in the list would make NOT IN
+    # unknown for every row)
+    for name, values in (("claim_token", [token, None]), ("id", [rows[0].id, None])):
+        given = Delivery.objects.exclude(**{f"{name}__any_of": values}).order_by("id")
+        expected = Delivery.objects.exclude(**{f"{name}__in": values}).order_by("id")
+        assert list(given) == list(expected) and len(expected) in (3, 4), name
     assert list(Delivery.objects.exclude(id__any_of=[rows[0].id]).order_by("id")) == rows[1:]
     # an update through it
     assert Delivery.objects.filter(id__any_of=[rows[4].id]).update(subject="Changed") == 1
@@ -60,3 +67,10 @@ def test_on_postgresql_the_values_go_as_one_array():
     finds_the_rows_whose_field_is_one_of_the_values_as_in_does()
     Delivery.objects.all().delete()
     sends_the_values_as_one_parameter()
+
+
+def test_model_instances_and_subqueries_are_refused_with_a_clear_error():
+    delivery = DeliveryFactory()
+    for values in ([delivery], Delivery.objects.values("id")):
+        with pytest.raises(TypeError, match="use __in"):
+            list(Delivery.objects.filter(id__any_of=values))
