@@ -111,7 +111,7 @@ def _bulk_transition(ids, *, now, from_status, kind, reason, **fields) -> int:
     if not ids:
         return 0
     with transaction.atomic():
-        count = Delivery.objects.filter(id__in=ids, status=from_status).update(
+        count = Delivery.objects.filter(id__any_of=ids, status=from_status).update(
             status_reason=reason[:300], updated_at=now, **fields
         )
         DeliveryEvent.objects.bulk_create(
