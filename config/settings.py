@@ -167,8 +167,8 @@ TRACKING_APPLY = env("TRACKING_APPLY", default="celery")
 if TRACKING_APPLY not in ("celery", "inline"):
     raise ImproperlyConfigured("TRACKING_APPLY must be celery or inline")
 # Accepted deliveries are written in bulk: at the end of each claim, or sooner once this many
-# are waiting or the oldest was handed over a second ago (a crash before the write leaves
-# them "unknown" for reconciliation, never resent).
+# are waiting or before a handover that would come a second or more after the oldest waiting
+# one (a crash before the write leaves them "unknown" for reconciliation, never resent).
 DISPATCH_WRITE_BATCH = env.int("DISPATCH_WRITE_BATCH", default=1000)
 # Retries wait base * 2^(n-1) seconds (at most the cap), stretched by up to this fraction so
 # failures of one burst do not all retry at the same instant.

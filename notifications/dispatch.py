@@ -627,17 +627,18 @@ def _tell_listeners(delivery: Delivery, outcome: str, now: datetime) -> bool:
     return halt
 
 
-# The longest an accepted delivery waits in the buffer for its bulk write (a crash meanwhile
-# leaves it "unknown" for reconciliation, never resent).
+# How long an accepted delivery may wait in the buffer for its bulk write: checked before
+# each handover, so the wait can exceed it by the send in progress (a crash meanwhile leaves
+# it "unknown" for reconciliation, never resent).
 WRITE_WITHIN = timedelta(seconds=1)
 
 
 class _SentBuffer:
-    """Successes waiting for their bulk write: written once `size` are waiting or the oldest
-    was handed over WRITE_WITHIN ago, and always before anything else reads or changes their
-    rows. The runs written are collected in `runs`: sent listeners hear of them once, at the
-    end of the round (asking after every write whether a run had anything left made a long
-    drain quadratic)."""
+    """Successes waiting for their bulk write: written once `size` are waiting, before a
+    handover that would come WRITE_WITHIN or more after the oldest (`before_handover`), and
+    always before anything else reads or changes their rows. The runs written are collected
+    in `runs`: sent listeners hear of them once, at the end of the round (asking after every
+    write whether a run had anything left made a long drain quadratic)."""
 
     def __init__(self, size: int, runs: set[int]):
         self.size = size
@@ -646,7 +647,13 @@ class _SentBuffer:
 
     def add(self, handover: Handover, *, now: datetime) -> None:
         self.handovers.append(handover)
-        if len(self.handovers) >= self.size or now - self.handovers[0].at >= WRITE_WITHIN:
+        if len(self.handovers) >= self.size:
+            self.flush(now=now)
+
+    def before_handover(self, at: datetime, *, now: datetime) -> None:
+        """The next handover will be `at`: write first if the oldest would then have waited
+        WRITE_WITHIN (a slow provider, or a paced sender's next slot)."""
+        if self.handovers and at - self.handovers[0].at >= WRITE_WITHIN:
             self.flush(now=now)
 
     def flush(self, *, now: datetime) -> None:
@@ -806,6 +813,7 @@ def _send_batch(
             sent.flush(now=clock.now())
             _put_back_paced(slotted[index:], now=now, senders=senders, report=report)
             return True
+        sent.before_handover(max(slot, clock.now()), now=clock.now())
         clock.sleep_until(slot)
         handed_at = clock.now()
         paced_round.add(sender.key)

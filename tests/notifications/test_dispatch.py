@@ -471,18 +471,19 @@ def test_on_postgresql_each_providers_outcomes_are_one_update_of_arrays():
 
 @pytest.mark.django_db
 def test_with_a_slow_provider_accepted_deliveries_are_written_within_a_second(settings):
-    """Sends paced two a second: the handovers at 0, 0.5 and 1 s are written together at 1 s
-    (the oldest waited a second), the last two at the end of the claim."""
+    """Sends paced two a second: before the handover at 1 s, the two before it are written
+    (the oldest would have waited a second); then those at 1 and 1.5 s before the one at
+    2 s, which is written at the end of the claim."""
     settings.SENDER_DEFAULT_RATES = {"email": 2.0, "sms": 2.0, "whatsapp": 2.0}
     settings.DISPATCH_WRITE_BATCH, settings.PACING_HORIZON_SECONDS = 1000, 10
     deliveries = [DeliveryFactory(send_at=NOW) for _ in range(5)]
     assert dispatch_due(now=NOW).sent == 5
     rows = Delivery.objects.filter(id__in=[d.id for d in deliveries]).order_by("sent_at", "id")
     assert [(r.sent_at - NOW, r.updated_at - NOW) for r in rows] == [
-        (timedelta(seconds=0), timedelta(seconds=1)),
-        (timedelta(seconds=0.5), timedelta(seconds=1)),
-        (timedelta(seconds=1), timedelta(seconds=1)),
-        (timedelta(seconds=1.5), timedelta(seconds=2)),
+        (timedelta(seconds=0), timedelta(seconds=0.5)),
+        (timedelta(seconds=0.5), timedelta(seconds=0.5)),
+        (timedelta(seconds=1), timedelta(seconds=1.5)),
+        (timedelta(seconds=1.5), timedelta(seconds=1.5)),
         (timedelta(seconds=2), timedelta(seconds=2)),
     ]
 
