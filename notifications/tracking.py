@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -61,6 +61,9 @@ SUPPRESSING_KINDS = {
     Kind.COMPLAINED: Suppression.Reason.COMPLAINT,
     Kind.UNSUBSCRIBED: Suppression.Reason.UNSUBSCRIBE,
 }
+# A batch just written looks for reports kept as unmatched this recently (generous: the
+# report came after the handover, seconds ago, but the web and worker clocks may differ).
+EARLY_REPORTS_WITHIN = timedelta(hours=1)
 
 
 def receive_provider_events(reports: list[dict], *, now: datetime) -> int:
@@ -194,17 +197,25 @@ def match_unmatched(delivery: Delivery, *, now: datetime | None = None) -> int:
 
 def match_unmatched_many(deliveries: list[Delivery], *, now: datetime) -> int:
     """`match_unmatched` for a batch of just-sent deliveries, with one query when (as
-    nearly always) no report is waiting: its ids are only looked up when one is (for 1,000
-    deliveries, the lookup of their ids took 7 ms on SQLite)."""
-    ids = [d.provider_message_id for d in deliveries if d.provider_message_id]
-    if not ids or not UnmatchedProviderEvent.objects.filter(matched_delivery__isnull=True).exists():
+    nearly always) no report received lately is waiting: their ids are only looked up when
+    one is (for 1,000 deliveries, the lookup of their ids took 7 ms on SQLite). A report for
+    a message comes after its handover, seconds before this; reports kept longer (for ids
+    that are not Herald's, say) would otherwise make every batch look. Anything missed is
+    replayed by `match_pending`, the sweep."""
+    ids = [str(d.provider_message_id) for d in deliveries if d.provider_message_id]
+    recent = UnmatchedProviderEvent.objects.filter(
+        matched_delivery__isnull=True, received_at__gte=now - EARLY_REPORTS_WITHIN
+    )
+    if not ids or not recent.exists():
         return 0
     waiting = set(
         UnmatchedProviderEvent.objects.filter(
             provider_message_id__any_of=ids, matched_delivery__isnull=True
         ).values_list("provider_message_id", flat=True)
     )
-    return sum(match_unmatched(d, now=now) for d in deliveries if d.provider_message_id in waiting)
+    return sum(
+        match_unmatched(d, now=now) for d in deliveries if str(d.provider_message_id) in waiting
+    )
 
 
 def match_pending(*, now: datetime, limit: int = 500) -> int:

@@ -159,7 +159,20 @@ def test_reports_that_arrived_before_a_batch_was_written_are_applied_to_their_de
     django_assert_num_queries,
 ):
     sent = [_sent(provider_message_id=f"m-{i}") for i in range(3)]
-    with django_assert_num_queries(1):  # none waiting: one look, the ids are not sent
+    # a report kept two hours ago for an id that is not Herald's (nor ever will be)
+    assert (
+        apply_provider_event(
+            provider="anymail",
+            provider_message_id="stray",
+            kind="delivered",
+            provider_event_id="stray:delivered",
+            at=NOW - timedelta(hours=2),
+            data={},
+            now=NOW - timedelta(hours=2),
+        )
+        == "unmatched"
+    )
+    with django_assert_num_queries(1):  # none waiting lately: one look, the ids are not sent
         assert match_unmatched_many(sent, now=NOW) == 0
     Delivery.objects.update(provider_message_id="")  # as if the write had not happened yet
     assert _report("delivered", message_id="m-1") == "unmatched"
@@ -172,6 +185,15 @@ def test_reports_that_arrived_before_a_batch_was_written_are_applied_to_their_de
     assert (
         UnmatchedProviderEvent.objects.get(provider_message_id="elsewhere").matched_delivery is None
     )
+
+
+def test_an_early_report_for_a_provider_id_that_is_not_text_is_applied_at_the_write():
+    delivery = _sent(provider_message_id="")
+    assert _report("delivered", message_id="4711") == "unmatched"
+    Delivery.objects.filter(id=delivery.id).update(provider_message_id="4711")
+    delivery.provider_message_id = 4711  # as the provider gave it (Twilio-like numbers)
+    assert match_unmatched_many([delivery], now=NOW) == 1
+    assert _status(delivery) == "delivered"
 
 
 def test_an_unmatched_bounce_suppresses_once_matched():
