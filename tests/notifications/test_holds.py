@@ -265,6 +265,20 @@ def test_high_risk_ops_freezes_only_workflows_of_risk_three_or_more():
     assert (risky.status, calm.status) == ("scheduled", "sent")
 
 
+@pytest.mark.postgres
+def test_on_postgresql_a_claim_across_a_kill_switchs_join_locks_only_the_deliveries():
+    """A workflow or high-risk switch joins each delivery to its run (an outer join):
+    PostgreSQL refuses FOR UPDATE on the nullable side, so the claim locks OF the delivery."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    assert connection.vendor == "postgresql"
+    with CaptureQueriesContext(connection) as queries:
+        test_high_risk_ops_freezes_only_workflows_of_risk_three_or_more()
+    claims = [q["sql"] for q in queries if "SKIP LOCKED" in q["sql"]]
+    assert claims and all('FOR UPDATE OF "notifications_delivery" SKIP LOCKED' in q for q in claims)
+
+
 def test_a_suppressed_address_is_skipped_with_the_reason():
     Suppression.objects.create(
         address="gone@example.com", channel="email", reason="bounce", source="anymail bounced"
