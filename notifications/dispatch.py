@@ -813,7 +813,8 @@ def _send_batch(
             sent.flush(now=clock.now())
             _put_back_paced(slotted[index:], now=now, senders=senders, report=report)
             return True
-        sent.before_handover(max(slot, clock.now()), now=clock.now())
+        current = clock.now()
+        sent.before_handover(max(slot, current), now=current)
         clock.sleep_until(slot)
         handed_at = clock.now()
         paced_round.add(sender.key)
