@@ -218,8 +218,8 @@ def claim_due(
             **written, attempts=F("attempts") + 1, updated_at=now
         )
     if claimed != len(rows):  # a database without row locks let someone take some of them
-        claimed_ids = Delivery.objects.filter(id__any_of=ids, claim_token=token)
-        return list(claimed_ids.filter(status=Status.SENDING))
+        mine = Delivery.objects.filter(id__any_of=ids, claim_token=token, status=Status.SENDING)
+        return list(mine)
     for row in rows:
         row.attempts += 1
     return rows
