@@ -40,7 +40,6 @@ class EmailChannel(Channel):
 
     def __init__(self) -> None:
         self._backend = None
-        self._opened = False
 
     def send(self, message: OutgoingMessage) -> str:
         email = self.build(message)
@@ -71,13 +70,11 @@ class EmailChannel(Channel):
             self._backend = get_connection(fail_silently=False)
             if isinstance(self._backend, AnymailRequestsBackend):
                 self._backend.open()
-                self._opened = True
         return self._backend
 
     def close(self) -> None:
-        backend, opened = self._backend, self._opened
-        self._backend, self._opened = None, False
-        if opened:
+        backend, self._backend = self._backend, None
+        if isinstance(backend, AnymailRequestsBackend):  # the ones opened above
             backend.close()
 
     def build(self, message: OutgoingMessage) -> EmailMultiAlternatives:
