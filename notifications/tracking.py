@@ -209,9 +209,7 @@ def match_unmatched_many(deliveries: list[Delivery], *, now: datetime) -> int:
     if not ids or not recent.exists():
         return 0
     waiting = set(
-        UnmatchedProviderEvent.objects.filter(
-            provider_message_id__any_of=ids, matched_delivery__isnull=True
-        ).values_list("provider_message_id", flat=True)
+        recent.filter(provider_message_id__any_of=ids).values_list("provider_message_id", flat=True)
     )
     return sum(
         match_unmatched(d, now=now) for d in deliveries if str(d.provider_message_id) in waiting
