@@ -699,6 +699,16 @@ class Delivery(models.Model):
             # (with id, PostgreSQL reads the claim in index order and stops at n; without
             # it, every claim sorted the whole backlog: quadratic in a large drain)
             models.Index(fields=["status", "send_at", "id"], name="delivery_due"),
+            # the expiry sweep of every dispatch round: WHERE status='scheduled' AND
+            # expires_at <= now. Only rows that can expire are in it (most have none): the
+            # sweep no longer reads the whole backlog (10 ms a round at 10,000 due), and
+            # the claims and outcomes of rows without expiry do not write to it. With
+            # status first, SQLite picks it without statistics (over delivery_due).
+            models.Index(
+                fields=["status", "expires_at"],
+                name="delivery_expiring",
+                condition=models.Q(expires_at__isnull=False),
+            ),
             # tracking webhooks: WHERE provider_message_id = ...
             models.Index(fields=["provider_message_id"], name="delivery_provider_id"),
             # cadence history: WHERE recipient_key IN (...) AND send_at >= ...

@@ -89,6 +89,32 @@ def test_expired_deliveries_are_not_sent_and_say_why():
     assert not RecordedMessage.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's query plan")
+@pytest.mark.django_db
+def test_the_expiry_sweep_reads_only_rows_that_can_expire():
+    """Every round sweeps for expired rows: it finds them in delivery_expiring, which holds
+    no row without an expiry, instead of reading every scheduled row (SQLite, no
+    statistics)."""
+    DeliveryFactory.create_batch(3, send_at=NOW)
+    soon = DeliveryFactory(send_at=NOW, expires_at=NOW + timedelta(hours=1))
+    gone = DeliveryFactory(send_at=NOW, expires_at=NOW - timedelta(minutes=1))
+    with CaptureQueriesContext(connection) as queries:
+        assert dispatch.expire_overdue(now=NOW) == 1
+    sweep = queries.captured_queries[0]["sql"]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sweep}")
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "delivery_expiring" in plan, plan
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM notifications_delivery INDEXED BY delivery_expiring"
+            " WHERE expires_at IS NOT NULL"
+        )
+        assert cursor.fetchone()[0] == 2  # the three without expiry are not in it
+    assert Delivery.objects.get(id=gone.id).status == "expired"
+    assert Delivery.objects.get(id=soon.id).status == "scheduled"
+
+
 @pytest.mark.django_db
 def test_a_row_left_sending_becomes_unknown_and_is_not_resent(settings):
     settings.DISPATCH_SENDING_TIMEOUT_SECONDS = 600
