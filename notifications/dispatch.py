@@ -713,7 +713,7 @@ def _schedule_slots(
         waiting.extend((delivery, at) for delivery in group)
         resume[key] = at
     for key, group in needing.items():
-        slots, _ = pacing.reserve_slots(key=key, count=len(group), now=resume.get(key, now))
+        slots = pacing.reserve_slots(key=key, count=len(group), now=resume.get(key, now))
         slotted.extend(zip(slots, group, strict=True))
     return sorted(slotted, key=lambda pair: (pair[0], pair[1].id)), waiting
 

@@ -9,7 +9,7 @@ import math
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from notifications.models import Sender
 
@@ -58,16 +58,46 @@ def interval(sender: Sender) -> timedelta:
     return timedelta(microseconds=math.ceil(1_000_000 / sender.rate_per_second))
 
 
-def reserve_slots(*, key: str, count: int, now: datetime) -> tuple[list[datetime], Sender]:
-    """Reserve `count` consecutive sending slots for one sender (earliest first)."""
-    with transaction.atomic():
-        sender = Sender.objects.select_for_update().get(key=key)
-        step = interval(sender)
-        start = max(t for t in (now, sender.next_slot_at, sender.paused_until) if t is not None)
-        slots = [start + step * i for i in range(count)]
-        sender.next_slot_at = start + step * count
-        sender.save(update_fields=["next_slot_at"])
-    return slots, sender
+def reserve_slots(*, key: str, count: int, now: datetime) -> list[datetime]:
+    """Reserve `count` consecutive sending slots for one sender (earliest first): its
+    cursor moves from the latest of `now`, the cursor and the end of a pause."""
+    if connection.vendor == "postgresql":
+        end, rate = _advance_cursor(key=key, count=count, now=now)
+        step = interval(Sender(key=key, rate_per_second=rate))
+        start = end - step * count
+    else:  # SQLite: the write transaction holds the whole database
+        with transaction.atomic():
+            sender = Sender.objects.select_for_update().get(key=key)
+            step = interval(sender)
+            start = max(t for t in (now, sender.next_slot_at, sender.paused_until) if t is not None)
+            sender.next_slot_at = start + step * count
+            sender.save(update_fields=["next_slot_at"])
+    return [start + step * i for i in range(count)]
+
+
+def _advance_cursor(*, key: str, count: int, now: datetime) -> tuple[datetime, float]:
+    """PostgreSQL: move the sender's cursor `count` intervals on in one statement, and
+    return where it now stands and the rate it used. The row is locked only while the
+    statement runs: read, lock, write and commit (as on SQLite) kept every other worker
+    of that sender waiting through three round trips (20 workers on one sender: 15-50 ms
+    a reservation). GREATEST ignores NULLs; the interval is rounded up to the microsecond
+    as `interval` does."""
+    meta, quote = Sender._meta, connection.ops.quote_name
+    column = {name: quote(meta.get_field(name).column) for name in ("key", "rate_per_second")}
+    cursor_column = quote(meta.get_field("next_slot_at").column)
+    paused = quote(meta.get_field("paused_until").column)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {cursor_column} = "
+        f"GREATEST(%s, {cursor_column}, {paused}) + interval '1 microsecond' * "
+        f"(CEIL(1000000 / {column['rate_per_second']}) * %s) "
+        f"WHERE {column['key']} = %s RETURNING {cursor_column}, {column['rate_per_second']}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [now, count, key])
+        row = cursor.fetchone()
+    if row is None:
+        raise Sender.DoesNotExist(f"no sender {key!r}")
+    return row[0], row[1]
 
 
 def pause(*, key: str, until: datetime) -> None:

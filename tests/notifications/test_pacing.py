@@ -1,0 +1,107 @@
+"""Slot reservation of a sender's pace: the same slots on SQLite (a locked read, then a
+write) and PostgreSQL (one UPDATE ... RETURNING), and no slot handed out twice when
+workers reserve at the same moment."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, connections
+
+from notifications import pacing
+from notifications.models import Sender
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+
+
+def _sender(**fields) -> Sender:
+    return Sender.objects.create(key="sms:+15005550006", channel="sms", **fields)
+
+
+def reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
+    sender = _sender(rate_per_second=3.0)
+    step = timedelta(microseconds=333_334)  # 1/3 s rounded up: three never fit in one second
+    assert pacing.reserve_slots(key=sender.key, count=3, now=NOW) == [
+        NOW,
+        NOW + step,
+        NOW + 2 * step,
+    ]
+    sender.refresh_from_db()
+    assert sender.next_slot_at == NOW + 3 * step
+    # A later call, earlier than the cursor, queues behind it.
+    assert pacing.reserve_slots(key=sender.key, count=1, now=NOW + MS) == [NOW + 3 * step]
+    # A pause later than the cursor moves the start to its end.
+    Sender.objects.filter(id=sender.id).update(paused_until=NOW + timedelta(seconds=10))
+    assert pacing.reserve_slots(key=sender.key, count=2, now=NOW + MS) == [
+        NOW + timedelta(seconds=10),
+        NOW + timedelta(seconds=10) + step,
+    ]
+    # Once both are past, `now` wins.
+    later = NOW + timedelta(minutes=5)
+    assert pacing.reserve_slots(key=sender.key, count=1, now=later) == [later]
+    sender.refresh_from_db()
+    assert sender.next_slot_at == later + step
+
+
+def an_unknown_sender_is_an_error_and_changes_nothing():
+    _sender(rate_per_second=1.0)
+    with pytest.raises(Sender.DoesNotExist):
+        pacing.reserve_slots(key="sms:+19999999999", count=1, now=NOW)
+    assert Sender.objects.get().next_slot_at is None
+
+
+@pytest.mark.django_db
+def test_reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
+    reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause()
+
+
+@pytest.mark.django_db
+def test_an_unknown_sender_is_an_error_and_changes_nothing():
+    an_unknown_sender_is_an_error_and_changes_nothing()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_on_postgresql_the_cursor_moves_in_one_statement():
+    assert connection.vendor == "postgresql"
+    reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause()
+    Sender.objects.all().delete()
+    an_unknown_sender_is_an_error_and_changes_nothing()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_reserving_at_once_never_get_the_same_slot():
+    """Eight threads, fifty reservations of three each, on their own connections (SQLite
+    here; PostgreSQL in the marked replay): 1,200 slots, all different, one interval
+    apart, and the cursor after the last."""
+    sender = _sender(rate_per_second=100.0)
+    barrier, got, errors = threading.Barrier(8), [], []
+
+    def worker():
+        try:
+            barrier.wait()
+            for _ in range(50):
+                got.extend(pacing.reserve_slots(key=sender.key, count=3, now=NOW))
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    step = timedelta(milliseconds=10)
+    assert sorted(got) == [NOW + step * i for i in range(1200)]
+    sender.refresh_from_db()
+    assert sender.next_slot_at == NOW + step * 1200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_workers_reserving_at_once_never_get_the_same_slot():
+    assert connection.vendor == "postgresql"
+    test_workers_reserving_at_once_never_get_the_same_slot()
