@@ -115,7 +115,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # unless this is set; then it closes it every this many tasks, and between those
 # config/celery.py applies CONN_MAX_AGE and CONN_HEALTH_CHECKS as Django does per request.
 # A dispatch task on PostgreSQL no longer opens a connection first (10-60 ms with 20
-# worker processes starting on 2 cores).
+# worker processes starting on 2 cores). Run beat as its own process (as the Procfile
+# does), not embedded in a worker (-B), whose parent then keeps its connection too.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Run tasks in-process (tests and one-off scripts only; make run uses a real worker).
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)

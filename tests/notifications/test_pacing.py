@@ -1,12 +1,14 @@
 """Slot reservation of a sender's pace: the same slots on SQLite (a locked read, then a
 write) and PostgreSQL (one UPDATE ... RETURNING), and no slot handed out twice when
-workers reserve at the same moment."""
+workers reserve at the same moment. `make ci` runs these on both databases (the fast
+tests again on PostgreSQL); the marked test checks PostgreSQL's single statement."""
 
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 
 from notifications import pacing
 from notifications.models import Sender
@@ -19,7 +21,8 @@ def _sender(**fields) -> Sender:
     return Sender.objects.create(key="sms:+15005550006", channel="sms", **fields)
 
 
-def reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
+@pytest.mark.django_db
+def test_reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
     sender = _sender(rate_per_second=3.0)
     step = timedelta(microseconds=333_334)  # 1/3 s rounded up: three never fit in one second
     assert pacing.reserve_slots(key=sender.key, count=3, now=NOW) == [
@@ -44,37 +47,30 @@ def reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
     assert sender.next_slot_at == later + step
 
 
-def an_unknown_sender_is_an_error_and_changes_nothing():
+@pytest.mark.django_db
+def test_an_unknown_sender_is_an_error_and_changes_nothing():
     _sender(rate_per_second=1.0)
     with pytest.raises(Sender.DoesNotExist):
         pacing.reserve_slots(key="sms:+19999999999", count=1, now=NOW)
     assert Sender.objects.get().next_slot_at is None
 
 
-@pytest.mark.django_db
-def test_reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause():
-    reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause()
-
-
-@pytest.mark.django_db
-def test_an_unknown_sender_is_an_error_and_changes_nothing():
-    an_unknown_sender_is_an_error_and_changes_nothing()
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_on_postgresql_the_cursor_moves_in_one_statement():
     assert connection.vendor == "postgresql"
-    reserves_consecutive_slots_from_the_latest_of_now_cursor_and_pause()
-    Sender.objects.all().delete()
-    an_unknown_sender_is_an_error_and_changes_nothing()
+    sender = _sender(rate_per_second=2.0)
+    with CaptureQueriesContext(connection) as queries:
+        slots = pacing.reserve_slots(key=sender.key, count=2, now=NOW)
+    assert slots == [NOW, NOW + timedelta(milliseconds=500)]
+    [statement] = [q["sql"] for q in queries]
+    assert statement.startswith("UPDATE") and "RETURNING" in statement
 
 
 @pytest.mark.django_db(transaction=True)
 def test_workers_reserving_at_once_never_get_the_same_slot():
-    """Eight threads, fifty reservations of three each, on their own connections (SQLite
-    here; PostgreSQL in the marked replay): 1,200 slots, all different, one interval
-    apart, and the cursor after the last."""
+    """Eight threads, fifty reservations of three each, on their own connections: 1,200
+    slots, all different, one interval apart, and the cursor after the last."""
     sender = _sender(rate_per_second=100.0)
     barrier, got, errors = threading.Barrier(8), [], []
 
@@ -98,10 +94,3 @@ def test_workers_reserving_at_once_never_get_the_same_slot():
     assert sorted(got) == [NOW + step * i for i in range(1200)]
     sender.refresh_from_db()
     assert sender.next_slot_at == NOW + step * 1200
-
-
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_on_postgresql_workers_reserving_at_once_never_get_the_same_slot():
-    assert connection.vendor == "postgresql"
-    test_workers_reserving_at_once_never_get_the_same_slot()

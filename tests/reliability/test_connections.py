@@ -30,7 +30,7 @@ def _send_one(workers) -> None:
         delivery.refresh_from_db()
         return delivery.status == "sent" and _worker_backends()
 
-    wait_until(sent, timeout=30)
+    wait_until(sent)
 
 
 def test_a_worker_reuses_its_database_connection_across_tasks(workers):
