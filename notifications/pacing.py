@@ -87,14 +87,15 @@ def _advance_cursor(*, key: str, count: int, now: datetime) -> tuple[datetime, f
     three round trips (20 workers on one sender: 27 of 200 reads over 10 ms). GREATEST
     ignores NULLs; the interval is rounded up to the microsecond as `interval` does."""
     meta, quote = Sender._meta, connection.ops.quote_name
-    column = {name: quote(meta.get_field(name).column) for name in ("key", "rate_per_second")}
-    cursor_column = quote(meta.get_field("next_slot_at").column)
-    paused = quote(meta.get_field("paused_until").column)
+    key_column, rate, cursor_column, paused = (
+        quote(meta.get_field(name).column)
+        for name in ("key", "rate_per_second", "next_slot_at", "paused_until")
+    )
     sql = (
         f"UPDATE {quote(meta.db_table)} SET {cursor_column} = "
         f"GREATEST(%s, {cursor_column}, {paused}) + interval '1 microsecond' * "
-        f"(CEIL(1000000 / {column['rate_per_second']}) * %s) "
-        f"WHERE {column['key']} = %s RETURNING {cursor_column}, {column['rate_per_second']}"
+        f"(CEIL(1000000 / {rate}) * %s) "
+        f"WHERE {key_column} = %s RETURNING {cursor_column}, {rate}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [now, count, key])
