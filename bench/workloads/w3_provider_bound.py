@@ -142,7 +142,7 @@ def _celery(label: str, n: int, concurrency: int, backend: str) -> Figure:
     log = open(Path(settings.BENCH_DIR) / f"celery-{concurrency}.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
+            sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
             "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=WARNING",
             f"--hostname={hostname}", "--without-gossip", "--without-mingle",
             "--without-heartbeat",
