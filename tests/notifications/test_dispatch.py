@@ -481,11 +481,11 @@ def test_on_sqlite_accepted_deliveries_beyond_a_statements_parameters_go_in_even
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_on_postgresql_each_providers_outcomes_are_one_update_of_arrays():
+def test_on_postgresql_each_providers_outcomes_are_one_update_reading_a_json_document():
     assert connection.vendor == "postgresql"
     claimed, updates = _sent_by_two_providers(30)
     assert len(updates) == 2
-    assert all("UNNEST" in sql for sql in updates)
+    assert all("json_to_recordset" in sql for sql in updates)
     rows = Delivery.objects.filter(id__in=[d.id for d in claimed]).order_by("id")
     assert [(r.status, r.provider, r.provider_message_id, r.sent_at) for r in rows] == [
         ("sent", "twilio" if i % 2 else "anymail", f"m{d.id}", NOW) for i, d in enumerate(claimed)
