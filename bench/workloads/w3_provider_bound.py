@@ -175,11 +175,11 @@ def _celery(label: str, n: int, concurrency: int, backend: str) -> Figure:
 
 
 def _warm_up(client, hostname: str, concurrency: int) -> None:
-    """What a long-running worker did long before: its child processes have opened their
-    database connections (tasks that read and send nothing, three per child so that every
-    idle child is likely to get some; fair scheduling gives no guarantee). Otherwise 20
-    processes on 2 cores connect during the measured drain. Waits until this worker has
-    taken them all and runs none."""
+    """What a long-running worker did long before: its child processes have run tasks
+    (tasks that read and send nothing, three per child so that every idle child is likely
+    to get some; fair scheduling gives no guarantee, and Celery gave most to a few). Their
+    database connections were opened as they started (bench.celery_app). Waits until this
+    worker has taken them all and runs none."""
     tasks = 3 * concurrency
     for _ in range(tasks):
         client.send_task("herald.handle_events")
