@@ -327,15 +327,17 @@ def send_claimed(
 
 def record_sent(handovers: list[Handover], *, now: datetime) -> None:
     """Write accepted deliveries in bulk: their outcomes and their "sent" events in one
-    statement per provider on PostgreSQL, an UPDATE per provider and one INSERT of the
-    events on SQLite, instead of a transaction per message. A crash before this leaves them
-    'sending'; the sweep then marks them unknown for reconciliation, never for a resend."""
+    statement per provider on PostgreSQL; on SQLite an UPDATE per provider (and per part
+    under SQLite's parameter limit) and one INSERT of the events. Not a transaction per
+    message. A crash before this leaves them 'sending'; the sweep then marks them unknown
+    for reconciliation, never for a resend."""
     if not handovers:
         return
     by_id = {h.delivery.id: h for h in handovers}
     with transaction.atomic():
         recorded = _write_sent(by_id, now=now)
-        # Rows someone changed meanwhile keep that change; the provider has them all the same.
+        # Events not written with the outcomes: for rows someone changed meanwhile (they keep
+        # that change; the provider has them all the same), and on SQLite then for all.
         left = [h for i, h in by_id.items() if i not in recorded]
         DeliveryEvent.objects.bulk_create(
             [
@@ -343,7 +345,7 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
                     delivery_id=h.delivery.id,
                     kind="sent",
                     at=h.at,
-                    reason=f"accepted by {h.provider}",
+                    reason=f"accepted by {h.provider}"[:300],
                 )
                 for h in left
             ]
@@ -355,7 +357,8 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
 
 def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> set[int]:
     """Write each accepted delivery's outcome, unless someone decided the row meanwhile, with
-    its "sent" event; returns the ids written with their event. One UPDATE per provider,
+    its "sent" event; returns the ids written with their event (on SQLite all of them, or
+    none when any row was left: their events are then the caller's). One UPDATE per provider,
     joined to its rows' message ids and handover times: on PostgreSQL sent as one JSON
     document, as `bulk.insert_rows` sends rows there (as arrays, psycopg quoted each message
     id in Python: 12 ms of client time per 1,000 rows against 5 ms; as a CASE, it spent
