@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.core import checks
 
 
 class NotificationsConfig(AppConfig):
@@ -21,7 +20,3 @@ class NotificationsConfig(AppConfig):
         from notifications import cadence_checks, trigger_admin  # noqa: F401
 
         cadence_checks.register()
-
-        from notifications.checks import check_sqlite_version
-
-        checks.register(check_sqlite_version)
