@@ -326,10 +326,10 @@ def send_claimed(
 
 def record_sent(handovers: list[Handover], *, now: datetime) -> None:
     """Write accepted deliveries in bulk: their outcomes and their "sent" events in one
-    statement per provider on PostgreSQL; on SQLite an UPDATE per provider (and per part
-    under SQLite's parameter limit) and one INSERT of the events. Not a transaction per
-    message. A crash before this leaves them 'sending'; the sweep then marks them unknown
-    for reconciliation, never for a resend."""
+    statement per provider on PostgreSQL; on SQLite one UPDATE per provider sent for every
+    row (executemany) and one INSERT of the events. Not a transaction per message. A crash
+    before this leaves them 'sending'; the sweep then marks them unknown for
+    reconciliation, never for a resend."""
     if not handovers:
         return
     by_id = {h.delivery.id: h for h in handovers}
@@ -357,14 +357,13 @@ def record_sent(handovers: list[Handover], *, now: datetime) -> None:
 def _write_sent(by_id: dict[int, Handover], *, now: datetime) -> set[int]:
     """Write each accepted delivery's outcome, unless someone decided the row meanwhile, with
     its "sent" event; returns the ids written with their event (on SQLite all of them, or
-    none when any row was left: their events are then the caller's). One UPDATE per provider,
-    joined to its rows' message ids and handover times: on PostgreSQL sent as one JSON
-    document, as `bulk.insert_rows` sends rows there (as arrays, psycopg quoted each message
-    id in Python: 12 ms of client time per 1,000 rows against 5 ms; as a CASE, it spent
-    longer reading its thousand placeholders than the server did running it), on SQLite as
-    a VALUES list split under SQLite's parameter limit (a CASE over the ids, as before,
-    compared each row with every id: 21 ms for 1,000 rows against 15 ms). An executemany of
-    one UPDATE per row was slower on PostgreSQL."""
+    none when any row was left: their events are then the caller's). One UPDATE per
+    provider with its rows' message ids and handover times: on PostgreSQL joined to them
+    as one JSON document, as `bulk.insert_rows` sends rows there (as arrays, psycopg quoted
+    each message id in Python: 12 ms of client time per 1,000 rows against 5 ms; as a CASE,
+    it spent longer reading its thousand placeholders than the server did running it; an
+    executemany was slower there); on SQLite run for each row by its id (executemany,
+    `_write_sent_rows`)."""
     by_provider: dict[str, list[Handover]] = defaultdict(list)
     for handover in by_id.values():
         by_provider[handover.provider].append(handover)
