@@ -430,6 +430,7 @@ def _write_sent_document(rows: list[tuple], fields: dict) -> list[int]:
         [{"id": i, "message_id": m, "at": at.isoformat()} for i, m, at in rows],
         ensure_ascii=False,
     )
+    copy, copy_params = _sent_events_from("written")
     event, quote = DeliveryEvent._meta, connection.ops.quote_name
     sql = (
         f"WITH written AS ("
@@ -440,19 +441,9 @@ def _write_sent_document(rows: list[tuple], fields: dict) -> list[int]:
         f"WHERE {table}.{id_column} = sent.id AND {table}.{name['status']} IN (%s, %s) "
         f"RETURNING {table}.{id_column}, {table}.{name['sent_at']}, "
         f"{table}.{name['status_reason']}) "
-        f"INSERT INTO {quote(event.db_table)} ({_sent_event_columns()}) "
-        f"SELECT {id_column}, %s, {name['sent_at']}, {name['status_reason']}, '', "
-        f"CAST(%s AS jsonb) FROM written "
-        f"RETURNING {quote(event.get_field('delivery').column)}"
+        f"{copy} RETURNING {quote(event.get_field('delivery').column)}"
     )
-    params = [
-        *values,
-        document,
-        Status.SENDING,
-        Status.UNKNOWN,
-        DeliveryEvent.Kind.SENT,
-        "{}",
-    ]
+    params = [*values, document, Status.SENDING, Status.UNKNOWN, *copy_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [row[0] for row in cursor.fetchall()]
@@ -473,33 +464,36 @@ def _write_sent_rows(rows: list[tuple], fields: dict) -> int:
         return cursor.rowcount
 
 
-def _sent_event_columns() -> str:
-    """The quoted columns a "sent" event is copied into: delivery, kind, at, reason,
-    provider event id and data."""
-    event, quote = DeliveryEvent._meta, connection.ops.quote_name
-    return ", ".join(
+def _sent_events_from(source: str) -> tuple[str, list]:
+    """The INSERT of a "sent" event for each row of `source` (the delivery table, or rows
+    it returned), copied from the row's id, sent_at and status_reason; and its parameters."""
+    event, delivery = DeliveryEvent._meta, Delivery._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(
         quote(event.get_field(name).column)
         for name in ("delivery", "kind", "at", "reason", "provider_event_id", "data")
     )
+    id_column, at_column, reason_column = (
+        quote(delivery.get_field(name).column) for name in ("id", "sent_at", "status_reason")
+    )
+    empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    sql = (
+        f"INSERT INTO {quote(event.db_table)} ({columns}) "
+        f"SELECT {id_column}, %s, {at_column}, {reason_column}, %s, {empty_json} FROM {source}"
+    )
+    return sql, [DeliveryEvent.Kind.SENT, "", "{}"]
 
 
 def _copy_sent_events(ids: list[int]) -> None:
     """SQLite: the "sent" event of each of these just-written deliveries, copied from its
     row in one INSERT ... SELECT (building 10,000 event instances in Python was a fifth of
     a drain's time). PostgreSQL copies them in the outcomes' own statement."""
-    event, delivery = DeliveryEvent._meta, Delivery._meta
-    quote = connection.ops.quote_name
-    id_source, at_source, reason_source = (
-        quote(delivery.get_field(name).column) for name in ("id", "sent_at", "status_reason")
-    )
-    among, ids_param = any_of_sql(id_source, delivery.pk, ids, connection)
+    delivery = Delivery._meta
+    id_column = connection.ops.quote_name(delivery.pk.column)
+    among, ids_param = any_of_sql(id_column, delivery.pk, ids, connection)
+    sql, params = _sent_events_from(f"{connection.ops.quote_name(delivery.db_table)} WHERE {among}")
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(event.db_table)} ({_sent_event_columns()}) "
-            f"SELECT {id_source}, %s, {at_source}, {reason_source}, %s, %s "
-            f"FROM {quote(delivery.db_table)} WHERE {among}",
-            [DeliveryEvent.Kind.SENT, "", "{}", ids_param],
-        )
+        cursor.execute(sql, [*params, ids_param])
 
 
 def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -> str:
