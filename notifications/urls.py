@@ -1,15 +1,29 @@
 """Public URLs of the delivery engine: provider webhooks and unsubscribe links."""
 
-from django.urls import include, path
+from anymail import urls as anymail_urls
+from django.urls import URLPattern, include, path
 
 from notifications.unsubscribe import unsubscribe_view
 from notifications.views import batch_resume
-from notifications.webhooks import twilio_status, whatsapp_webhook
+from notifications.webhooks import requires_anymail_secret, twilio_status, whatsapp_webhook
+
+
+def _guarded(pattern: URLPattern) -> URLPattern:
+    return URLPattern(
+        pattern.pattern,
+        requires_anymail_secret(pattern.callback),
+        pattern.default_args,
+        pattern.name,
+    )
+
 
 urlpatterns = [
-    # anymail's per-ESP tracking views, protected by ANYMAIL["WEBHOOK_SECRET"] (basic auth),
-    # e.g. /webhooks/anymail/postmark/tracking/.
-    path("webhooks/anymail/", include("anymail.urls")),
+    # anymail's per-ESP tracking views, protected by ANYMAIL["WEBHOOK_SECRET"] (basic auth)
+    # and refused while it is unset, e.g. /webhooks/anymail/postmark/tracking/.
+    path(
+        "webhooks/anymail/",
+        include(([_guarded(p) for p in anymail_urls.urlpatterns], anymail_urls.app_name)),
+    ),
     path("webhooks/twilio/status", twilio_status, name="twilio_status"),
     path("webhooks/whatsapp", whatsapp_webhook, name="whatsapp_webhook"),
     path("unsubscribe/<str:token>", unsubscribe_view, name="unsubscribe"),

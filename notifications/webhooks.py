@@ -3,7 +3,9 @@ vocabulary into ours and hand each report to tracking.apply_provider_event.
 
 A request that cannot prove it comes from the provider is refused before anything is read
 into the database; a request whose body we cannot understand is answered 400 and changes
-nothing. Email arrives through anymail's own views (basic auth) and its `tracking` signal.
+nothing. Email arrives through anymail's own views (basic auth) and its `tracking` signal;
+they are refused outright while no ANYMAIL_WEBHOOK_SECRET is set, as Twilio's and Meta's are
+without their secrets (anymail itself would only warn and accept anyone).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import wraps
 
 from anymail.signals import AnymailTrackingEvent, tracking
 from django.conf import settings
@@ -61,6 +64,26 @@ REJECT_SUPPRESSIONS = {
     "spam": Suppression.Reason.COMPLAINT,
     "unsubscribed": Suppression.Reason.UNSUBSCRIBE,
 }
+
+
+ANYMAIL_NO_SECRET = (
+    "email webhooks are refused: ANYMAIL_WEBHOOK_SECRET is not set (give it as user:password "
+    "and the same credentials to the ESP's webhook URL)"
+)
+
+
+def requires_anymail_secret(view):
+    """anymail's webhook view, refused (403, before anything is read) while no
+    ANYMAIL["WEBHOOK_SECRET"] is configured; with one, anymail checks the basic auth."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not getattr(settings, "ANYMAIL", {}).get("WEBHOOK_SECRET"):
+            logger.warning("refused an email webhook at %s: %s", request.path, ANYMAIL_NO_SECRET)
+            return HttpResponseForbidden(ANYMAIL_NO_SECRET, content_type="text/plain")
+        return view(request, *args, **kwargs)
+
+    return guarded
 
 
 @receiver(tracking, dispatch_uid="herald.anymail_tracking")

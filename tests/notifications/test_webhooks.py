@@ -5,6 +5,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from django.urls import reverse
 from twilio.request_validator import RequestValidator
 
 from notifications.models import (
@@ -546,3 +547,19 @@ def test_a_template_status_update_is_recorded_in_the_event_ledger_once(client, m
     assert event.payload["template_name"] == "production_run_stalled"
     assert (event.payload["event"], event.payload["language"]) == ("REJECTED", "en_US")
     assert event.payload["reason"] == "INCORRECT_CATEGORY"
+
+
+@pytest.mark.parametrize("auth", ["", "Basic " + base64.b64encode(b":").decode()])
+def test_without_a_configured_secret_every_email_webhook_is_refused(client, settings, auth):
+    """anymail alone only warns (AnymailInsecureWebhookWarning) and accepts anyone: a forged
+    bounce would mark the delivery bounced and suppress the address."""
+    settings.ANYMAIL = {}
+    delivery = _email(POSTMARK_HARD_BOUNCE["MessageID"])
+    response = _postmark(client, POSTMARK_HARD_BOUNCE, auth)
+    assert response.status_code == 403
+    assert "ANYMAIL_WEBHOOK_SECRET is not set" in response.content.decode()
+    assert _nothing_written()
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+    assert not Suppression.objects.exists()
+    assert reverse("anymail:postmark_tracking_webhook") == POSTMARK_URL
