@@ -156,6 +156,11 @@ class DeliveryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # deliveries come from workflows, never typed in
 
+    def has_delete_permission(self, request, obj=None):
+        # A deleted delivery takes its idempotency key and history with it: the same message
+        # could be staged and sent again. Cancel a scheduled one instead.
+        return False
+
     def get_readonly_fields(self, request, obj=None):
         # The outbox is a record: what was (or will be) sent is never edited by hand.
         # Use the actions to retry or cancel.
@@ -515,6 +520,13 @@ class KillSwitchAdmin(admin.ModelAdmin):
                 ask_reason=True,
             )
         reason = request.POST.get("reason", "").strip()
+        if not reason:  # the page's field is required; a hand-made POST is refused here too
+            self.message_user(
+                request,
+                f"Give a reason to turn kill switches {'on' if on else 'off'}; nothing changed.",
+                messages.ERROR,
+            )
+            return None
         count = sum(
             killswitch_set(
                 switch=s, on=on, by=request.user.username, reason=reason, now=timezone.now()

@@ -6,7 +6,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from notifications.holds import explain
-from notifications.models import KillSwitch, KillSwitchChange, ProviderBreaker, Suppression
+from notifications.models import (
+    Delivery,
+    KillSwitch,
+    KillSwitchChange,
+    ProviderBreaker,
+    Suppression,
+)
 from tests.notifications.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +48,18 @@ def test_turning_a_switch_on_shows_a_confirmation_then_audits(admin_client, swit
     switch.refresh_from_db()
     assert (switch.is_on, switch.changed_by, switch.reason) == (True, "admin", "bad copy")
     assert KillSwitchChange.objects.get().turned_on is True
+
+
+@pytest.mark.parametrize("reason", [None, "", "   "])
+def test_a_switch_is_not_turned_on_without_a_reason(admin_client, switch, reason):
+    data = {"action": "turn_on", "_selected_action": [switch.pk], "post": "yes"}
+    if reason is not None:
+        data["reason"] = reason
+    page = admin_client.post(reverse(CHANGELIST), data, follow=True)
+    assert "Give a reason to turn kill switches on; nothing changed." in page.content.decode()
+    switch.refresh_from_db()
+    assert (switch.is_on, switch.reason) == (False, "")
+    assert not KillSwitchChange.objects.exists()
 
 
 def test_staff_without_the_toggle_permission_cannot_turn_a_switch_on(client, switch):
@@ -113,3 +131,17 @@ def test_manual_suppression_in_the_admin_records_who(admin_client):
     )
     suppression = Suppression.objects.get()
     assert (suppression.address, suppression.created_by) == ("angry@example.com", "admin")
+
+
+def test_deliveries_cannot_be_deleted_from_the_admin(admin_client):
+    """A deleted delivery would take its idempotency key with it: the same message could be
+    staged and sent again."""
+    delivery = DeliveryFactory()
+    changelist = reverse("admin:notifications_delivery_changelist")
+    assert "delete_selected" not in admin_client.get(changelist).content.decode()
+    admin_client.post(
+        changelist, {"action": "delete_selected", "_selected_action": [delivery.pk], "post": "yes"}
+    )
+    url = reverse("admin:notifications_delivery_delete", args=[delivery.pk])
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert Delivery.objects.filter(pk=delivery.pk).exists()
