@@ -559,6 +559,37 @@ class SenderAdmin(admin.ModelAdmin):
     search_fields = ("key",)
     list_editable = ("rate_per_second",)
     readonly_fields = ("next_slot_at", "paused_until")
+    actions = ["restart_pace"]
+
+    @admin.action(description="Restart pacing from now (clear the next slot and any pause)")
+    def restart_pace(self, request, queryset):
+        ahead = queryset.filter(
+            Q(next_slot_at__gt=timezone.now()) | Q(paused_until__gt=timezone.now())
+        )
+        if not confirmed(request):
+            senders = list(ahead)
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action="restart_pace",
+                title=f"Restart pacing of {len(senders)} sender(s)",
+                summary=(
+                    "Their next sends get slots from now on, at their rate, instead of waiting "
+                    "for the slot or pause shown. Use it when the slot is wrong, for example "
+                    "after `dispatch_due --at` a time ahead of the clock; a provider's "
+                    "slow-down (429) pause is lifted too."
+                ),
+                items=[
+                    f"{s.key}: next slot {s.next_slot_at or '-'}, paused until "
+                    f"{s.paused_until or '-'}"
+                    for s in senders
+                ],
+                confirm_label="Yes, restart from now",
+            )
+        count = ahead.update(next_slot_at=None, paused_until=None)
+        self.message_user(request, f"{count} sender(s) pace from now.")
+        return None
 
 
 class BreakerTransitionInline(ReadOnlyInline):

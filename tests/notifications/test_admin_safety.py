@@ -11,8 +11,10 @@ from notifications.models import (
     KillSwitch,
     KillSwitchChange,
     ProviderBreaker,
+    Sender,
     Suppression,
 )
+from notifications.pacing import reserve_slots
 from tests.notifications.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -145,3 +147,33 @@ def test_deliveries_cannot_be_deleted_from_the_admin(admin_client):
     url = reverse("admin:notifications_delivery_delete", args=[delivery.pk])
     assert admin_client.post(url, {"post": "yes"}).status_code == 403
     assert Delivery.objects.filter(pk=delivery.pk).exists()
+
+
+def test_a_sender_whose_slot_is_ahead_of_the_clock_can_restart_its_pace(admin_client):
+    """`dispatch_due --at` a time ahead of the clock moves the sender's cursor there: every
+    later real send waits for it until staff restart the pace."""
+    now = timezone.now()
+    ahead = Sender.objects.create(
+        key="email:ahead",
+        channel="email",
+        rate_per_second=14,
+        next_slot_at=now + timedelta(hours=2),
+    )
+    past = Sender.objects.create(
+        key="email:past", channel="email", rate_per_second=14, next_slot_at=now - timedelta(hours=1)
+    )
+    url = reverse("admin:notifications_sender_changelist")
+    data = {"action": "restart_pace", "_selected_action": [ahead.pk, past.pk]}
+    page = admin_client.post(url, data).content.decode()
+    assert "Restart pacing of 1 sender(s)" in page
+    ahead.refresh_from_db()
+    assert ahead.next_slot_at is not None  # nothing before the confirmation
+
+    page = admin_client.post(url, {**data, "post": "yes"}, follow=True).content.decode()
+    assert "1 sender(s) pace from now." in page
+    ahead.refresh_from_db()
+    past.refresh_from_db()
+    assert (ahead.next_slot_at, ahead.paused_until) == (None, None)
+    assert past.next_slot_at == now - timedelta(hours=1)
+    slots = reserve_slots(key="email:ahead", count=2, now=now)
+    assert slots[0] == now
