@@ -68,6 +68,16 @@ def cohort(query: str):
         raise ValidationError(
             {"customer_cohort_filter": f"The filter field {', '.join(empty)} has no value."}
         )
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:  # a QueryDict would quietly keep the last value of each
+        raise ValidationError(
+            {
+                "customer_cohort_filter": f"The filter field {', '.join(repeated)} is given "
+                "more than once; give it once (fields joined by & must all match; "
+                "account_ref and id take a comma-separated list)."
+            }
+        )
     data = QueryDict(mutable=True)
     for key, value in pairs:
         data.appendlist(key, value)

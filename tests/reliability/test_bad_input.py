@@ -89,6 +89,12 @@ CASES = [
         ValidationError,
         "Enter a number",
     ),
+    (
+        "cohort field given twice",
+        launch(cohort_filter="bid=B5875&bid=B6120"),
+        ValidationError,
+        "The filter field bid is given more than once",
+    ),
     ("empty cohort filter", launch(cohort_filter=""), ValidationError, "Give a filter"),
     (
         "empty cohort",
