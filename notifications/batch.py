@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Count, F, Max, Q
 
@@ -82,6 +83,7 @@ class Check:
 class Preview:
     recipients: list[Customer]
     suppressed: list[tuple[Customer, str]]
+    invalid: list[Customer]  # left out: the stored address is not an email address
     recently_emailed: list[tuple[Customer, datetime]]
     prior_sends: dict[int, datetime]
     checks: list[Check]
@@ -194,6 +196,8 @@ def build_preview(
     compiled = compile_message(subject, body_template)
     cap = clean_max_recipients(max_recipients, user=user) or DEFAULT_CAP
     customers = list(cohort(cohort_filter))
+    invalid = [c for c in customers if not is_email_address(c.email)]
+    customers = [c for c in customers if is_email_address(c.email)]
     found = tracking.suppressions_for([c.email for c in customers], Channel.EMAIL)
     recipients = [c for c in customers if c.email not in found]
     suppressed = [(c, found[c.email].get_reason_display()) for c in customers if c.email in found]
@@ -228,7 +232,17 @@ def build_preview(
             Check("empty_cohort", "block", False, "The filter selects no reachable customer.")
         )
     samples = [(c, compiled.render(customer_context(c))) for c in recipients[:3]]
-    return Preview(recipients, suppressed, recent, last, checks, samples, cap)
+    return Preview(recipients, suppressed, invalid, recent, last, checks, samples, cap)
+
+
+def is_email_address(address: str) -> bool:
+    """What the customer form accepts (an import may have stored anything): a send to
+    anything else fails at the provider and counts towards the batch's breaker."""
+    try:
+        validate_email(address)
+    except ValidationError:
+        return False
+    return True
 
 
 def batch_launch(
@@ -271,6 +285,7 @@ def batch_launch(
                 "max_recipients": cap,
                 "customer_ids": [c.id for c in preview.recipients],
                 "suppressed": [c.id for c, _ in preview.suppressed],
+                "invalid_address": [c.id for c in preview.invalid],
                 "warnings_confirmed": preview.warnings,
             },
         )

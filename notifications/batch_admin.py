@@ -255,6 +255,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             ("cohort filter", data["customer_cohort_filter"]),
             ("recipients", f"{count} (cap {preview.cap})"),
             ("left out (suppressed)", len(preview.suppressed)),
+            ("left out (not an email address)", len(preview.invalid)),
             ("subject", data["subject"]),
             ("attachments", ", ".join(n.rsplit("/", 1)[-1] for n in attachments) or "none"),
         ]

@@ -134,6 +134,20 @@ def test_the_cap_is_counted_after_suppressions(mike):
     assert run.inputs["suppressed"] == [customers[0].id]
 
 
+def test_customers_whose_address_is_not_an_email_address_are_left_out(mike):
+    """An import can store anything; sending to it would fail at the provider and count
+    towards the batch's breaker."""
+    good = CustomerFactory()
+    bad = [CustomerFactory(email=address) for address in ("broken2@@example", "no-at-sign")]
+    run = _launch(mike)
+    assert run.inputs["customer_ids"] == [good.id]
+    assert run.inputs["invalid_address"] == [c.id for c in bad]
+    batch.envelope_approve(envelope=run.proposed_actions.get(), user=mike, now=NOW)
+    assert set(
+        run.proposed_actions.filter(action_type="hitl_review").values_list("customer_id", flat=True)
+    ) == {good.id}
+
+
 def test_an_audited_max_recipients_override_passes(mike):
     CustomerFactory.create_batch(51)
     run = _launch(mike, max_recipients=60)

@@ -36,6 +36,15 @@ def test_preview_shows_count_sample_and_suppressed(admin_client):
     assert not WorkflowRun.objects.exists()
 
 
+def test_preview_leaves_out_an_address_that_is_not_an_email_address(admin_client):
+    CustomerFactory(company_name="Brooklyn Tech")
+    CustomerFactory(company_name="Bad Import", email="broken2@@example")
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_preview": "1"}).content.decode()
+    assert "<strong>1</strong> recipient(s) (cap 50)" in page
+    assert "<h3>Left out (not an email address)</h3>" in page
+    assert "Bad Import &lt;broken2@@example&gt;: fix the address in Admin → Customers" in page
+
+
 def test_a_bad_filter_or_variable_is_shown_on_its_field(admin_client):
     page = admin_client.post(
         reverse("admin:batch_new"),
