@@ -604,8 +604,12 @@ def finalize_if_done(run_id: int, *, now: datetime) -> str | None:
         status = Status.FAILED
     else:
         status = Status.COMPLETED  # every recipient was rejected: nothing to send, nothing failed
+    reason = (  # not what it was while running ("resumed by ..."), but how it ended
+        f"ended {status}: {progress['sent']} sent, {progress['failed']} failed, "
+        f"{progress['skipped']} skipped, {progress['rejected']} rejected of {progress['total']}"
+    )
     if not WorkflowRun.objects.filter(id=run_id, status=Status.RUNNING).update(
-        status=status, completed_at=now, summary=progress
+        status=status, status_reason=reason, completed_at=now, summary=progress
     ):
         return None
     _post_actions(WorkflowRun.objects.get(id=run_id), now=now)

@@ -286,6 +286,8 @@ def test_resume_sends_only_the_rest_and_never_resends(mike, postmark):
     _dispatch(NOW + timedelta(seconds=5))
     run.refresh_from_db()
     assert run.status == "partial"
+    # how it ended, no longer "resumed by mike"
+    assert run.status_reason == "ended partial: 4 sent, 5 failed, 0 skipped, 0 rejected of 9"
     sent_to = [json.loads(c.request.body)["To"] for c in postmark.calls]
     assert len(sent_to) == len(set(sent_to)) == 9  # every recipient once, none twice
     assert Delivery.objects.filter(status="sent").count() == 4
