@@ -420,6 +420,9 @@ class VerifyCheck(models.Model):
         return f"{self.name}: {self.status}"
 
 
+SMS_MAX_CHARACTERS = 1600  # Twilio refuses a longer body (error 21617)
+
+
 class MessageTemplate(models.Model):
     """Subject and body in Django template syntax over declared variables only."""
 
@@ -479,8 +482,22 @@ class MessageTemplate(models.Model):
             isinstance(v, str) and v.isidentifier() for v in self.variables
         ):
             raise ValidationError({"variables": 'Give a list of variable names, e.g. ["name"].'})
+        if not isinstance(self.sample_context, dict):
+            raise ValidationError(
+                {
+                    "sample_context": "Give an object of sample values, "
+                    'e.g. {"customer_name": "Ada"}.'
+                }
+            )
         if self.channel == Channel.WHATSAPP and not self.whatsapp_template:
             raise ValidationError({"whatsapp_template": "A WhatsApp template needs its name."})
+        if self.channel == Channel.SMS and len(self.body) > SMS_MAX_CHARACTERS:
+            raise ValidationError(
+                {
+                    "body": f"An SMS is at most {SMS_MAX_CHARACTERS:,} characters (Twilio's "
+                    f"limit); this body has {len(self.body):,}."
+                }
+            )
         try:
             compile_template(self)
         except TemplateProblem as problem:

@@ -118,6 +118,18 @@ CASES = [
         "Invalid filter",
     ),
     ("message template variable", template(body="{{ other }}"), ValidationError, "other"),
+    (
+        "SMS body over Twilio's limit",
+        template(channel="sms", subject="", body="x" * 1601),
+        ValidationError,
+        "An SMS is at most 1,600 characters (Twilio's limit); this body has 1,601.",
+    ),
+    (
+        "sample context that is not an object",
+        template(sample_context=[1]),
+        ValidationError,
+        "Give an object of sample values",
+    ),
     ("phone without country code", stakeholder("4155550100"), ValidationError, "phone"),
     ("phone that does not exist", stakeholder("+1415555"), ValidationError, "phone"),
     ("customer phone with letters", customer("+1 call me"), ValidationError, "phone"),
