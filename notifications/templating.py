@@ -7,6 +7,7 @@ components), sent as HTML with the plain text as the alternative.
 """
 
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -113,12 +114,20 @@ def _bound_names(node: Node) -> set[str]:
     return set()
 
 
-def check_source(field: str, source: str, declared: set[str]) -> Template:
-    """Compile one template source; raise TemplateProblem naming what is wrong."""
+def check_source(
+    field: str, source: str, declared: set[str], *, declared_in: str | None = None
+) -> Template:
+    """Compile one template source; raise TemplateProblem naming what is wrong.
+
+    `declared_in` names the field where the author declares the template's variables (a
+    message template's `variables`); without one the variables are a fixed set (the batch
+    form's), and an unknown variable's message lists them instead of asking to declare it."""
     try:
         template = _ENGINE.from_string(source)
     except TemplateSyntaxError as error:
-        raise TemplateProblem(field, f"Template syntax error in {field}: {error}") from error
+        raise TemplateProblem(
+            field, f"Template syntax error in {field}: {_syntax_message(error)}"
+        ) from error
     nodes = list(_walk(template.nodelist))
     bound = set().union(*(_bound_names(node) for node in nodes))
     used: set[str] = set()
@@ -131,12 +140,34 @@ def check_source(field: str, source: str, declared: set[str]) -> Template:
                 used.update(_names_used(expression))
     unknown = sorted(used - declared - bound)
     if unknown:
+        many = len(unknown) > 1
+        known = ", ".join(sorted(declared))
+        if declared_in:
+            hint = (
+                f"Declare {'them' if many else 'it'} in {declared_in}. Declared: {known or 'none'}."
+            )
+        else:
+            hint = f"Available variables: {known}." if known else "No variables are available."
         raise TemplateProblem(
-            field,
-            f"Unknown variable{'s' if len(unknown) > 1 else ''} in {field}: "
-            f"{', '.join(unknown)}. Declare {'them' if len(unknown) > 1 else 'it'} in variables.",
+            field, f"Unknown variable{'s' if many else ''} in {field}: {', '.join(unknown)}. {hint}"
         )
     return template
+
+
+# Django ends this error with the libraries one may load, one per line: none here.
+_UNKNOWN_LIBRARY = re.compile(r"(?s)^(.* is not a registered tag library)\. Must be one of:(.*)$")
+
+
+def _syntax_message(error: TemplateSyntaxError) -> str:
+    """Django's message, ending sensibly where it would end on an empty list."""
+    message = str(error)
+    match = _UNKNOWN_LIBRARY.match(message)
+    if match is None:
+        return message
+    libraries = ", ".join(match[2].split())
+    if not libraries:  # always so: the engine of message templates has no libraries
+        return f"{match[1]}: Herald's message templates load no tag libraries."
+    return f"{match[1]}. Must be one of: {libraries}."
 
 
 @dataclass(frozen=True)
@@ -207,6 +238,6 @@ def compile_template(template) -> CompiledTemplate:
     return CompiledTemplate(
         channel=template.channel,
         variables=tuple(template.variables or []),
-        subject=check_source("subject", template.subject or "", declared),
-        body=check_source("body", template.body or "", declared),
+        subject=check_source("subject", template.subject or "", declared, declared_in="variables"),
+        body=check_source("body", template.body or "", declared, declared_in="variables"),
     )

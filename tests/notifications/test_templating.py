@@ -1,8 +1,9 @@
 import pytest
 from django.core.exceptions import ValidationError
 
+from notifications.batch import compile_message
 from notifications.models import MessageTemplate
-from notifications.templating import compile_template
+from notifications.templating import TemplateProblem, check_source, compile_template
 from tests.notifications.factories import DeliveryFactory
 
 
@@ -31,7 +32,38 @@ def test_an_undeclared_variable_is_named():
     with pytest.raises(ValidationError) as caught:
         _template(subject="Hi {{ first_name }} {{ customer_name|default:nickname }}").clean()
     assert caught.value.message_dict["subject"] == [
-        "Unknown variables in subject: first_name, nickname. Declare them in variables."
+        "Unknown variables in subject: first_name, nickname. Declare them in variables. "
+        "Declared: account_ref, customer_name."
+    ]
+
+
+def test_an_unknown_variable_with_none_declared_says_so():
+    with pytest.raises(ValidationError) as caught:
+        _template(subject="", body="{{ nickname }}", variables=[]).clean()
+    assert caught.value.message_dict["body"] == [
+        "Unknown variable in body: nickname. Declare it in variables. Declared: none."
+    ]
+
+
+def test_where_the_variables_are_fixed_the_message_lists_them_and_asks_no_declaring():
+    # The batch form has no variables field: its messages see a fixed set.
+    with pytest.raises(ValidationError) as caught:
+        compile_message("Hello", "Dear {{ nickname }}")
+    assert caught.value.message_dict["body_template"] == [
+        "Unknown variable in body_template: nickname. Available variables: account_ref, bid, "
+        "company_name, customer_name, region, school_year."
+    ]
+    with pytest.raises(TemplateProblem) as problem:
+        check_source("subject", "{{ a }}{{ b }}", set())
+    assert str(problem.value) == "Unknown variables in subject: a, b. No variables are available."
+
+
+def test_an_unknown_tag_library_error_ends_sensibly():
+    with pytest.raises(ValidationError) as caught:
+        _template(body="{% load static %}").clean()
+    assert caught.value.message_dict["body"] == [
+        "Template syntax error in body: 'static' is not a registered tag library: "
+        "Herald's message templates load no tag libraries."
     ]
 
 

@@ -5,13 +5,19 @@ from django.core.management.base import BaseCommand, CommandError
 
 class Command(BaseCommand):
     help = (
-        "Development only (DEBUG=True): create the superuser admin/admin if no user named "
-        "admin exists, and print the credentials."
+        "Development only (DEBUG=True): create the superuser admin/admin (or --username/"
+        "--password) if no user of that name exists, and print the credentials."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--username", default="admin")
-        parser.add_argument("--password", default="admin")
+        parser.add_argument(
+            "--username", default="admin", help="the user to create (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--password",
+            default="admin",
+            help="its password, used only when the user is created (default: %(default)s)",
+        )
 
     def handle(self, *args, username, password, **options):
         if not settings.DEBUG:

@@ -7,9 +7,16 @@ class Command(BaseCommand):
     help = "Send a ping task through the broker and wait for a Celery worker to answer."
 
     def add_arguments(self, parser):
-        parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait")
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=20.0,
+            help="seconds to wait for the answer, more than 0 (default: %(default)g)",
+        )
 
     def handle(self, *args, timeout, **options):
+        if not timeout > 0:  # also refuses nan
+            raise CommandError("--timeout must be more than 0 seconds")
         try:
             answer = ping.delay("pong").get(timeout=timeout)
         except Exception as exc:

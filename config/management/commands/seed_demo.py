@@ -24,7 +24,9 @@ class Command(BaseCommand):
             action="store_true",
             help="do nothing when the database already holds data (used by make run)",
         )
-        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to seed around")
+        parser.add_argument(
+            "--at", type=parse_at, help="ISO 8601 time to seed around (default: the current time)"
+        )
 
     def handle(self, *args, if_empty, at, **options):
         if if_empty and get_user_model().objects.exists():

@@ -24,13 +24,28 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to act as 'now'")
-        parser.add_argument("--limit", type=int, help="handle at most this many deliveries")
+        parser.add_argument(
+            "--at",
+            type=parse_at,
+            help=(
+                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+                "the command really sends what is due by then (and expires and sweeps rows as "
+                "of then) and records the sends at that time, so a time ahead of the clock "
+                "stamps the senders' pace cursors in the future and holds later real sends by "
+                "those senders until then (Admin → Senders → Restart pacing clears it)"
+            ),
+        )
+        parser.add_argument(
+            "--limit",
+            type=int,
+            help="handle at most this many deliveries, at least 1 (default: no limit)",
+        )
         parser.add_argument(
             "--round-size",
             type=int,
             default=1000,
-            help="deliveries per round; progress is printed after each (default 1000)",
+            help="deliveries per round, at least 1; progress is printed after each "
+            "(default: %(default)s)",
         )
         parser.add_argument(
             "--json", dest="as_json", action="store_true", help="print the counts as JSON"
@@ -39,6 +54,8 @@ class Command(BaseCommand):
     def handle(self, *args, at, limit, round_size, as_json, **options):
         if round_size < 1:
             raise CommandError("--round-size must be at least 1")
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be at least 1")
         now = at or timezone.now()
         due = Delivery.objects.filter(status=Delivery.Status.SCHEDULED, send_at__lte=now).count()
         cap = f" (at most {limit})" if limit is not None else ""

@@ -20,7 +20,18 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to act as 'now'")
+        parser.add_argument(
+            "--at",
+            type=parse_at,
+            help=(
+                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+                "the command really fires the contexts found, creates their deliveries and "
+                "records the fires at that time, so a time ahead of the clock stamps the "
+                "workflows' cooldowns in the future and holds later real fires of those "
+                "contexts until that time plus the cooldown (and the deliveries created are "
+                "not sent before that time)"
+            ),
+        )
         parser.add_argument(
             "--json", dest="as_json", action="store_true", help="print the counts as JSON"
         )

@@ -14,8 +14,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to act as 'now'")
-        parser.add_argument("--json", dest="as_json", action="store_true")
+        parser.add_argument(
+            "--at",
+            type=parse_at,
+            help="ISO 8601 time to act as 'now' (default: the current time)",
+        )
+        parser.add_argument(
+            "--json", dest="as_json", action="store_true", help="print the counts as JSON"
+        )
 
     def handle(self, *args, at, as_json, **options):
         counts = run_verify_checks(now=at or timezone.now())

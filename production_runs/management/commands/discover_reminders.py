@@ -1,6 +1,6 @@
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from notifications.cli import parse_at
@@ -19,6 +19,10 @@ ROWS = [
     ("failed", "failed"),
     ("flagged", "newly flagged for ops"),
 ]
+# A dry run emits nothing: it says what a real run would do (as the admin's dry-run page
+# does), and leaves out what only emitting works out (already emitted, failed, flagged).
+DRY_RUN_LABELS = {"dispatched": "would be reminded", "events": "events it would emit"}
+DRY_RUN_SKIPS = {"already_emitted", "failed", "flagged"}
 
 
 class Command(BaseCommand):
@@ -29,12 +33,24 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--at", type=parse_at, help="ISO 8601 time to run as (default: now)")
-        parser.add_argument("--dry-run", action="store_true", help="classify and report only")
+        parser.add_argument(
+            "--at", type=parse_at, help="ISO 8601 time to run as (default: the current time)"
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="classify and report only; emit nothing"
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-        parser.add_argument("--chunk-size", type=int, default=500, help="runs read per page")
+        parser.add_argument(
+            "--chunk-size",
+            type=int,
+            default=500,
+            help="runs read per page and reminders written per batch, at least 1 "
+            "(default: %(default)s)",
+        )
 
     def handle(self, *args, at, dry_run, json: bool, chunk_size, **options):
+        if chunk_size < 1:
+            raise CommandError("--chunk-size must be at least 1")
         active = ProductionRun.objects.filter(status__in=ACTIVE_STATUSES).count()
         self.stderr.write(f"classifying {active} active run(s)")
 
@@ -51,6 +67,10 @@ class Command(BaseCommand):
         digest = " (digest: one event per partner and bucket)" if summary["digest"] else ""
         self.stdout.write(f"Reminder run at {summary['at']} ({summary['date']} Asia/Kolkata){mode}")
         for key, label in ROWS:
+            if dry_run:
+                if key in DRY_RUN_SKIPS:
+                    continue
+                label = DRY_RUN_LABELS.get(key, label)
             value = summary["counts"][key] if key in KINDS else summary[key]
             self.stdout.write(f"  {label:<32}{value:>7}")
         if digest:

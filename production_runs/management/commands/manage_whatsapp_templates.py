@@ -19,11 +19,20 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--mode", choices=["dry-run", "upsert", "refresh"], default="dry-run")
+        parser.add_argument(
+            "--mode",
+            choices=["dry-run", "upsert", "refresh"],
+            default="dry-run",
+            help="dry-run: print the plan, no network call; upsert: submit the missing "
+            "variants; refresh: read statuses back from Meta (default: %(default)s)",
+        )
         parser.add_argument(
             "--platform-ids", help="comma-separated platform ids or labels (default: all active)"
         )
-        parser.add_argument("--templates", help="comma-separated template names (default: all)")
+        parser.add_argument(
+            "--templates",
+            help="comma-separated production-run template names (default: all)",
+        )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args, mode, platform_ids, templates, json: bool, **options):
