@@ -122,6 +122,7 @@ class TickReport:
     contexts_found: int = 0
     contexts_fired: int = 0
     contexts_skipped_cooldown: int = 0
+    contexts_not_watched: int = 0  # the workflow's event watches none of the context's issues
     contexts_without_audience: int = 0
     notifications: int = 0
     deliveries_now: int = 0
@@ -350,6 +351,7 @@ def _evaluate_workflow(workflow, found, stakeholders, timeline, now, report) -> 
     for name, event in events.items():
         for context in found.get(name, ()):
             if not event.watches(context.issues):
+                report.contexts_not_watched += 1
                 continue
             audience = _audience_of(workflow, context, base, stakeholders)
             if not audience:

@@ -247,6 +247,13 @@ def test_multiple_trigger_events_in_one_workflow_each_has_its_own_rate_limit():
         def row(time, event):
             report = tick()
             table.append((time, event, report["contexts_fired"], report["deliveries_now"]))
+            # one workflow: every context found is fired, held by its cooldown, or not watched
+            assert report["contexts_found"] == (
+                report["contexts_fired"]
+                + report["contexts_skipped_cooldown"]
+                + report["contexts_not_watched"]
+                + report["contexts_without_audience"]
+            ), report
 
         # 10:00 — Kiosk #123 offline (no heartbeat since 09:50).
         row("10:00", "kiosk_offline")

@@ -44,7 +44,9 @@ class Command(BaseCommand):
         report = evaluate_triggers(now=now)
         self.stderr.write(
             f"done in {time.monotonic() - started:.1f} s: {report['contexts_found']} context(s) "
-            f"found, {report['contexts_fired']} fired"
+            f"found, {report['contexts_fired']} fired, {report['contexts_skipped_cooldown']} "
+            f"held by a cooldown, {report['contexts_not_watched']} not watched, "
+            f"{report['contexts_without_audience']} without anyone to tell"
         )
         if as_json:
             self.stdout.write(json.dumps(report, sort_keys=True))
