@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-# The seed's priority order: when several rules block, the first one here is reported.
+# The seed's priority order: when several rules block at once, the first one here is the
+# `blocking_rule`. A held message's reason names instead the rule that holds it until its
+# `not_before` (`Decision.holding_rule`): the one whose release comes last.
 RULE_ORDER = ("cooldown", "type_daily", "daily", "weekly", "monthly")
 RULE_LABELS = {
     "cooldown": "cooldown",
@@ -67,17 +69,22 @@ class Sent:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    blocking_rule: str | None  # one of RULE_ORDER; None when allowed
+    blocking_rule: str | None  # first of RULE_ORDER broken at `now`; None when allowed
     not_before: datetime  # earliest moment every rule passes (== now when allowed)
-    detail: str = ""  # e.g. "2 h after the message at 10:00"
+    # Why not before `not_before`: the rule still broken just before it (the one whose
+    # release comes last), e.g. "2 h after the message at 2026-11-23 10:00 UTC".
+    detail: str = ""
+    holding_rule: str | None = None  # one of RULE_ORDER; None when allowed
 
     @property
     def label(self) -> str:
-        return RULE_LABELS.get(self.blocking_rule or "", "")
+        """The holding rule, as the reason and the simulator name it."""
+        return RULE_LABELS.get(self.holding_rule or self.blocking_rule or "", "")
 
     def reason(self, tz: ZoneInfo, *, verb: str = "queued until") -> str:
-        """The status reason of a held delivery, e.g.
-        'cadence: cooldown (2 h after the message at 10:00) — queued until 2026-11-23 12:00 UTC'."""
+        """The status reason of a held delivery, naming the rule that decides when it goes,
+        e.g. 'cadence: cooldown (2 h after the message at 2026-11-23 10:00 UTC) — queued
+        until 2026-11-23 12:00 UTC'."""
         if self.allowed:
             return ""
         when = self.not_before.astimezone(tz)
@@ -111,10 +118,16 @@ def _next_month(day: date) -> date:
 
 
 def _first_block(
-    rules: Rules, entries: Sequence[_Entry], message_type: str, at: datetime, tz: ZoneInfo
+    rules: Rules,
+    entries: Sequence[_Entry],
+    message_type: str,
+    at: datetime,
+    tz: ZoneInfo,
+    today: date,
 ) -> _Block | None:
     """The first rule, in priority order, that a message at `at` would break, with the
-    earliest later moment at which that rule could pass."""
+    earliest later moment at which that rule could pass. Periods are named relative to
+    `today` (the local date of the moment asked about): "today", or the date."""
     cooldown = timedelta(hours=rules.cooldown_hours)
     if cooldown > timedelta(0):
         near = [e.at for e in entries if abs(e.at - at) < cooldown]
@@ -124,25 +137,27 @@ def _first_block(
                 "cooldown",
                 last + cooldown,
                 f"{rules.cooldown_hours:g} h after the message at "
-                f"{last.astimezone(tz):%Y-%m-%d %H:%M}",
+                f"{last.astimezone(tz):%Y-%m-%d %H:%M %Z}",
             )
     day = at.astimezone(tz).date()
     tomorrow = _midnight(day + timedelta(days=1), tz)
+    on_day = "today" if day == today else f"on {day:%Y-%m-%d}"
     type_limit = rules.type_limits.get(message_type, 0)
     if type_limit:
         count = sum(1 for e in entries if e.day == day and e.message_type == message_type)
         if count >= type_limit:
-            return _Block("type_daily", tomorrow, f"{count}/{type_limit} {message_type} today")
+            return _Block("type_daily", tomorrow, f"{count}/{type_limit} {message_type} {on_day}")
     if rules.max_per_day:
         count = sum(1 for e in entries if e.day == day)
         if count >= rules.max_per_day:
-            return _Block("daily", tomorrow, f"{count}/{rules.max_per_day} today")
+            return _Block("daily", tomorrow, f"{count}/{rules.max_per_day} {on_day}")
     if rules.max_per_week:
         week = _week_start(day)
         count = sum(1 for e in entries if _week_start(e.day) == week)
         if count >= rules.max_per_week:
             next_week = _midnight(week + timedelta(days=7), tz)
-            return _Block("weekly", next_week, f"{count}/{rules.max_per_week} this week")
+            in_week = "this week" if week == _week_start(today) else f"in the week of {week}"
+            return _Block("weekly", next_week, f"{count}/{rules.max_per_week} {in_week}")
     if rules.max_per_month:
         month = day.replace(day=1)
         count = sum(1 for e in entries if e.day.replace(day=1) == month)
@@ -150,7 +165,8 @@ def _first_block(
             return _Block(
                 "monthly",
                 _midnight(_next_month(day), tz),
-                f"{count}/{rules.max_per_month} this month",
+                f"{count}/{rules.max_per_month} "
+                + ("this month" if month == today.replace(day=1) else f"in {month:%Y-%m}"),
             )
     return None
 
@@ -167,22 +183,27 @@ def decide(
     Allowed when no message of the history lies within the cooldown on either side of
     `now` and, counting the history's messages in the same local day (of this type, and of
     any type), week and month, one more stays within every cap. Otherwise `not_before` is
-    the earliest later moment at which all of that holds.
+    the earliest later moment at which all of that holds; `blocking_rule` is the first rule
+    broken at `now` in priority order, and `holding_rule` (with `detail`) the one still
+    broken just before `not_before`: the rule that decides when the message may go.
     """
     entries = [_Entry(s.at, s.message_type, s.at.astimezone(tz).date()) for s in history]
+    today = now.astimezone(tz).date()
     at = now
     first: _Block | None = None
+    last: _Block | None = None
     for _ in range(_MAX_STEPS):
-        block = _first_block(rules, entries, message_type, at, tz)
+        block = _first_block(rules, entries, message_type, at, tz, today)
         if block is None:
             break
         first = first or block
+        last = block
         at = block.next_try
     else:  # pragma: no cover - each step passes a message or a period of a finite history
         raise RuntimeError("cadence: no moment found at which every rule passes")
-    if first is None:
+    if first is None or last is None:
         return Decision(True, None, now)
-    return Decision(False, first.rule, at.astimezone(now.tzinfo), first.detail)
+    return Decision(False, first.rule, at.astimezone(now.tzinfo), last.detail, last.rule)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def test_simulator_answers_with_the_decision_and_the_blocking_rule(admin_client,
     ).content.decode()
     decision = re.search(r'id="sim-decision">(.*?)</p>', page).group(1)
     assert decision == (
-        "held by the cooldown (2 h after the message at 2026-11-23 11:30) — earliest "
+        "held by the cooldown (2 h after the message at 2026-11-23 11:30 UTC) — earliest "
         "2026-11-23 13:30 UTC"
     )
     # The same question at another time.
@@ -114,6 +114,30 @@ def test_simulator_answers_with_the_decision_and_the_blocking_rule(admin_client,
         },
     ).content.decode()
     assert re.search(r'id="sim-decision">(.*?)</p>', page).group(1) == ("allowed: it would go now")
+
+
+def test_simulator_names_the_rule_that_decides_the_earliest_time(admin_client, clock):
+    # In Chicago (UTC-6) the 11:30 UTC message was at 05:30 local: the cooldown holds until
+    # 13:30 UTC, the daily limit (1) until local midnight, 06:00 UTC tomorrow.
+    manager = PersonaFactory(name="Manager", cooldown_hours=2, max_per_day=1, max_per_week=20)
+    alice = StakeholderFactory(name="Alice", persona=manager, time_zone="America/Chicago")
+    sent_to(alice, NOW - timedelta(minutes=30))
+
+    def simulate(**fields):
+        page = admin_client.get(
+            reverse("cadence_simulator"),
+            {"stakeholder": alice.pk, "channel": "email", "message_type": "alert", **fields},
+        ).content.decode()
+        return re.search(r'id="sim-decision">(.*?)</p>', page).group(1)
+
+    assert simulate() == "held by the daily limit (1/1 today) — earliest 2026-11-24 06:00 UTC"
+    # With room in the day, the cooldown decides; its time carries Alice's zone.
+    alice.max_per_day = 5
+    alice.save()
+    assert simulate() == (
+        "held by the cooldown (2 h after the message at 2026-11-23 05:30 CST) — earliest "
+        "2026-11-23 13:30 UTC"
+    )
 
 
 def test_simulator_what_if_replays_the_last_7_days_under_changed_rules(admin_client, clock):

@@ -133,10 +133,11 @@ def test_zero_means_unlimited():
 
 def test_the_first_blocking_rule_in_priority_order_is_reported_and_not_before_passes_all():
     # Cooldown (2 h after 10:00) and the daily cap (1 today) both block at 10:30: the seed's
-    # order reports the cooldown, but the message can only go tomorrow.
+    # order reports the cooldown, but the message can only go tomorrow, which the daily cap
+    # decides (the rule the reason names).
     r = rules(cooldown_hours=2, max_per_day=1, max_per_week=10)
     decision = decide(r, sent(at(hour=10)), "alert", at(hour=10, minute=30), UTC_ZONE)
-    assert decision.blocking_rule == "cooldown"
+    assert (decision.blocking_rule, decision.holding_rule) == ("cooldown", "daily")
     assert decision.not_before == at(1, hour=0)
 
 
@@ -195,8 +196,73 @@ def test_the_reason_names_the_rule_and_the_time_it_goes():
         rules(cooldown_hours=2), sent(at(hour=10)), "alert", at(hour=10, minute=5), UTC_ZONE
     )
     assert decision.reason(UTC_ZONE) == (
-        "cadence: cooldown (2 h after the message at 2026-11-23 10:00) — queued until "
+        "cadence: cooldown (2 h after the message at 2026-11-23 10:00 UTC) — queued until "
         "2026-11-23 12:00 UTC"
+    )
+
+
+# The reviewer's case: one message at 18:38, the cooldown (2 h) and the daily cap (1) both
+# hold one more at 19:00; the cooldown ends at 20:38, but the day is full until midnight.
+EVENING = datetime(2026, 11, 22, 18, 38, tzinfo=UTC)
+
+
+def test_the_reason_names_the_daily_limit_when_it_outlasts_the_cooldown():
+    r = rules(cooldown_hours=2, max_per_day=1)
+    decision = decide(r, sent(EVENING), "alert", EVENING + timedelta(minutes=22), UTC_ZONE)
+    # The seed's priority order still reports the cooldown as the first rule broken now...
+    assert decision.blocking_rule == "cooldown"
+    # ...but the time it goes is the daily limit's, and so is the reason.
+    assert (decision.holding_rule, decision.label) == ("daily", "daily limit")
+    assert decision.not_before == datetime(2026, 11, 23, tzinfo=UTC)
+    assert decision.reason(UTC_ZONE) == (
+        "cadence: daily limit (1/1 today) — queued until 2026-11-23 00:00 UTC"
+    )
+
+
+def test_the_reason_names_the_cooldown_when_it_outlasts_the_daily_limit():
+    # Same message, a wider day cap: the daily limit passes, the cooldown decides.
+    r = rules(cooldown_hours=2, max_per_day=5)
+    decision = decide(r, sent(EVENING), "alert", EVENING + timedelta(minutes=22), UTC_ZONE)
+    assert (decision.blocking_rule, decision.holding_rule) == ("cooldown", "cooldown")
+    assert decision.reason(UTC_ZONE) == (
+        "cadence: cooldown (2 h after the message at 2026-11-22 18:38 UTC) — queued until "
+        "2026-11-22 20:38 UTC"
+    )
+    # A cooldown long enough to run past midnight outlasts the daily limit (1) too.
+    r = rules(cooldown_hours=8, max_per_day=1)
+    decision = decide(r, sent(EVENING), "alert", EVENING + timedelta(minutes=22), UTC_ZONE)
+    assert decision.reason(UTC_ZONE) == (
+        "cadence: cooldown (8 h after the message at 2026-11-22 18:38 UTC) — queued until "
+        "2026-11-23 02:38 UTC"
+    )
+
+
+def test_the_reason_names_a_rule_met_later_with_its_own_day():
+    # Daily cap 1 holds one more today; tomorrow's slot is taken by a message scheduled at
+    # 00:30, whose cooldown is what the new one waits for.
+    r = rules(cooldown_hours=2, max_per_day=2)
+    history = sent(at(hour=9), at(hour=10), at(1, hour=0, minute=30))
+    decision = decide(r, history, "alert", at(hour=15), UTC_ZONE)
+    assert (decision.blocking_rule, decision.not_before) == ("daily", at(1, hour=2, minute=30))
+    assert decision.reason(UTC_ZONE) == (
+        "cadence: cooldown (2 h after the message at 2026-11-24 00:30 UTC) — queued until "
+        "2026-11-24 02:30 UTC"
+    )
+    # A full day that is not today is named by its date.
+    history = sent(at(hour=9), at(hour=10), at(1, hour=0, minute=30), at(1, hour=3))
+    decision = decide(r, history, "alert", at(hour=15), UTC_ZONE)
+    assert decision.reason(UTC_ZONE) == (
+        "cadence: daily limit (2/2 on 2026-11-24) — queued until 2026-11-25 00:00 UTC"
+    )
+
+
+def test_the_reasons_times_carry_the_persons_zone():
+    chicago = ZoneInfo("America/Chicago")
+    r = rules(cooldown_hours=2)
+    decision = decide(r, sent(EVENING), "alert", EVENING + timedelta(minutes=22), chicago)
+    assert decision.reason(chicago) == (
+        "cadence: cooldown (2 h after the message at 2026-11-22 12:38 CST) — queued until "
+        "2026-11-22 14:38 CST"
     )
 
 

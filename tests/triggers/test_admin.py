@@ -104,4 +104,5 @@ def test_the_delivery_list_says_which_cadence_rule_queued_a_delivery(admin_clien
         kiosk(2, site, charging=False)
         evaluate_triggers(now=at(10, 5))
         page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
-    assert "cadence: cooldown (2 h after the message at 2026-11-23 10:00) — queued until" in page
+    # the persona's daily limit of one, not the 2-hour cooldown, decides when it may go
+    assert "cadence: daily limit (1/1 today) — queued until 2026-11-24 00:00 UTC" in page

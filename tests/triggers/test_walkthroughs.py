@@ -77,7 +77,7 @@ def test_real_world_scenario_two_managers_and_kiosk_123(grouping):
             queued = deliveries_of(person, context_key=LOW_BATTERY_123).get()
             assert (queued.status, minute(queued.send_at)) == ("scheduled", at(12))
             assert queued.status_reason == (
-                "cadence: cooldown (2 h after the message at 2026-11-23 10:00) — queued until "
+                "cadence: cooldown (2 h after the message at 2026-11-23 10:00 UTC) — queued until "
                 "2026-11-23 12:00 UTC"
             )
         assert dispatch_now().sent == 0
