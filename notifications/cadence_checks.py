@@ -216,8 +216,10 @@ def _decide_one(delivery, person, kind, histories, now) -> SendDecision | None:
             return SendDecision("fallback", held)
         fallback_note = f"; {delivery.fallback_channel} is held too ({fallback.label})"
     # When it may go: placed around everything already on the time line, later
-    # schedules included, so it does not land on top of one of them.
+    # schedules included, so it does not land on top of one of them. The reason names the
+    # rule that decides that time (a later schedule can push it past what held it now).
     later = decide(rules, timeline, kind, now, tz)
+    held = f"cadence: {later.label} on {delivery.channel} ({later.detail})"
     if delivery.expires_at and later.not_before >= delivery.expires_at:
         return SendDecision(
             "cancel",

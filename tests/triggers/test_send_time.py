@@ -70,6 +70,23 @@ def test_without_a_fallback_it_is_deferred_to_when_the_cadence_allows(alice):
     assert dispatch_due(now=at(0, day=1)).sent == 1
 
 
+def test_a_second_held_delivery_names_the_day_its_own_limit_is_full(alice):
+    """The first held one takes tomorrow's only slot: the second waits a day more, and its
+    reason says which day is full rather than repeating "today"."""
+    to(alice, status="sent", send_at=at(9))
+    first, second = to(alice), to(alice)
+    assert dispatch_due().deferred == 2
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status_reason == (
+        "cadence: daily limit on email (1/1 today) — deferred until 2026-11-24 00:00 UTC"
+    )
+    assert (second.send_at, second.status_reason) == (
+        at(0, day=2),
+        "cadence: daily limit on email (1/1 on 2026-11-24) — deferred until 2026-11-25 00:00 UTC",
+    )
+
+
 def test_it_goes_by_the_fallback_channel_when_that_cadence_allows(alice):
     to(alice, status="sent", send_at=at(9))
     held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
