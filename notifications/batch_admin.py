@@ -503,6 +503,11 @@ class ProposedActionAdmin(admin.ModelAdmin):
                 confirm_label=f"Yes, {verb} {pending.count()}",
             )
         now = timezone.now()
+        gates_decided_before = (
+            queryset.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE)
+            .exclude(status=ProposedAction.Status.PENDING)
+            .count()
+        )
         try:
             staged = 0
             for envelope in pending.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
@@ -525,8 +530,10 @@ class ProposedActionAdmin(admin.ModelAdmin):
             parts.append(f"{decided.deliveries} deliveries staged")
         if staged:
             parts.append(f"{staged} review(s) staged from the batch gate")
-        if decided.already_decided:
-            parts.append(f"{decided.already_decided} already decided (no-op)")
+        if decided.already_decided or gates_decided_before:
+            parts.append(
+                f"{decided.already_decided + gates_decided_before} already decided (no-op)"
+            )
         self.message_user(request, "; ".join(parts) + ".")
         return None
 

@@ -151,3 +151,17 @@ def test_a_second_bulk_approve_is_a_logged_no_op(admin_client):
         in again.content.decode()
     )
     assert Delivery.objects.count() == 2
+    gate_again = admin_client.post(
+        changelist,
+        {
+            "action": "approve_selected",
+            "_selected_action": [run.proposed_actions.get(action_type="workflow_batch_notify").id],
+            "post": "yes",
+        },
+        follow=True,
+    )
+    assert (
+        "0 recipient(s) approved; 0 deliveries staged; 1 already decided (no-op)."
+        in gate_again.content.decode()
+    )
+    assert ProposedAction.objects.filter(action_type="hitl_review").count() == 2
