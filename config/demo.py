@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from datetime import datetime
 
+from config.schedules import DEMO_SCHEDULES, setup_schedules
 from kiosks import demo as kiosks_demo
 from notifications import demo as notifications_demo
 from production_runs import demo as production_runs_demo
@@ -23,4 +24,10 @@ STEPS: list[tuple[str, Callable[[datetime], int]]] = [
         "personas, 30 stakeholders, 5 projects with 60 kiosks and kiosk trigger workflows",
         kiosks_demo.seed,
     ),
+    ("the schedule that keeps the online demo kiosks reporting", lambda now: _demo_schedules()),
 ]
+
+
+def _demo_schedules() -> int:
+    outcome = setup_schedules(schedules=DEMO_SCHEDULES)
+    return sum(1 for result in outcome.values() if result == "created")

@@ -86,6 +86,18 @@ SCHEDULES = [
     ),
 ]
 
+# Only for the demo world: `seed_demo` creates it (never `setup_schedules`'s command), and
+# staff can disable it in Admin → Periodic tasks like any other.
+DEMO_SCHEDULES = [
+    Schedule(
+        name="Demo: online kiosks report every minute",
+        task="herald.demo_kiosk_heartbeats",
+        description="Demo data only: the demo kiosks that are online send a heartbeat with "
+        "their current state, so they do not all go offline minutes after make run.",
+        every_seconds=60,
+    ),
+]
+
 
 def _schedule_kwargs(spec: Schedule) -> dict:
     if spec.every_seconds is not None:
@@ -98,8 +110,9 @@ def _schedule_kwargs(spec: Schedule) -> dict:
 
 
 @transaction.atomic
-def setup_schedules(*, registered_tasks=None) -> dict[str, str]:
-    """Create the missing periodic tasks. Returns {name: created|unchanged|enabled|waiting}.
+def setup_schedules(*, registered_tasks=None, schedules=None) -> dict[str, str]:
+    """Create the missing periodic tasks (of SCHEDULES, or the `schedules` given). Returns
+    {name: created|unchanged|enabled|waiting}.
 
     A task whose code is not installed yet is created disabled and marked; a later run
     enables it once the task is registered (unless it is meant to start disabled).
@@ -109,7 +122,7 @@ def setup_schedules(*, registered_tasks=None) -> dict[str, str]:
         registered_tasks = current_app.tasks
     registered = set(registered_tasks)
     outcome = {}
-    for spec in SCHEDULES:
+    for spec in SCHEDULES if schedules is None else schedules:
         installed = spec.task in registered
         existing = PeriodicTask.objects.filter(name=spec.name).first()
         if existing is None:

@@ -7,6 +7,8 @@ import random
 from datetime import datetime, timedelta
 
 from cadence.models import Persona, Stakeholder
+from kiosks.health import offline_filter
+from kiosks.heartbeats import HeartbeatReport, heartbeat_record
 from kiosks.models import Heartbeat, Kiosk, MoraleResponse, Project
 from notifications.models import Delivery, MessageTemplate, Notification
 from notifications.trigger_models import TriggerEvent, TriggerSetup, TriggerWorkflow
@@ -327,3 +329,24 @@ def seed(now: datetime) -> int:
     created += _past_alerts(people, templates["Kiosk health alert"], now)
     created += _workflows(templates)
     return created
+
+
+def keep_reporting(*, now: datetime) -> int:
+    """Demo only (the schedule `seed_demo` creates): the kiosks that are online report their
+    current state again, as real kiosks do every few minutes, so the demo's healthy kiosks
+    stay healthy and its unhealthy ones keep their issues; kiosks already offline stay
+    quiet. Without it, every demo kiosk went offline minutes after `make run`."""
+    online = list(Kiosk.objects.exclude(offline_filter(now)).order_by("id"))
+    for kiosk in online:
+        heartbeat_record(
+            kiosk=kiosk,
+            report=HeartbeatReport(
+                charging=kiosk.charging,
+                screen_state=kiosk.screen_state,
+                battery_level=kiosk.battery_level if kiosk.battery_level is not None else 100,
+                connection_status=kiosk.connection_status,
+                mode=kiosk.mode,
+            ),
+            now=now,
+        )
+    return len(online)

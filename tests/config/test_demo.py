@@ -116,8 +116,23 @@ def test_seeding_twice_changes_nothing(later):
 def test_seed_demo_reports_progress_on_stderr_and_counts_on_stdout():
     out, err = StringIO(), StringIO()
     call_command("seed_demo", stdout=out, stderr=err)
-    assert "[1/5]" in err.getvalue() and "[5/5] done in" in err.getvalue()
+    assert "[1/6]" in err.getvalue() and "[6/6] done in" in err.getvalue()
     assert "   200  customers across bids and regions" in out.getvalue()
+    assert "     1  the schedule that keeps the online demo kiosks reporting" in out.getvalue()
+
+
+def test_the_demo_and_only_the_demo_keeps_its_online_kiosks_reporting():
+    from celery import current_app
+    from django_celery_beat.models import PeriodicTask
+
+    from config.schedules import setup_schedules
+
+    setup_schedules()  # what make run does first: the demo's schedule is not among these
+    assert not PeriodicTask.objects.filter(task="herald.demo_kiosk_heartbeats").exists()
+    call_command("seed_demo", stdout=StringIO(), stderr=StringIO())
+    task = PeriodicTask.objects.get(task="herald.demo_kiosk_heartbeats")
+    assert (task.enabled, task.interval.every) == (True, 60)
+    assert "herald.demo_kiosk_heartbeats" in current_app.tasks
 
 
 def test_make_run_on_an_empty_database_shows_the_dashboard_with_demo_data(settings):

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -47,3 +47,20 @@ def test_the_demo_world_fires_alerts_and_fills_the_admin_pages(admin_client):
             reverse("cadence_simulator"), {"persona": manager.pk, "max_per_day": "1"}
         ).content.decode()
     assert "would have been held" in what_if
+
+
+def test_online_demo_kiosks_keep_reporting_their_state_and_offline_ones_stay_quiet():
+    demo.seed(NOW)
+    later = NOW + timedelta(minutes=30)  # past the offline threshold without heartbeats
+    before = {k.pk: k for k in Kiosk.objects.all()}
+    online_then = {k.pk for k in before.values() if not health.is_offline(k, now=NOW)}
+    for minute in range(0, 31):  # the schedule's every minute
+        demo.keep_reporting(now=NOW + timedelta(minutes=minute))
+    after = {k.pk: k for k in Kiosk.objects.all()}
+    still_online = {pk for pk, k in after.items() if not health.is_offline(k, now=later)}
+    assert still_online == online_then and 0 < len(online_then) < 60
+    for pk in online_then:  # the same state, reported again
+        assert health.issues_of(after[pk], now=later) == health.issues_of(before[pk], now=NOW)
+        assert after[pk].last_heartbeat_at == later
+    for pk in set(before) - online_then:
+        assert after[pk].last_heartbeat_at == before[pk].last_heartbeat_at
