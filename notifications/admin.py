@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html, format_html_join
 
-from notifications import operations
+from notifications import operations, pacing
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.holds import HoldContext, explain
 from notifications.killswitches import HIGH_RISK_OPS, frozen_filter, killswitch_set
@@ -561,11 +561,13 @@ class SenderAdmin(admin.ModelAdmin):
     readonly_fields = ("next_slot_at", "paused_until")
     actions = ["restart_pace"]
 
-    @admin.action(description="Restart pacing from now (clear the next slot and any pause)")
+    @admin.action(
+        description="Restart pacing from now (clear the next slot and any pause)",
+        permissions=["change"],
+    )
     def restart_pace(self, request, queryset):
-        ahead = queryset.filter(
-            Q(next_slot_at__gt=timezone.now()) | Q(paused_until__gt=timezone.now())
-        )
+        now = timezone.now()
+        ahead = queryset.filter(Q(next_slot_at__gt=now) | Q(paused_until__gt=now))
         if not confirmed(request):
             senders = list(ahead)
             return confirm_page(
@@ -576,9 +578,10 @@ class SenderAdmin(admin.ModelAdmin):
                 title=f"Restart pacing of {len(senders)} sender(s)",
                 summary=(
                     "Their next sends get slots from now on, at their rate, instead of waiting "
-                    "for the slot or pause shown. Use it when the slot is wrong, for example "
-                    "after `dispatch_due --at` a time ahead of the clock; a provider's "
-                    "slow-down (429) pause is lifted too."
+                    "for the slot or pause shown; the deliveries they hold for a slot are due "
+                    "again, in their order. Use it when the slot is wrong, for example after "
+                    "`dispatch_due --at` a time ahead of the clock. A provider's slow-down "
+                    "(429) pause is lifted too: the provider may refuse again."
                 ),
                 items=[
                     f"{s.key}: next slot {s.next_slot_at or '-'}, paused until "
@@ -587,8 +590,16 @@ class SenderAdmin(admin.ModelAdmin):
                 ],
                 confirm_label="Yes, restart from now",
             )
-        count = ahead.update(next_slot_at=None, paused_until=None)
-        self.message_user(request, f"{count} sender(s) pace from now.")
+        senders, due_again = pacing.sender_restart(
+            keys=list(queryset.values_list("key", flat=True)),
+            by=request.user.get_username(),
+            now=now,
+        )
+        self.message_user(
+            request,
+            f"{senders} sender(s) pace from now; {due_again} delivery(ies) waiting for a slot "
+            "are due again.",
+        )
         return None
 
 

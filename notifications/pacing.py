@@ -6,12 +6,14 @@ window holds more than the rate. A 429 with Retry-After pauses the sender.
 """
 
 import math
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 
-from notifications.models import Sender
+from notifications.models import AuditEntry, Delivery, Sender
 
 
 def sender_key(channel: str, payload: dict) -> str:
@@ -114,3 +116,54 @@ def pause(*, key: str, until: datetime) -> None:
         if sender.next_slot_at is None or sender.next_slot_at < until:
             sender.next_slot_at = until
         sender.save(update_fields=["paused_until", "next_slot_at"])
+
+
+def sender_restart(*, keys: Collection[str], by: str, now: datetime) -> tuple[int, int]:
+    """Pace these senders from `now` again, for when their next slot or pause lies ahead of
+    the clock for no reason that still holds (e.g. `dispatch_due --at` a later time). The
+    deliveries they had put back to wait for a slot are due again and go in the order they
+    had, at most the sender's rate (dispatch sends overdue deliveries in bursts of one
+    second's worth of the rate), and new ones queue after them. Audited. Returns (senders
+    restarted, deliveries due again)."""
+    with transaction.atomic():
+        ahead = Sender.objects.select_for_update().filter(
+            Q(next_slot_at__gt=now) | Q(paused_until__gt=now), key__in=list(keys)
+        )
+        restarted = {sender.key: sender for sender in ahead}
+        if not restarted:
+            return 0, 0
+        waiting = Delivery.objects.filter(
+            status=Delivery.Status.SCHEDULED,
+            paced_until__gt=now,
+            channel__in={sender.channel for sender in restarted.values()},
+        ).only("id", "sender", "channel", "payload")
+        held: dict[str, list[int]] = {key: [] for key in restarted}
+        for delivery in waiting:
+            key = delivery.sender or sender_key(delivery.channel, delivery.payload)
+            if key in held:
+                held[key].append(delivery.id)
+        due_again = Delivery.objects.filter(
+            id__any_of=[i for ids in held.values() for i in ids],
+            status=Delivery.Status.SCHEDULED,
+        ).update(
+            send_at=now,
+            paced_until=now,
+            status_reason=f"paced: its sender's pace was restarted by {by}"[:300],
+            updated_at=now,
+        )
+        Sender.objects.filter(key__in=list(restarted)).update(next_slot_at=None, paused_until=None)
+        AuditEntry.objects.bulk_create(
+            AuditEntry(
+                at=now,
+                by=by,
+                action="sender_pace_restart",
+                target=f"sender:{key}"[:200],
+                detail={
+                    "next_slot_at": sender.next_slot_at and sender.next_slot_at.isoformat(),
+                    "paused_until": sender.paused_until and sender.paused_until.isoformat(),
+                    "deliveries_due_again": len(held[key]),
+                },
+            )
+            for key, sender in restarted.items()
+        )
+    return len(restarted), due_again

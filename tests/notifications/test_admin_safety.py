@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from notifications.holds import explain
 from notifications.models import (
+    AuditEntry,
     Delivery,
     KillSwitch,
     KillSwitchChange,
@@ -150,8 +151,8 @@ def test_deliveries_cannot_be_deleted_from_the_admin(admin_client):
 
 
 def test_a_sender_whose_slot_is_ahead_of_the_clock_can_restart_its_pace(admin_client):
-    """`dispatch_due --at` a time ahead of the clock moves the sender's cursor there: every
-    later real send waits for it until staff restart the pace."""
+    """The admin's door onto pacing.sender_restart (tests/notifications/test_holds.py
+    follows the held deliveries through it)."""
     now = timezone.now()
     ahead = Sender.objects.create(
         key="email:ahead",
@@ -170,7 +171,8 @@ def test_a_sender_whose_slot_is_ahead_of_the_clock_can_restart_its_pace(admin_cl
     assert ahead.next_slot_at is not None  # nothing before the confirmation
 
     page = admin_client.post(url, {**data, "post": "yes"}, follow=True).content.decode()
-    assert "1 sender(s) pace from now." in page
+    assert "1 sender(s) pace from now; 0 delivery(ies) waiting for a slot are due again." in page
+    assert AuditEntry.objects.get().action == "sender_pace_restart"
     ahead.refresh_from_db()
     past.refresh_from_db()
     assert (ahead.next_slot_at, ahead.paused_until) == (None, None)

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import responses
 
-from notifications import dispatch
+from notifications import dispatch, pacing
 from notifications.dispatch import ManualClock
 from notifications.killswitches import killswitch_set
 from notifications.models import (
+    AuditEntry,
     BreakerTransition,
     Delivery,
     KillSwitch,
@@ -290,3 +291,37 @@ def test_a_suppressed_address_is_skipped_with_the_reason():
     assert delivery.status == "skipped"
     assert delivery.status_reason == "suppressed: Hard bounce (anymail bounced)"
     assert not RecordedMessage.objects.exists()
+
+
+def test_a_pace_left_ahead_by_a_later_at_is_restarted_and_the_held_go_at_the_rate(settings):
+    """`dispatch_due --at` two hours ahead moves the sender's cursor there; the real sends
+    that follow are held for slots two hours away. Restarting the sender's pace makes them
+    due again: they go now, in their order, never over the rate."""
+    settings.SENDER_DEFAULT_RATES = {"email": 3.0, "sms": 3.0, "whatsapp": 3.0}
+    ahead = NOW + timedelta(hours=2)
+    DeliveryFactory(send_at=NOW)
+    dispatch.dispatch_due(now=ahead, clock=ManualClock(ahead))  # the --at run
+    held = DeliveryFactory.create_batch(12, send_at=NOW)
+    report = dispatch.dispatch_due(now=NOW, clock=ManualClock(NOW))
+    assert (report.sent, report.deferred) == (0, 12)
+    assert min(Delivery.objects.filter(status="scheduled").values_list("send_at", flat=True)) > (
+        ahead
+    )
+
+    key = Sender.objects.get().key
+    assert pacing.sender_restart(keys=[key], by="mike", now=NOW) == (1, 12)
+    assert pacing.sender_restart(keys=[key], by="mike", now=NOW) == (0, 0)  # nothing ahead
+    audit = AuditEntry.objects.get()
+    assert (audit.by, audit.action, audit.target) == (
+        "mike",
+        "sender_pace_restart",
+        f"sender:{key}",
+    )
+    assert audit.detail["deliveries_due_again"] == 12
+
+    finished = run_until_idle(NOW)
+    sent = list(Delivery.objects.filter(id__in=[d.id for d in held]).order_by("sent_at", "id"))
+    assert [d.status for d in sent] == ["sent"] * 12
+    assert [d.id for d in sent] == [d.id for d in held]  # in the order they were held
+    assert _max_in_any_window([d.sent_at for d in sent]) <= 3
+    assert finished < NOW + timedelta(seconds=6)  # now, not two hours on
