@@ -24,7 +24,7 @@ STEPS: list[tuple[str, Callable[[datetime], int]]] = [
         "personas, 30 stakeholders, 5 projects with 60 kiosks and kiosk trigger workflows",
         kiosks_demo.seed,
     ),
-    ("the schedule that keeps the online demo kiosks reporting", lambda now: _demo_schedules()),
+    ("the schedule that keeps the demo kiosks reporting", lambda now: _demo_schedules()),
 ]
 
 

@@ -6,8 +6,9 @@ Each part is created only when missing, so running it twice changes nothing."""
 import random
 from datetime import datetime, timedelta
 
+from django.db.models import Q
+
 from cadence.models import Persona, Stakeholder
-from kiosks.health import offline_filter
 from kiosks.heartbeats import HeartbeatReport, heartbeat_record
 from kiosks.models import Heartbeat, Kiosk, MoraleResponse, Project
 from notifications.models import Delivery, MessageTemplate, Notification
@@ -131,29 +132,38 @@ def _people() -> tuple[list[Stakeholder], int]:
     return people, created
 
 
+# Some unhealthy kiosks (by number, 0-59): every kind of issue, one with several at once.
+ISSUES = {
+    3: {"charging": False},
+    8: {"battery_level": 12},
+    15: {"screen_state": False},
+    31: {"connection_status": False},
+    40: {"charging": False, "battery_level": 9},
+    47: {"battery_level": 17},
+    55: {"screen_state": False, "charging": False},
+}
+# Kiosks that went quiet this long before the seed, and stay quiet (offline).
+QUIET = {22: timedelta(minutes=40), 47: timedelta(hours=6)}
+KIOSKS_PER_PROJECT = 12
+
+
+def _kiosk_name(number: int) -> str:
+    return f"K-{number + 1:02d}"
+
+
 def _kiosks(projects: list[Project], now: datetime) -> int:
     created = 0
     rng = random.Random(3)
     for p_index, project in enumerate(projects):
-        for k in range(12):
-            number = p_index * 12 + k
+        for k in range(KIOSKS_PER_PROJECT):
+            number = p_index * KIOSKS_PER_PROJECT + k
             state = {"battery_level": rng.randint(45, 100), "last_heartbeat_at": now}
-            # Some unhealthy kiosks: every kind of issue, one with several at once.
-            state.update(
-                {
-                    3: {"charging": False},
-                    8: {"battery_level": 12},
-                    15: {"screen_state": False},
-                    22: {"last_heartbeat_at": now - timedelta(minutes=40)},
-                    31: {"connection_status": False},
-                    40: {"charging": False, "battery_level": 9},
-                    47: {"last_heartbeat_at": now - timedelta(hours=6), "battery_level": 17},
-                    55: {"screen_state": False, "charging": False},
-                }.get(number, {})
-            )
+            state.update(ISSUES.get(number, {}))
+            if number in QUIET:
+                state["last_heartbeat_at"] = now - QUIET[number]
             _, made = Kiosk.objects.get_or_create(
                 project=project,
-                name=f"K-{number + 1:02d}",
+                name=_kiosk_name(number),
                 defaults={**state, "mode": "kiosk", "created_at": now - timedelta(days=30)},
             )
             created += made
@@ -332,12 +342,22 @@ def seed(now: datetime) -> int:
 
 
 def keep_reporting(*, now: datetime) -> int:
-    """Demo only (the schedule `seed_demo` creates): the kiosks that are online report their
-    current state again, as real kiosks do every few minutes, so the demo's healthy kiosks
-    stay healthy and its unhealthy ones keep their issues; kiosks already offline stay
-    quiet. Without it, every demo kiosk went offline minutes after `make run`."""
-    online = list(Kiosk.objects.exclude(offline_filter(now)).order_by("id"))
-    for kiosk in online:
+    """Demo only (the schedule `seed_demo` creates): the demo's kiosks report their current
+    state again, as real kiosks do every few minutes, so its healthy kiosks stay healthy
+    and its unhealthy ones keep their issues, also after `make run` was stopped for a while;
+    the ones the demo made quiet stay quiet, and kiosks that are not the demo's (or are
+    retired) are left alone. Without it every demo kiosk went offline minutes after
+    `make run`."""
+    reporting = Q()
+    for p_index, project in enumerate(PROJECTS):
+        names = [
+            _kiosk_name(p_index * KIOSKS_PER_PROJECT + k)
+            for k in range(KIOSKS_PER_PROJECT)
+            if p_index * KIOSKS_PER_PROJECT + k not in QUIET
+        ]
+        reporting |= Q(project__name=project, name__in=names)
+    kiosks = list(Kiosk.objects.filter(reporting, is_active=True).order_by("id"))
+    for kiosk in kiosks:
         heartbeat_record(
             kiosk=kiosk,
             report=HeartbeatReport(
@@ -349,4 +369,4 @@ def keep_reporting(*, now: datetime) -> int:
             ),
             now=now,
         )
-    return len(online)
+    return len(kiosks)

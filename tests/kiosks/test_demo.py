@@ -49,18 +49,29 @@ def test_the_demo_world_fires_alerts_and_fills_the_admin_pages(admin_client):
     assert "would have been held" in what_if
 
 
-def test_online_demo_kiosks_keep_reporting_their_state_and_offline_ones_stay_quiet():
+def test_the_demo_kiosks_keep_reporting_their_state_and_the_quiet_ones_stay_quiet():
     demo.seed(NOW)
-    later = NOW + timedelta(minutes=30)  # past the offline threshold without heartbeats
+    stranger = Kiosk.objects.create(
+        project=Project.objects.get(name="Docklands"), name="Not the demo's", last_heartbeat_at=NOW
+    )
+    retired = Kiosk.objects.get(project__name="Hudson Yards", name="K-01")
+    Kiosk.objects.filter(pk=retired.pk).update(is_active=False)
     before = {k.pk: k for k in Kiosk.objects.all()}
     online_then = {k.pk for k in before.values() if not health.is_offline(k, now=NOW)}
-    for minute in range(0, 31):  # the schedule's every minute
-        demo.keep_reporting(now=NOW + timedelta(minutes=minute))
+    # make run stopped for an hour: everything looks offline, then the schedule runs again
+    back = NOW + timedelta(hours=1)
+    assert all(health.is_offline(k, now=back) for k in before.values())
+    for minutes in range(0, 31, 3):
+        demo.keep_reporting(now=back + timedelta(minutes=minutes))
+    later = back + timedelta(minutes=30)
     after = {k.pk: k for k in Kiosk.objects.all()}
-    still_online = {pk for pk, k in after.items() if not health.is_offline(k, now=later)}
-    assert still_online == online_then and 0 < len(online_then) < 60
-    for pk in online_then:  # the same state, reported again
+    online_now = {pk for pk, k in after.items() if not health.is_offline(k, now=later)}
+    assert online_now == online_then - {stranger.pk, retired.pk}
+    assert 40 < len(online_now) < 60
+    for pk in online_now:  # the same state, reported again
         assert health.issues_of(after[pk], now=later) == health.issues_of(before[pk], now=NOW)
         assert after[pk].last_heartbeat_at == later
-    for pk in set(before) - online_then:
+    for pk in (stranger.pk, retired.pk):
         assert after[pk].last_heartbeat_at == before[pk].last_heartbeat_at
+    quiet = Kiosk.objects.filter(name__in=["K-23", "K-48"])
+    assert [k.last_heartbeat_at < NOW for k in quiet] == [True, True]
