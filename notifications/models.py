@@ -495,7 +495,8 @@ class MessageTemplate(models.Model):
             raise ValidationError(
                 {
                     "body": f"An SMS is at most {SMS_MAX_CHARACTERS:,} characters (Twilio's "
-                    f"limit); this body has {len(self.body):,}."
+                    f"limit); this body has {len(self.body):,} before its variables are "
+                    "filled in."
                 }
             )
         try:

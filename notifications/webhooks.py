@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from functools import wraps
 
 from anymail.signals import AnymailTrackingEvent, tracking
+from anymail.utils import get_anymail_setting
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.dispatch import receiver
@@ -73,12 +74,14 @@ ANYMAIL_NO_SECRET = (
 
 
 def requires_anymail_secret(view):
-    """anymail's webhook view, refused (403, before anything is read) while no
-    ANYMAIL["WEBHOOK_SECRET"] is configured; with one, anymail checks the basic auth."""
+    """anymail's webhook view, refused (403, before anything is read) while no webhook
+    secret is configured; with one, anymail checks the basic auth. Every ESP needs it,
+    also those that sign their webhooks as well (Mailgun, Mandrill, Postal)."""
 
     @wraps(view)
     def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        if not getattr(settings, "ANYMAIL", {}).get("WEBHOOK_SECRET"):
+        # anymail's own lookup: ANYMAIL["WEBHOOK_SECRET"] or ANYMAIL_WEBHOOK_SECRET
+        if not get_anymail_setting("webhook_secret", default=None):
             logger.warning("refused an email webhook at %s: %s", request.path, ANYMAIL_NO_SECRET)
             return HttpResponseForbidden(ANYMAIL_NO_SECRET, content_type="text/plain")
         return view(request, *args, **kwargs)

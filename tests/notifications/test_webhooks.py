@@ -563,3 +563,13 @@ def test_without_a_configured_secret_every_email_webhook_is_refused(client, sett
     assert delivery.status == "sent"
     assert not Suppression.objects.exists()
     assert reverse("anymail:postmark_tracking_webhook") == POSTMARK_URL
+
+
+def test_the_secret_may_also_be_the_bare_anymail_setting(client, settings):
+    settings.ANYMAIL = {}
+    settings.ANYMAIL_WEBHOOK_SECRET = "herald:s3cret"
+    delivery = _email(POSTMARK_DELIVERY["MessageID"])
+    auth = "Basic " + base64.b64encode(b"herald:s3cret").decode()
+    assert _postmark(client, POSTMARK_DELIVERY, auth).status_code == 200
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"

@@ -122,7 +122,7 @@ CASES = [
         "SMS body over Twilio's limit",
         template(channel="sms", subject="", body="x" * 1601),
         ValidationError,
-        "An SMS is at most 1,600 characters (Twilio's limit); this body has 1,601.",
+        "An SMS is at most 1,600 characters (Twilio's limit); this body has 1,601 before",
     ),
     (
         "sample context that is not an object",
