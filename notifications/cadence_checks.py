@@ -286,6 +286,8 @@ class PersonReplay:
 
     @property
     def rules_hit(self) -> dict[str, int]:
+        """Held messages by the rule that decided how long each waited (as their reasons
+        name it), not the first rule each broke."""
         hits: dict[str, int] = defaultdict(int)
         for _, _, decision in self.held:
             hits[decision.label] += 1

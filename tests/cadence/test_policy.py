@@ -273,3 +273,20 @@ def test_replay_holds_what_would_have_broken_the_changed_rules():
     assert held == [at(hour=10), at(hour=15)]
     # A held message does not count against the next one (it was never sent).
     assert [d.blocking_rule for _, d in verdicts] == [None, "daily", "daily", None]
+
+
+def test_the_what_if_counts_each_held_message_under_the_rule_that_decided_its_wait():
+    from notifications.cadence_checks import PersonReplay
+
+    history = [Sent(at=datetime(2026, 11, 23, 21, 0, tzinfo=UTC), message_type="alert")]
+    at = datetime(2026, 11, 23, 21, 30, tzinfo=UTC)
+    # Broken first: the cooldown (to 23:00); decides the wait: the daily limit (to 24:00).
+    free = {"max_per_week": 0, "type_limits": {}}
+    by_day = decide(Rules(cooldown_hours=2, max_per_day=1, **free), history, "alert", at, UTC)
+    by_cooldown = decide(Rules(cooldown_hours=2, max_per_day=0, **free), history, "alert", at, UTC)
+    assert (by_day.blocking_rule, by_cooldown.blocking_rule) == ("cooldown", "cooldown")
+    replay = PersonReplay(
+        stakeholder=None,
+        held=[("email", history[0], by_day)] * 2 + [("email", history[0], by_cooldown)],
+    )
+    assert replay.rules_hit == {"daily limit": 2, "cooldown": 1}
