@@ -196,8 +196,9 @@ def build_preview(
     compiled = compile_message(subject, body_template)
     cap = clean_max_recipients(max_recipients, user=user) or DEFAULT_CAP
     customers = list(cohort(cohort_filter))
-    invalid = [c for c in customers if not is_email_address(c.email)]
-    customers = [c for c in customers if is_email_address(c.email)]
+    valid = [is_email_address(c.email) for c in customers]
+    invalid = [c for c, ok in zip(customers, valid, strict=True) if not ok]
+    customers = [c for c, ok in zip(customers, valid, strict=True) if ok]
     found = tracking.suppressions_for([c.email for c in customers], Channel.EMAIL)
     recipients = [c for c in customers if c.email not in found]
     suppressed = [(c, found[c.email].get_reason_display()) for c in customers if c.email in found]
