@@ -470,6 +470,18 @@ class KillSwitchAdmin(admin.ModelAdmin):
     inlines = [KillSwitchChangeInline]
     actions = ["turn_on", "turn_off"]
 
+    def get_readonly_fields(self, request, obj=None):
+        # What a switch that is on holds changes only by turning it off (with a reason):
+        # widening or narrowing it in the form would move held sends unaudited.
+        if obj is not None and obj.is_on:
+            return self.fields
+        return self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting a switch would release what it holds without a reason and take its
+        # on/off history with it: turn it off instead; an old switch stays, off.
+        return False
+
     @admin.display(description="state", ordering="is_on")
     def state(self, obj):
         return badge(

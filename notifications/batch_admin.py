@@ -462,6 +462,11 @@ class ProposedActionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # A decision is a record, and a deleted pending gate left its run awaiting approval
+        # with nothing to approve: reject instead.
+        return False
+
     def _decide(self, request, queryset, *, approve: bool):
         verb = "approve" if approve else "reject"
         pending = queryset.filter(status=ProposedAction.Status.PENDING)

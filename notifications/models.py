@@ -1223,6 +1223,10 @@ class KillSwitch(models.Model):
             raise ValidationError({"channel": "A channel switch needs its channel."})
         if self.scope == self.Scope.WORKFLOW and not self.workflow_id:
             raise ValidationError({"workflow": "A workflow switch needs its workflow."})
+        if self.channel and self.scope != self.Scope.CHANNEL:
+            raise ValidationError({"channel": "Only a channel switch names a channel."})
+        if self.workflow_id and self.scope != self.Scope.WORKFLOW:
+            raise ValidationError({"workflow": "Only a workflow switch names a workflow."})
 
 
 class KillSwitchChange(models.Model):

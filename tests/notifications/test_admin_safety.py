@@ -179,3 +179,45 @@ def test_a_sender_whose_slot_is_ahead_of_the_clock_can_restart_its_pace(admin_cl
     assert past.next_slot_at == now - timedelta(hours=1)
     slots = reserve_slots(key="email:ahead", count=2, now=now)
     assert slots[0] == now
+
+
+def test_a_switch_that_is_on_cannot_be_widened_and_no_switch_can_be_deleted(admin_client):
+    switch = KillSwitch.objects.create(
+        name="stop sms", scope="channel", channel="sms", is_on=True, reason="outage"
+    )
+    url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
+    admin_client.post(url, {"name": "stop all", "scope": "global", "channel": ""})
+    switch.refresh_from_db()
+    assert (switch.name, switch.scope, switch.channel) == ("stop sms", "channel", "sms")
+    changelist = reverse("admin:notifications_killswitch_changelist")
+    assert "delete_selected" not in admin_client.get(changelist).content.decode()
+    delete = reverse("admin:notifications_killswitch_delete", args=[switch.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert KillSwitch.objects.filter(pk=switch.pk, is_on=True).exists()
+
+
+def test_a_channel_switch_names_no_workflow():
+    from django.core.exceptions import ValidationError
+
+    from tests.notifications.factories import WorkflowFactory
+
+    workflow = WorkflowFactory()
+    with pytest.raises(ValidationError, match="Only a workflow switch names a workflow"):
+        KillSwitch(name="x", scope="channel", channel="sms", workflow=workflow).full_clean()
+
+
+def test_proposed_actions_cannot_be_deleted(admin_client):
+    from notifications.models import ProposedAction
+
+    from tests.notifications.factories import WorkflowRunFactory
+
+    action = ProposedAction.objects.create(
+        workflow_run=WorkflowRunFactory(),
+        action_type="workflow_batch_notify",
+        entity_ref="run:1",
+        subject="s",
+        body="b",
+    )
+    url = reverse("admin:notifications_proposedaction_delete", args=[action.pk])
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert ProposedAction.objects.filter(pk=action.pk).exists()
