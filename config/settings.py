@@ -26,7 +26,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # Absolute base URL used in links that leave the site (unsubscribe, callbacks, deep links).
-SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Its default follows HERALD_PORT, the port `make run` serves on.
+SITE_URL = env("SITE_URL", default=f"http://127.0.0.1:{env('HERALD_PORT', default='8000')}").rstrip(
+    "/"
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -226,13 +226,15 @@ class DeliveryAdmin(admin.ModelAdmin):
                 "each is sent on the next dispatch round (unless a kill switch, breaker or "
                 f"suppression holds it). {others} selected deliveries that are not failed "
                 "are left alone.",
-                items=[f"{d.get_channel_display()} to {d.address}: {d.last_error}" for d in failed],
+                items=[
+                    f"{d.get_channel_display()} to {d.address}: {d.last_error or d.status_reason}"
+                    for d in failed
+                ],
                 confirm_label=f"Yes, send {n} again",
             )
-        count = operations.delivery_retry(
-            ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
-        )
-        skipped = queryset.count() - count
+        ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
+        count = operations.delivery_retry(ids=ids, now=timezone.now(), by=request.user.username)
+        skipped = len(ids) - count
         self.message_user(request, f"{count} failed deliveries scheduled again.")
         if skipped:
             self.message_user(
@@ -607,6 +609,14 @@ class SenderAdmin(admin.ModelAdmin):
             by=request.user.get_username(),
             now=now,
         )
+        if not senders:
+            self.message_user(
+                request,
+                "None of the selected senders has a next slot or pause ahead of the clock: "
+                "nothing to restart.",
+                messages.WARNING,
+            )
+            return None
         self.message_user(
             request,
             f"{senders} sender(s) pace from now; {due_again} delivery(ies) waiting for a slot "

@@ -230,6 +230,12 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             except (batch.BatchBlocked, batch.NeedsConfirmation) as stop:
                 for message in stop.messages:
                     self.message_user(request, message, messages.ERROR)
+                if isinstance(stop, batch.NeedsConfirmation):
+                    # What to do about it, on the field that does it.
+                    form.add_error(
+                        "confirm_recent",
+                        "Tick this to send anyway, then launch again (or tighten the filter).",
+                    )
         context = {
             **self.admin_site.each_context(request),
             "title": "New batch customer notification",

@@ -83,3 +83,20 @@ def test_production_without_secret_key_refuses_to_start(tmp_path):
     result = _manage("check", DEBUG="False", HERALD_VAR_DIR=str(tmp_path))
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_links_that_leave_the_site_follow_the_port_make_run_serves_on():
+    env = {k: v for k, v in os.environ.items() if k not in ("SITE_URL", "HERALD_PORT")}
+    script = (
+        "import django; django.setup(); from django.conf import settings; print(settings.SITE_URL)"
+    )
+    site = {}
+    for port in (None, "8021"):
+        run_env = {**env, "DJANGO_SETTINGS_MODULE": "config.settings"}
+        if port:
+            run_env["HERALD_PORT"] = port
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=run_env, capture_output=True, text=True
+        )
+        site[port] = out.stdout.strip().splitlines()[-1]
+    assert site == {None: "http://127.0.0.1:8000", "8021": "http://127.0.0.1:8021"}

@@ -52,6 +52,17 @@ def test_retry_failed_action_reschedules_only_failed_rows(admin_client):
     assert "1 were not failed and were left alone." in response.content.decode()
 
 
+def test_retrying_a_list_filtered_to_failed_counts_no_one_left_alone(admin_client):
+    """The changelist filtered by status=failed: after the retry the same filter selects
+    none of them, which made the message say '-2 were not failed'."""
+    failed = DeliveryFactory.create_batch(2, status="failed", attempts=3)
+    url = reverse("admin:notifications_delivery_changelist") + "?status__exact=failed"
+    data = {"action": "retry_failed", "_selected_action": [d.pk for d in failed], "post": "yes"}
+    page = admin_client.post(url, data, follow=True).content.decode()
+    assert "2 failed deliveries scheduled again." in page
+    assert "were not failed" not in page
+
+
 def test_cancel_scheduled_action(admin_client):
     scheduled = DeliveryFactory(send_at=timezone.now() + timedelta(hours=2))
     data = {"action": "cancel_scheduled", "_selected_action": [scheduled.pk]}

@@ -208,7 +208,6 @@ def test_a_channel_switch_names_no_workflow():
 
 def test_proposed_actions_cannot_be_deleted(admin_client):
     from notifications.models import ProposedAction
-
     from tests.notifications.factories import WorkflowRunFactory
 
     action = ProposedAction.objects.create(
@@ -221,3 +220,19 @@ def test_proposed_actions_cannot_be_deleted(admin_client):
     url = reverse("admin:notifications_proposedaction_delete", args=[action.pk])
     assert admin_client.post(url, {"post": "yes"}).status_code == 403
     assert ProposedAction.objects.filter(pk=action.pk).exists()
+
+
+def test_restarting_a_sender_that_is_not_ahead_says_there_is_nothing_to_restart(admin_client):
+    past = Sender.objects.create(
+        key="email:past",
+        channel="email",
+        rate_per_second=14,
+        next_slot_at=timezone.now() - timedelta(hours=1),
+    )
+    page = admin_client.post(
+        reverse("admin:notifications_sender_changelist"),
+        {"action": "restart_pace", "_selected_action": [past.pk], "post": "yes"},
+        follow=True,
+    ).content.decode()
+    assert "None of the selected senders has a next slot or pause ahead of the clock" in page
+    assert not AuditEntry.objects.exists()

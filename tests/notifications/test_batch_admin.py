@@ -165,3 +165,23 @@ def test_a_second_bulk_approve_is_a_logged_no_op(admin_client):
         in gate_again.content.decode()
     )
     assert ProposedAction.objects.filter(action_type="hitl_review").count() == 2
+
+
+def test_the_48_hour_warning_says_on_its_field_what_to_do(admin_client):
+    CustomerFactory()
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"})
+    run = WorkflowRun.objects.get()
+    changelist = reverse("admin:notifications_proposedaction_changelist")
+    for kind in ("workflow_batch_notify", "hitl_review"):
+        ids = list(run.proposed_actions.filter(action_type=kind).values_list("id", flat=True))
+        admin_client.post(
+            changelist, {"action": "approve_selected", "_selected_action": ids, "post": "yes"}
+        )
+    now = timezone.now() + timedelta(seconds=1)
+    dispatch_due(now=now, clock=ManualClock(now))
+    assert Delivery.objects.get().status == "sent"
+
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"}).content.decode()
+    assert "emailed by batch_notify in the last 48 hours" in page
+    assert "Tick this to send anyway, then launch again (or tighten the filter)." in page
+    assert WorkflowRun.objects.count() == 1
