@@ -55,7 +55,7 @@ TEMPLATES = {
         ],
     ),
     "Kiosk health digest": dict(
-        subject="{{ count }} kiosks need attention",
+        subject="{{ count }} kiosk issues need attention",
         body="Hello {{ stakeholder_name }},\n\n{% for line in summaries %}- {{ line }}\n"
         "{% endfor %}",
         variables=["stakeholder_name", "count", "summaries"],

@@ -188,8 +188,8 @@ def _apply(delivery, status, kinds, reason, *, sent_at: datetime, now: datetime)
 # (origin, channel, recipients [(key, address, context)], [(status, events, reason)]).
 SMS_TO = [
     ("stakeholder-demo:1", "+14155550101", "K-04", "Hudson Yards"),
-    ("stakeholder-demo:2", "+14155550102", "K-23", "Canary Wharf"),
-    ("stakeholder-demo:3", "+14155550103", "K-48", "Marina Bay"),
+    ("stakeholder-demo:2", "+14155550102", "K-23", "Battery Park"),
+    ("stakeholder-demo:3", "+14155550103", "K-48", "Docklands"),
 ]
 WHATSAPP_TO = [
     ("partner-demo:1", "+919876543201", "Meera Block Prints", "Ajrakh Scarf"),

@@ -610,7 +610,7 @@ class Delivery(models.Model):
     )
     idempotency_key = models.CharField(
         max_length=200,
-        help_text="At most one delivery per key, e.g. <workflow_run_id>:<customer_id>.",
+        help_text="At most one delivery per key, e.g. 12:345 (a batch's run id, customer id).",
     )
     send_at = models.DateTimeField(default=timezone.now, help_text="Not sent before this time.")
     expires_at = models.DateTimeField(

@@ -124,3 +124,12 @@ def test_seed_demo_shows_each_state_and_running_it_twice_changes_nothing():
     assert Delivery.objects.count() == total
     assert MessageTemplate.objects.count() == templates
     assert not RecordedMessage.objects.exists()  # demo data records history, sends nothing
+
+
+def test_the_idempotency_keys_help_text_shows_its_example(admin_client):
+    """Its example was written in angle brackets, which the page took for HTML: 'e.g. :.'"""
+    delivery = DeliveryFactory()
+    page = admin_client.get(
+        reverse("admin:notifications_delivery_change", args=[delivery.pk])
+    ).content.decode()
+    assert "At most one delivery per key, e.g. 12:345 (a batch's run id, customer id)." in page
