@@ -184,6 +184,13 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             raise PermissionDenied
         form = BatchForm(request.POST or None, request.FILES or None)
         preview = None
+        staged: list[str] = []
+        if request.method == "POST" and not confirmed(request):
+            # Browsers do not post a chosen file again (after a preview, an error, or on the
+            # confirmation page): what was chosen is kept on the server and carried by name.
+            form.is_valid()
+            chosen = form.cleaned_data.get("attachments") or []
+            staged = [*request.POST.getlist("staged_attachment"), *stage_attachments(chosen)]
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             now = timezone.now()
@@ -202,7 +209,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                         raise batch.BatchBlocked(preview.blocks)
                     if preview.warnings and not data["confirm_recent"]:
                         raise batch.NeedsConfirmation(preview.warnings)
-                    return self._launch_confirmation(request, data, preview)
+                    return self._launch_confirmation(request, data, preview, staged)
                 if "_launch" in request.POST:
                     staged = request.POST.getlist("staged_attachment")
                     run = batch.batch_launch(
@@ -241,13 +248,13 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             "title": "New batch customer notification",
             "form": form,
             "preview": preview,
+            "staged": [(name, name.rsplit("/", 1)[-1]) for name in staged],
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/notifications/workflowrun/batch_form.html", context)
 
-    def _launch_confirmation(self, request, data, preview):
+    def _launch_confirmation(self, request, data, preview, attachments: list[str]):
         count = len(preview.recipients)
-        attachments = stage_attachments(data["attachments"])
         hidden = [
             ("customer_cohort_filter", data["customer_cohort_filter"]),
             ("subject", data["subject"]),

@@ -181,6 +181,40 @@ def test_launch_confirms_and_keeps_the_attachment_chosen_before(admin_client, se
     assert not default_storage.exists(names[0])  # the staged copy is gone
 
 
+def test_an_attachment_chosen_before_a_preview_is_kept_for_the_launch(
+    admin_client, settings, tmp_path
+):
+    """The preview reloads the page, whose file field comes back empty: the file chosen
+    before it was lost and the launch said 'attachments: none'."""
+    settings.MEDIA_ROOT = str(tmp_path)
+    CustomerFactory.create_batch(2)
+    upload = SimpleUploadedFile("calendar.pdf", b"%PDF-1.4 demo", content_type="application/pdf")
+    page = admin_client.post(
+        reverse("admin:batch_new"), {**FORM, "_preview": "1", "attachments": upload}
+    )
+    text = page.content.decode()
+    assert "Attached already (kept from your last submit): calendar.pdf." in text
+    [(name, _)] = page.context["staged"]
+    assert default_storage.exists(name)
+
+    confirm = admin_client.post(
+        reverse("admin:batch_new"), {**FORM, "_launch": "1", "staged_attachment": [name]}
+    )
+    assert ("attachments", "calendar.pdf") in confirm.context["details"]
+    hidden = confirm.context["hidden"]
+    admin_client.post(
+        reverse("admin:batch_new"),
+        {
+            **dict(hidden),
+            "staged_attachment": [v for k, v in hidden if k == "staged_attachment"],
+            "post": "yes",
+        },
+    )
+    attachment = BatchAttachment.objects.get(workflow_run=WorkflowRun.objects.get())
+    assert (attachment.name, attachment.file.read()) == ("calendar.pdf", b"%PDF-1.4 demo")
+    assert not default_storage.exists(name)
+
+
 def test_files_of_a_launch_never_confirmed_are_swept_a_day_later(admin_client, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     CustomerFactory()
