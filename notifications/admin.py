@@ -114,7 +114,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     )
     list_select_related = ("notification", "workflow_run__workflow")
     inlines = [DeliveryEventInline]
-    actions = ["retry_failed", "cancel_scheduled"]
+    actions = ["retry_failed", "cancel_scheduled", "reconcile_sent", "reconcile_failed"]
     fieldsets = (
         (
             None,
@@ -258,15 +258,58 @@ class DeliveryAdmin(admin.ModelAdmin):
                 items=[f"{d.get_channel_display()} to {d.address}: {d.subject}" for d in scheduled],
                 confirm_label=f"Yes, cancel {n}",
             )
-        count = operations.delivery_cancel(
-            ids=queryset.values_list("id", flat=True), now=timezone.now(), by=request.user.username
-        )
-        skipped = queryset.count() - count
+        ids = list(queryset.values_list("id", flat=True))  # before the cancel changes them
+        count = operations.delivery_cancel(ids=ids, now=timezone.now(), by=request.user.username)
+        skipped = len(ids) - count
         self.message_user(request, f"{count} scheduled deliveries cancelled.")
         if skipped:
             self.message_user(
                 request, f"{skipped} were not scheduled and were left alone.", messages.WARNING
             )
+
+    @admin.action(description="Reconcile unknown: the provider has them (mark sent)")
+    def reconcile_sent(self, request, queryset):
+        return self._reconcile(request, queryset, accepted=True)
+
+    @admin.action(description="Reconcile unknown: the provider does not have them (mark failed)")
+    def reconcile_failed(self, request, queryset):
+        return self._reconcile(request, queryset, accepted=False)
+
+    def _reconcile(self, request, queryset, *, accepted: bool):
+        unknown = queryset.filter(status=Delivery.Status.UNKNOWN)
+        outcome = "sent" if accepted else "failed"
+        if not confirmed(request):
+            n = unknown.count()
+            return confirm_page(
+                self,
+                request,
+                queryset,
+                action=f"reconcile_{outcome}",
+                title=f"Mark {n} unknown deliveries {outcome}",
+                summary=(
+                    f"You checked the provider: it {'has' if accepted else 'does not have'} "
+                    f"these {n} messages, so they are marked {outcome}"
+                    + ("" if accepted else "; retry them afterwards to send them again")
+                    + f". {queryset.count() - n} selected deliveries that are not unknown are "
+                    "left alone."
+                ),
+                items=[
+                    f"{d.get_channel_display()} to {d.address}: {d.status_reason}" for d in unknown
+                ],
+                confirm_label=f"Yes, mark {n} {outcome}",
+            )
+        ids = list(queryset.values_list("id", flat=True))
+        count = operations.delivery_reconcile(
+            ids=ids, accepted=accepted, now=timezone.now(), by=request.user.username
+        )
+        self.message_user(request, f"{count} unknown deliveries marked {outcome}.")
+        if len(ids) - count:
+            self.message_user(
+                request,
+                f"{len(ids) - count} were not unknown and were left alone.",
+                messages.WARNING,
+            )
+        return None
 
 
 @admin.register(DeliveryEvent)

@@ -55,6 +55,30 @@ def delivery_cancel(*, ids, now: datetime, by: str) -> int:
     )
 
 
+def delivery_reconcile(*, ids, accepted: bool, now: datetime, by: str) -> int:
+    """Deliveries whose worker stopped while sending ("unknown"), settled by a person who
+    checked the provider: it has the message (sent) or it does not (failed; retrying it is
+    then a separate, deliberate step). Never resent here."""
+    if accepted:
+        return _transition(
+            ids,
+            now=now,
+            from_statuses=[Status.UNKNOWN],
+            kind="sent",
+            reason=f"reconciled by {by}: the provider has it",
+            status=Status.SENT,
+            sent_at=now,
+        )
+    return _transition(
+        ids,
+        now=now,
+        from_statuses=[Status.UNKNOWN],
+        kind="failed",
+        reason=f"reconciled by {by}: the provider does not have it",
+        status=Status.FAILED,
+    )
+
+
 def handling_retry(*, ids, now: datetime) -> int:
     count = EventHandling.objects.filter(
         id__in=list(ids), status__in=[EventHandling.Status.FAILED, EventHandling.Status.GAVE_UP]

@@ -5,6 +5,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
+from notifications.dispatch import dispatch_due
 from notifications.models import Delivery, DeliveryEvent, MessageTemplate, RecordedMessage
 from tests.notifications.factories import DeliveryFactory, MessageTemplateFactory
 
@@ -133,3 +134,31 @@ def test_the_idempotency_keys_help_text_shows_its_example(admin_client):
         reverse("admin:notifications_delivery_change", args=[delivery.pk])
     ).content.decode()
     assert "At most one delivery per key, e.g. 12:345 (a batch's run id, customer id)." in page
+
+
+@pytest.mark.parametrize(
+    "action, status, reason",
+    [
+        ("reconcile_sent", "sent", "reconciled by admin: the provider has it"),
+        ("reconcile_failed", "failed", "reconciled by admin: the provider does not have it"),
+    ],
+)
+def test_a_person_reconciles_an_unknown_delivery_and_nothing_is_resent(
+    admin_client, action, status, reason
+):
+    unknown = DeliveryFactory(status="unknown", status_reason="worker stopped while sending")
+    scheduled = DeliveryFactory()
+    url = reverse("admin:notifications_delivery_changelist")
+    data = {"action": action, "_selected_action": [unknown.pk, scheduled.pk]}
+    confirm = admin_client.post(url, data).content.decode()
+    assert f"marked {status}" in confirm
+    unknown.refresh_from_db()
+    assert unknown.status == "unknown"  # nothing before the confirmation
+    page = admin_client.post(url, {**data, "post": "yes"}, follow=True).content.decode()
+    assert f"1 unknown deliveries marked {status}." in page
+    assert "1 were not unknown and were left alone." in page
+    unknown.refresh_from_db()
+    assert (unknown.status, unknown.status_reason) == (status, reason)
+    assert unknown.events.get().kind == status
+    assert Delivery.objects.get(pk=scheduled.pk).status == "scheduled"
+    assert dispatch_due(now=timezone.now()).sent == 1  # only the scheduled one
