@@ -35,9 +35,12 @@ def test_batch_notification_from_cohort_to_100_percent(
 
     page.goto(f"{live_server.url}/admin/notifications/workflowrun/")
     page.click("text=New batch notification")
-    page.fill("#id_customer_cohort_filter", "bid=B5875")
     page.fill("#id_subject", "Holiday schedule for {{ customer_name }}")
     page.fill("#id_body_template", "Dear {{ customer_name }},\nwe close on 24 December.")
+    page.fill("#id_customer_cohort_filter", "bogus=1")
+    # While the form cannot be previewed, the live preview says why instead of going blank.
+    expect(page.locator("#preview-problems")).to_contain_text("Unknown filter field bogus")
+    page.fill("#id_customer_cohort_filter", "bid=B5875")
     # The preview is live: it appears a moment after typing stops, without pressing Preview.
     expect(page.locator("#batch-preview")).to_contain_text("3 recipient(s) (cap 50)")
     expect(page.locator("#sample-subject")).to_contain_text("Holiday schedule for")
