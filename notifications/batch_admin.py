@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from notifications import batch
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
 from notifications.cohort import FILTER_FIELDS
+from notifications.killswitches import active_switches, switch_for
 from notifications.models import (
     AuditEntry,
     Customer,
@@ -507,6 +508,8 @@ class ProposedActionAdmin(admin.ModelAdmin):
                         else "close: the run is cancelled"
                     )
                 )
+            if approve:
+                what.extend(_held_by_kill_switches(pending))
             already = queryset.count() - pending.count()
             if already:
                 what.append(f"{already} already decided and left as they are")
@@ -633,3 +636,22 @@ class VerifyCheckAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # results of the verify cron, not edited
+
+
+def _held_by_kill_switches(pending) -> list[str]:
+    """What a kill switch that is on would do to the deliveries these approvals stage."""
+    switches = active_switches()
+    if not switches:
+        return []
+    notes = []
+    runs = WorkflowRun.objects.filter(
+        id__in=pending.values_list("workflow_run_id", flat=True)
+    ).select_related("workflow")
+    for run in runs:
+        switch = switch_for(Delivery(channel="email", workflow_run=run), switches)
+        if switch is not None:
+            notes.append(
+                f"kill switch {switch.name} is on: run {run.id}'s deliveries will be staged "
+                "but wait, frozen, until it is turned off"
+            )
+    return notes

@@ -185,3 +185,19 @@ def test_the_48_hour_warning_says_on_its_field_what_to_do(admin_client):
     assert "emailed by batch_notify in the last 48 hours" in page
     assert "Tick this to send anyway, then launch again (or tighten the filter)." in page
     assert WorkflowRun.objects.count() == 1
+
+
+def test_approving_while_a_kill_switch_holds_the_batch_says_so(admin_client):
+    CustomerFactory()
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"})
+    run = WorkflowRun.objects.get()
+    KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
+    changelist = reverse("admin:notifications_proposedaction_changelist")
+    confirm = admin_client.post(
+        changelist,
+        {"action": "approve_selected", "_selected_action": [run.proposed_actions.get().id]},
+    ).content.decode()
+    assert (
+        f"kill switch stop email is on: run {run.id}&#x27;s deliveries will be staged but wait, "
+        "frozen, until it is turned off" in confirm
+    )
