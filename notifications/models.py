@@ -5,6 +5,7 @@ Models hold data and single-row rules; the work is done in templating.py, dispat
 events.py."""
 
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import models
 from django.utils import timezone
 
@@ -973,6 +974,23 @@ class Suppression(models.Model):
 
     def __str__(self):
         return f"{self.address} ({self.channel}): {self.get_reason_display()}"
+
+    def clean(self):
+        """The address as dispatch compares it: a lower-case email address, or a phone
+        number in E.164 for SMS and WhatsApp."""
+        if self.channel == Channel.EMAIL:
+            self.address = (self.address or "").strip().lower()
+            try:
+                validate_email(self.address)
+            except ValidationError as error:
+                raise ValidationError(
+                    {"address": "Give an email address, e.g. ops@example.com."}
+                ) from error
+        elif self.channel:
+            try:
+                validate_e164(self.address)
+            except ValidationError as error:
+                raise ValidationError({"address": error.messages}) from error
 
 
 class UnmatchedProviderEvent(models.Model):

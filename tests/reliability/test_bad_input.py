@@ -11,7 +11,13 @@ from django_celery_beat.models import CrontabSchedule
 from cadence.models import Stakeholder
 from kiosks.models import Heartbeat
 from notifications import batch
-from notifications.models import Customer, MessageTemplate, ProposedAction, WorkflowRun
+from notifications.models import (
+    Customer,
+    MessageTemplate,
+    ProposedAction,
+    Suppression,
+    WorkflowRun,
+)
 from production_runs.whatsapp_templates import SpecProblem, TemplateSpec, validate_spec
 from tests.notifications.factories import CustomerFactory
 
@@ -155,6 +161,18 @@ CASES = [
         "Write '+1 415 555 0100' in E.164 form: +14155550100.",
     ),
     ("customer phone with letters", customer("+1 call me"), ValidationError, "phone"),
+    (
+        "SMS suppression that is not a phone number",
+        lambda: Suppression(address="not-a-phone", channel="sms", reason="manual").full_clean(),
+        ValidationError,
+        "'not-a-phone': it is not a phone number",
+    ),
+    (
+        "email suppression that is not an email address",
+        lambda: Suppression(address="ops@@example", channel="email", reason="manual").full_clean(),
+        ValidationError,
+        "Give an email address, e.g. ops@example.com.",
+    ),
     ("cron minute out of range", crontab(minute="61"), ValidationError, "minute"),
     ("cron hour out of range", crontab(hour="25"), ValidationError, "hour"),
     ("cron weekday garbage", crontab(day_of_week="funday"), ValidationError, "day_of_week"),
