@@ -271,10 +271,13 @@ class ProposedAction(models.Model):
     subject = models.CharField(
         max_length=300,
         blank=True,
-        help_text="The subject the recipient would get, already personalized.",
+        help_text="The subject the recipient would get, already personalized (on the batch's "
+        "gate: the template, personalized once the gate is approved).",
     )
     body = models.TextField(
-        blank=True, help_text="The message the recipient would get, already personalized."
+        blank=True,
+        help_text="The message the recipient would get, already personalized (on the batch's "
+        "gate: the template, personalized once the gate is approved).",
     )
     status = models.CharField(
         max_length=20,
