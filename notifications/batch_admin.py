@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from notifications import batch
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
@@ -546,16 +546,34 @@ class ProposedActionAdmin(admin.ModelAdmin):
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
             return None
-        parts = [f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}"]
-        if approve:
-            parts.append(f"{decided.deliveries} deliveries staged")
+        parts = []
+        if decided.decided or decided.already_decided or not staged:
+            parts.append(f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}")
+            if approve:
+                parts.append(f"{decided.deliveries} deliveries staged")
         if staged:
             parts.append(f"{staged} review(s) staged from the batch gate")
         if decided.already_decided or gates_decided_before:
             parts.append(
                 f"{decided.already_decided + gates_decided_before} already decided (no-op)"
             )
-        self.message_user(request, "; ".join(parts) + ".")
+        message = "; ".join(parts) + "."
+        if staged:  # the list still shows the gate: say where the new reviews are
+            runs = sorted(
+                set(
+                    queryset.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE).values_list(
+                        "workflow_run_id", flat=True
+                    )
+                )
+            )
+            reviews = reverse("admin:notifications_proposedaction_changelist")
+            links = format_html_join(
+                ", ",
+                '<a href="{}?workflow_run__id__exact={}&amp;action_type__exact={}">run {}</a>',
+                ((reviews, run, ProposedAction.Type.HITL_REVIEW, run) for run in runs),
+            )
+            message = format_html("{} Review them: {}.", message, links)
+        self.message_user(request, message)
         return None
 
     @admin.action(description="Approve selected (whole cohort: select all)")

@@ -90,9 +90,21 @@ def test_launch_gate_bulk_approve_dispatch_progress(admin_client):
         changelist, {"action": "approve_selected", "_selected_action": [envelope.id]}
     )
     assert "1 batch gate(s) open" in confirm.content.decode()
-    admin_client.post(
-        changelist, {"action": "approve_selected", "_selected_action": [envelope.id], "post": "yes"}
+    gate = admin_client.post(
+        changelist,
+        {"action": "approve_selected", "_selected_action": [envelope.id], "post": "yes"},
+        follow=True,
+    ).content.decode()
+    assert "3 review(s) staged from the batch gate. Review them: " in gate
+    assert (
+        f'<a href="{changelist}?workflow_run__id__exact={run.id}&amp;'
+        f'action_type__exact=hitl_review">run {run.id}</a>' in gate
     )
+    assert "recipient(s) approved" not in gate
+    listed = admin_client.get(
+        changelist, {"workflow_run__id__exact": run.id, "action_type__exact": "hitl_review"}
+    )
+    assert listed.context["cl"].result_count == 3
     reviews = list(
         run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
     )
