@@ -78,15 +78,27 @@ def deliveries_by_day(now: datetime, days: int = 7) -> list[Bar]:
     return bars
 
 
+CHANNEL_COLUMNS = {
+    "sent": ["sent", "delivered", "opened", "clicked"],
+    "failed": ["failed", "bounced", "unknown"],
+    "queued": ["scheduled", "sending"],
+}
+
+
 def by_channel(now: datetime, days: int = 7) -> list[dict]:
+    """Each channel's deliveries by outcome; `other` (expired, cancelled, skipped,
+    complained...) makes the columns add up to the total."""
+    counted = [status for statuses in CHANNEL_COLUMNS.values() for status in statuses]
     return list(
         Delivery.objects.filter(created_at__gte=now - timedelta(days=days))
         .values("channel")
         .annotate(
             total=Count("id"),
-            sent=Count("id", filter=Q(status__in=["sent", "delivered", "opened", "clicked"])),
-            failed=Count("id", filter=Q(status__in=["failed", "bounced", "unknown"])),
-            queued=Count("id", filter=Q(status="scheduled")),
+            **{
+                column: Count("id", filter=Q(status__in=statuses))
+                for column, statuses in CHANNEL_COLUMNS.items()
+            },
+            other=Count("id", filter=~Q(status__in=counted)),
         )
         .order_by("channel")
     )

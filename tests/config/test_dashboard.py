@@ -55,3 +55,14 @@ def test_the_dashboard_after_seed_demo_matches_the_database(admin_client):
     )
     assert f"{kiosks} kiosks: <strong>{offline}</strong> offline" in page
     assert kiosks == 60 and 0 < offline < 60
+
+
+def test_each_channels_columns_add_up_to_its_total():
+    from config.dashboard import by_channel
+
+    call_command("seed_demo")
+    rows = by_channel(timezone.now())
+    assert rows and all(
+        row["sent"] + row["failed"] + row["queued"] + row["other"] == row["total"] for row in rows
+    )
+    assert any(row["other"] for row in rows)  # the demo has expired and cancelled ones
