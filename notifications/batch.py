@@ -84,6 +84,7 @@ class Preview:
     recipients: list[Customer]
     suppressed: list[tuple[Customer, str]]
     invalid: list[Customer]  # left out: the stored address is not an email address
+    unreachable: int  # matched by the filter, left out: inactive or without an email
     recently_emailed: list[tuple[Customer, datetime]]
     prior_sends: dict[int, datetime]
     checks: list[Check]
@@ -196,6 +197,7 @@ def build_preview(
     compiled = compile_message(subject, body_template)
     cap = clean_max_recipients(max_recipients, user=user) or DEFAULT_CAP
     customers = list(cohort(cohort_filter))
+    unreachable = cohort(cohort_filter, base=Customer.objects.all()).count() - len(customers)
     valid = [is_email_address(c.email) for c in customers]
     invalid = [c for c, ok in zip(customers, valid, strict=True) if not ok]
     customers = [c for c, ok in zip(customers, valid, strict=True) if ok]
@@ -233,7 +235,7 @@ def build_preview(
             Check("empty_cohort", "block", False, "The filter selects no reachable customer.")
         )
     samples = [(c, compiled.render(customer_context(c))) for c in recipients[:3]]
-    return Preview(recipients, suppressed, invalid, recent, last, checks, samples, cap)
+    return Preview(recipients, suppressed, invalid, unreachable, recent, last, checks, samples, cap)
 
 
 def is_email_address(address: str) -> bool:

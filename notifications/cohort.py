@@ -41,8 +41,9 @@ def reachable_customers():
     return Customer.objects.filter(is_inactive=False).exclude(email="")
 
 
-def cohort(query: str):
-    """The customers a cohort filter selects; ValidationError naming the bad field.
+def cohort(query: str, *, base=None):
+    """The customers a cohort filter selects among `base` (the reachable ones by default);
+    ValidationError naming the bad field.
 
     Example: "bid=B5875&region=NYC DOE". An empty filter is refused: a cohort is never
     "everyone" by accident.
@@ -81,7 +82,7 @@ def cohort(query: str):
     data = QueryDict(mutable=True)
     for key, value in pairs:
         data.appendlist(key, value)
-    filterset = CustomerFilter(data, queryset=reachable_customers())
+    filterset = CustomerFilter(data, queryset=reachable_customers() if base is None else base)
     if not filterset.is_valid():
         problems = "; ".join(
             f"{field}: {' '.join(errors)}" for field, errors in filterset.errors.items()

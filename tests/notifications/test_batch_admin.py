@@ -36,6 +36,19 @@ def test_preview_shows_count_sample_and_suppressed(admin_client):
     assert not WorkflowRun.objects.exists()
 
 
+def test_preview_says_how_many_matching_customers_cannot_be_reached(admin_client):
+    CustomerFactory(company_name="Brooklyn Tech")
+    CustomerFactory(company_name="Closed School", is_inactive=True)
+    CustomerFactory(company_name="No Address", email="")
+    CustomerFactory(company_name="Other Bid", bid="B0001", is_inactive=True)
+    page = admin_client.post(reverse("admin:batch_new"), {**FORM, "_preview": "1"}).content.decode()
+    assert "<strong>1</strong> recipient(s) (cap 50)" in page
+    assert (
+        "Also matched by the filter but left out: 2 customer(s) marked inactive or without an "
+        "email address." in page
+    )
+
+
 def test_preview_leaves_out_an_address_that_is_not_an_email_address(admin_client):
     CustomerFactory(company_name="Brooklyn Tech")
     CustomerFactory(company_name="Bad Import", email="broken2@@example")
