@@ -59,23 +59,14 @@ def delivery_reconcile(*, ids, accepted: bool, now: datetime, by: str) -> int:
     """Deliveries whose worker stopped while sending ("unknown"), settled by a person who
     checked the provider: it has the message (sent) or it does not (failed; retrying it is
     then a separate, deliberate step). Never resent here."""
-    if accepted:
-        return _transition(
-            ids,
-            now=now,
-            from_statuses=[Status.UNKNOWN],
-            kind="sent",
-            reason=f"reconciled by {by}: the provider has it",
-            status=Status.SENT,
-            sent_at=now,
-        )
     return _transition(
         ids,
         now=now,
         from_statuses=[Status.UNKNOWN],
-        kind="failed",
-        reason=f"reconciled by {by}: the provider does not have it",
-        status=Status.FAILED,
+        kind="sent" if accepted else "failed",
+        reason=f"reconciled by {by}: the provider {'has' if accepted else 'does not have'} it",
+        status=Status.SENT if accepted else Status.FAILED,
+        **({"sent_at": now} if accepted else {}),
     )
 
 
