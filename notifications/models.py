@@ -980,7 +980,10 @@ class Suppression(models.Model):
 
     def clean(self):
         """The address as dispatch compares it: a lower-case email address, or a phone
-        number in E.164 for SMS and WhatsApp."""
+        number in E.164 for SMS and WhatsApp. Checked when staff add one; a provider's
+        bounce may have stored an address that is not valid, and it stays suppressed."""
+        if not self._state.adding:
+            return
         if self.channel == Channel.EMAIL:
             self.address = (self.address or "").strip().lower()
             try:
@@ -990,6 +993,7 @@ class Suppression(models.Model):
                     {"address": "Give an email address, e.g. ops@example.com."}
                 ) from error
         elif self.channel:
+            self.address = (self.address or "").strip()
             try:
                 validate_e164(self.address)
             except ValidationError as error:
@@ -1240,6 +1244,8 @@ class KillSwitch(models.Model):
         return f"{self.name} ({'ON' if self.is_on else 'off'})"
 
     def clean(self):
+        if self.is_on and not self._state.adding:
+            return  # its fields are read-only while it is on (see the admin)
         if self.scope == self.Scope.CHANNEL and not self.channel:
             raise ValidationError({"channel": "A channel switch needs its channel."})
         if self.scope == self.Scope.WORKFLOW and not self.workflow_id:

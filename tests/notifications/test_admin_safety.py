@@ -181,19 +181,53 @@ def test_a_sender_whose_slot_is_ahead_of_the_clock_can_restart_its_pace(admin_cl
     assert slots[0] == now
 
 
-def test_a_switch_that_is_on_cannot_be_widened_and_no_switch_can_be_deleted(admin_client):
+def _switch_form(admin_client, switch, **fields) -> dict:
+    """What the change form posts: its fields and its inline's management form."""
+    url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
+    [inline] = admin_client.get(url).context["inline_admin_formsets"]
+    management = inline.formset.management_form
+    return {
+        **{f"{management.prefix}-{key}": value for key, value in management.initial.items()},
+        "name": switch.name,
+        "scope": switch.scope,
+        "channel": switch.channel,
+        **fields,
+    }
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_a_switch_that_is_on_cannot_be_widened_and_no_switch_can_be_deleted(admin_client, on):
     switch = KillSwitch.objects.create(
-        name="stop sms", scope="channel", channel="sms", is_on=True, reason="outage"
+        name="stop sms", scope="channel", channel="sms", is_on=on, reason="outage"
     )
     url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
-    admin_client.post(url, {"name": "stop all", "scope": "global", "channel": ""})
+    data = _switch_form(admin_client, switch, name="stop all", scope="everything", channel="")
+    assert admin_client.post(url, data).status_code == 302  # saved (what the form may change)
     switch.refresh_from_db()
-    assert (switch.name, switch.scope, switch.channel) == ("stop sms", "channel", "sms")
+    if on:  # held sends move only by turning it off, with a reason
+        assert (switch.name, switch.scope, switch.channel) == ("stop sms", "channel", "sms")
+    else:
+        assert (switch.name, switch.scope, switch.channel) == ("stop all", "everything", "")
     changelist = reverse("admin:notifications_killswitch_changelist")
     assert "delete_selected" not in admin_client.get(changelist).content.decode()
     delete = reverse("admin:notifications_killswitch_delete", args=[switch.pk])
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
-    assert KillSwitch.objects.filter(pk=switch.pk, is_on=True).exists()
+    assert KillSwitch.objects.filter(pk=switch.pk, is_on=on).exists()
+
+
+def test_a_switch_left_inconsistent_by_an_older_form_can_still_be_saved_while_on(admin_client):
+    switch = KillSwitch.objects.create(
+        name="all", scope="everything", channel="sms", is_on=True, reason="outage"
+    )
+    url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
+    assert admin_client.post(url, _switch_form(admin_client, switch)).status_code == 302
+
+
+def test_a_bounced_address_that_is_not_valid_stays_suppressed_and_its_page_saves(admin_client):
+    kept = Suppression.objects.create(address="bob@@example", channel="email", reason="bounce")
+    url = reverse("admin:notifications_suppression_change", args=[kept.pk])
+    assert admin_client.post(url, {}).status_code == 302
+    assert Suppression.objects.filter(pk=kept.pk, address="bob@@example").exists()
 
 
 def test_a_channel_switch_names_no_workflow():
