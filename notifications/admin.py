@@ -289,7 +289,12 @@ class DeliveryAdmin(admin.ModelAdmin):
                 summary=(
                     f"You checked the provider: it {'has' if accepted else 'does not have'} "
                     f"these {n} messages, so they are marked {outcome}"
-                    + ("" if accepted else "; retry them afterwards to send them again")
+                    + (
+                        " (with no provider message id, their later tracking events stay "
+                        "unmatched in Admin → Unmatched provider events)"
+                        if accepted
+                        else "; retry them afterwards to send them again"
+                    )
                     + f". {queryset.count() - n} selected deliveries that are not unknown are "
                     "left alone."
                 ),

@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.text import get_valid_filename
 
 from notifications import batch
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
@@ -26,7 +27,12 @@ from notifications.models import (
     VerifyCheck,
     WorkflowRun,
 )
-from notifications.staged_files import drop_staged, stage_attachments, staged_attachments
+from notifications.staged_files import (
+    drop_staged,
+    is_staged,
+    stage_attachments,
+    staged_attachments,
+)
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -186,12 +192,27 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         form = BatchForm(request.POST or None, request.FILES or None)
         preview = None
         staged: list[str] = []
-        if request.method == "POST" and not confirmed(request):
+        if request.method == "POST":
             # Browsers do not post a chosen file again (after a preview, an error, or on the
             # confirmation page): what was chosen is kept on the server and carried by name.
-            form.is_valid()
-            chosen = form.cleaned_data.get("attachments") or []
-            staged = [*request.POST.getlist("staged_attachment"), *stage_attachments(chosen)]
+            posted = request.POST.getlist("staged_attachment")
+            staged = [name for name in dict.fromkeys(posted) if is_staged(name)]
+            if len(staged) < len(set(posted)):
+                form.is_valid()
+                form.add_error(
+                    "attachments",
+                    "A file chosen earlier is no longer kept (files wait 24 hours): choose it "
+                    "again.",
+                )
+            elif not confirmed(request):
+                form.is_valid()  # the chosen files are kept even when another field is wrong
+                names = {name.rsplit("/", 1)[-1] for name in staged}
+                chosen = [
+                    f
+                    for f in form.cleaned_data.get("attachments") or []
+                    if get_valid_filename(f.name) not in names
+                ]
+                staged += stage_attachments(chosen)  # a file chosen again is not added twice
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             now = timezone.now()
@@ -212,7 +233,6 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                         raise batch.NeedsConfirmation(preview.warnings)
                     return self._launch_confirmation(request, data, preview, staged)
                 if "_launch" in request.POST:
-                    staged = request.POST.getlist("staged_attachment")
                     run = batch.batch_launch(
                         user=request.user,
                         cohort_filter=data["customer_cohort_filter"],

@@ -15,7 +15,7 @@ from django.core.files.storage import default_storage
 from django.utils.text import get_valid_filename
 
 STAGED = "batch-staging"
-STAGED_NAME = re.compile(rf"^{STAGED}/[0-9a-f]{{32}}/[^/\\]+$")
+STAGED_NAME = re.compile(rf"^{STAGED}/[0-9a-f]{{32}}/(?!\.\.?$)[^/\\]+$")
 # A confirmation page left open longer than this is abandoned: its files go.
 STAGED_LIFETIME = timedelta(hours=24)
 
@@ -28,6 +28,11 @@ def stage_attachments(uploads) -> list[str]:
         name = f"{STAGED}/{uuid.uuid4().hex}/{get_valid_filename(upload.name) or 'file'}"
         names.append(default_storage.save(name, upload))
     return names
+
+
+def is_staged(name: str) -> bool:
+    """A name stage_attachments wrote whose file is still there."""
+    return bool(STAGED_NAME.match(name)) and default_storage.exists(name)
 
 
 def staged_attachments(names) -> list[File]:

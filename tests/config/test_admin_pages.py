@@ -239,18 +239,43 @@ def test_files_of_a_launch_never_confirmed_are_swept_a_day_later(admin_client, s
     assert not WorkflowRun.objects.exists()
 
 
-def test_a_staged_attachment_outside_the_staging_folder_is_ignored(
-    admin_client, settings, tmp_path
+@pytest.mark.parametrize(
+    "name",
+    ["../secret.txt", f"batch-staging/{'a' * 32}/..", f"batch-staging/{'b' * 32}/gone.pdf"],
+)
+def test_a_staged_attachment_that_is_not_kept_refuses_the_launch(
+    admin_client, settings, tmp_path, name
 ):
+    """A forged name, or a file swept after 24 hours: the launch does not go without it."""
     settings.MEDIA_ROOT = str(tmp_path)
     (tmp_path / "secret.txt").write_text("not yours")
     CustomerFactory()
-    admin_client.post(
+    page = admin_client.post(
         reverse("admin:batch_new"),
-        {**FORM, "_launch": "1", "post": "yes", "staged_attachment": "../secret.txt"},
-    )
+        {**FORM, "_launch": "1", "post": "yes", "staged_attachment": name},
+    ).content.decode()
+    assert "A file chosen earlier is no longer kept (files wait 24 hours): choose it again." in page
     assert not BatchAttachment.objects.exists()
-    assert WorkflowRun.objects.count() == 1
+    assert not WorkflowRun.objects.exists()
+    assert (tmp_path / "secret.txt").read_text() == "not yours"
+
+
+def test_a_file_chosen_again_after_a_preview_is_attached_once(admin_client, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path)
+    CustomerFactory()
+
+    def upload():
+        return SimpleUploadedFile("calendar.pdf", b"%PDF-1.4", content_type="application/pdf")
+
+    page = admin_client.post(
+        reverse("admin:batch_new"), {**FORM, "_preview": "1", "attachments": upload()}
+    )
+    [(name, _)] = page.context["staged"]
+    again = admin_client.post(
+        reverse("admin:batch_new"),
+        {**FORM, "_preview": "1", "attachments": upload(), "staged_attachment": [name]},
+    )
+    assert again.context["staged"] == [(name, "calendar.pdf")]
 
 
 def _aborted_run():
