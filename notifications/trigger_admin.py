@@ -4,6 +4,7 @@ notifications.cadence_checks."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import CharField, Count, Max, OuterRef, Subquery, Value
 from django.db.models.functions import Concat
 from django.template.response import TemplateResponse
@@ -183,6 +184,20 @@ class TriggerWorkflowAdmin(admin.ModelAdmin):
         super().save_related(request, form, formsets, change)
         for problem in _setup_problems(form.instance):
             self.message_user(request, problem, messages.WARNING)
+
+    def changelist_view(self, request, extra_context=None):
+        # "Evaluate all ... now" acts on every active workflow whatever is selected: it
+        # needs no selection (Django refuses an action without one, so one row stands in).
+        if (
+            request.method == "POST"
+            and request.POST.get("action") == "evaluate_now"
+            and not request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        ):
+            first = TriggerWorkflow.objects.order_by("pk").values_list("pk", flat=True)[:1]
+            post = request.POST.copy()
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, [str(pk) for pk in first])
+            request.POST = post
+        return super().changelist_view(request, extra_context)
 
     @admin.action(description="Evaluate all trigger workflows now…")
     def evaluate_now(self, request, queryset):

@@ -88,6 +88,23 @@ def test_trigger_workflow_list_and_evaluate_now_action(admin_client):
     assert Delivery.objects.count() == 1
 
 
+def test_evaluate_now_needs_no_selected_workflow(admin_client):
+    """It runs every active workflow whatever is selected; Django said 'Items must be
+    selected' when none was."""
+    persona = PersonaFactory(name="Manager", cooldown_hours=0, max_per_week=0)
+    StakeholderFactory(persona=persona)
+    trigger_workflow(personas=[persona])
+    with time_machine.travel(at(10), tick=False):
+        kiosk(1, project(45), charging=False)
+        url = reverse("admin:notifications_triggerworkflow_changelist")
+        asked = admin_client.post(url, {"action": "evaluate_now"}).content.decode()
+        assert "Items must be selected" not in asked
+        assert "every active trigger workflow (1)" in asked
+        response = admin_client.post(url, {"action": "evaluate_now", "post": "yes"}, follow=True)
+    assert "1 contexts fired" in response.content.decode()
+    assert Delivery.objects.count() == 1
+
+
 def test_the_delivery_list_says_which_cadence_rule_queued_a_delivery(admin_client):
     persona = PersonaFactory(name="Manager", cooldown_hours=2, max_per_week=0)
     StakeholderFactory(persona=persona)
