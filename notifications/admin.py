@@ -234,12 +234,9 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
         count = operations.delivery_retry(ids=ids, now=timezone.now(), by=request.user.username)
-        skipped = len(ids) - count
-        self.message_user(request, f"{count} failed deliveries scheduled again.")
-        if skipped:
-            self.message_user(
-                request, f"{skipped} were not failed and were left alone.", messages.WARNING
-            )
+        self._report(
+            request, f"{count} failed deliveries scheduled again.", len(ids) - count, "failed"
+        )
 
     @admin.action(description="Cancel selected scheduled deliveries")
     def cancel_scheduled(self, request, queryset):
@@ -260,11 +257,17 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
         ids = list(queryset.values_list("id", flat=True))  # before the cancel changes them
         count = operations.delivery_cancel(ids=ids, now=timezone.now(), by=request.user.username)
-        skipped = len(ids) - count
-        self.message_user(request, f"{count} scheduled deliveries cancelled.")
-        if skipped:
+        self._report(
+            request, f"{count} scheduled deliveries cancelled.", len(ids) - count, "scheduled"
+        )
+
+    def _report(self, request, done: str, left_alone: int, state: str) -> None:
+        """What an action did, and how many of the selected rows were not in the state it
+        acts on (counted from the ids read before it changed them)."""
+        self.message_user(request, done)
+        if left_alone:
             self.message_user(
-                request, f"{skipped} were not scheduled and were left alone.", messages.WARNING
+                request, f"{left_alone} were not {state} and were left alone.", messages.WARNING
             )
 
     @admin.action(description="Reconcile unknown: the provider has them (mark sent)")
@@ -307,13 +310,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         count = operations.delivery_reconcile(
             ids=ids, accepted=accepted, now=timezone.now(), by=request.user.username
         )
-        self.message_user(request, f"{count} unknown deliveries marked {outcome}.")
-        if len(ids) - count:
-            self.message_user(
-                request,
-                f"{len(ids) - count} were not unknown and were left alone.",
-                messages.WARNING,
-            )
+        self._report(
+            request, f"{count} unknown deliveries marked {outcome}.", len(ids) - count, "unknown"
+        )
         return None
 
 
