@@ -347,12 +347,27 @@ class DeliveryEventAdmin(admin.ModelAdmin):
         return obj.delivery.get_channel_display()
 
 
+class TemplateMadeByFilter(admin.SimpleListFilter):
+    title = "made by"
+    parameter_name = "made_by"
+
+    def lookups(self, request, model_admin):
+        return [("staff", "staff (reusable)"), ("batch", "a batch launch (its record)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "staff":
+            return queryset.filter(batch_run__isnull=True)
+        if self.value() == "batch":
+            return queryset.filter(batch_run__isnull=False)
+        return queryset
+
+
 @admin.register(MessageTemplate)
 class MessageTemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "channel", "message_type", "subject", "updated_at")
-    list_filter = ("channel", "message_type")
+    list_display = ("name", "channel", "message_type", "subject", "made_by", "updated_at")
+    list_filter = (TemplateMadeByFilter, "channel", "message_type")
     search_fields = ("name", "subject", "body", "whatsapp_template")
-    readonly_fields = ("preview", "updated_at")
+    readonly_fields = ("preview", "made_by", "updated_at")
     fields = (
         "name",
         "channel",
@@ -363,8 +378,26 @@ class MessageTemplateAdmin(admin.ModelAdmin):
         "whatsapp_template",
         "sample_context",
         "preview",
+        "made_by",
         "updated_at",
     )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.batch_run_id:
+            return self.fields  # the record of what a batch launched: never edited
+        return self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.batch_run_id:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="made by")
+    def made_by(self, obj):
+        if obj is None or not obj.batch_run_id:
+            return "staff"
+        url = reverse("admin:notifications_workflowrun_change", args=[obj.batch_run_id])
+        return format_html('<a href="{}">batch run {}</a>', url, obj.batch_run_id)
 
     @admin.display(description="Preview (rendered from the sample values)")
     def preview(self, obj):

@@ -298,6 +298,7 @@ def batch_launch(
             subject=subject,
             body=body_template,
             variables=list(VARIABLES),
+            batch_run=run,
         )
         run.inputs["template_id"] = template.id
         run.save(update_fields=["inputs"])

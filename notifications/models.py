@@ -468,6 +468,18 @@ class MessageTemplate(models.Model):
             "cadence limits some types per day."
         ),
     )
+    batch_run = models.OneToOneField(
+        WorkflowRun,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        help_text=(
+            "Set when a batch launch made this template: the record of the text that run "
+            "launched. It is read-only and not offered where templates are picked."
+        ),
+    )
     updated_at = models.DateTimeField(auto_now=True, help_text="Last edit.")
 
     class Meta:

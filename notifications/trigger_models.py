@@ -13,6 +13,9 @@ from notifications.models import Channel, MessageTemplate, MessageType, Workflow
 
 __all__ = ["TriggerEvent", "TriggerSetup", "TriggerWorkflow"]
 
+# Templates staff may pick: not the records batch launches leave (MessageTemplate.batch_run).
+PICKABLE = {"batch_run__isnull": True}
+
 
 class TriggerWorkflowManager(models.Manager):
     def get_queryset(self):
@@ -98,6 +101,7 @@ class TriggerSetup(models.Model):
     grouped_template = models.ForeignKey(
         MessageTemplate,
         on_delete=models.PROTECT,
+        limit_choices_to=PICKABLE,
         null=True,
         blank=True,
         related_name="+",
@@ -135,11 +139,16 @@ class TriggerEvent(models.Model):
     )
     event = models.CharField(max_length=80, help_text="A registered trigger event.")
     template = models.ForeignKey(
-        MessageTemplate, on_delete=models.PROTECT, related_name="+", help_text="One context."
+        MessageTemplate,
+        on_delete=models.PROTECT,
+        limit_choices_to=PICKABLE,
+        related_name="+",
+        help_text="One context.",
     )
     resolved_template = models.ForeignKey(
         MessageTemplate,
         on_delete=models.PROTECT,
+        limit_choices_to=PICKABLE,
         null=True,
         blank=True,
         related_name="+",

@@ -162,3 +162,39 @@ def test_a_person_reconciles_an_unknown_delivery_and_nothing_is_resent(
     assert unknown.events.get().kind == status
     assert Delivery.objects.get(pk=scheduled.pk).status == "scheduled"
     assert dispatch_due(now=timezone.now()).sent == 1  # only the scheduled one
+
+
+def test_a_batch_launchs_template_is_a_read_only_record_filtered_apart(admin_client):
+    from django.contrib.auth.models import User
+
+    from notifications import batch
+    from tests.notifications.factories import CustomerFactory
+
+    CustomerFactory(bid="B1")
+    run = batch.batch_launch(
+        user=User.objects.get(username="admin"),
+        now=timezone.now(),
+        cohort_filter="bid=B1",
+        subject="Hello {{ customer_name }}",
+        body_template="Dear {{ customer_name }}",
+    )
+    record = MessageTemplate.objects.get(batch_run=run)
+    reusable = MessageTemplate.objects.create(
+        name="Reusable", channel="email", subject="Hi", body="Hello"
+    )
+    changelist = reverse("admin:notifications_messagetemplate_changelist")
+    staff = admin_client.get(changelist, {"made_by": "staff"}).content.decode()
+    assert reusable.name in staff and record.name not in staff
+    records = admin_client.get(changelist, {"made_by": "batch"}).content.decode()
+    assert record.name in records and reusable.name not in records
+    assert f"batch run {run.id}" in records
+
+    change = reverse("admin:notifications_messagetemplate_change", args=[record.id])
+    page = admin_client.get(change).content.decode()
+    assert 'name="body"' not in page  # shown, not editable
+    admin_client.post(change, {"name": "edited", "channel": "email", "body": "changed"})
+    record.refresh_from_db()
+    assert (record.name, record.body) == (f"batch_notify run {run.id}", "Dear {{ customer_name }}")
+    delete = reverse("admin:notifications_messagetemplate_delete", args=[record.id])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert MessageTemplate.objects.filter(id=record.id).exists()

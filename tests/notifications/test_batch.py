@@ -417,3 +417,25 @@ def test_unicode_names_personalize_cleanly(mike):
     assert (
         DeliveryFactory._meta.model.objects.get().subject == "Holiday schedule for مدرسة النور 🌟"
     )
+
+
+def test_the_template_a_launch_makes_is_its_record_and_not_offered_in_pickers(mike):
+    from django.forms import modelform_factory
+
+    from notifications.models import MessageTemplate
+    from notifications.trigger_models import TriggerEvent, TriggerSetup
+
+    CustomerFactory()
+    run = _launch(mike)
+    record = MessageTemplate.objects.get(id=run.inputs["template_id"])
+    assert record.batch_run_id == run.id
+    reusable = MessageTemplate.objects.create(
+        name="Reusable", channel="email", subject="Hi", body="Hello"
+    )
+    for model, name in (
+        (TriggerEvent, "template"),
+        (TriggerEvent, "resolved_template"),
+        (TriggerSetup, "grouped_template"),
+    ):
+        form = modelform_factory(model, fields=[name])()
+        assert list(form.fields[name].queryset) == [reusable]
