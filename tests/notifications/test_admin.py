@@ -198,3 +198,19 @@ def test_a_batch_launchs_template_is_a_read_only_record_filtered_apart(admin_cli
     delete = reverse("admin:notifications_messagetemplate_delete", args=[record.id])
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
     assert MessageTemplate.objects.filter(id=record.id).exists()
+
+
+def test_admin_pages_write_times_as_herald_does(admin_client):
+    at = timezone.now().replace(year=2026, month=11, day=23, hour=14, minute=5, second=9)
+    delivery = DeliveryFactory(status="scheduled", send_at=at)
+    listing = admin_client.get(reverse("admin:notifications_delivery_changelist")).content
+    detail = admin_client.get(reverse("admin:notifications_delivery_change", args=[delivery.pk]))
+    for page in (listing.decode(), detail.content.decode()):
+        assert "2026-11-23 14:05:09" in page
+        assert "2:05 p.m." not in page
+
+
+def test_admin_pages_carry_herald_s_icon_and_title(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert '<link rel="icon" href="data:image/svg+xml,' in page
+    assert "<title>Operations | Herald</title>" in page
