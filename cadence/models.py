@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from cadence.policy import DEFAULT_RULES, DEFAULT_TYPE_LIMITS, MESSAGE_TYPES, Rules
-from cadence.validators import validate_e164
+from cadence.validators import validate_e164, validate_hours
 
 
 class ContactChannel(models.TextChoices):
@@ -61,7 +61,8 @@ class Persona(models.Model):
     )
     cooldown_hours = models.FloatField(
         default=DEFAULT_RULES.cooldown_hours,
-        help_text="Least time between any two messages to one person. 0 = none.",
+        validators=[validate_hours],
+        help_text="Least time between any two messages to one person, at most a year. 0 = none.",
     )
     max_per_day = models.PositiveIntegerField(
         default=DEFAULT_RULES.max_per_day, help_text=_CAP_HELP
@@ -90,10 +91,6 @@ class Persona(models.Model):
 
     def __str__(self):
         return self.name
-
-    def clean(self):
-        if self.cooldown_hours is not None and self.cooldown_hours < 0:
-            raise ValidationError({"cooldown_hours": "A cooldown cannot be negative."})
 
     def rules(self) -> Rules:
         return Rules(
@@ -157,8 +154,10 @@ class Stakeholder(models.Model):
     cooldown_hours = models.FloatField(
         null=True,
         blank=True,
+        validators=[validate_hours],
         help_text=(
-            "Override: least time between two messages to this person. Blank: the persona's."
+            "Override: least time between two messages to this person, at most a year. "
+            "Blank: the persona's."
         ),
     )
     max_per_day = models.PositiveIntegerField(
@@ -216,8 +215,6 @@ class Stakeholder(models.Model):
         return zoneinfo.ZoneInfo(self.time_zone)
 
     def clean(self):
-        if self.cooldown_hours is not None and self.cooldown_hours < 0:
-            raise ValidationError({"cooldown_hours": "A cooldown cannot be negative."})
         if self.fallback_channel and self.fallback_channel == self.preferred_channel:
             raise ValidationError(
                 {"fallback_channel": "The fallback must differ from the preferred channel."}

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from cadence.validators import MAX_HOURS
+
 # The seed's priority order: when several rules block at once, the first one here is the
 # `blocking_rule`. A held message's reason names instead the rule that holds it until its
 # `not_before` (`Decision.holding_rule`): the one whose release comes last.
@@ -42,6 +44,12 @@ class Rules:
     max_per_week: int = 2
     max_per_month: int = 0
     type_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TYPE_LIMITS))
+
+    def __post_init__(self):
+        # Forms refuse a cooldown over a year; one stored before that bound counts as a
+        # year rather than overflowing the date arithmetic of every decision.
+        if self.cooldown_hours > MAX_HOURS:
+            object.__setattr__(self, "cooldown_hours", float(MAX_HOURS))
 
     def describe(self) -> str:
         def cap(n: int) -> str:

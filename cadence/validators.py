@@ -1,7 +1,25 @@
 """Validators shared by every app that stores contact details (cadence is the lowest layer)."""
 
+import math
+
 import phonenumbers
 from django.core.exceptions import ValidationError
+
+# The longest cooldown, wait or lifetime Herald takes: a year. Longer means "never" in
+# practice, and a billion hours overflowed the date arithmetic of every tick and send.
+MAX_HOURS = 24 * 365
+
+
+def validate_hours(value: float | None) -> None:
+    """Hours of a cooldown, a wait or a lifetime: from 0 to a year."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValidationError("Give hours from 0 up.")
+    if value > MAX_HOURS:
+        raise ValidationError(
+            f"At most {MAX_HOURS:,} hours (a year); {value:g} is longer than Herald waits."
+        )
 
 
 def validate_e164(value: str) -> None:

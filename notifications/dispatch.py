@@ -779,21 +779,16 @@ def _put_back_paced(slotted, *, now: datetime, senders: dict, report: DispatchRe
         )
 
 
-def _send_batch(
-    claimed: list[Delivery],
-    *,
-    clock: Clock | ManualClock,
-    breaker: str,
-    gate: str,
-    channels: dict,
-    report: DispatchReport,
-    paced_round: set[str],
-    sent_runs: set[int],
-) -> bool:
-    """Send one claimed batch of one channel; returns False when the breaker opened.
-    `paced_round` holds the senders that handed something over earlier in this round;
-    `sent_runs` collects the runs whose successes were written."""
-    now = clock.now()
+# How long a claim whose checks before sending raised waits before it is tried again (it was
+# left "sending" and then "unknown", for a person to reconcile, though nothing was sent).
+CHECKS_FAILED_WAIT = timedelta(minutes=5)
+
+
+def _plan_batch(
+    claimed: list[Delivery], *, now: datetime, report: DispatchReport, paced_round: set[str]
+) -> tuple[dict, list[tuple[datetime, Delivery]]]:
+    """What is left of a claim after suppressions and the send-time checks, each with its
+    handover slot; deliveries behind their sender's schedule are put back for later."""
     claimed = _skip_suppressed(claimed, now=now, report=report)
     claimed = _apply_send_time_checks(claimed, now=now, report=report)
     keys = {_sender_key(d) for d in claimed}
@@ -809,6 +804,35 @@ def _send_batch(
             f"its schedule; next round at {until:%H:%M:%S}"
         )
         report.add("deferred", release(group, now=now, reason=reason, send_at=until))
+    return senders, slotted
+
+
+def _send_batch(
+    claimed: list[Delivery],
+    *,
+    clock: Clock | ManualClock,
+    breaker: str,
+    gate: str,
+    channels: dict,
+    report: DispatchReport,
+    paced_round: set[str],
+    sent_runs: set[int],
+) -> bool:
+    """Send one claimed batch of one channel; returns False when the breaker opened.
+    `paced_round` holds the senders that handed something over earlier in this round;
+    `sent_runs` collects the runs whose successes were written."""
+    now = clock.now()
+    try:
+        senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
+    except Exception as error:  # a bug or bad data in the checks: hold the batch, never strand it
+        logger.exception("dispatch: the checks before sending failed for %d", len(claimed))
+        until = now + CHECKS_FAILED_WAIT
+        reason = (
+            f"held until {until:%H:%M:%S %Z}: Herald's checks before sending failed "
+            f"({type(error).__name__}: {error}); see the worker log"
+        )
+        report.add("deferred", release(claimed, now=now, reason=reason, send_at=until))
+        return True
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
     halted_runs: set[int] = set()

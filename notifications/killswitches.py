@@ -5,9 +5,8 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Q
 
-from notifications.models import Delivery, KillSwitch, KillSwitchChange
+from notifications.models import HIGH_RISK_LEVEL, Delivery, KillSwitch, KillSwitchChange
 
-HIGH_RISK_LEVEL = 3
 HIGH_RISK_OPS = "high_risk_ops"
 
 

@@ -5,7 +5,7 @@ Models hold data and single-row rules; the work is done in templating.py, dispat
 events.py."""
 
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
+from django.core.validators import MaxValueValidator, MinValueValidator, validate_email
 from django.db import models
 from django.utils import timezone
 
@@ -25,6 +25,11 @@ class MessageType(models.TextChoices):
     ALERT = "alert", "Alert"
     STORY_SO_FAR = "story_so_far", "Story so far"
     CUSTOM = "custom", "Custom"
+
+
+# Side effects of this risk or more need an approved ProposedAction (DESIGN invariant 3); the
+# high_risk_ops kill switch stops them.
+HIGH_RISK_LEVEL = 3
 
 
 class Workflow(models.Model):
@@ -53,7 +58,11 @@ class Workflow(models.Model):
     )
     risk_level = models.PositiveSmallIntegerField(
         default=1,
-        help_text="1 (low) to 5. Side effects of risk 3 or more need an approved proposed action.",
+        validators=[MinValueValidator(1), MaxValueValidator(5)],
+        help_text=(
+            "1 (low) to 5. Side effects of risk 3 or more need an approved proposed action, "
+            "so a trigger workflow (which sends on its own) is 1 or 2."
+        ),
     )
     is_active = models.BooleanField(
         default=True,
@@ -80,6 +89,16 @@ class Workflow(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        if self.type == self.Type.TRIGGER and (self.risk_level or 0) >= HIGH_RISK_LEVEL:
+            raise ValidationError(
+                {
+                    "risk_level": f"A trigger workflow sends on its own every five minutes, "
+                    f"with no approval step, and a side effect of risk {HIGH_RISK_LEVEL} or "
+                    f"more needs an approved proposed action: give 1 or 2."
+                }
+            )
 
 
 class WorkflowRun(models.Model):

@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from cadence.models import TYPE_LIMIT_FIELDS, Persona, Stakeholder, TriggerCooldown
 from cadence.policy import RULE_LABELS, Rules
+from cadence.validators import MAX_HOURS
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.cadence_checks import cadence_simulate, cadence_what_if
 from notifications.models import Channel, MessageType
@@ -259,7 +260,7 @@ class SimulateForm(forms.Form):
 
 class WhatIfForm(forms.Form):
     persona = forms.ModelChoiceField(Persona.objects.all())
-    cooldown_hours = forms.FloatField(required=False, min_value=0)
+    cooldown_hours = forms.FloatField(required=False, min_value=0, max_value=MAX_HOURS)
     max_per_day = forms.IntegerField(required=False, min_value=0)
     max_per_week = forms.IntegerField(required=False, min_value=0)
     max_per_month = forms.IntegerField(required=False, min_value=0)

@@ -9,9 +9,16 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from cadence.models import Persona, Stakeholder
+from cadence.validators import MAX_HOURS, validate_hours
 from notifications.models import Channel, MessageTemplate, MessageType, Workflow
 
 __all__ = ["TriggerEvent", "TriggerSetup", "TriggerWorkflow"]
+
+
+def _positive_hours(value):
+    """Migrations up to 0015 name this validator; the fields now use validate_hours."""
+    validate_hours(value)
+
 
 # Templates staff may pick: not the records batch launches leave (MessageTemplate.batch_run).
 PICKABLE = {"batch_run__isnull": True}
@@ -31,14 +38,13 @@ class TriggerWorkflow(Workflow):
         proxy = True
         verbose_name = "trigger workflow"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.type = Workflow.Type.TRIGGER  # before clean(), which checks its risk
+
     def save(self, *args, **kwargs):
         self.type = Workflow.Type.TRIGGER
         super().save(*args, **kwargs)
-
-
-def _positive_hours(value):
-    if value is not None and value < 0:
-        raise ValidationError("Hours cannot be negative.")
 
 
 class TriggerSetup(models.Model):
@@ -89,7 +95,7 @@ class TriggerSetup(models.Model):
     cooldown_hours = models.FloatField(
         null=True,
         blank=True,
-        validators=[_positive_hours],
+        validators=[validate_hours],
         help_text="Layer 1: least time between two fires of one context. Blank: the "
         "shortest cooldown of the audience's personas, else 1 h.",
     )
@@ -116,7 +122,7 @@ class TriggerSetup(models.Model):
     expires_after_hours = models.FloatField(
         null=True,
         blank=True,
-        validators=[_positive_hours],
+        validators=[validate_hours],
         help_text="A message cadence holds longer than this is cancelled as expired "
         "instead of sent late. Blank: never.",
     )
@@ -163,7 +169,7 @@ class TriggerEvent(models.Model):
     cooldown_hours = models.FloatField(
         null=True,
         blank=True,
-        validators=[_positive_hours],
+        validators=[validate_hours],
         help_text="Layer 1 cooldown of this event. Blank: the workflow's.",
     )
     issue_cooldown_hours = models.JSONField(
@@ -190,11 +196,14 @@ class TriggerEvent(models.Model):
             raise ValidationError({"event": f"No trigger event is registered as {self.event!r}."})
         hours = self.issue_cooldown_hours
         if not isinstance(hours, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= MAX_HOURS
             for v in hours.values()
         ):
             raise ValidationError(
-                {"issue_cooldown_hours": 'Give {"ISSUE": hours, ...} with hours ≥ 0.'}
+                {
+                    "issue_cooldown_hours": 'Give {"ISSUE": hours, ...} with hours from 0 to '
+                    f"{MAX_HOURS:,} (a year)."
+                }
             )
         known = ", ".join(evaluator.issues) or "none"
         unknown = sorted(set(hours) - set(evaluator.issues))

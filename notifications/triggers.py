@@ -32,8 +32,9 @@ from django.db.models import Case, F, Q, Value, When
 
 from cadence.models import Stakeholder, TriggerCooldown
 from cadence.policy import Sent, decide
+from cadence.validators import MAX_HOURS
 from notifications.cadence_checks import TOLD_STATUSES, stakeholder_histories, stakeholder_id
-from notifications.models import Delivery, Notification, Workflow, WorkflowRun
+from notifications.models import HIGH_RISK_LEVEL, Delivery, Notification, Workflow, WorkflowRun
 from notifications.outbox import Recipient, stage_deliveries
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class TickReport:
     deliveries_expired: int = 0
     recipients_without_address: int = 0
     resolved_notices: int = 0
-    failed_workflows: int = 0
+    failed_workflows: int = 0  # raised: rolled back, counted nowhere else, tried next tick
+    workflows_refused_high_risk: int = 0  # risk 3 or more: not run (no approval step)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,9 +175,15 @@ class _Message:
 
 
 def active_trigger_workflows() -> list[Workflow]:
+    """The trigger workflows the tick runs: active, set up, and of risk below
+    HIGH_RISK_LEVEL (the admin refuses more; one saved otherwise is not run and
+    counted as `workflows_refused_high_risk`)."""
     return list(
         Workflow.objects.filter(
-            type=Workflow.Type.TRIGGER, is_active=True, trigger_setup__isnull=False
+            type=Workflow.Type.TRIGGER,
+            is_active=True,
+            trigger_setup__isnull=False,
+            risk_level__lt=HIGH_RISK_LEVEL,
         )
         .select_related("trigger_setup", "trigger_setup__grouped_template")
         .prefetch_related(
@@ -197,6 +205,17 @@ def evaluate_triggers(*, now: datetime) -> dict:
     report = TickReport()
     workflows = active_trigger_workflows()
     report.workflows = len(workflows)
+    refused = Workflow.objects.filter(
+        type=Workflow.Type.TRIGGER, is_active=True, risk_level__gte=HIGH_RISK_LEVEL
+    ).values_list("name", flat=True)
+    for name in refused:
+        report.workflows_refused_high_risk += 1
+        logger.warning(
+            "trigger workflow %s not run: risk %d or more needs an approved proposed action "
+            "for each side effect; lower its risk to run it",
+            name,
+            HIGH_RISK_LEVEL,
+        )
     if not workflows:
         return report.as_dict()
     found = _run_evaluators(workflows, now=now)
@@ -204,13 +223,17 @@ def evaluate_triggers(*, now: datetime) -> dict:
     stakeholders = _load_audience(workflows, found)
     timeline = Timeline(stakeholder_histories(stakeholders.keys(), now=now))
     for workflow in workflows:
+        counted = asdict(report)
         try:
             with transaction.atomic():
                 _evaluate_workflow(workflow, found, stakeholders, timeline, now, report)
         except Exception:
             # One broken workflow (a template that no longer renders, ...) must not stop
-            # the others; its claims rolled back with it, so the next tick tries again.
+            # the others; its claims rolled back with it, so the next tick tries again,
+            # and so do its counts: the report says what was done.
             timeline.rollback()
+            for name, value in counted.items():
+                setattr(report, name, value)
             report.failed_workflows += 1
             logger.exception("trigger workflow %s failed; the next tick retries", workflow)
         else:
@@ -282,7 +305,7 @@ def layer1_cooldown(setup, event, context: TriggerContext, audience) -> timedelt
             s.persona.cooldown_hours for s in audience if s.persona and s.persona.cooldown_hours > 0
         ]
         hours = min(persona_hours) if persona_hours else settings.TRIGGER_DEFAULT_COOLDOWN_HOURS
-    return timedelta(hours=hours)
+    return timedelta(hours=min(hours, MAX_HOURS))  # a value stored before the form's bound
 
 
 def claim_contexts(
@@ -484,7 +507,7 @@ def _stage(workflow, run, messages, stakeholders, timeline, now, report) -> None
         ]
     )
     expires_at = (
-        now + timedelta(hours=setup.expires_after_hours)
+        now + timedelta(hours=min(setup.expires_after_hours, MAX_HOURS))
         if setup.expires_after_hours is not None
         else None
     )

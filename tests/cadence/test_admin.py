@@ -173,3 +173,39 @@ def test_simulator_is_linked_from_the_stakeholder_list(admin_client):
 def test_the_cadence_admin_page_links_the_simulator(admin_client):
     page = admin_client.get(reverse("admin:app_list", args=["cadence"])).content.decode()
     assert reverse("cadence_simulator") in page
+
+
+def test_a_cooldown_over_a_year_is_refused_on_its_field_and_nothing_changes(admin_client):
+    alice = StakeholderFactory(name="Alice", persona=PersonaFactory(cooldown_hours=2))
+    url = reverse("admin:cadence_stakeholder_change", args=[alice.pk])
+    form = {
+        "name": "Alice",
+        "email": alice.email,
+        "phone": alice.phone,
+        "is_active": "on",
+        "persona": alice.persona_id,
+        "preferred_channel": "email",
+        "fallback_channel": "",
+        "time_zone": "UTC",
+        "cooldown_hours": "1e9",
+    }
+    response = admin_client.post(url, form)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["cooldown_hours"] == [
+        "At most 8,760 hours (a year); 1e+09 is longer than Herald waits."
+    ]
+    alice.refresh_from_db()
+    assert alice.cooldown_hours is None
+
+
+def test_the_what_if_refuses_a_cooldown_over_a_year_instead_of_failing(admin_client, clock):
+    manager = PersonaFactory(name="Manager")
+    response = admin_client.get(
+        reverse("cadence_simulator"), {"persona": manager.pk, "cooldown_hours": "1e308"}
+    )
+    assert response.status_code == 200
+    assert response.context["what_if_form"].errors["cooldown_hours"] == [
+        "Ensure this value is less than or equal to 8760."
+    ]
+    assert response.context["what_if"] is None

@@ -123,3 +123,42 @@ def test_the_delivery_list_says_which_cadence_rule_queued_a_delivery(admin_clien
         page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
     # the persona's daily limit of one, not the 2-hour cooldown, decides when it may go
     assert "cadence: daily limit (1/1 today) — queued until 2026-11-24 00:00 UTC" in page
+
+
+@pytest.mark.parametrize(
+    ("risk", "error"),
+    [
+        ("3", "A trigger workflow sends on its own every five minutes, with no approval step"),
+        ("0", "Ensure this value is greater than or equal to 1."),
+        ("9", "Ensure this value is less than or equal to 5."),
+    ],
+)
+def test_a_trigger_workflow_takes_risk_1_or_2_only(admin_client, risk, error):
+    persona = PersonaFactory(name="Manager")
+    response = admin_client.post(
+        reverse("admin:notifications_triggerworkflow_add"),
+        _form(persona, template("Alert"), risk_level=risk),
+    )
+    assert response.status_code == 200
+    assert error in response.context["adminform"].form.errors["risk_level"][0]
+    assert not Workflow.objects.filter(name="Kiosk health").exists()
+
+
+def test_hours_over_a_year_are_refused_in_the_trigger_workflow_form(admin_client):
+    persona = PersonaFactory(name="Manager")
+    response = admin_client.post(
+        reverse("admin:notifications_triggerworkflow_add"),
+        _form(
+            persona,
+            template("Alert"),
+            **{
+                "trigger_setup-0-cooldown_hours": "1e9",
+                "trigger_events-0-issue_cooldown_hours": '{"LOW_BATTERY": 1e9}',
+            },
+        ),
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "At most 8,760 hours (a year)" in page
+    assert "with hours from 0 to 8,760 (a year)" in page
+    assert not Workflow.objects.filter(name="Kiosk health").exists()

@@ -618,3 +618,50 @@ def test_beat_can_run_the_task_and_setup_schedules_enables_it():
     setup_schedules()
     task = PeriodicTask.objects.get(task="herald.evaluate_triggers")
     assert (task.enabled, task.interval.every) == (True, 300)
+
+
+def test_a_broken_workflows_counts_are_rolled_back_with_it(clock, monkeypatch):
+    persona = relaxed(name="Manager")
+    StakeholderFactory(persona=persona)
+    trigger_workflow(name="Broken", personas=[persona])
+    unhealthy(project(45), 1)
+    import notifications.triggers as triggers
+
+    def stage(workflow, *args):
+        raise RuntimeError("template gone")
+
+    monkeypatch.setattr(triggers, "_stage", stage)
+    report = tick()
+    assert report["failed_workflows"] == 1
+    assert (report["contexts_fired"], report["deliveries_now"], report["notifications"]) == (
+        0,
+        0,
+        0,
+    )
+    assert not Delivery.objects.exists() and not TriggerCooldown.objects.exists()
+
+
+def test_a_cooldown_saved_before_the_bound_does_not_stop_the_tick(clock):
+    from cadence.models import Stakeholder
+
+    persona = relaxed(name="Manager")
+    zed, uma = StakeholderFactory(persona=persona), StakeholderFactory(persona=persona)
+    Stakeholder.objects.filter(pk=zed.pk).update(cooldown_hours=1e9)
+    trigger_workflow(personas=[persona])
+    unhealthy(project(45), 1)
+    report = tick()
+    assert (report["failed_workflows"], report["contexts_fired"]) == (0, 1)
+    assert deliveries_of(uma).count() == deliveries_of(zed).count() == 1
+
+
+def test_a_trigger_workflow_of_risk_3_is_not_run_and_the_tick_says_so(clock):
+    from notifications.models import Workflow
+
+    persona = relaxed(name="Manager")
+    StakeholderFactory(persona=persona)
+    workflow = trigger_workflow(personas=[persona])
+    Workflow.objects.filter(pk=workflow.pk).update(risk_level=4)  # saved before the rule
+    unhealthy(project(45), 1)
+    report = tick()
+    assert (report["workflows"], report["workflows_refused_high_risk"]) == (0, 1)
+    assert not Delivery.objects.exists()

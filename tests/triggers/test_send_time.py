@@ -158,3 +158,45 @@ def test_a_former_stakeholder_is_not_held(alice):
     delivery = to(alice)
     Delivery.objects.filter(pk=delivery.pk).update(recipient_key="stakeholder:999999")
     assert dispatch_due().sent == 1
+
+
+def test_a_cooldown_stored_before_the_bound_counts_as_a_year_and_others_still_go(alice):
+    from cadence.models import Stakeholder
+
+    zed = StakeholderFactory(name="Zed", persona=alice.persona)
+    Stakeholder.objects.filter(pk=zed.pk).update(cooldown_hours=1e9)  # saved before the bound
+    to(zed, status="sent", send_at=at(9))
+    held, alices = to(zed), to(alice)
+    report = dispatch_due()
+    held.refresh_from_db()
+    alices.refresh_from_db()
+    assert (report.sent, alices.status) == (1, "sent")
+    assert held.status == "scheduled"
+    assert held.status_reason.startswith("cadence: cooldown on email (8760 h after")
+
+
+def test_checks_that_raise_hold_the_claim_for_five_minutes_instead_of_stranding_it(
+    alice, monkeypatch
+):
+    first, second = to(alice), to(alice)
+
+    def broken(claimed, *, now, report):
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(dispatch, "_apply_send_time_checks", broken)
+    report = dispatch_due()
+    assert (report.sent, report.deferred) == (0, 2)
+    for delivery in (first, second):
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.send_at, delivery.attempts) == (
+            "scheduled",
+            T + timedelta(minutes=5),
+            0,
+        )
+        assert delivery.status_reason == (
+            "held until 10:35:00 UTC: Herald's checks before sending failed "
+            "(OverflowError: date value out of range); see the worker log"
+        )
+    assert not RecordedMessage.objects.exists()
+    monkeypatch.undo()
+    assert dispatch_due(now=T + timedelta(minutes=5)).sent == 1  # the daily cap of 1 holds one
