@@ -71,12 +71,27 @@ ANYMAIL_NO_SECRET = (
     "email webhooks are refused: ANYMAIL_WEBHOOK_SECRET is not set (give it as user:password "
     "and the same credentials to the ESP's webhook URL)"
 )
+TWILIO_NO_SECRET = (
+    "Twilio status callbacks are refused: TWILIO_AUTH_TOKEN is not set (the account's auth "
+    "token, which Twilio signs its callbacks with)"
+)
+WHATSAPP_NO_SECRET = (
+    "WhatsApp webhooks are refused: WHATSAPP_APP_SECRET is not set (the Meta app's secret, "
+    "which Meta signs its webhooks with)"
+)
+
+
+class TrackingFailed(Exception):
+    """Herald could not record an email tracking event it read (answered 500, so the ESP
+    sends it again), as opposed to a body that cannot be read at all (400)."""
 
 
 def requires_anymail_secret(view):
     """anymail's webhook view, refused (403, before anything is read) while no webhook
     secret is configured; with one, anymail checks the basic auth. Every ESP needs it,
-    also those that sign their webhooks as well (Mailgun, Mandrill, Postal)."""
+    also those that sign their webhooks as well (Mailgun, Mandrill, Postal). A body that
+    anymail cannot parse (not JSON, not the ESP's shape) is answered 400 with the reason,
+    as the Twilio and WhatsApp webhooks answer, instead of a 500."""
 
     @wraps(view)
     def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
@@ -84,7 +99,15 @@ def requires_anymail_secret(view):
         if not get_anymail_setting("webhook_secret", default=None):
             logger.warning("refused an email webhook at %s: %s", request.path, ANYMAIL_NO_SECRET)
             return HttpResponseForbidden(ANYMAIL_NO_SECRET, content_type="text/plain")
-        return view(request, *args, **kwargs)
+        try:
+            return view(request, *args, **kwargs)
+        except TrackingFailed:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+            logger.warning("unreadable email webhook at %s: %r", request.path, error)
+            return HttpResponseBadRequest(
+                f"unreadable body: {type(error).__name__}: {error}", content_type="text/plain"
+            )
 
     return guarded
 
@@ -96,19 +119,22 @@ def on_anymail_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kw
     if kind is None or not event.message_id:
         return
     now = timezone.now()
-    receive_provider_events(
-        [
-            {
-                "provider": "anymail",
-                "provider_message_id": str(event.message_id),
-                "kind": kind,
-                "provider_event_id": str(event.event_id or anymail_event_key(event)),
-                "at": event.timestamp or now,
-                "data": anymail_event_data(event, esp_name),
-            }
-        ],
-        now=now,
-    )
+    try:
+        receive_provider_events(
+            [
+                {
+                    "provider": "anymail",
+                    "provider_message_id": str(event.message_id),
+                    "kind": kind,
+                    "provider_event_id": str(event.event_id or anymail_event_key(event)),
+                    "at": event.timestamp or now,
+                    "data": anymail_event_data(event, esp_name),
+                }
+            ],
+            now=now,
+        )
+    except Exception as error:
+        raise TrackingFailed(f"{esp_name} {event.event_type} not recorded: {error}") from error
 
 
 def anymail_event_key(event: AnymailTrackingEvent) -> str:
@@ -164,6 +190,8 @@ TWILIO_UNSUBSCRIBED_CODE = "21610"
 @require_POST
 def twilio_status(request: HttpRequest) -> HttpResponse:
     """Twilio's status callback for a message we sent (the URL dispatch gives it)."""
+    if not settings.TWILIO_AUTH_TOKEN:
+        return HttpResponseForbidden(TWILIO_NO_SECRET, content_type="text/plain")
     if not twilio_signature_ok(request):
         return HttpResponseForbidden("invalid Twilio signature", content_type="text/plain")
     sid = request.POST.get("MessageSid", "")
@@ -258,6 +286,11 @@ def whatsapp_handshake(request: HttpRequest) -> HttpResponse:
         and constant_time_compare(given, expected)
     ):
         return HttpResponse(request.GET.get("hub.challenge", ""), content_type="text/plain")
+    if not expected:
+        return HttpResponseForbidden(
+            "verification failed: WHATSAPP_VERIFY_TOKEN is not set (give Meta the same token)",
+            content_type="text/plain",
+        )
     return HttpResponseForbidden("verification failed", content_type="text/plain")
 
 
@@ -267,6 +300,8 @@ def whatsapp_updates(request: HttpRequest) -> HttpResponse:
     body = request.body
     if len(body) > MAX_WHATSAPP_BODY:
         return HttpResponse("body too large", status=413, content_type="text/plain")
+    if not settings.WHATSAPP_APP_SECRET:
+        return HttpResponseForbidden(WHATSAPP_NO_SECRET, content_type="text/plain")
     if not meta_signature_ok(body, request.headers.get("X-Hub-Signature-256", "")):
         return HttpResponseForbidden("invalid signature", content_type="text/plain")
     try:

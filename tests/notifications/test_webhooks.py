@@ -256,7 +256,11 @@ def test_a_twilio_callback_is_refused_when_no_auth_token_is_configured(client, t
     _sms()
     signed = twilio.compute_signature(SITE_URL + TWILIO_PATH, _status_params("delivered"))
     settings.TWILIO_AUTH_TOKEN = ""
-    assert _twilio_post(client, _status_params("delivered"), signature=signed).status_code == 403
+    response = _twilio_post(client, _status_params("delivered"), signature=signed)
+    assert response.status_code == 403
+    assert response.content.decode().startswith(
+        "Twilio status callbacks are refused: TWILIO_AUTH_TOKEN is not set"
+    )
     assert _nothing_written()
 
 
@@ -404,7 +408,9 @@ def test_a_whatsapp_handshake_with_the_wrong_token_is_refused(client, meta, quer
 def test_no_handshake_succeeds_without_a_configured_verify_token(client, meta, settings):
     settings.WHATSAPP_VERIFY_TOKEN = ""
     query = {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "1"}
-    assert client.get(WHATSAPP_PATH, query).status_code == 403
+    response = client.get(WHATSAPP_PATH, query)
+    assert response.status_code == 403
+    assert "WHATSAPP_VERIFY_TOKEN is not set" in response.content.decode()
 
 
 def test_a_whatsapp_status_signed_over_the_raw_bytes_is_applied(client, meta):
@@ -573,3 +579,52 @@ def test_the_secret_may_also_be_the_bare_anymail_setting(client, settings):
     assert _postmark(client, POSTMARK_DELIVERY, auth).status_code == 200
     delivery.refresh_from_db()
     assert delivery.status == "delivered"
+
+
+def test_a_whatsapp_post_says_when_no_app_secret_is_configured(client, meta, settings):
+    settings.WHATSAPP_APP_SECRET = ""
+    response = client.post(
+        WHATSAPP_PATH,
+        b"{}",
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256="sha256=" + "0" * 64,
+    )
+    assert response.status_code == 403
+    assert response.content.decode().startswith(
+        "WhatsApp webhooks are refused: WHATSAPP_APP_SECRET is not set"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (POSTMARK_URL, "garbage"),
+        (POSTMARK_URL, "[]"),
+        ("/webhooks/anymail/sendgrid/tracking/", '{"a": 1}'),
+    ],
+)
+def test_an_unreadable_email_webhook_body_is_a_bad_request(client, anymail_secret, url, body):
+    delivery = _email(POSTMARK_DELIVERY["MessageID"])
+    response = client.post(
+        url, body, content_type="application/json", HTTP_AUTHORIZATION=anymail_secret
+    )
+    assert response.status_code == 400
+    assert response.content.decode().startswith("unreadable body: ")
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and not delivery.events.exists()
+
+
+def test_an_email_event_herald_fails_to_record_is_a_500_so_the_esp_sends_it_again(
+    client, anymail_secret, monkeypatch
+):
+    from notifications import webhooks
+
+    _email(POSTMARK_DELIVERY["MessageID"])
+
+    def broken(events, *, now):
+        raise TypeError("database said no")
+
+    monkeypatch.setattr(webhooks, "receive_provider_events", broken)
+    client.raise_request_exception = False
+    response = _postmark(client, POSTMARK_DELIVERY, anymail_secret)
+    assert response.status_code == 500
