@@ -156,7 +156,7 @@ HEALTH_VARIABLES = (*OFFLINE_VARIABLES[:-1], "issues", "issue_list")
 
 
 def kiosk_health_status(now: datetime) -> Iterator[TriggerContext]:
-    """Kiosks with any of NOT_CHARGING, SCREEN_OFF, LOW_BATTERY, OFFLINE: one context per
+    """Kiosks with any of NOT_CHARGING, SCREEN_OFF, LOW_BATTERY, OFFLINE, MODE: one context per
     kiosk, project and set of issues; the message lists all of them."""
     kiosks = _kiosks(health.unhealthy_filter(now))
     members = _members({k.project_id for k in kiosks})

@@ -5,8 +5,9 @@
 - LOW_BATTERY: battery below KIOSK_LOW_BATTERY_PERCENT (20 %).
 - OFFLINE: no heartbeat for KIOSK_OFFLINE_AFTER_MINUTES (5 min) or `connection_status`
   false. A kiosk that never sent one counts once it is that old.
-- MODE: a documented placeholder, as in the seed. Kiosks report their mode and the admin
-  shows it, but no mode is judged unhealthy until someone says which modes are wrong.
+- MODE: the seed's placeholder made real. A kiosk that reports a mode other than
+  KIOSK_EXPECTED_MODES ("kiosk" by default: e.g. "maintenance" or "setup", where visitors
+  cannot use it) has the MODE issue; one that reports no mode is not judged.
 """
 
 from datetime import datetime, timedelta
@@ -18,13 +19,14 @@ NOT_CHARGING = "NOT_CHARGING"
 SCREEN_OFF = "SCREEN_OFF"
 LOW_BATTERY = "LOW_BATTERY"
 OFFLINE = "OFFLINE"
-MODE = "MODE"  # placeholder: never raised (see the module docstring)
-ISSUES = (NOT_CHARGING, SCREEN_OFF, LOW_BATTERY, OFFLINE)
+MODE = "MODE"
+ISSUES = (NOT_CHARGING, SCREEN_OFF, LOW_BATTERY, OFFLINE, MODE)
 ISSUE_LABELS = {
     NOT_CHARGING: "not charging",
     SCREEN_OFF: "screen off",
     LOW_BATTERY: "low battery",
     OFFLINE: "offline",
+    MODE: "in an unexpected mode",
 }
 
 
@@ -52,7 +54,22 @@ def issues_of(kiosk, *, now: datetime) -> list[str]:
         found.append(LOW_BATTERY)
     if is_offline(kiosk, now=now):
         found.append(OFFLINE)
+    if has_unexpected_mode(kiosk):
+        found.append(MODE)
     return sorted(found)
+
+
+def has_unexpected_mode(kiosk) -> bool:
+    expected = settings.KIOSK_EXPECTED_MODES
+    return bool(expected and kiosk.mode and kiosk.mode not in expected)
+
+
+def unexpected_mode_filter(prefix: str = "") -> Q:
+    """The database's version of has_unexpected_mode."""
+    expected = settings.KIOSK_EXPECTED_MODES
+    if not expected:
+        return Q(pk__in=[])
+    return ~Q(**{f"{prefix}mode": ""}) & ~Q(**{f"{prefix}mode__in": expected})
 
 
 def offline_filter(now: datetime, prefix: str = "") -> Q:
@@ -73,4 +90,5 @@ def unhealthy_filter(now: datetime, prefix: str = "") -> Q:
         | Q(**{f"{prefix}screen_state": False})
         | Q(**{f"{prefix}battery_level__lt": settings.KIOSK_LOW_BATTERY_PERCENT})
         | offline_filter(now, prefix)
+        | unexpected_mode_filter(prefix)
     )

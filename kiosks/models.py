@@ -63,7 +63,10 @@ class Kiosk(models.Model):
     mode = models.CharField(
         max_length=40,
         blank=True,
-        help_text="Reported but not evaluated yet (the seed's MODE placeholder).",
+        help_text=(
+            "From the last heartbeat, e.g. kiosk; a mode outside KIOSK_EXPECTED_MODES raises "
+            "MODE. Blank: never reported, not judged."
+        ),
     )
     last_heartbeat_at = models.DateTimeField(
         null=True,
@@ -119,7 +122,7 @@ class Heartbeat(models.Model):
         default=True, help_text="False: the kiosk reported its connection as lost."
     )
     mode = models.CharField(
-        max_length=40, blank=True, help_text="The mode it reported (not evaluated yet)."
+        max_length=40, blank=True, help_text="The mode it reported, e.g. kiosk or maintenance."
     )
 
     class Meta:

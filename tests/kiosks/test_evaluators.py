@@ -39,10 +39,28 @@ def test_each_of_the_five_attributes():
     kiosk(battery_level=19)
     kiosk(last_heartbeat_at=NOW - timedelta(minutes=5, seconds=1))
     kiosk(connection_status=False)
-    kiosk(mode="maintenance")  # MODE: a placeholder, never an issue
+    kiosk(mode="maintenance")  # not one of KIOSK_EXPECTED_MODES ("kiosk")
+    fine = [kiosk(mode="kiosk"), kiosk(mode="")]  # the expected mode, or none reported
     found = sorted(c.context_key.rsplit(":", 1)[1] for c in evaluators.kiosk_health_status(NOW))
-    assert found == ["LOW_BATTERY", "NOT_CHARGING", "OFFLINE", "OFFLINE", "SCREEN_OFF"]
-    assert not any(f":{ok.pk}:" in key for key in contexts(evaluators.kiosk_health_status))
+    assert found == ["LOW_BATTERY", "MODE", "NOT_CHARGING", "OFFLINE", "OFFLINE", "SCREEN_OFF"]
+    for healthy in (ok, *fine):
+        assert not any(f":{healthy.pk}:" in key for key in contexts(evaluators.kiosk_health_status))
+
+
+def test_mode_follows_the_expected_modes_setting(settings):
+    setup = kiosk(mode="setup")
+    settings.KIOSK_EXPECTED_MODES = ["kiosk", "setup"]
+    assert not contexts(evaluators.kiosk_health_status)
+    settings.KIOSK_EXPECTED_MODES = []  # MODE never raised
+    assert not contexts(evaluators.kiosk_health_status)
+    settings.KIOSK_EXPECTED_MODES = ["kiosk"]
+    (context,) = contexts(evaluators.kiosk_health_status).values()
+    assert context.context_key == f"kiosk_health_status:{setup.pk}:{setup.project_id}:MODE"
+    assert context.variables["issue_list"] == "in an unexpected mode"
+    # Back in kiosk mode, the context has cleared.
+    setup.mode = "kiosk"
+    setup.save()
+    assert evaluators.kiosk_health_cleared([context.context_key], NOW) == {context.context_key}
 
 
 def test_offline_means_no_heartbeat_for_5_minutes_or_connection_lost():
