@@ -5,8 +5,9 @@ digest is on). It sends nothing itself: the wildcard dispatcher does (dispatcher
     read     every run with status sent_to_partner or in_progress, in keyset pages (no cap)
     classify drop runs without a partner; assignment_pending / not_started / idle by the
              thresholds in ReminderSettings; idle is measured from the latest progress update
-    escalate remind on day 1, 3, 7 of a stall, then weekly (ReminderState per run); flag a
-             run reminded too often without moving
+    escalate remind on day 1, 3, 7 of a stall, then weekly (ReminderState per run); flag for
+             ops a run still stalled on day 7 of its reminders (seed 002: ">= 7 consecutive
+             days"); forget a run's stall only once the run has really moved on
     emit     record_event("production_run.reminder_<kind>", ...) once per run and day
     log      one summary line with every count
 """
@@ -225,13 +226,55 @@ def reminder_due(
     repeat_days: int,
 ) -> bool:
     """A new stall is reminded at once; a known one when its next step day has come (a step
-    that fell on a day without a run is caught up on the next run, never skipped)."""
+    that fell on a day without a run is caught up on the next run, never skipped). A run
+    as of a time before its last reminder (`--at` in the past) is not reminded again."""
     if not is_same_stall(state, kind, since) or state.reminder_count == 0:
         return True
-    if state.last_reminded_at and local_date(state.last_reminded_at) == local_date(now):
+    if state.last_reminded_at and (
+        state.last_reminded_at > now or local_date(state.last_reminded_at) == local_date(now)
+    ):
         return False
     due_day = step_day(state.reminder_count + 1, steps=steps, repeat_days=repeat_days)
     return stall_day(state.first_overdue_at, now) >= due_day
+
+
+def flag_days(settings: ReminderSettings) -> int:
+    """The stall day on which a run is flagged for ops. Seed 002: "If the same partner hits
+    the reminder for the same run for >= 7 consecutive days, ops should escalate manually".
+    The seed reminded every weekday, so that is a run still stalled on day 7 of being
+    reminded: day 1 is its first reminder (`first_overdue_at`), not the moment it stalled
+    (a stall only reaches the partner once it is overdue). With the default escalation
+    (days 1, 3, 7) that is the day of the third reminder, not of the seventh (day 35).
+
+    The setting is still called `flag_after_reminders` (its default, 7, is the seed's 7
+    days); it is read as days."""
+    return settings.flag_after_reminders
+
+
+def flag_due(state: ReminderState, *, now: datetime, days: int) -> bool:
+    """Whether a run's stall is to be flagged for ops now (once: never when flagged)."""
+    return state.flagged_at is None and stall_day(state.first_overdue_at, now) >= days
+
+
+def moved_on_states(states: list[ReminderState]) -> list[int]:
+    """The ids of those escalation states whose run has really moved on: it is no longer
+    active, or its stall now is another (accepted, started, progress recorded since: another
+    bucket or a later anchor). A run that is merely not overdue as of the time asked about
+    (`--at` before the stall was found, or a threshold raised since) keeps its state: erasing
+    it would start the stall again from day 1 and break the escalation schedule."""
+    if not states:
+        return []
+    runs = with_last_progress(
+        ProductionRun.objects.filter(pk__in=[state.run_id for state in states]).only(
+            "status", "created_at", "accepted_at", "started_at"
+        )
+    )
+    current = {run.id: stall(run) if run.status in ACTIVE_STATUSES else None for run in runs}
+    return [
+        state.pk
+        for state in states
+        if current.get(state.run_id) != (state.kind, state.stalled_since)
+    ]
 
 
 def _advance(
@@ -241,7 +284,7 @@ def _advance(
     kind: str,
     since: datetime,
     now: datetime,
-    flag_after: int,
+    flag_after_days: int,
 ) -> tuple[ReminderState, bool, int | None]:
     """Count one reminder on the run's stall, in memory and on a copy (the caller's state is
     left as read, should the write fail); returns (state, newly flagged, the id of a state
@@ -254,7 +297,7 @@ def _advance(
         state = ReminderState(run_id=run_id, kind=kind, stalled_since=since, first_overdue_at=now)
     state.reminder_count += 1
     state.last_reminded_at = now
-    newly_flagged = state.flagged_at is None and state.reminder_count >= flag_after
+    newly_flagged = flag_due(state, now=now, days=flag_after_days)
     if newly_flagged:
         state.flagged_at = now
     return state, newly_flagged, stale
@@ -387,6 +430,10 @@ def discover_reminders(
             s.run_id: s
             for s in ReminderState.objects.filter(run_id__gte=page[0].id, run_id__lte=page[-1].id)
         }
+        # Known stalls of runs not overdue as of `now` (each is forgotten only if its run
+        # really moved on), and known stalls not due a reminder but due the ops flag.
+        not_overdue: list[ReminderState] = []
+        to_flag: list[int] = []
         for run in page:
             summary["total_inspected"] += 1
             if run.partner_id is None:
@@ -397,7 +444,7 @@ def discover_reminders(
             if found is None:
                 summary["skipped_not_overdue"] += 1
                 if state is not None and not dry_run:
-                    state.delete()  # the stall is over: a later one starts from day 1
+                    not_overdue.append(state)
                 continue
             kind, since = found
             summary["counts"][kind] += 1
@@ -409,6 +456,8 @@ def discover_reminders(
                 state, kind=kind, since=since, now=now, steps=steps, repeat_days=repeat
             ):
                 summary["skipped_not_due"] += 1
+                if not dry_run and flag_due(state, now=now, days=flag_days(settings)):
+                    to_flag.append(state.pk)
                 continue
             due = Due(run, kind, since, state)
             if settings.digest_enabled:
@@ -418,6 +467,14 @@ def discover_reminders(
                 summary["events"] += 1
             else:
                 emit.append(due)
+        if gone := moved_on_states(not_overdue):
+            # The stall is over: a later one starts from day 1.
+            ReminderState.objects.filter(pk__in=gone).delete()
+        if to_flag:
+            # Conditional: flagged once, whoever gets there first.
+            summary["flagged"] += ReminderState.objects.filter(
+                pk__in=to_flag, flagged_at__isnull=True
+            ).update(flagged_at=now)
         if len(emit) >= chunk_size:
             _emit_batch(emit, now=now, day=day, settings=settings, summary=summary)
             emit = []
@@ -504,7 +561,7 @@ def _emit_bulk(emit: list[Due], *, now, day, settings) -> dict[str, int]:
             kind=due.kind,
             since=due.since,
             now=now,
-            flag_after=settings.flag_after_reminders,
+            flag_after_days=flag_days(settings),
         )
         if gone is not None:
             stale.append(gone)
@@ -540,7 +597,7 @@ def _emit_one(due: Due, *, now, day, settings, summary) -> None:
                 kind=due.kind,
                 since=due.since,
                 now=now,
-                flag_after=settings.flag_after_reminders,
+                flag_after_days=flag_days(settings),
             )
     except Exception as error:
         _failed(summary, f"run {run.id}", error)
@@ -577,7 +634,7 @@ def _emit_digest(partner_id, kind, group: list[Due], *, now, day, settings, summ
                     kind=kind,
                     since=due.since,
                     now=now,
-                    flag_after=settings.flag_after_reminders,
+                    flag_after_days=flag_days(settings),
                 )
                 flagged += int(newly)
     except Exception as error:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -396,8 +396,12 @@ def _mark_dedup(main: Delivery, *, earlier: Delivery, context_key: str, now: dat
     """The dedup marker: the row stays (what would have been sent, and why not), skipped
     before any provider sees it."""
     minutes = ReminderSettings.load().dedup_window_minutes
+    # The key's date is a day in the schedule's zone: the time is given in that zone too,
+    # and in UTC (logs, the database), each labelled.
+    sent = earlier.created_at
     reason = (
-        f"dedup: {context_key} already sent at {earlier.created_at:%Y-%m-%d %H:%M} "
+        f"dedup: {context_key} already sent at {sent.astimezone(REMINDER_TZ):%Y-%m-%d %H:%M} "
+        f"{REMINDER_TZ.key} ({sent.astimezone(UTC):%Y-%m-%d %H:%M} UTC) "
         f"(delivery {earlier.id}); not sent again within {minutes} minutes"
     )[:300]
     if Delivery.objects.filter(id=main.id, status=Delivery.Status.SCHEDULED).update(

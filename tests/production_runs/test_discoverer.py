@@ -354,12 +354,14 @@ def test_a_step_that_falls_on_a_weekend_is_caught_up_on_the_next_weekday():
     assert reminded_days(run, days=15, weekdays_only=True)[:3] == [1, 3, 8]
 
 
-def test_a_run_reminded_seven_times_without_moving_is_flagged_for_ops():
+def test_a_run_still_stalled_seven_days_into_its_reminders_is_flagged_for_ops():
+    """Seed 002: ">= 7 consecutive days" of reminders, i.e. day 7 (the third reminder on
+    the default escalation), not the seventh reminder (day 35)."""
     run = pending_run()
     reminded = reminded_days(run, days=35)
     state = ReminderState.objects.get(run=run)
     assert len(reminded) == 7 and state.reminder_count == 7
-    assert state.flagged_at == NOW + 34 * DAY
+    assert state.flagged_at == NOW + 6 * DAY
 
 
 def test_a_run_that_moves_starts_a_new_stall_from_day_1():

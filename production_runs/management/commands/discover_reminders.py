@@ -34,7 +34,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--at", type=parse_at, help="ISO 8601 time to run as (default: the current time)"
+            "--at",
+            type=parse_at,
+            help=(
+                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+                "the command really emits the reminder events due at that time (keyed by "
+                "that day in Asia/Kolkata, for the dispatcher to send) and records those "
+                "reminders as escalation steps and any ops flags at that time, so a time "
+                "ahead of the clock holds those runs' next reminders until after it. Use "
+                "--dry-run to preview"
+            ),
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="classify and report only; emit nothing"
