@@ -6,14 +6,27 @@ override permission; every switch is audited (ScheduleChange)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
-from production_runs.discoverer import REMINDER_TZ, digest_event_name, reminder_event_name
+from production_runs.discoverer import (
+    KINDS,
+    REMINDER_TZ,
+    Thresholds,
+    digest_event_name,
+    discover_reminders,
+    local_date,
+    reminder_event_name,
+    with_classification,
+)
 from production_runs.models import (
+    ACTIVE_STATUSES,
     EventTemplateMapping,
+    ProductionRun,
     ReminderKind,
     ReminderSettings,
     ScheduleChange,
@@ -115,12 +128,20 @@ def activation_gate() -> Gate:
         for row in TemplateVariantStatus.objects.filter(platform__in=platforms)
     }
     for platform in platforms:
+        try:
+            languages = languages_for_platform(platform)
+        except ImproperlyConfigured as error:
+            checks.append(GateCheck(f"templates approved on {platform.label}", False, str(error)))
+            continue
         pending = []
         total = 0
         for name in templates:
-            for language in languages_for_platform(platform):
-                if language not in SPECS[name].bodies:
-                    continue
+            usable = [language for language in languages if language in SPECS[name].bodies]
+            if not usable:
+                # Its languages (WHATSAPP_PLATFORM_LANGUAGES="AU=de") have no variant of a
+                # template the reminders send: nothing could be approved, nothing sent.
+                pending.append(f"{name}: no variant in {', '.join(languages)}")
+            for language in usable:
                 total += 1
                 status = statuses.get((platform.id, name, language), TemplateStatus.MISSING)
                 if status != TemplateStatus.APPROVED:
@@ -133,6 +154,58 @@ def activation_gate() -> Gate:
             )
         )
     return Gate(checks)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What the discoverer would do if it ran now, and why the stalled runs it would not
+    remind are left alone: reminded already today, or waiting for a later escalation day."""
+
+    counts: dict[str, int]  # stalled runs by bucket
+    reminded_today: int
+    waiting: int
+    due: int  # runs it would remind
+    events: int  # events it would emit (fewer than `due` with the digest on)
+
+    @property
+    def stalled(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        return (
+            f"{self.stalled} stalled run(s) right now; {self.reminded_today} already reminded "
+            f"today, {self.waiting} waiting for a later escalation day, {self.due} due"
+        )
+
+
+def reminder_outlook(*, now: datetime) -> Outlook:
+    """The discoverer's dry run at `now`, with its "not due" runs split: a run reminded today
+    is not reminded again today, one reminded earlier waits for its next escalation day."""
+    summary = discover_reminders(now=now, dry_run=True)
+    start = datetime.combine(local_date(now), time(0), tzinfo=REMINDER_TZ)
+    cutoffs = Thresholds.of(ReminderSettings.load()).cutoffs(now)
+    active = ProductionRun.objects.filter(status__in=ACTIVE_STATUSES, partner__isnull=False)
+    # The discoverer's "same stall, reminded today" (discoverer.reminder_due), in SQL.
+    reminded_today = (
+        with_classification(active, cutoffs)
+        .filter(
+            overdue_kind=F("reminder__kind"),
+            overdue_since=F("reminder__stalled_since"),
+            reminder__reminder_count__gt=0,
+            reminder__last_reminded_at__gte=start,
+            reminder__last_reminded_at__lt=start + timedelta(days=1),
+        )
+        .count()
+    )
+    not_due = summary["skipped_not_due"]
+    reminded_today = min(reminded_today, not_due)
+    return Outlook(
+        counts={kind: summary["counts"][kind] for kind in KINDS},
+        reminded_today=reminded_today,
+        waiting=not_due - reminded_today,
+        due=summary["dispatched"],
+        events=summary["events"],
+    )
 
 
 def schedule_enable(

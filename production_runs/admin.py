@@ -41,6 +41,7 @@ from production_runs.runs import RunStepRefused, run_record_progress, run_remind
 from production_runs.whatsapp_templates import (
     SPECS,
     languages_for_platform,
+    languages_without_variants,
     plan,
     selected_specs,
     sync,
@@ -106,8 +107,8 @@ class BucketFilter(admin.SimpleListFilter):
         return [*ReminderKind.choices, ("none", "Not overdue")]
 
     def queryset(self, request, queryset):
-        if self.value() is None:
-            return queryset
+        if self.value() not in (*KINDS, "none"):
+            return queryset  # no filter, or a value no link offers (?bucket=bogus): ignored
         thresholds = Thresholds.of(ReminderSettings.load())
         now = timezone.now()
         queryset = with_idle_since(queryset)
@@ -447,7 +448,7 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             task.enabled or not (gate.holds or (action == "override" and may_override))
         ):
             return None
-        summary = discover_reminders(now=timezone.now(), dry_run=True)
+        outlook = activation.reminder_outlook(now=timezone.now())
         cron = task.crontab
         when = (
             f"{cron.minute} {cron.hour} {cron.day_of_month} {cron.month_of_year} "
@@ -456,29 +457,32 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             else str(task.interval or "its schedule")
         )
         buckets = ", ".join(
-            f"{summary['counts'][kind]} {ReminderKind(kind).label.lower()}" for kind in KINDS
+            f"{outlook.counts[kind]} {ReminderKind(kind).label.lower()}" for kind in KINDS
         )
+        # Why a schedule with stalled runs would send nothing now: today's reminders are
+        # out (a run is reminded once a day), or the runs wait for their escalation day.
         details = [
             ("schedule", f"{task.name} — crontab {when}"),
-            ("stalled runs right now", f"{sum(summary['counts'].values())} ({buckets})"),
-            ("would be reminded at the next run", summary["dispatched"]),
-            ("WhatsApp events at the next run", summary["events"]),
+            ("stalled runs right now", f"{outlook.stalled} ({buckets})"),
+            ("already reminded today", outlook.reminded_today),
+            ("waiting for a later escalation day", outlook.waiting),
+            ("due: would be reminded if it ran now", outlook.due),
+            ("WhatsApp events if it ran now", outlook.events),
         ]
         failing = [f"{c.label}: {c.detail}" for c in gate.checks if not c.ok]
         if action == "disable":
             text = (
-                "Disabling the reminder schedule stops every scheduled production-run reminder: "
-                f"the {summary['dispatched']} run(s) that would be reminded at the next run "
-                "are not, until it is enabled again."
+                "Disabling the reminder schedule stops every scheduled production-run reminder "
+                f"until it is enabled again. {outlook.describe()}."
             )
             label = "Yes, disable the schedule"
         else:
             override = " although the activation gate does not hold" if not gate.holds else ""
             text = (
-                f"Enabling the reminder schedule{override} runs the discoverer at {when}: at "
-                f"today's numbers it would send {summary['events']} WhatsApp reminder "
-                f"event(s) for {summary['dispatched']} stalled run(s), and keep reminding "
-                "until they move."
+                f"Enabling the reminder schedule{override} runs the discoverer at {when}. "
+                f"{outlook.describe()}: run now, it would send {outlook.events} WhatsApp "
+                f"reminder event(s) for {outlook.due} run(s), and it keeps reminding stalled "
+                "runs on their escalation days until they move."
             )
             label = "Yes, override the gate and enable" if override else "Yes, enable"
         return confirm_form(
@@ -591,7 +595,10 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
 
     @admin.display(description="approved variants", ordering="approved")
     def approval(self, obj):
-        items = plan(platforms=[obj], specs=selected_specs())
+        try:
+            items = plan(platforms=[obj], specs=selected_specs())
+        except ImproperlyConfigured:
+            return "—"  # the "template languages" column says why
         approved = sum(1 for i in items if i.status == TemplateStatus.APPROVED)
         colour = OK_COLOUR if approved == len(items) else WAIT_COLOUR
         return pill(colour, f"{approved} / {len(items)}")
@@ -608,8 +615,22 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
             },
         )
 
+    def _languages_usable(self, request, platforms) -> bool:
+        """False (with the error shown) when WHATSAPP_PLATFORM_LANGUAGES is malformed; warns
+        of configured languages no template is written in (they are left out)."""
+        try:
+            warnings = languages_without_variants(platforms, selected_specs())
+        except ImproperlyConfigured as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return False
+        for warning in warnings:
+            self.message_user(request, warning, messages.WARNING)
+        return True
+
     @admin.action(description="Show the template plan (dry run, no call to Meta)")
     def show_plan(self, request, queryset):
+        if not self._languages_usable(request, list(queryset)):
+            return None
         items = plan(platforms=list(queryset), specs=selected_specs())
         return self._report(request, items, "WhatsApp templates — plan (dry run)")
 
@@ -619,6 +640,8 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
     @admin.action(description="Submit missing templates to Meta (upsert)", permissions=["submit"])
     def upsert_templates(self, request, queryset):
         platforms = list(queryset)
+        if not self._languages_usable(request, platforms):
+            return None
         if not confirmed(request):
             missing = [
                 i for i in plan(platforms=platforms, specs=selected_specs()) if i.action == "create"
@@ -641,6 +664,8 @@ class WhatsAppPlatformAdmin(admin.ModelAdmin):
 
     @admin.action(description="Refresh template statuses from Meta", permissions=["submit"])
     def refresh_statuses(self, request, queryset):
+        if not self._languages_usable(request, list(queryset)):
+            return None
         items = sync(
             mode="refresh", platforms=list(queryset), specs=selected_specs(), now=timezone.now()
         )

@@ -6,25 +6,31 @@ approval status of each WhatsApp template variant per platform.
 Models hold data and single-row rules; the work is done in discoverer.py, dispatcher.py,
 whatsapp_templates.py and activation.py."""
 
-import phonenumbers
+from datetime import timedelta
+
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from cadence.validators import (  # validate_e164: migration 0001 names it here
+    MAX_HOURS,  # a year
+    validate_e164,
+)
+
+# Upper bounds of the reminder settings. Longer means "never" in practice, and
+# idle_hours=100000000 overflowed the date arithmetic of the run list, the dry run and the
+# discoverer ("date value out of range").
+MAX_DAYS = 365
+# Reminders about a run use a new dedup context each day: a longer window dedups nothing more.
+MAX_DEDUP_MINUTES = 24 * 60
+# How far ahead of the server's clock a progress update may be stamped (a partner's phone).
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class Language(models.TextChoices):
     EN = "en", "English"
     HI = "hi", "Hindi"
-
-
-def validate_e164(value: str) -> None:
-    try:
-        parsed = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ValidationError(f"{value!r} is not a phone number: {exc}") from exc
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    if not phonenumbers.is_valid_number(parsed) or e164 != value:
-        raise ValidationError(f"Give the number in E.164 form, e.g. +919876543210 (not {value!r}).")
 
 
 def parse_country_codes(value: str) -> list[str]:
@@ -209,6 +215,15 @@ class ProductionRun(models.Model):
     def __str__(self):
         return f"Run {self.pk}"
 
+    def clean(self):
+        if self.quantity < self.produced_quantity:
+            raise ValidationError(
+                {
+                    "quantity": f"{self.produced_quantity} pieces are already produced: the "
+                    f"ordered quantity cannot be less ({self.quantity} given)."
+                }
+            )
+
 
 class ProgressUpdate(models.Model):
     run = models.ForeignKey(
@@ -235,6 +250,44 @@ class ProgressUpdate(models.Model):
     def __str__(self):
         return f"{self.produced_quantity} at {self.at:%Y-%m-%d %H:%M}"
 
+    def clean(self):
+        """An update from the future would count as the run's latest progress and silence
+        its idle reminders until then; more pieces than ordered is a typo (seed 002 knows
+        progress only as "{{4}} of {{5}} pieces produced", never beyond the order)."""
+        errors = {}
+        if self.at is not None and self.at > timezone.now() + CLOCK_SKEW:
+            at = timezone.localtime(self.at)
+            errors["at"] = (
+                f"{at:%Y-%m-%d %H:%M} is in the future: give the time the pieces were counted "
+                f"(at most {CLOCK_SKEW.seconds // 60} minutes ahead of now)."
+            )
+        try:
+            run = self.run
+        except ProgressUpdate.run.RelatedObjectDoesNotExist:
+            run = None
+        produced = self.produced_quantity
+        if run is not None and produced is not None and produced > run.quantity:
+            errors["produced_quantity"] = (
+                f"{produced} is more than the {run.quantity} pieces ordered: correct the "
+                "count, or the run's ordered quantity first."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+
+THRESHOLD_HOURS = [
+    MinValueValidator(1, "At least 1 hour."),
+    MaxValueValidator(
+        MAX_HOURS, f"At most {MAX_HOURS:,} hours (a year); %(show_value)s is longer than that."
+    ),
+]
+ESCALATION_DAYS = [
+    MinValueValidator(1, "At least 1 day."),
+    MaxValueValidator(
+        MAX_DAYS, f"At most {MAX_DAYS} days (a year); %(show_value)s is longer than that."
+    ),
+]
+
 
 def parse_steps(value: str) -> list[int]:
     try:
@@ -246,29 +299,47 @@ def parse_steps(value: str) -> list[int]:
     return steps
 
 
+def validate_escalation_days(value: str) -> None:
+    steps = parse_steps(value)
+    if steps[-1] > MAX_DAYS:
+        raise ValidationError(
+            f"At most {MAX_DAYS} days (a year); day {steps[-1]} is later than that."
+        )
+
+
 class ReminderSettings(models.Model):
     """The one row of reminder settings (seed 002's "known gaps": thresholds in config,
     escalation cadence, per-partner digest)."""
 
     assignment_pending_hours = models.PositiveIntegerField(
-        default=24, help_text="Remind when a run sent to a partner is not accepted after this."
+        default=24,
+        validators=THRESHOLD_HOURS,
+        help_text="Remind when a run sent to a partner is not accepted after this many hours "
+        "(1 to 8,760, a year).",
     )
     not_started_hours = models.PositiveIntegerField(
-        default=24, help_text="Remind when an accepted run has not started after this."
+        default=24,
+        validators=THRESHOLD_HOURS,
+        help_text="Remind when an accepted run has not started after this many hours "
+        "(1 to 8,760, a year).",
     )
     idle_hours = models.PositiveIntegerField(
         default=72,
+        validators=THRESHOLD_HOURS,
         help_text="Remind when a run in progress has had no progress update (or, without "
-        "any, no start) for this long.",
+        "any, no start) for this many hours (1 to 8,760, a year).",
     )
     escalation_days = models.CharField(
         max_length=60,
         default="1,3,7",
+        validators=[validate_escalation_days],
         help_text="Days of a stall (day 1 = first found overdue) that get a reminder, "
-        'e.g. "1,3,7".',
+        'e.g. "1,3,7" (at most day 365).',
     )
     escalation_repeat_days = models.PositiveIntegerField(
-        default=7, help_text="After the last of those days, remind every this many days."
+        default=7,
+        validators=ESCALATION_DAYS,
+        help_text="After the last of those days, remind every this many days (1 to 365).",
     )
     flag_after_reminders = models.PositiveIntegerField(
         default=7, help_text="A run reminded this many times without moving is flagged for ops."
@@ -279,8 +350,15 @@ class ReminderSettings(models.Model):
     )
     dedup_window_minutes = models.PositiveIntegerField(
         default=60,
-        help_text="A message about the same thing (context) already sent this recently is "
-        "not sent again; a marker row records the skip.",
+        validators=[
+            MaxValueValidator(
+                MAX_DEDUP_MINUTES,
+                f"At most {MAX_DEDUP_MINUTES:,} minutes (a day); reminders about a run "
+                "use a new dedup context each day anyway.",
+            )
+        ],
+        help_text="A message about the same thing (context) already sent this many minutes "
+        "ago or less is not sent again (0 to 1,440, a day); a marker row records the skip.",
     )
 
     class Meta:
@@ -308,17 +386,6 @@ class ReminderSettings(models.Model):
     @property
     def steps(self) -> list[int]:
         return parse_steps(self.escalation_days)
-
-    def clean(self):
-        try:
-            parse_steps(self.escalation_days)
-        except ValidationError as error:
-            raise ValidationError({"escalation_days": error.messages}) from error
-        if self.escalation_repeat_days < 1:
-            raise ValidationError({"escalation_repeat_days": "At least 1 day."})
-        for field in ("assignment_pending_hours", "not_started_hours", "idle_hours"):
-            if getattr(self, field) < 1:
-                raise ValidationError({field: "At least 1 hour."})
 
 
 class ReminderState(models.Model):

@@ -74,6 +74,8 @@ def run_record_progress(
 ) -> ProgressUpdate:
     if produced_quantity < 0:
         raise RunStepRefused("the produced quantity cannot be negative")
+    if produced_quantity > run.quantity:
+        raise RunStepRefused(f"{produced_quantity} is more than the {run.quantity} pieces ordered")
     with transaction.atomic():
         update = ProgressUpdate.objects.create(run=run, produced_quantity=produced_quantity, at=now)
         ProductionRun.objects.filter(pk=run.pk).update(

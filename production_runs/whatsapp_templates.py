@@ -293,8 +293,17 @@ def django_body(spec: TemplateSpec, language: str) -> str:
 # --- languages per platform ---------------------------------------------------------------
 
 
+PLATFORM_LANGUAGES_FORMAT = (
+    'like "IN=en,hi;AU=en": a platform label, "=", its language codes separated by commas; '
+    'platforms separated by ";"'
+)
+# Meta's language codes: en, hi, fil, en_US, pt_BR, zh_CN...
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{2,4})?")
+
+
 def parse_platform_languages(value: str) -> dict[str, list[str]]:
-    """WHATSAPP_PLATFORM_LANGUAGES="AU=en;IN=en,hi" -> {"AU": ["en"], "IN": ["en", "hi"]}."""
+    """WHATSAPP_PLATFORM_LANGUAGES="AU=en;IN=en,hi" -> {"AU": ["en"], "IN": ["en", "hi"]}.
+    Raises ImproperlyConfigured (one line, naming the setting and its format) otherwise."""
     result: dict[str, list[str]] = {}
     for part in value.split(";"):
         if not part.strip():
@@ -303,10 +312,21 @@ def parse_platform_languages(value: str) -> dict[str, list[str]]:
         codes = [code.strip() for code in languages.split(",") if code.strip()]
         if not sep or not label.strip() or not codes:
             raise ImproperlyConfigured(
-                f'WHATSAPP_PLATFORM_LANGUAGES: {part!r} is not like "IN=en,hi"'
+                f"WHATSAPP_PLATFORM_LANGUAGES: {part.strip()!r} is not {PLATFORM_LANGUAGES_FORMAT}"
             )
+        for code in codes:
+            if not LANGUAGE_CODE.fullmatch(code):
+                raise ImproperlyConfigured(
+                    f"WHATSAPP_PLATFORM_LANGUAGES: {code!r} is not a language code like en, hi "
+                    f"or pt_BR (in {part.strip()!r}; the setting is {PLATFORM_LANGUAGES_FORMAT})"
+                )
         result[label.strip()] = codes
     return result
+
+
+def check_platform_languages() -> None:
+    """Raises ImproperlyConfigured when WHATSAPP_PLATFORM_LANGUAGES is malformed."""
+    parse_platform_languages(settings.WHATSAPP_PLATFORM_LANGUAGES)
 
 
 def languages_for_platform(platform: WhatsAppPlatform) -> list[str]:
@@ -316,6 +336,39 @@ def languages_for_platform(platform: WhatsAppPlatform) -> list[str]:
     if platform.label in override:
         return override[platform.label]
     return ["en", "hi"] if "+91" in platform.country_code_list else ["en"]
+
+
+def languages_without_variants(
+    platforms: list[WhatsAppPlatform], specs: list[TemplateSpec]
+) -> list[str]:
+    """One line per platform and configured language that some of `specs` have no variant
+    in (WHATSAPP_PLATFORM_LANGUAGES="IN=en,fr" or "AU=de"). The plan leaves such a variant
+    out, and a platform left with no variant of a template cannot send it."""
+    notes = []
+    for platform in platforms:
+        languages = languages_for_platform(platform)
+        for language in languages:
+            lacking = [spec for spec in specs if language not in spec.bodies]
+            if not lacking:
+                continue
+            if len(lacking) == 1:
+                which = f"{lacking[0].name} (it has {', '.join(lacking[0].languages)})"
+            else:
+                written = sorted({lang for spec in lacking for lang in spec.languages})
+                share = "any" if len(lacking) == len(specs) else len(lacking)
+                which = f"{share} of the {len(specs)} templates (they have {', '.join(written)})"
+            served = [spec for spec in lacking if any(lang in spec.bodies for lang in languages)]
+            unserved = [spec.name for spec in lacking if spec not in served]
+            if not unserved:
+                outcome = f"{language} is left out"
+            elif served:
+                outcome = f"{platform.label} gets no variant of {', '.join(unserved)}"
+            else:
+                outcome = (
+                    f"{platform.label} gets no variant of {'it' if len(lacking) == 1 else 'them'}"
+                )
+            notes.append(f"{platform.label}: no {language} variant of {which}: {outcome}")
+    return notes
 
 
 # --- sync with Meta -----------------------------------------------------------------------

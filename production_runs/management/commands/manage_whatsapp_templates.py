@@ -1,9 +1,17 @@
 import json
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from production_runs.whatsapp_templates import plan, select_platforms, selected_specs, sync
+from production_runs.whatsapp_templates import (
+    check_platform_languages,
+    languages_without_variants,
+    plan,
+    select_platforms,
+    selected_specs,
+    sync,
+)
 
 
 def _split(value: str | None) -> list[str]:
@@ -37,15 +45,24 @@ class Command(BaseCommand):
 
     def handle(self, *args, mode, platform_ids, templates, json: bool, **options):
         try:
+            check_platform_languages()
             platforms = select_platforms(_split(platform_ids))
             specs = selected_specs(_split(templates))
-        except ValueError as error:
+        except (ValueError, ImproperlyConfigured) as error:
             raise CommandError(str(error)) from error
         if not platforms:
             raise CommandError("no active WhatsApp platform: add one in the admin first")
+        # A configured language no template is written in is left out of every plan: say so.
+        warnings = languages_without_variants(platforms, specs)
+        for warning in warnings:
+            self.stderr.write(f"warning: {warning}")
         if mode == "dry-run":
             items = plan(platforms=platforms, specs=specs)
-            self.stderr.write(f"planned {len(items)} variant(s) on {len(platforms)} platform(s)")
+            empty = sorted({p.label for p in platforms} - {i.platform for i in items})
+            none = f" (none on {', '.join(empty)})" if empty else ""
+            self.stderr.write(
+                f"planned {len(items)} variant(s) on {len(platforms)} platform(s){none}"
+            )
         else:
             # One platform at a time (each is its own WABA at Meta), with progress on stderr
             # so --json output stays clean.
@@ -62,7 +79,9 @@ class Command(BaseCommand):
                 )
                 self.stderr.write(f"[{number}/{len(platforms)}] {platform.label}: {outcome}")
         if json:
-            self.stdout.write(_dumps({"mode": mode, "items": [i.as_dict() for i in items]}))
+            self.stdout.write(
+                _dumps({"mode": mode, "items": [i.as_dict() for i in items], "warnings": warnings})
+            )
         else:
             self.stdout.write(f"mode {mode}: {len(items)} template variant(s)")
             for item in items:
