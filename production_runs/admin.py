@@ -128,7 +128,7 @@ class FlaggedFilter(admin.SimpleListFilter):
     parameter_name = "flagged"
 
     def lookups(self, request, model_admin):
-        return [("yes", "Flagged: reminded too often without moving"), ("no", "Not flagged")]
+        return [("yes", "Flagged: still stalled 7+ days into its reminders"), ("no", "Not flagged")]
 
     def queryset(self, request, queryset):
         flagged = Q(reminder__flagged_at__isnull=False, status__in=ACTIVE_STATUSES)
@@ -333,7 +333,7 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
         ("Thresholds", {"fields": ("assignment_pending_hours", "not_started_hours", "idle_hours")}),
         (
             "Escalation",
-            {"fields": ("escalation_days", "escalation_repeat_days", "flag_after_reminders")},
+            {"fields": ("escalation_days", "escalation_repeat_days", "flag_after_days")},
         ),
         ("Sending", {"fields": ("digest_enabled", "dedup_window_minutes")}),
         ("Tools", {"fields": ("tools",)}),

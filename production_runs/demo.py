@@ -248,7 +248,8 @@ def _runs(partners, designs, now: datetime) -> int:
                 ProgressUpdate.objects.create(run=run, produced_quantity=produced, at=at)
                 created += 1
             if category == "pending_overdue" and n < 2:
-                # Two chronic stalls: reminded seven times without moving, flagged for ops.
+                # Two chronic stalls, reminded on days 1, 3, 7, 14 and 21 without moving,
+                # flagged for ops on day 7.
                 run.created_at = now - 22 * DAY
                 run.save(update_fields=["created_at"])
                 ReminderState.objects.create(
@@ -256,9 +257,9 @@ def _runs(partners, designs, now: datetime) -> int:
                     kind="assignment_pending",
                     stalled_since=run.created_at,
                     first_overdue_at=now - 21 * DAY,
-                    reminder_count=7,
-                    last_reminded_at=now - 2 * DAY,
-                    flagged_at=now - 2 * DAY,
+                    reminder_count=5,
+                    last_reminded_at=now - DAY,
+                    flagged_at=now - 15 * DAY,
                 )
                 created += 1
     return created

@@ -244,11 +244,8 @@ def flag_days(settings: ReminderSettings) -> int:
     The seed reminded every weekday, so that is a run still stalled on day 7 of being
     reminded: day 1 is its first reminder (`first_overdue_at`), not the moment it stalled
     (a stall only reaches the partner once it is overdue). With the default escalation
-    (days 1, 3, 7) that is the day of the third reminder, not of the seventh (day 35).
-
-    The setting is still called `flag_after_reminders` (its default, 7, is the seed's 7
-    days); it is read as days."""
-    return settings.flag_after_reminders
+    (days 1, 3, 7) that is the day of the third reminder, not of the seventh (day 35)."""
+    return settings.flag_after_days
 
 
 def flag_due(state: ReminderState, *, now: datetime, days: int) -> bool:

@@ -341,8 +341,11 @@ class ReminderSettings(models.Model):
         validators=ESCALATION_DAYS,
         help_text="After the last of those days, remind every this many days (1 to 365).",
     )
-    flag_after_reminders = models.PositiveIntegerField(
-        default=7, help_text="A run reminded this many times without moving is flagged for ops."
+    flag_after_days = models.PositiveIntegerField(
+        default=7,
+        validators=ESCALATION_DAYS,
+        help_text="A run still stalled this many days after its first reminder (day 1) is "
+        "flagged for ops to call (seed 002: 7 consecutive days).",
     )
     digest_enabled = models.BooleanField(
         default=False,
@@ -412,7 +415,9 @@ class ReminderState(models.Model):
         null=True, blank=True, help_text="When the last reminder event was emitted."
     )
     flagged_at = models.DateTimeField(
-        null=True, blank=True, help_text="Reminded too often without moving: ops should call."
+        null=True,
+        blank=True,
+        help_text="Still stalled 7 or more days into its reminders: ops should call.",
     )
 
     class Meta:

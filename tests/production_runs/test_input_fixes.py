@@ -47,7 +47,7 @@ def settings_form(**changes) -> dict:
         "idle_hours": current.idle_hours,
         "escalation_days": current.escalation_days,
         "escalation_repeat_days": current.escalation_repeat_days,
-        "flag_after_reminders": current.flag_after_reminders,
+        "flag_after_days": current.flag_after_days,
         "dedup_window_minutes": current.dedup_window_minutes,
     }
     return {**data, **changes}
