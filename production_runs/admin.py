@@ -1,6 +1,7 @@
 """Admin for production runs and their reminders. Actions and views are thin: they call
 runs.py, discoverer.py, whatsapp_templates.py and activation.py and report what happened."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import models
@@ -10,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.admin import PeriodicTaskAdmin, PeriodicTaskForm
 from django_celery_beat.models import PeriodicTask
 
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
@@ -719,15 +720,48 @@ class ScheduleChangeAdmin(admin.ModelAdmin):
 # --- beat's periodic tasks: activation is confirmed, the reminder schedule goes by the gate --
 
 
+class GuardedPeriodicTaskForm(PeriodicTaskForm):
+    """No second task runs the discoverer (it would remind partners around the activation
+    gate), and the reminder schedule's own task keeps running it."""
+
+    def clean(self):
+        data = super().clean()
+        was = self.instance.task if self.instance.pk else ""
+        now = data.get("task")
+        gate = reverse("admin:production_runs_reminder_gate")
+        if now == activation.DISCOVER_TASK and was != activation.DISCOVER_TASK:
+            raise forms.ValidationError(
+                format_html(
+                    "{} is the reminder schedule's task: it already has its periodic task, "
+                    'switched on its <a href="{}">activation gate page</a> (gate checked, '
+                    "audited). A second one would remind partners around the gate.",
+                    activation.DISCOVER_TASK,
+                    gate,
+                )
+            )
+        if was == activation.DISCOVER_TASK and now != was:
+            raise forms.ValidationError(
+                f"This is the reminder schedule: its task stays {activation.DISCOVER_TASK}."
+            )
+        return data
+
+
 class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
     """django-celery-beat's task list, with schedule activation made safe: enabling,
     disabling or toggling tasks shows a confirmation page naming each task and its
     schedule, and the reminder schedule (herald.discover_reminders) is switched only on its
-    activation gate page, where the gate is checked and every switch audited."""
+    activation gate page, where the gate is checked and every switch audited; no other
+    task may run the discoverer (GuardedPeriodicTaskForm)."""
+
+    form = GuardedPeriodicTaskForm
 
     def get_readonly_fields(self, request, obj=None):
         fields = tuple(super().get_readonly_fields(request, obj))
-        if obj is not None and obj.task == activation.DISCOVER_TASK:
+        # As stored: a refused form has already written its values on `obj`.
+        if (
+            obj is not None
+            and type(obj).objects.filter(pk=obj.pk, task=activation.DISCOVER_TASK).exists()
+        ):
             return (*fields, "enabled")
         return fields
 

@@ -412,3 +412,42 @@ def test_the_sample_message_frame_holds_the_whole_email(admin_client):
     frame = page.decode().split('srcdoc="', 1)[1].split('"', 1)[0]
     assert frame.startswith("&lt;!doctype html&gt;") and "Brooklyn Tech" in frame
     assert "&lt;/html&gt;" in frame
+
+
+def test_no_second_periodic_task_may_run_the_discoverer_around_its_gate(admin_client):
+    setup_schedules(registered_tasks={spec.task for spec in SCHEDULES})
+    crontab = PeriodicTask.objects.get(task=DISCOVER_TASK).crontab
+    before = PeriodicTask.objects.count()
+    response = admin_client.post(
+        reverse("admin:django_celery_beat_periodictask_add"),
+        {
+            "name": "my reminders",
+            "regtask": DISCOVER_TASK,
+            "enabled": "on",
+            "crontab": crontab.pk,
+            "args": "[]",
+            "kwargs": "{}",
+        },
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.non_field_errors()
+    assert "is the reminder schedule's task" in errors[0]
+    assert PeriodicTask.objects.count() == before
+
+    # Nor may another task be turned into it, or the schedule's own task into another.
+    other = PeriodicTask.objects.exclude(task=DISCOVER_TASK).first()
+    reminders = PeriodicTask.objects.get(task=DISCOVER_TASK)
+    for task, to in ((other, DISCOVER_TASK), (reminders, other.task)):
+        change = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+        form = {
+            "name": task.name,
+            "regtask": to,
+            "crontab": task.crontab_id or "",
+            "interval": task.interval_id or "",
+            "args": "[]",
+            "kwargs": "{}",
+        }
+        assert admin_client.post(change, form).status_code == 200
+        task_before = task.task
+        task.refresh_from_db()
+        assert task.task == task_before
