@@ -27,6 +27,7 @@ class ProductionRunsConfig(AppConfig):
         dispatch.register_send_time_check(dispatcher.still_stalled_check)
         dispatch.register_send_time_check(dispatcher.template_approved_check)
         checks.register(check_template_specs)
+        checks.register(check_platform_languages_setting)
 
 
 def handle_template_status_event(event):
@@ -47,3 +48,17 @@ def check_template_specs(app_configs=None, **kwargs):
         except SpecProblem as problem:
             errors.append(checks.Error(str(problem), id="production_runs.E001"))
     return errors
+
+
+def check_platform_languages_setting(app_configs=None, **kwargs):
+    """A malformed WHATSAPP_PLATFORM_LANGUAGES is said at start-up (`manage.py check`, the
+    web and worker processes), not first when a reminder is sent."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from production_runs.whatsapp_templates import check_platform_languages
+
+    try:
+        check_platform_languages()
+    except ImproperlyConfigured as problem:
+        return [checks.Error(str(problem), id="production_runs.E002")]
+    return []

@@ -337,3 +337,13 @@ def test_recording_more_progress_than_ordered_is_refused_and_changes_nothing():
         run_record_progress(run=run, produced_quantity=500, now=timezone.now())
     run.refresh_from_db()
     assert run.produced_quantity == 10 and not run.progress_updates.exists()
+
+
+def test_a_malformed_platform_languages_setting_is_a_system_check_error(settings):
+    from django.core import checks
+
+    settings.WHATSAPP_PLATFORM_LANGUAGES = "garbage"
+    errors = [e for e in checks.run_checks() if e.id == "production_runs.E002"]
+    assert len(errors) == 1 and "WHATSAPP_PLATFORM_LANGUAGES: 'garbage' is not" in errors[0].msg
+    settings.WHATSAPP_PLATFORM_LANGUAGES = "IN=en,hi;AU=en"
+    assert not [e for e in checks.run_checks() if e.id == "production_runs.E002"]
