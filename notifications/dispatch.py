@@ -614,6 +614,8 @@ def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -
                     release([delivery], now=now, reason=decision.reason, send_at=decision.until),
                 )
             elif decision.action == "fallback":
+                # One step with the release: `_plan_batch` runs in a transaction, so should the
+                # fallback fail, the claim is as it was (and held, see `_plan_one_by_one`).
                 release([delivery], now=now, reason=decision.reason)
                 report.add("deferred", fallback_create(delivery, now=now, reason=decision.reason))
             else:
@@ -779,9 +781,76 @@ def _put_back_paced(slotted, *, now: datetime, senders: dict, report: DispatchRe
         )
 
 
-# How long a claim whose checks before sending raised waits before it is tried again (it was
-# left "sending" and then "unknown", for a person to reconcile, though nothing was sent).
+# How long a delivery whose checks before sending raised waits before it is tried again (it
+# was left "sending" and then "unknown", for a person to reconcile, though nothing was sent).
 CHECKS_FAILED_WAIT = timedelta(minutes=5)
+
+
+def _plan_one_by_one(
+    claimed: list[Delivery], *, now: datetime, report: DispatchReport, paced_round: set[str]
+) -> tuple[dict, list[tuple[datetime, Delivery]]]:
+    """`_plan_batch` for each delivery of a claim whose checks raised (that pass was undone),
+    so that one bad row holds only itself and the others go on. A delivery whose checks
+    raise again waits CHECKS_FAILED_WAIT, counted as an attempt, and fails once it has used
+    its attempts (retry it from the admin once fixed)."""
+    senders: dict = {}
+    slotted: list[tuple[datetime, Delivery]] = []
+    for delivery in claimed:
+        before = _planning_state(report, paced_round)
+        try:
+            with transaction.atomic():
+                own_senders, own_slots = _plan_batch(
+                    [delivery], now=now, report=report, paced_round=paced_round
+                )
+        except Exception as error:
+            logger.exception("dispatch: the checks before sending failed for %s", delivery.id)
+            _restore_planning_state(before, report, paced_round)
+            report.add(_checks_failed(delivery, error, now=now))
+            continue
+        senders.update(own_senders)
+        slotted.extend(own_slots)
+    return senders, sorted(slotted, key=lambda pair: (pair[0], pair[1].id))
+
+
+def _planning_state(report: DispatchReport, paced_round: set[str]) -> tuple[dict, set[str]]:
+    """What a planning pass changes besides the database (rolled back with it)."""
+    return report.as_dict(), set(paced_round)
+
+
+def _restore_planning_state(state, report: DispatchReport, paced_round: set[str]) -> None:
+    counts, paced = state
+    for name, value in counts.items():
+        setattr(report, name, value)
+    paced_round.clear()
+    paced_round.update(paced)
+
+
+def _checks_failed(delivery: Delivery, error: Exception, *, now: datetime) -> str:
+    problem = f"Herald's checks before sending failed ({type(error).__name__}: {error})"
+    if delivery.attempts >= delivery.max_attempts:
+        _finish(
+            delivery,
+            now=now,
+            kind="failed",
+            reason=f"gave up after {delivery.attempts} attempts: {problem}; see the worker "
+            "log, and retry it once fixed",
+            status=Status.FAILED,
+            last_error=problem,
+        )
+        return "failed"
+    until = now + CHECKS_FAILED_WAIT
+    _finish(
+        delivery,
+        now=now,
+        kind="retry",
+        reason=f"attempt {delivery.attempts}/{delivery.max_attempts}: {problem}; held until "
+        f"{until:%H:%M:%S %Z}, see the worker log",
+        status=Status.SCHEDULED,
+        send_at=until,
+        last_error=problem,
+        claim_token=None,
+    )
+    return "deferred"
 
 
 def _plan_batch(
@@ -822,17 +891,16 @@ def _send_batch(
     `paced_round` holds the senders that handed something over earlier in this round;
     `sent_runs` collects the runs whose successes were written."""
     now = clock.now()
+    before = _planning_state(report, paced_round)
     try:
-        senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
-    except Exception as error:  # a bug or bad data in the checks: hold the batch, never strand it
-        logger.exception("dispatch: the checks before sending failed for %d", len(claimed))
-        until = now + CHECKS_FAILED_WAIT
-        reason = (
-            f"held until {until:%H:%M:%S %Z}: Herald's checks before sending failed "
-            f"({type(error).__name__}: {error}); see the worker log"
+        with transaction.atomic():
+            senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
+    except Exception:  # a bug or bad data in the checks: undone; find the row, hold only it
+        logger.exception("dispatch: the checks before sending failed; checking one by one")
+        _restore_planning_state(before, report, paced_round)
+        senders, slotted = _plan_one_by_one(
+            claimed, now=now, report=report, paced_round=paced_round
         )
-        report.add("deferred", release(claimed, now=now, reason=reason, send_at=until))
-        return True
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
     halted_runs: set[int] = set()

@@ -175,28 +175,52 @@ def test_a_cooldown_stored_before_the_bound_counts_as_a_year_and_others_still_go
     assert held.status_reason.startswith("cadence: cooldown on email (8760 h after")
 
 
-def test_checks_that_raise_hold_the_claim_for_five_minutes_instead_of_stranding_it(
-    alice, monkeypatch
-):
-    first, second = to(alice), to(alice)
+def test_a_row_whose_checks_raise_holds_only_itself_and_fails_after_its_attempts(monkeypatch):
+    relaxed = PersonaFactory(cooldown_hours=0, max_per_day=0, max_per_week=0, max_alert_per_day=0)
+    people = [StakeholderFactory(persona=relaxed) for _ in range(4)]
+    poison, *good = [to(person) for person in people]
 
-    def broken(claimed, *, now, report):
-        raise OverflowError("date value out of range")
+    def broken(claimed, now):
+        if any(d.id == poison.id for d in claimed):
+            raise OverflowError("date value out of range")
+        return {}
 
-    monkeypatch.setattr(dispatch, "_apply_send_time_checks", broken)
+    monkeypatch.setattr(dispatch, "_send_time_checks", [*dispatch._send_time_checks, broken])
     report = dispatch_due()
-    assert (report.sent, report.deferred) == (0, 2)
-    for delivery in (first, second):
+    assert (report.sent, report.deferred) == (3, 1)
+    for delivery in good:
         delivery.refresh_from_db()
-        assert (delivery.status, delivery.send_at, delivery.attempts) == (
-            "scheduled",
-            T + timedelta(minutes=5),
-            0,
-        )
-        assert delivery.status_reason == (
-            "held until 10:35:00 UTC: Herald's checks before sending failed "
-            "(OverflowError: date value out of range); see the worker log"
-        )
-    assert not RecordedMessage.objects.exists()
-    monkeypatch.undo()
-    assert dispatch_due(now=T + timedelta(minutes=5)).sent == 1  # the daily cap of 1 holds one
+        assert delivery.status == "sent"
+    poison.refresh_from_db()
+    assert (poison.status, poison.send_at, poison.attempts) == (
+        "scheduled",
+        T + timedelta(minutes=5),
+        1,
+    )
+    assert poison.status_reason == (
+        "attempt 1/3: Herald's checks before sending failed (OverflowError: date value out "
+        "of range); held until 10:35:00 UTC, see the worker log"
+    )
+    later = T + timedelta(minutes=5)
+    assert dispatch_due(now=later).deferred == 1
+    report = dispatch_due(now=later + timedelta(minutes=5))
+    poison.refresh_from_db()
+    assert (report.failed, poison.status, poison.attempts) == (1, "failed", 3)
+    assert poison.status_reason.startswith("gave up after 3 attempts: Herald's checks")
+    assert RecordedMessage.objects.count() == 3  # the poison row was never handed over
+
+
+def test_a_fallback_that_fails_leaves_the_row_held_not_due_again_at_once(alice, monkeypatch):
+    to(alice, status="sent", send_at=at(9))  # the daily cap of 1 on email is used
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+
+    def broken(original, *, now, reason):
+        raise RuntimeError("fallback table unavailable")
+
+    monkeypatch.setattr(dispatch, "fallback_create", broken)
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (report.sent, report.deferred) == (0, 1)
+    assert (held.status, held.send_at) == ("scheduled", T + timedelta(minutes=5))
+    assert "RuntimeError: fallback table unavailable" in held.status_reason
+    assert not Delivery.objects.filter(fallback_of=held).exists()
