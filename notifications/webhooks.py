@@ -81,6 +81,19 @@ WHATSAPP_NO_SECRET = (
 )
 
 
+def _raised_reading_the_body(error: Exception) -> bool:
+    """Whether anymail's parsing of the request raised `error` (the JSON decoder, or anymail's
+    own webhook code taking the body apart), rather than Herald's receiver, a signal
+    receiver, or a call anymail makes (boto confirming an SNS subscription): only an
+    unreadable body is the sender's fault (400, not sent again); the rest stays a 500, which
+    ESPs retry."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    module = frame.tb_frame.f_globals.get("__name__", "") if frame else ""
+    return module.split(".")[0] == "json" or module.startswith("anymail.webhooks")
+
+
 class TrackingFailed(Exception):
     """Herald could not record an email tracking event it read (answered 500, so the ESP
     sends it again), as opposed to a body that cannot be read at all (400)."""
@@ -101,12 +114,12 @@ def requires_anymail_secret(view):
             return HttpResponseForbidden(ANYMAIL_NO_SECRET, content_type="text/plain")
         try:
             return view(request, *args, **kwargs)
-        except TrackingFailed:
-            raise
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+            if not _raised_reading_the_body(error):
+                raise  # Herald's, a library's or a setting's fault: 500, the ESP sends again
             logger.warning("unreadable email webhook at %s: %r", request.path, error)
             return HttpResponseBadRequest(
-                f"unreadable body: {type(error).__name__}: {error}", content_type="text/plain"
+                f"unreadable body: {type(error).__name__}", content_type="text/plain"
             )
 
     return guarded

@@ -628,3 +628,18 @@ def test_an_email_event_herald_fails_to_record_is_a_500_so_the_esp_sends_it_agai
     client.raise_request_exception = False
     response = _postmark(client, POSTMARK_DELIVERY, anymail_secret)
     assert response.status_code == 500
+
+
+def test_another_receivers_type_error_is_a_500_not_a_bad_body(client, anymail_secret):
+    from anymail.signals import tracking
+
+    def receiver(sender, event, esp_name, **kwargs):
+        raise TypeError("someone else's bug")
+
+    tracking.connect(receiver, dispatch_uid="test.broken_receiver")
+    try:
+        client.raise_request_exception = False
+        response = _postmark(client, POSTMARK_DELIVERY, anymail_secret)
+    finally:
+        tracking.disconnect(dispatch_uid="test.broken_receiver")
+    assert response.status_code == 500
