@@ -39,8 +39,9 @@ class TriggerWorkflow(Workflow):
         verbose_name = "trigger workflow"
 
     def __init__(self, *args, **kwargs):
+        if not args:  # a new one (rows loaded from the database come positionally)
+            kwargs.setdefault("type", Workflow.Type.TRIGGER)  # before clean() checks its risk
         super().__init__(*args, **kwargs)
-        self.type = Workflow.Type.TRIGGER  # before clean(), which checks its risk
 
     def save(self, *args, **kwargs):
         self.type = Workflow.Type.TRIGGER

@@ -206,7 +206,10 @@ def evaluate_triggers(*, now: datetime) -> dict:
     workflows = active_trigger_workflows()
     report.workflows = len(workflows)
     refused = Workflow.objects.filter(
-        type=Workflow.Type.TRIGGER, is_active=True, risk_level__gte=HIGH_RISK_LEVEL
+        type=Workflow.Type.TRIGGER,
+        is_active=True,
+        trigger_setup__isnull=False,
+        risk_level__gte=HIGH_RISK_LEVEL,
     ).values_list("name", flat=True)
     for name in refused:
         report.workflows_refused_high_risk += 1

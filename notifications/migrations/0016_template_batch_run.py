@@ -8,11 +8,19 @@ def link_batch_templates(apps, schema_editor):
     """Templates made by earlier batch launches: each run's inputs name its template."""
     MessageTemplate = apps.get_model("notifications", "MessageTemplate")
     WorkflowRun = apps.get_model("notifications", "WorkflowRun")
+    TriggerEvent = apps.get_model("notifications", "TriggerEvent")
+    TriggerSetup = apps.get_model("notifications", "TriggerSetup")
     made = {}
-    for run_id, inputs in WorkflowRun.objects.values_list("id", "inputs"):
+    for run_id, inputs in WorkflowRun.objects.order_by("id").values_list("id", "inputs"):
         if isinstance(inputs, dict) and isinstance(inputs.get("template_id"), int):
             made.setdefault(inputs["template_id"], run_id)
-    for template in MessageTemplate.objects.filter(id__in=list(made)):
+    # One a trigger workflow already uses stays pickable: its form must still save.
+    in_use = {
+        *TriggerEvent.objects.values_list("template_id", flat=True),
+        *TriggerEvent.objects.values_list("resolved_template_id", flat=True),
+        *TriggerSetup.objects.values_list("grouped_template_id", flat=True),
+    }
+    for template in MessageTemplate.objects.filter(id__in=set(made) - in_use):
         template.batch_run_id = made[template.id]
         template.save(update_fields=["batch_run"])
 

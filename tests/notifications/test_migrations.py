@@ -25,10 +25,17 @@ def test_templates_of_earlier_batch_launches_are_linked_to_their_runs():
     staff = MessageTemplate.objects.create(name="Staff's", channel="email", body="y")
     run = WorkflowRun.objects.create(workflow=workflow, inputs={"template_id": made.id})
     WorkflowRun.objects.create(workflow=workflow, inputs={"subject": "no template"})
+    # One a trigger workflow picked when batch templates were still offered stays pickable.
+    picked = MessageTemplate.objects.create(name="batch_notify run 3", channel="email", body="z")
+    WorkflowRun.objects.create(workflow=workflow, inputs={"template_id": picked.id})
+    trigger = Workflow.objects.create(name="Kiosk health", type="trigger")
+    TriggerEvent = apps.get_model("notifications", "TriggerEvent")
+    TriggerEvent.objects.create(workflow=trigger, event="kiosk_offline", template=picked)
     try:
         apps = _migrate([("notifications", "0016_template_batch_run")])
         MessageTemplate = apps.get_model("notifications", "MessageTemplate")
         assert MessageTemplate.objects.get(id=made.id).batch_run_id == run.id
         assert MessageTemplate.objects.get(id=staff.id).batch_run_id is None
+        assert MessageTemplate.objects.get(id=picked.id).batch_run_id is None
     finally:
         _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())

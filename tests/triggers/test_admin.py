@@ -162,3 +162,13 @@ def test_hours_over_a_year_are_refused_in_the_trigger_workflow_form(admin_client
     assert "At most 8,760 hours (a year)" in page
     assert "with hours from 0 to 8,760 (a year)" in page
     assert not Workflow.objects.filter(name="Kiosk health").exists()
+
+
+def test_rows_loaded_through_the_trigger_proxy_keep_their_stored_type():
+    from notifications.trigger_models import TriggerWorkflow
+
+    batch = Workflow.objects.create(name="batch", type="batch_notify", risk_level=4)
+    loaded = TriggerWorkflow._base_manager.get(pk=batch.pk)
+    assert loaded.type == "batch_notify"
+    loaded.full_clean()  # a batch workflow of risk 4 is fine
+    assert TriggerWorkflow(name="new").type == "trigger"

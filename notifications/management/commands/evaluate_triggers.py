@@ -42,6 +42,11 @@ class Command(BaseCommand):
         self.stderr.write(f"evaluating {active} active trigger workflow(s) at {now:%Y-%m-%d %H:%M}")
         started = time.monotonic()
         report = evaluate_triggers(now=now)
+        if report["workflows_refused_high_risk"]:
+            self.stderr.write(
+                f"{report['workflows_refused_high_risk']} of them not run: risk 3 or more needs "
+                "an approved proposed action per side effect; lower its risk to 1 or 2"
+            )
         self.stderr.write(
             f"done in {time.monotonic() - started:.1f} s: {report['contexts_found']} context(s) "
             f"found, {report['contexts_fired']} fired, {report['contexts_skipped_cooldown']} "
