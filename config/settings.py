@@ -224,7 +224,9 @@ KIOSK_OFFLINE_AFTER_MINUTES = env.int("KIOSK_OFFLINE_AFTER_MINUTES", default=5)
 KIOSK_LOW_BATTERY_PERCENT = env.int("KIOSK_LOW_BATTERY_PERCENT", default=20)
 # The modes a working kiosk reports; any other reported mode is the MODE issue (a kiosk that
 # reports none is not judged). Empty: MODE is never raised.
-KIOSK_EXPECTED_MODES = [m.strip() for m in env.list("KIOSK_EXPECTED_MODES", default=["kiosk"])]
+KIOSK_EXPECTED_MODES = [
+    m.strip().lower() for m in env.list("KIOSK_EXPECTED_MODES", default=["kiosk"]) if m.strip()
+]
 # morale_drop_baseline: the average of the last MORALE_RECENT_HOURS against the
 # MORALE_BASELINE_DAYS before them; it fires below MORALE_DROP_SHARE of the baseline when
 # both windows hold at least MORALE_MIN_RESPONSES answers.

@@ -84,7 +84,10 @@ def offline_filter(now: datetime, prefix: str = "") -> Q:
 
 
 def unhealthy_filter(now: datetime, prefix: str = "") -> Q:
-    """The database's version of `issues_of(...) != []`."""
+    """The database's version of `issues_of(...) != []`. With a `prefix`, for the condition
+    of an aggregate (`Count(..., filter=...)`): in `.filter()` across a multi-valued
+    relation, the negated MODE condition would read "no kiosk has ...", as Django joins
+    negations there."""
     return (
         Q(**{f"{prefix}charging": False})
         | Q(**{f"{prefix}screen_state": False})

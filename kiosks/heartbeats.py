@@ -59,7 +59,7 @@ def parse_heartbeat(payload: object) -> HeartbeatReport:
         screen_state=_bool(payload, "screen_state"),
         battery_level=level,
         connection_status=_bool(payload, "connection_status", default=True),
-        mode=mode,
+        mode=mode.strip().lower(),  # compared with KIOSK_EXPECTED_MODES, also lower-case
     )
 
 

@@ -129,7 +129,10 @@ class FlaggedFilter(admin.SimpleListFilter):
     parameter_name = "flagged"
 
     def lookups(self, request, model_admin):
-        return [("yes", "Flagged: still stalled 7+ days into its reminders"), ("no", "Not flagged")]
+        return [
+            ("yes", "Flagged: still stalled on the flag day of its reminders"),
+            ("no", "Not flagged"),
+        ]
 
     def queryset(self, request, queryset):
         flagged = Q(reminder__flagged_at__isnull=False, status__in=ACTIVE_STATUSES)

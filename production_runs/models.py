@@ -344,8 +344,8 @@ class ReminderSettings(models.Model):
     flag_after_days = models.PositiveIntegerField(
         default=7,
         validators=ESCALATION_DAYS,
-        help_text="A run still stalled this many days after its first reminder (day 1) is "
-        "flagged for ops to call (seed 002: 7 consecutive days).",
+        help_text="A run still stalled on this day of its reminders (day 1 = its first "
+        "reminder) is flagged for ops to call (seed 002: 7 consecutive days).",
     )
     digest_enabled = models.BooleanField(
         default=False,
@@ -417,7 +417,8 @@ class ReminderState(models.Model):
     flagged_at = models.DateTimeField(
         null=True,
         blank=True,
-        help_text="Still stalled 7 or more days into its reminders: ops should call.",
+        help_text="When the run, still stalled on the flag day of its reminders (Reminder "
+        "settings), was flagged: ops should call.",
     )
 
     class Meta:

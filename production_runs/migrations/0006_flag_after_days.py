@@ -4,10 +4,23 @@ import django.core.validators
 from django.db import migrations, models
 
 
-def clamp_flag_days(apps, schema_editor):
+def reminders_to_days(apps, schema_editor):
+    """The default, 7, was meant as the seed's 7 days and stays. A count someone set becomes
+    the stall day of that reminder on their escalation schedule, as it flagged before."""
     ReminderSettings = apps.get_model("production_runs", "ReminderSettings")
-    ReminderSettings.objects.filter(flag_after_days__gt=365).update(flag_after_days=365)
-    ReminderSettings.objects.filter(flag_after_days__lt=1).update(flag_after_days=1)
+    for row in ReminderSettings.objects.exclude(flag_after_days=7):
+        count = max(1, row.flag_after_days)
+        try:
+            steps = sorted({int(d) for d in row.escalation_days.split(",") if d.strip()})
+        except ValueError:
+            steps = []
+        steps = steps or [1, 3, 7]
+        if count <= len(steps):
+            day = steps[count - 1]
+        else:
+            day = steps[-1] + max(1, row.escalation_repeat_days) * (count - len(steps))
+        row.flag_after_days = min(day, 365)
+        row.save(update_fields=["flag_after_days"])
 
 
 class Migration(migrations.Migration):
@@ -24,7 +37,7 @@ class Migration(migrations.Migration):
             old_name='flag_after_reminders',
             new_name='flag_after_days',
         ),
-        migrations.RunPython(clamp_flag_days, migrations.RunPython.noop),
+        migrations.RunPython(reminders_to_days, migrations.RunPython.noop),
         migrations.AlterField(
             model_name='remindersettings',
             name='flag_after_days',

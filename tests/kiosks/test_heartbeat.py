@@ -100,3 +100,20 @@ def test_only_post_is_accepted():
     kiosk = KioskFactory()
     response = Client().get(reverse("kiosk_heartbeat", args=[kiosk.pk]))
     assert response.status_code == 405
+
+
+def test_a_reported_mode_is_kept_in_lower_case_and_kiosk_mode_is_no_issue():
+    from kiosks import health
+
+    kiosk = KioskFactory()
+    with time_machine.travel(NOW, tick=False):
+        assert post(kiosk, {**GOOD, "battery_level": 80, "mode": " Kiosk "}).status_code == 200
+        kiosk.refresh_from_db()
+        assert kiosk.mode == "kiosk"
+        assert health.MODE not in health.issues_of(kiosk, now=NOW)
+        post(kiosk, {**GOOD, "mode": "Maintenance"})
+        kiosk.refresh_from_db()
+        assert (kiosk.mode, health.MODE in health.issues_of(kiosk, now=NOW)) == (
+            "maintenance",
+            True,
+        )

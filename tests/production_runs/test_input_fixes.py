@@ -113,9 +113,9 @@ def test_settings_saved_beyond_the_bounds_before_them_are_brought_within_them():
     ReminderSettings.load()
     ReminderSettings.objects.filter(pk=1).update(
         idle_hours=100000000,
-        assignment_pending_hours=999999999999,
+        assignment_pending_hours=2_000_000_000,  # PostgreSQL's integer holds up to 2**31 - 1
         escalation_repeat_days=10**6,
-        dedup_window_minutes=10**12,
+        dedup_window_minutes=2_000_000_000,
     )
     migration = import_module("production_runs.migrations.0005_reminder_settings_bounds")
     migration.clamp_reminder_settings(apps, None)

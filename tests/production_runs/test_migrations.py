@@ -1,0 +1,37 @@
+"""Data migrations of production_runs, run forward from the migration before them."""
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _migrate(target):
+    executor = MigrationExecutor(connection)
+    executor.migrate(target)
+    executor.loader.build_graph()
+    return executor.loader.project_state(target).apps
+
+
+@pytest.mark.parametrize(
+    ("count", "steps", "repeat", "day"),
+    [(7, "1,3,7", 7, 7), (3, "1,3,7", 7, 7), (5, "1,3,7", 7, 21), (2, "1,2,5", 3, 2)],
+)
+def test_a_reminder_count_someone_set_becomes_the_day_it_flagged_on(count, steps, repeat, day):
+    apps = _migrate([("production_runs", "0005_reminder_settings_bounds")])
+    ReminderSettings = apps.get_model("production_runs", "ReminderSettings")
+    ReminderSettings.objects.update_or_create(
+        pk=1,
+        defaults={
+            "flag_after_reminders": count,
+            "escalation_days": steps,
+            "escalation_repeat_days": repeat,
+        },
+    )
+    try:
+        apps = _migrate([("production_runs", "0006_flag_after_days")])
+        ReminderSettings = apps.get_model("production_runs", "ReminderSettings")
+        assert ReminderSettings.objects.get(pk=1).flag_after_days == day
+    finally:
+        _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
