@@ -451,3 +451,16 @@ def test_no_second_periodic_task_may_run_the_discoverer_around_its_gate(admin_cl
         task_before = task.task
         task.refresh_from_db()
         assert task.task == task_before
+
+
+def test_the_discoverer_is_not_run_from_the_beat_task_list(admin_client):
+    setup_schedules(registered_tasks={spec.task for spec in SCHEDULES})
+    reminders = PeriodicTask.objects.get(task=DISCOVER_TASK)
+    response = admin_client.post(
+        reverse("admin:django_celery_beat_periodictask_changelist"),
+        {"action": "run_tasks", "_selected_action": [reminders.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "activation gate page" in page and "left as it is" in page
+    assert "successfully run" not in page
