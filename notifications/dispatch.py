@@ -614,10 +614,10 @@ def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -
                     release([delivery], now=now, reason=decision.reason, send_at=decision.until),
                 )
             elif decision.action == "fallback":
-                # One step with the release: `_plan_batch` runs in a transaction, so should the
-                # fallback fail, the claim is as it was (and held, see `_plan_one_by_one`).
-                release([delivery], now=now, reason=decision.reason)
-                report.add("deferred", fallback_create(delivery, now=now, reason=decision.reason))
+                with transaction.atomic():  # should the fallback fail, the claim is as it was
+                    release([delivery], now=now, reason=decision.reason)
+                    made = fallback_create(delivery, now=now, reason=decision.reason)
+                report.add("deferred", made)
             else:
                 _finish(
                     delivery,
@@ -789,13 +789,21 @@ CHECKS_FAILED_WAIT = timedelta(minutes=5)
 def _plan_one_by_one(
     claimed: list[Delivery], *, now: datetime, report: DispatchReport, paced_round: set[str]
 ) -> tuple[dict, list[tuple[datetime, Delivery]]]:
-    """`_plan_batch` for each delivery of a claim whose checks raised (that pass was undone),
-    so that one bad row holds only itself and the others go on. A delivery whose checks
-    raise again waits CHECKS_FAILED_WAIT, counted as an attempt, and fails once it has used
-    its attempts (retry it from the admin once fixed)."""
+    """`_plan_batch` for each delivery of a claim whose checks raised, so that one bad row
+    holds only itself and the others go on (what the failed pass decided before it raised
+    stands: those rows are no longer this claim's). A delivery whose checks raise again
+    waits CHECKS_FAILED_WAIT, counted as an attempt, and fails once it has used its
+    attempts (retry it from the admin once fixed)."""
+    ours = set(
+        Delivery.objects.filter(
+            id__any_of=[d.id for d in claimed], status=Status.SENDING
+        ).values_list("id", "claim_token")
+    )
     senders: dict = {}
     slotted: list[tuple[datetime, Delivery]] = []
     for delivery in claimed:
+        if (delivery.id, delivery.claim_token) not in ours:
+            continue
         before = _planning_state(report, paced_round)
         try:
             with transaction.atomic():
@@ -891,13 +899,10 @@ def _send_batch(
     `paced_round` holds the senders that handed something over earlier in this round;
     `sent_runs` collects the runs whose successes were written."""
     now = clock.now()
-    before = _planning_state(report, paced_round)
     try:
-        with transaction.atomic():
-            senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
-    except Exception:  # a bug or bad data in the checks: undone; find the row, hold only it
+        senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
+    except Exception:  # a bug or bad data in the checks: find the row, hold only it
         logger.exception("dispatch: the checks before sending failed; checking one by one")
-        _restore_planning_state(before, report, paced_round)
         senders, slotted = _plan_one_by_one(
             claimed, now=now, report=report, paced_round=paced_round
         )
