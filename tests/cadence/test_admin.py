@@ -55,21 +55,27 @@ def test_stakeholder_page_shows_overrides_and_the_effective_cadence(admin_client
     assert "cooldown 2 h; 1/day, 2/week, ∞/month" in page.content.decode()
 
 
+def _stakeholder_form(person, **changes) -> dict:
+    """The stakeholder's admin form as it shows, with `changes` typed in."""
+    return {
+        "name": person.name,
+        "email": person.email,
+        "phone": person.phone,
+        "is_active": "on",
+        "persona": person.persona_id,
+        "preferred_channel": "email",
+        "fallback_channel": "",
+        "time_zone": "UTC",
+        **changes,
+    }
+
+
 def test_saving_an_override_in_the_admin_changes_what_is_enforced(admin_client):
     alice = StakeholderFactory(name="Alice", persona=PersonaFactory(max_per_day=5))
     url = reverse("admin:cadence_stakeholder_change", args=[alice.pk])
-    form = {
-        "name": "Alice",
-        "email": alice.email,
-        "phone": alice.phone,
-        "is_active": "on",
-        "persona": alice.persona_id,
-        "preferred_channel": "email",
-        "fallback_channel": "",
-        "time_zone": "Asia/Kolkata",
-        "max_per_day": "1",
-    }
-    response = admin_client.post(url, form)
+    response = admin_client.post(
+        url, _stakeholder_form(alice, time_zone="Asia/Kolkata", max_per_day="1")
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     alice.refresh_from_db()
     assert (alice.rules().max_per_day, alice.time_zone) == (1, "Asia/Kolkata")
@@ -178,18 +184,7 @@ def test_the_cadence_admin_page_links_the_simulator(admin_client):
 def test_a_cooldown_over_a_year_is_refused_on_its_field_and_nothing_changes(admin_client):
     alice = StakeholderFactory(name="Alice", persona=PersonaFactory(cooldown_hours=2))
     url = reverse("admin:cadence_stakeholder_change", args=[alice.pk])
-    form = {
-        "name": "Alice",
-        "email": alice.email,
-        "phone": alice.phone,
-        "is_active": "on",
-        "persona": alice.persona_id,
-        "preferred_channel": "email",
-        "fallback_channel": "",
-        "time_zone": "UTC",
-        "cooldown_hours": "1e9",
-    }
-    response = admin_client.post(url, form)
+    response = admin_client.post(url, _stakeholder_form(alice, cooldown_hours="1e9"))
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert errors["cooldown_hours"] == [
