@@ -128,9 +128,21 @@ def customer_context(customer: Customer) -> dict:
     }
 
 
+# The subject columns (template, review, delivery) hold 300 characters; the rendered
+# subject adds the customer's values, so the written one is kept well within them.
+SUBJECT_MAX_LENGTH = 200
+
+
 def compile_message(subject: str, body_template: str) -> CompiledTemplate:
     """The staff-written subject and body, checked; ValidationError naming the problem."""
     declared = set(VARIABLES)
+    if len(subject) > SUBJECT_MAX_LENGTH:
+        raise ValidationError(
+            {
+                "subject": f"A subject is at most {SUBJECT_MAX_LENGTH} characters; this one has "
+                f"{len(subject):,}."
+            }
+        )
     try:
         return CompiledTemplate(
             channel=Channel.EMAIL,
@@ -234,8 +246,39 @@ def build_preview(
         checks.append(
             Check("empty_cohort", "block", False, "The filter selects no reachable customer.")
         )
+    twin = unfinished_twin(
+        cohort_filter=cohort_filter, subject=subject, body_template=body_template
+    )
+    if twin is not None:
+        checks.append(Check("duplicate_batch", "block", False, _twin_message(twin)))
     samples = [(c, compiled.render(customer_context(c))) for c in recipients[:3]]
     return Preview(recipients, suppressed, invalid, unreachable, recent, last, checks, samples, cap)
+
+
+def unfinished_twin(*, cohort_filter: str, subject: str, body_template: str) -> WorkflowRun | None:
+    """A batch run with the same cohort filter, subject and body that has not finished
+    (awaiting approval, sending, or aborted): launching it again would send everyone the
+    same message twice (a confirmation page submitted twice, a double click)."""
+    runs = WorkflowRun.objects.filter(workflow=batch_workflow()).exclude(
+        status__in=WorkflowRun.FINISHED
+    )
+    for run in runs.order_by("id").only("id", "inputs", "status"):
+        inputs = run.inputs or {}
+        if (
+            inputs.get("customer_cohort_filter"),
+            inputs.get("subject"),
+            inputs.get("body_template"),
+        ) == (cohort_filter, subject, body_template):
+            return run
+    return None
+
+
+def _twin_message(run: WorkflowRun) -> str:
+    return (
+        f"The same batch (filter, subject and body) is already run {run.id}, "
+        f"{run.get_status_display().lower()}: launching it again would send the same message "
+        "twice. Approve or cancel that run, or change this one."
+    )
 
 
 def is_email_address(address: str) -> bool:
@@ -276,6 +319,14 @@ def batch_launch(
         raise NeedsConfirmation(preview.warnings)
     cap = clean_max_recipients(max_recipients, user=user)
     with transaction.atomic():
+        # Launches one at a time, so two submissions of one confirmation cannot both pass
+        # the twin check (the preview's, above, ran outside this transaction).
+        Workflow.objects.select_for_update().filter(pk=batch_workflow().pk).first()
+        twin = unfinished_twin(
+            cohort_filter=cohort_filter, subject=subject, body_template=body_template
+        )
+        if twin is not None:
+            raise BatchBlocked([_twin_message(twin)])
         run = WorkflowRun.objects.create(
             workflow=batch_workflow(),
             status=Status.AWAITING_APPROVAL,

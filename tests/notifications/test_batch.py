@@ -439,3 +439,30 @@ def test_the_template_a_launch_makes_is_its_record_and_not_offered_in_pickers(mi
     ):
         form = modelform_factory(model, fields=[name])()
         assert list(form.fields[name].queryset) == [reusable]
+
+
+def test_the_same_batch_launched_twice_is_refused_while_the_first_is_unfinished(mike):
+    CustomerFactory()
+    first = _launch(mike)
+    with pytest.raises(batch.BatchBlocked) as caught:
+        _launch(mike)
+    assert caught.value.messages == [
+        f"The same batch (filter, subject and body) is already run {first.id}, awaiting "
+        "approval (hitl gate): launching it again would send the same message twice. "
+        "Approve or cancel that run, or change this one."
+    ]
+    assert WorkflowRun.objects.count() == 1
+    # Another text is another batch; once the first has finished, the same one may go again.
+    assert _launch(mike, subject="Another subject {{ customer_name }}").id != first.id
+    batch.run_cancel(run=first, user=mike, now=NOW)
+    assert _launch(mike).id > first.id
+
+
+def test_a_subject_over_200_characters_is_refused_on_its_field(mike):
+    CustomerFactory()
+    with pytest.raises(ValidationError) as caught:
+        _launch(mike, subject="x" * 201)
+    assert caught.value.message_dict["subject"] == [
+        "A subject is at most 200 characters; this one has 201."
+    ]
+    assert not WorkflowRun.objects.exists()
