@@ -114,6 +114,9 @@ def _bound_names(node: Node) -> set[str]:
     return set()
 
 
+UNCLOSED = (("{{", "}}"), ("{%", "%}"), ("{#", "#}"))
+
+
 def check_source(
     field: str, source: str, declared: set[str], *, declared_in: str | None = None
 ) -> Template:
@@ -129,6 +132,16 @@ def check_source(
             field, f"Template syntax error in {field}: {_syntax_message(error)}"
         ) from error
     nodes = list(_walk(template.nodelist))
+    for node in nodes:
+        # Django keeps an unclosed {{ … (or {% …, {# …) as text, which would reach the reader.
+        if isinstance(node, TextNode):
+            for opener, closer in UNCLOSED:
+                at = node.s.find(opener)
+                if at >= 0:
+                    near = node.s[at : at + 30].splitlines()[0]
+                    raise TemplateProblem(
+                        field, f"Unclosed {opener} in {field}: {near!r} needs its {closer}."
+                    )
     bound = set().union(*(_bound_names(node) for node in nodes))
     used: set[str] = set()
     for node in nodes:

@@ -144,3 +144,13 @@ def test_a_template_cannot_reach_settings():
         _template(subject="", body="[{{ settings.SECRET_KEY }}]", variables=["settings"])
     )
     assert compiled.render({}).body == "[]"
+
+
+@pytest.mark.parametrize(
+    ("source", "opener"),
+    [("Hello {{ customer_name", "{{"), ("Dear {% if x %", "{%"), ("Note {# c", "{#")],
+)
+def test_an_unclosed_tag_is_refused_instead_of_reaching_the_reader(source, opener):
+    with pytest.raises(TemplateProblem) as caught:
+        check_source("body", source, {"customer_name", "x"})
+    assert str(caught.value).startswith(f"Unclosed {opener} in body: ")
