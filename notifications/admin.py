@@ -382,10 +382,10 @@ class MessageTemplateAdmin(admin.ModelAdmin):
         "updated_at",
     )
 
-    def get_readonly_fields(self, request, obj=None):
+    def has_change_permission(self, request, obj=None):
         if obj is not None and obj.batch_run_id:
-            return self.fields  # the record of what a batch launched: never edited
-        return self.readonly_fields
+            return False  # the record of what a batch launched: shown, never saved
+        return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and obj.batch_run_id:

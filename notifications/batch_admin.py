@@ -373,14 +373,23 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 cancel_url=change,
                 danger=True,
             )
+        finished = run.status in WorkflowRun.FINISHED
         try:
             count = batch.run_cancel(run=run, user=request.user, now=timezone.now())
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
         else:
-            self.message_user(
-                request, f"Run {run.id} cancelled: {count} scheduled deliveries will not go."
-            )
+            if finished:
+                self.message_user(
+                    request,
+                    f"Run {run.id} was already {run.get_status_display().lower()}: nothing to "
+                    "cancel.",
+                    messages.WARNING,
+                )
+            else:
+                self.message_user(
+                    request, f"Run {run.id} cancelled: {count} scheduled deliveries will not go."
+                )
         return HttpResponseRedirect(
             reverse("admin:notifications_workflowrun_change", args=[run.id])
         )
@@ -550,12 +559,13 @@ class ProposedActionAdmin(admin.ModelAdmin):
             .count()
         )
         try:
-            staged = 0
+            staged = gates_rejected = 0
             for envelope in pending.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
                 if approve:
                     staged += batch.envelope_approve(envelope=envelope, user=request.user, now=now)
                 else:
                     batch.envelope_reject(envelope=envelope, user=request.user, now=now)
+                    gates_rejected += 1
             reviews = queryset.filter(action_type=ProposedAction.Type.HITL_REVIEW)
             decided = batch.reviews_decide(
                 ids=reviews.values_list("id", flat=True),
@@ -567,10 +577,12 @@ class ProposedActionAdmin(admin.ModelAdmin):
             self.message_user(request, str(denied), messages.ERROR)
             return None
         parts = []
-        if decided.decided or decided.already_decided or not staged:
+        if decided.decided or decided.already_decided or not (staged or gates_rejected):
             parts.append(f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}")
             if approve:
                 parts.append(f"{decided.deliveries} deliveries staged")
+        if gates_rejected:
+            parts.append(f"{gates_rejected} batch gate(s) rejected: their runs are cancelled")
         if staged:
             parts.append(f"{staged} review(s) staged from the batch gate")
         if decided.already_decided or gates_decided_before:

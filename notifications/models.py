@@ -150,7 +150,7 @@ class WorkflowRun(models.Model):
     summary = models.JSONField(
         default=dict,
         blank=True,
-        help_text="The run log's summary_json: counts by outcome, duration and errors.",
+        help_text="The run log's summary_json: the recipients' counts by outcome.",
     )
     inputs = models.JSONField(
         default=dict,

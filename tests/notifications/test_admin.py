@@ -192,8 +192,12 @@ def test_a_batch_launchs_template_is_a_read_only_record_filtered_apart(admin_cli
     change = reverse("admin:notifications_messagetemplate_change", args=[record.id])
     page = admin_client.get(change).content.decode()
     assert 'name="body"' not in page  # shown, not editable
-    admin_client.post(change, {"name": "edited", "channel": "email", "body": "changed"})
+    assert 'name="_save"' not in page
+    saved = admin_client.post(change, {"name": "edited", "channel": "email", "body": "changed"})
+    assert saved.status_code == 403
+    before = record.updated_at
     record.refresh_from_db()
+    assert record.updated_at == before
     assert (record.name, record.body) == (f"batch_notify run {run.id}", "Dear {{ customer_name }}")
     delete = reverse("admin:notifications_messagetemplate_delete", args=[record.id])
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403

@@ -226,3 +226,24 @@ def test_approving_while_a_kill_switch_holds_the_batch_says_so(admin_client):
         f"kill switch stop email is on: run {run.id}&#x27;s deliveries will be staged but wait, "
         "frozen, until it is turned off" in confirm
     )
+
+
+def test_rejecting_a_gate_says_its_run_is_cancelled_and_cancelling_again_says_nothing_to_do(
+    admin_client,
+):
+    CustomerFactory.create_batch(2)
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"})
+    run = WorkflowRun.objects.get()
+    envelope = run.proposed_actions.get()
+    page = admin_client.post(
+        reverse("admin:notifications_proposedaction_changelist"),
+        {"action": "reject_selected", "_selected_action": [envelope.id], "post": "yes"},
+        follow=True,
+    ).content.decode()
+    assert "1 batch gate(s) rejected: their runs are cancelled." in page
+    assert "0 recipient(s) rejected" not in page
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    cancel = reverse("admin:notifications_workflowrun_changelist") + f"{run.id}/cancel/"
+    again = admin_client.post(cancel, {"post": "yes"}, follow=True).content.decode()
+    assert f"Run {run.id} was already cancelled: nothing to cancel." in again

@@ -18,9 +18,9 @@ class Command(BaseCommand):
         "Send every delivery that is due: marks rows stuck in 'sending' as unknown, expires "
         "overdue rows, claims and sends the rest at each sender's pace, schedules retries. "
         "Prints the counts: sent, failed, retried, expired, deferred (paced, breaker open or "
-        "moved to a fallback channel), unknown (to reconcile), skipped (suppressed), frozen "
-        "(held by a kill switch). Works in rounds and reports each round's progress on "
-        "stderr, so --json output stays clean."
+        "moved to a fallback channel), unknown (to reconcile), skipped (suppressed), cancelled "
+        "(by a check at send time), frozen (held by a kill switch). Works in rounds and "
+        "reports each round's progress on stderr, so --json output stays clean."
     )
 
     def add_arguments(self, parser):
