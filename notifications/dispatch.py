@@ -159,13 +159,13 @@ def _due(*, now: datetime, frozen: Q | None):
     due = Delivery.objects.filter(status=Status.SCHEDULED, send_at__lte=now).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=now)
     )
-    halted = _halted_runs()
+    halted = halted_run_ids()
     if halted:
         due = due.exclude(workflow_run_id__in=halted)
     return due.exclude(frozen) if frozen is not None else due
 
 
-def _halted_runs() -> list[int]:
+def halted_run_ids() -> list[int]:
     """The halted runs that still have deliveries waiting (few: batches aborted by the
     breaker or cancelled; found by the `run_halted` and `delivery_run_status` indexes).
     Read first rather than joined: from a join filtered on the run's status, PostgreSQL

@@ -11,7 +11,7 @@ from notifications.models import Delivery, ProviderBreaker, Sender
 
 @dataclass(frozen=True)
 class Hold:
-    kind: str  # kill_switch, suppressed, breaker, paced, scheduled, due, in_flight
+    kind: str  # kill_switch, halted, suppressed, breaker, paced, scheduled, due, in_flight
     reason: str
     expected_at: datetime | None  # None: not until a person acts
 
@@ -23,10 +23,14 @@ class HoldContext:
     switches: list
     breakers: dict[str, ProviderBreaker]
     paused: dict[str, datetime]
+    halted_runs: frozenset[int] = frozenset()
 
     @classmethod
     def load(cls) -> "HoldContext":
+        from notifications.dispatch import halted_run_ids
+
         return cls(
+            halted_runs=frozenset(halted_run_ids()),
             switches=active_switches(),
             breakers={b.provider: b for b in ProviderBreaker.objects.exclude(state="closed")},
             paused={
@@ -54,6 +58,8 @@ def explain(
             + (f": {switch.reason}" if switch.reason else ""),
             None,
         )
+    if delivery.workflow_run_id in context.halted_runs:
+        return Hold("halted", "its run was halted: resume or cancel it", None)
     suppression = tracking.is_suppressed(delivery.address, delivery.channel)
     if suppression:
         return Hold("suppressed", f"will be skipped: {suppression.get_reason_display()}", None)

@@ -270,3 +270,15 @@ def test_restarting_a_sender_that_is_not_ahead_says_there_is_nothing_to_restart(
     ).content.decode()
     assert "None of the selected senders has a next slot or pause ahead of the clock" in page
     assert not AuditEntry.objects.exists()
+
+
+def test_a_delivery_of_a_run_the_breaker_aborted_says_so_and_waits_for_a_person(admin_client):
+    from tests.notifications.factories import WorkflowRunFactory
+
+    now = timezone.now()
+    run = WorkflowRunFactory(status="aborted")
+    held = DeliveryFactory(send_at=now, workflow_run=run)
+    assert (explain(held, now=now).kind, explain(held, now=now).expected_at) == ("halted", None)
+    page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
+    assert "its run was halted: resume or cancel it — waits for a person" in page
+    assert "due now" not in page
