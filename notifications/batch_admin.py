@@ -329,13 +329,19 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             sent=Count("id", filter=Q(status__in=batch.SENT_STATUSES)),
             failed=Count("id", filter=Q(status__in=["failed", "bounced", "unknown"])),
         )
+        switch = switch_for(Delivery(channel="email", workflow_run=run), active_switches())
+        frozen = (
+            f" But kill switch {switch.name} is on: they stay frozen until it is turned off."
+            if switch is not None
+            else ""
+        )
         return confirm_form(
             self,
             request,
             title=f"Resume run {run.id}",
             summary=(
                 f"Resuming run {run.id} sends its {counts['unsent']} unsent deliveries; the "
-                f"{counts['sent']} recipient(s) already sent are never sent again."
+                f"{counts['sent']} recipient(s) already sent are never sent again.{frozen}"
             ),
             details=[
                 ("aborted because", run.status_reason or "—"),

@@ -464,3 +464,12 @@ def test_the_discoverer_is_not_run_from_the_beat_task_list(admin_client):
     page = response.content.decode()
     assert "activation gate page" in page and "left as it is" in page
     assert "successfully run" not in page
+
+
+def test_the_resume_page_says_when_a_kill_switch_keeps_the_run_frozen(admin_client):
+    run = _aborted_run()
+    confirm_url = reverse("admin:batch_resume_confirm", args=[run.id])
+    assert "kill switch" not in admin_client.get(confirm_url).content.decode()
+    KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
+    page = admin_client.get(confirm_url).content.decode()
+    assert "But kill switch stop email is on: they stay frozen until it is turned off." in page
