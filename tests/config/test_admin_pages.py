@@ -156,10 +156,15 @@ FORM = {
 }
 
 
+def calendar_pdf():
+    """A fresh upload of the same small PDF (an upload is read once)."""
+    return SimpleUploadedFile("calendar.pdf", b"%PDF-1.4 demo", content_type="application/pdf")
+
+
 def test_launch_confirms_and_keeps_the_attachment_chosen_before(admin_client, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     CustomerFactory.create_batch(2)
-    upload = SimpleUploadedFile("calendar.pdf", b"%PDF-1.4 demo", content_type="application/pdf")
+    upload = calendar_pdf()
     page = admin_client.post(
         reverse("admin:batch_new"), {**FORM, "_launch": "1", "attachments": upload}
     )
@@ -188,7 +193,7 @@ def test_an_attachment_chosen_before_a_preview_is_kept_for_the_launch(
     before it was lost and the launch said 'attachments: none'."""
     settings.MEDIA_ROOT = str(tmp_path)
     CustomerFactory.create_batch(2)
-    upload = SimpleUploadedFile("calendar.pdf", b"%PDF-1.4 demo", content_type="application/pdf")
+    upload = calendar_pdf()
     page = admin_client.post(
         reverse("admin:batch_new"), {**FORM, "_preview": "1", "attachments": upload}
     )
@@ -264,9 +269,7 @@ def test_a_file_chosen_again_after_a_preview_is_attached_once(admin_client, sett
     settings.MEDIA_ROOT = str(tmp_path)
     CustomerFactory()
 
-    def upload():
-        return SimpleUploadedFile("calendar.pdf", b"%PDF-1.4", content_type="application/pdf")
-
+    upload = calendar_pdf
     page = admin_client.post(
         reverse("admin:batch_new"), {**FORM, "_preview": "1", "attachments": upload()}
     )
