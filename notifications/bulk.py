@@ -259,12 +259,13 @@ def read_instances(queryset: QuerySet, *, given: Mapping | None = None) -> list[
             instance.__dict__.update(given)
         return instances
     names = [f.attname for f in model._meta.concrete_fields if f.attname not in given]
+    database = queryset.db  # the router, asked once rather than for every row
     instances = []
     for values in queryset.values_list(*names):
         instance = model.__new__(model)
         instance.__dict__.update(zip(names, values, strict=True))
         instance.__dict__.update(given)
         state = instance._state = ModelState()
-        state.adding, state.db = False, queryset.db
+        state.adding, state.db = False, database
         instances.append(instance)
     return instances
