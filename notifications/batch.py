@@ -40,6 +40,7 @@ from notifications.models import (
 )
 from notifications.outbox import Recipient, kick_dispatch_on_commit, stage_deliveries
 from notifications.templating import CompiledTemplate, Rendered, TemplateProblem, check_source
+from notifications.unsubscribe import unsubscribe_url
 
 logger = logging.getLogger(__name__)
 
@@ -619,6 +620,79 @@ def run_cancel(*, run: WorkflowRun, user, now: datetime) -> int:
         )
     _post_actions(WorkflowRun.objects.get(id=run.id), now=now)
     return len(ids)
+
+
+@dataclass
+class Readdressed:
+    """What correcting a customer's email did to their batch deliveries not yet sent."""
+
+    readdressed: int = 0  # scheduled or failed: they now go to the new address
+    cancelled: int = 0  # scheduled, and the email was removed
+    in_flight: int = 0  # being sent or sent unknown: the old address, as the provider has it
+
+
+def customer_email_changed(*, customer_id: int, old: str, new: str, by: str, now: datetime):
+    """A customer's email corrected after a batch message was staged for them: their email
+    deliveries not yet sent (scheduled, or failed and so retryable) go to the new address,
+    with an unsubscribe link for it; with the email removed, the scheduled ones are
+    cancelled. Each gets an event saying so. Rows being sent are left as they are."""
+    result = Readdressed()
+    if old == new:
+        return result
+    reason = f"the customer's email was changed from {old} to {new or '(none)'} by {by}"[:300]
+    rows = Delivery.objects.filter(
+        recipient_key=f"customer:{customer_id}", channel=Channel.EMAIL, address=old
+    )
+    in_flight = rows.filter(status__in=[Delivery.Status.SENDING, Delivery.Status.UNKNOWN])
+    result.in_flight = in_flight.count()
+    # With the email removed, a failed delivery stays failed: there is nowhere to retry it to.
+    movable = (
+        [Delivery.Status.SCHEDULED, Delivery.Status.FAILED] if new else [Delivery.Status.SCHEDULED]
+    )
+    events = []
+    with transaction.atomic():
+        for delivery in rows.filter(status__in=movable).select_for_update():
+            changes = _readdressed(delivery, new) if new else {"status": Delivery.Status.CANCELLED}
+            if Delivery.objects.filter(id=delivery.id, status=delivery.status, address=old).update(
+                status_reason=reason, updated_at=now, **changes
+            ):
+                kind = DeliveryEvent.Kind.READDRESSED if new else DeliveryEvent.Kind.CANCELLED
+                events.append(
+                    DeliveryEvent(delivery_id=delivery.id, kind=kind, at=now, reason=reason)
+                )
+        DeliveryEvent.objects.bulk_create(events)
+        if events:
+            AuditEntry.objects.create(
+                at=now,
+                by=by,
+                action="customer_email_change",
+                target=f"customer:{customer_id}",
+                detail={"old": old, "new": new, "deliveries": [e.delivery_id for e in events]},
+            )
+    if new:
+        result.readdressed = len(events)
+    else:
+        result.cancelled = len(events)
+    return result
+
+
+def _readdressed(delivery: Delivery, address: str) -> dict:
+    """The fields of a delivery sent to `address` instead: its unsubscribe link (footer and
+    List-Unsubscribe header) signed for the new address."""
+    payload = dict(delivery.payload)
+    headers = dict(payload.get("headers") or {})
+    changes = {"address": address}
+    listed = headers.get("List-Unsubscribe", "")
+    if listed.startswith("<") and listed.endswith(">"):
+        old_url, new_url = listed[1:-1], unsubscribe_url(address, Channel.EMAIL)
+        headers["List-Unsubscribe"] = f"<{new_url}>"
+        payload["headers"] = headers
+        changes.update(
+            payload=payload,
+            body=delivery.body.replace(old_url, new_url),
+            html_body=delivery.html_body.replace(old_url, new_url),
+        )
+    return changes
 
 
 def run_progress(run: WorkflowRun) -> dict:

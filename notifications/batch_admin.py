@@ -638,6 +638,39 @@ class CustomerAdmin(admin.ModelAdmin):
     search_fields = ("company_name", "email", "phone", "account_ref", "bid", "region", "tags")
     list_per_page = 50
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change or "email" not in form.changed_data:
+            return
+        old = form.initial.get("email") or ""
+        done = batch.customer_email_changed(
+            customer_id=obj.id,
+            old=old,
+            new=obj.email,
+            by=request.user.get_username(),
+            now=timezone.now(),
+        )
+        if done.readdressed:
+            self.message_user(
+                request,
+                f"{done.readdressed} batch delivery(ies) to {obj} not yet sent (scheduled, or "
+                f"failed and retryable) now go to {obj.email}, not {old}.",
+            )
+        if done.cancelled:
+            self.message_user(
+                request,
+                f"{done.cancelled} scheduled batch delivery(ies) to {old} were cancelled: "
+                f"{obj} has no email now.",
+                messages.WARNING,
+            )
+        if done.in_flight:
+            self.message_user(
+                request,
+                f"{done.in_flight} delivery(ies) to {old} were already being sent (or their "
+                "outcome is unknown) and keep that address.",
+                messages.WARNING,
+            )
+
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):

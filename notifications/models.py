@@ -197,7 +197,11 @@ class Customer(models.Model):
     )
     email = models.EmailField(
         blank=True,
-        help_text="Where batch notifications go. Blank: the customer is never in a cohort.",
+        help_text=(
+            "Where batch notifications go. Blank: the customer is never in a cohort. Changing "
+            "it here re-addresses their batch emails not yet sent (scheduled, or failed and "
+            "retryable); removing it cancels the scheduled ones."
+        ),
     )
     phone = models.CharField(
         max_length=32, blank=True, validators=[validate_e164], help_text="E.164, e.g. +12125550100."
@@ -804,6 +808,7 @@ class DeliveryEvent(models.Model):
         EXPIRED = "expired", "Expired"
         SKIPPED = "skipped", "Skipped"
         UNKNOWN = "unknown", "Unknown"
+        READDRESSED = "readdressed", "Re-addressed"
 
     delivery = models.ForeignKey(
         Delivery,
@@ -817,7 +822,8 @@ class DeliveryEvent(models.Model):
         help_text=(
             "What happened: queued, deferred, claimed, sent, retry, "
             "delivered, opened, clicked, failed, bounced, complained, "
-            "unsubscribed, cancelled, expired, skipped."
+            "unsubscribed, cancelled, expired, skipped, unknown, or readdressed (the "
+            "customer's email was corrected before it was sent)."
         ),
     )
     at = models.DateTimeField(

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from notifications import batch, dispatch
+from notifications import batch, dispatch, operations
 from notifications.dispatch import ManualClock
 from notifications.models import (
     AuditEntry,
@@ -23,6 +23,7 @@ from notifications.models import (
     VerifyCheck,
     WorkflowRun,
 )
+from notifications.unsubscribe import read_token
 from tests.notifications.factories import CustomerFactory, DeliveryFactory
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -466,3 +467,82 @@ def test_a_subject_over_200_characters_is_refused_on_its_field(mike):
         "A subject is at most 200 characters; this one has 201."
     ]
     assert not WorkflowRun.objects.exists()
+
+
+def _change_customer_email(user, customer, email):
+    client = Client()
+    client.force_login(user)
+    fields = ("company_name", "phone", "account_ref", "bid", "region", "school_year", "tags")
+    form = {name: getattr(customer, name) for name in fields}
+    response = client.post(
+        f"/admin/notifications/customer/{customer.id}/change/",
+        {**form, "email": email},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_an_email_corrected_after_approval_is_where_the_retry_and_the_rest_go(mike, postmark):
+    customers = _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()  # 1 sent, 5 failed: the breaker halts the run with 3 scheduled
+    failed, waiting = customers[1], customers[7]
+    assert Delivery.objects.get(recipient_key=f"customer:{failed.id}").status == "failed"
+    notes = _change_customer_email(mike, failed, "fixed01@school.example.org")
+    assert (
+        f"1 batch delivery(ies) to {failed} not yet sent (scheduled, or failed and retryable) "
+        "now go to fixed01@school.example.org, not bad01@school.example.org."
+    ) in notes
+    _change_customer_email(mike, waiting, "moved07@school.example.org")
+
+    retried = Delivery.objects.get(recipient_key=f"customer:{failed.id}")
+    assert retried.address == "fixed01@school.example.org"
+    assert retried.events.filter(kind="readdressed").count() == 1
+    assert (
+        "fixed01@school.example.org"
+        in AuditEntry.objects.get(
+            action="customer_email_change", target=f"customer:{failed.id}"
+        ).detail["new"]
+    )
+    assert operations.delivery_retry(ids=[retried.id], now=NOW, by="mike") == 1
+    assert batch.run_resume(run=run, user=mike, now=NOW)
+    _dispatch(NOW + timedelta(seconds=5))
+
+    messages = [json.loads(c.request.body) for c in postmark.calls]
+    sent_to = [m["To"] for m in messages]
+    assert (
+        sent_to.count("fixed01@school.example.org")
+        == sent_to.count("moved07@school.example.org")
+        == 1
+    )
+    assert sent_to.count("bad01@school.example.org") == 1  # its first, failed try only
+    assert "ok07@school.example.org" not in sent_to  # the moved customer's old address
+    fixed = messages[sent_to.index("fixed01@school.example.org")]
+    link = {h["Name"]: h["Value"] for h in fixed["Headers"]}["List-Unsubscribe"][1:-1]
+    assert read_token(link.rsplit("/", 1)[1]) == ("fixed01@school.example.org", "email")
+    assert link in fixed["HtmlBody"]  # the footer's link, signed for the new address too
+    assert Delivery.objects.get(id=retried.id).status == "sent"
+
+
+def test_removing_a_customers_email_cancels_what_was_scheduled_for_them(mike, postmark):
+    customers = _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    failed, waiting = customers[1], customers[7]
+    notes = _change_customer_email(mike, waiting, "")
+    assert (
+        f"1 scheduled batch delivery(ies) to ok07@school.example.org were cancelled: {waiting} "
+        "has no email now."
+    ) in notes
+    _change_customer_email(mike, failed, "")
+    assert Delivery.objects.get(recipient_key=f"customer:{waiting.id}").status == "cancelled"
+    assert Delivery.objects.get(recipient_key=f"customer:{failed.id}").status == "failed"
+    assert (
+        batch.customer_email_changed(
+            customer_id=waiting.id, old="x@example.org", new="x@example.org", by="m", now=NOW
+        )
+        == batch.Readdressed()
+    )
