@@ -442,6 +442,19 @@ def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
     return staged
 
 
+def suppressed_reviews(proposals) -> int:
+    """How many of these reviews' customers are suppressed for email now (unsubscribed,
+    bounced or complained since the launch): dispatch skips them, so approving them sends
+    nothing."""
+    addresses = list(
+        proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW)
+        .exclude(customer__email="")
+        .values_list("customer__email", flat=True)
+    )
+    found = tracking.suppressions_for(addresses, Channel.EMAIL)
+    return sum(1 for address in addresses if address in found)
+
+
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:
     _require_decider(user)
     if not _claim([envelope.id], status=ProposedAction.Status.REJECTED, user=user, now=now):

@@ -525,14 +525,21 @@ class ProposedActionAdmin(admin.ModelAdmin):
         )
         if not confirmed(request):
             what = []
-            if counts["reviews"]:
+            suppressed = batch.suppressed_reviews(pending) if approve and counts["reviews"] else 0
+            if counts["reviews"] - suppressed:
                 what.append(
-                    f"{counts['reviews']} recipient(s) "
+                    f"{counts['reviews'] - suppressed} recipient(s) "
                     + (
                         "will each get the message shown"
                         if approve
                         else "will not be sent anything"
                     )
+                )
+            if suppressed:
+                what.append(
+                    f"{suppressed} recipient(s) are suppressed now (unsubscribed, bounced or "
+                    "complained, or suppressed by hand, since the launch): approved, they are "
+                    "skipped, not sent"
                 )
             if counts["envelopes"]:
                 what.append(

@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from notifications import tracking
 from notifications.dispatch import ManualClock, dispatch_due
 from notifications.models import Delivery, KillSwitch, ProposedAction, WorkflowRun
 from tests.notifications.factories import CustomerFactory
@@ -247,3 +248,39 @@ def test_rejecting_a_gate_says_its_run_is_cancelled_and_cancelling_again_says_no
     cancel = reverse("admin:notifications_workflowrun_changelist") + f"{run.id}/cancel/"
     again = admin_client.post(cancel, {"post": "yes"}, follow=True).content.decode()
     assert f"Run {run.id} was already cancelled: nothing to cancel." in again
+
+
+def test_approving_reviews_says_how_many_recipients_were_suppressed_since_the_launch(
+    admin_client,
+):
+    customers = CustomerFactory.create_batch(3)
+    admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1", "post": "yes"})
+    run = WorkflowRun.objects.get()
+    changelist = reverse("admin:notifications_proposedaction_changelist")
+    envelope = run.proposed_actions.get()
+    admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": [envelope.id], "post": "yes"}
+    )
+    tracking.suppress(
+        address=customers[1].email.upper(),
+        channel="email",
+        reason="unsubscribe",
+        source="footer link",
+        by="test",
+        now=timezone.now(),
+    )
+    reviews = list(
+        run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
+    )
+    confirm = admin_client.post(
+        changelist, {"action": "approve_selected", "_selected_action": reviews}
+    ).content.decode()
+    assert (
+        "Approve: 2 recipient(s) will each get the message shown; 1 recipient(s) are "
+        "suppressed now (unsubscribed, bounced or complained, or suppressed by hand, since the "
+        "launch): approved, they are skipped, not sent." in confirm
+    )
+    rejecting = admin_client.post(
+        changelist, {"action": "reject_selected", "_selected_action": reviews}
+    ).content.decode()
+    assert "Reject: 3 recipient(s) will not be sent anything." in rejecting
