@@ -135,24 +135,40 @@ SUBJECT_MAX_LENGTH = 200
 
 
 def compile_message(subject: str, body_template: str) -> CompiledTemplate:
-    """The staff-written subject and body, checked; ValidationError naming the problem."""
+    """The staff-written subject and body, checked; ValidationError naming every problem,
+    each on its field (the subject's and the body's at once)."""
     declared = set(VARIABLES)
+    problems: dict[str, str] = {}
     if len(subject) > SUBJECT_MAX_LENGTH:
-        raise ValidationError(
-            {
-                "subject": f"A subject is at most {SUBJECT_MAX_LENGTH} characters; this one has "
-                f"{len(subject):,}."
-            }
+        problems["subject"] = (
+            f"A subject is at most {SUBJECT_MAX_LENGTH} characters; this one has {len(subject):,}."
         )
+    compiled = {}
+    for name, source in (("subject", subject), ("body_template", body_template)):
+        if name in problems:
+            continue
+        try:
+            compiled[name] = check_source(name, source, declared)
+        except TemplateProblem as problem:
+            problems[problem.field] = str(problem)
+    if problems:
+        raise ValidationError(problems)
+    return CompiledTemplate(
+        channel=Channel.EMAIL,
+        variables=VARIABLES,
+        subject=compiled["subject"],
+        body=compiled["body_template"],
+    )
+
+
+def _checked(problems: dict, check, *args, **kwargs):
+    """`check(*args, **kwargs)`, with its ValidationError's messages added to `problems`
+    rather than raised: a form then shows every wrong field at once, not the first."""
     try:
-        return CompiledTemplate(
-            channel=Channel.EMAIL,
-            variables=VARIABLES,
-            subject=check_source("subject", subject, declared),
-            body=check_source("body_template", body_template, declared),
-        )
-    except TemplateProblem as problem:
-        raise ValidationError({problem.field: str(problem)}) from problem
+        return check(*args, **kwargs)
+    except ValidationError as error:
+        error.update_error_dict(problems)
+        return None
 
 
 def clean_max_recipients(value, *, user=None) -> int | None:
@@ -206,10 +222,14 @@ def build_preview(
     now: datetime,
     user=None,
 ) -> Preview:
-    """Everything staff see before launching; raises ValidationError on bad input."""
-    compiled = compile_message(subject, body_template)
-    cap = clean_max_recipients(max_recipients, user=user) or DEFAULT_CAP
-    customers = list(cohort(cohort_filter))
+    """Everything staff see before launching; raises ValidationError on bad input (every
+    wrong field's message at once)."""
+    problems: dict = {}
+    compiled = _checked(problems, compile_message, subject, body_template)
+    cap = _checked(problems, clean_max_recipients, max_recipients, user=user) or DEFAULT_CAP
+    customers = _checked(problems, lambda: list(cohort(cohort_filter)))
+    if problems:
+        raise ValidationError(problems)
     unreachable = cohort(cohort_filter, base=Customer.objects.all()).count() - len(customers)
     valid = [is_email_address(c.email) for c in customers]
     invalid = [c for c, ok in zip(customers, valid, strict=True) if not ok]

@@ -73,6 +73,27 @@ def test_a_bad_filter_or_variable_is_shown_on_its_field(admin_client):
     assert not WorkflowRun.objects.exists()
 
 
+def test_every_wrong_field_of_the_batch_form_is_shown_at_once_on_its_field(admin_client, settings):
+    response = admin_client.post(
+        reverse("admin:batch_new"),
+        {
+            "customer_cohort_filter": "colour=red",
+            "subject": "Hi {{ nickname }}",
+            "body_template": "Dear {{ customer_name ",
+            "max_recipients": "0",
+            "_preview": "1",
+        },
+    )
+    errors = {name: list(e) for name, e in response.context["form"].errors.items()}
+    assert set(errors) == {"customer_cohort_filter", "subject", "body_template", "max_recipients"}
+    assert "Unknown filter field colour" in errors["customer_cohort_filter"][0]
+    assert errors["subject"][0].startswith("Unknown variable in subject: nickname")
+    assert errors["body_template"][0].startswith("Unclosed {{ in body_template")
+    ceiling = settings.BATCH_MAX_RECIPIENTS_CEILING
+    assert errors["max_recipients"] == [f"max_recipients must be between 1 and {ceiling}."]
+    assert not WorkflowRun.objects.exists()
+
+
 def test_the_kill_switch_blocks_a_launch_with_a_clear_message(admin_client):
     CustomerFactory()
     KillSwitch.objects.create(name="high_risk_ops", scope="high_risk_ops", is_on=True)
