@@ -56,6 +56,14 @@ def cohort(query: str, *, base=None):
     pairs = parse_qsl(query, keep_blank_values=True)
     if not pairs:
         raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
+    nameless = [f"{key}={value}" for key, value in pairs if not key.strip()]
+    if nameless:
+        raise ValidationError(
+            {
+                "customer_cohort_filter": f"The filter part {nameless[0]!r} has no field name "
+                f"before its '='; write field=value, with a field among {_fields()}."
+            }
+        )
     unknown = sorted({key for key, _ in pairs} - set(FILTER_FIELDS))
     if unknown:
         raise ValidationError(

@@ -67,6 +67,11 @@ def test_a_bad_cohort_filter_is_an_error_naming_the_field(mike):
     with pytest.raises(ValidationError) as caught:
         _launch(mike, query="bid=B5875&colour=red")
     assert "Unknown filter field colour" in caught.value.message_dict["customer_cohort_filter"][0]
+    with pytest.raises(ValidationError) as caught:
+        _launch(mike, query="bid=B5875&=red")
+    assert caught.value.message_dict["customer_cohort_filter"][0].startswith(
+        "The filter part '=red' has no field name before its '='; write field=value"
+    )
     assert not WorkflowRun.objects.exists()
 
 
