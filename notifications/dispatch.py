@@ -27,6 +27,7 @@ from django.utils.module_loading import import_string
 
 from notifications import breakers, bulk, pacing, tracking
 from notifications.channels import ChannelError, OutgoingMessage, get_channel
+from notifications.channels.email import email_provider
 from notifications.events import record_event
 from notifications.killswitches import active_switches, frozen_filter
 from notifications.lookups import any_of_sql
@@ -92,7 +93,7 @@ class ManualClock:
 
 def provider_of(channel: str) -> str:
     if channel == Channel.EMAIL:
-        return "anymail"
+        return email_provider()
     setting = {"sms": settings.SMS_BACKEND, "whatsapp": settings.WHATSAPP_BACKEND}[channel]
     return import_string(setting).provider
 

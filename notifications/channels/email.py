@@ -33,10 +33,23 @@ from .base import (
     parse_retry_after,
 )
 
+RECORDING_BACKEND = "notifications.channels.recording.EmailBackend"
+
+
+def email_provider() -> str:
+    """What email deliveries name as their provider (in "accepted by …", the breaker's
+    key): "recording" for the development backend, which sends nothing and keeps each
+    message in Admin → Recorded messages, as the SMS and WhatsApp recording channels are
+    named; "anymail" otherwise (the ESP that settings.EMAIL_BACKEND picks)."""
+    return "recording" if settings.EMAIL_BACKEND == RECORDING_BACKEND else "anymail"
+
 
 class EmailChannel(Channel):
     name = "email"
-    provider = "anymail"
+
+    @property
+    def provider(self) -> str:
+        return email_provider()
 
     def __init__(self) -> None:
         self._backend = None

@@ -532,3 +532,22 @@ def _claimed(delivery: Delivery) -> Delivery:
     Delivery.objects.filter(id=delivery.id).update(status="sending")
     delivery.refresh_from_db()
     return delivery
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "backend, provider",
+    [
+        ("notifications.channels.recording.EmailBackend", "recording"),
+        ("anymail.backends.test.EmailBackend", "anymail"),
+    ],
+)
+def test_an_email_names_the_provider_that_took_it(settings, backend, provider):
+    """The development backend sends nothing: its deliveries do not claim an ESP took them."""
+    settings.EMAIL_BACKEND = backend
+    delivery = DeliveryFactory(send_at=NOW)
+    dispatch_due(now=NOW)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider) == ("sent", provider)
+    assert delivery.status_reason == f"accepted by {provider}"
+    assert RecordedMessage.objects.exists() is (provider == "recording")
