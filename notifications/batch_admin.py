@@ -403,6 +403,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     @admin.action(description="Resume selected aborted batches")
     def resume_runs(self, request, queryset):
         runs = list(queryset.filter(status=WorkflowRun.Status.ABORTED))
+        left = _left_alone(queryset, runs, "only an aborted run can be resumed")
+        if not runs:
+            self.message_user(request, f"Nothing to resume: {left}", messages.WARNING)
+            return None
         if not confirmed(request):
             return confirm_page(
                 self,
@@ -411,7 +415,8 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 action="resume_runs",
                 title=f"Resume {len(runs)} aborted batch(es)",
                 summary=f"Resuming sends the {_unsent(runs)} unsent deliveries of {len(runs)} "
-                "run(s); recipients already sent are never sent again.",
+                "run(s); recipients already sent are never sent again."
+                + (f" Left alone: {left}" if left else ""),
                 items=[f"run {r.id}: {r.status_reason}" for r in runs],
                 confirm_label="Yes, resume",
             )
@@ -426,6 +431,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel selected batches")
     def cancel_runs(self, request, queryset):
         runs = list(queryset.exclude(status__in=WorkflowRun.FINISHED))
+        left = _left_alone(queryset, runs, "a finished run has nothing left to cancel")
+        if not runs:
+            self.message_user(request, f"Nothing to cancel: {left}", messages.WARNING)
+            return None
         if not confirmed(request):
             return confirm_page(
                 self,
@@ -434,7 +443,8 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 action="cancel_runs",
                 title=f"Cancel {len(runs)} batch(es)",
                 summary=f"Cancelling stops {len(runs)} run(s) for good: their "
-                f"{_unsent(runs)} scheduled deliveries and pending reviews are cancelled.",
+                f"{_unsent(runs)} scheduled deliveries and pending reviews are cancelled."
+                + (f" Left alone: {left}" if left else ""),
                 items=[str(r) for r in runs],
                 confirm_label="Yes, cancel",
             )
@@ -447,6 +457,18 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             return None
         self.message_user(request, f"{len(runs)} run(s) cancelled; {count} deliveries will not go.")
         return None
+
+
+def _left_alone(queryset, chosen, why: str) -> str:
+    """The selected runs an action leaves alone, each with its status, and why ("" if
+    none)."""
+    ids = {r.id for r in chosen}
+    others = [r for r in queryset.order_by("id") if r.id not in ids]
+    if not others:
+        return ""
+    listed = ", ".join(f"run {r.id} ({r.get_status_display().lower()})" for r in others[:10])
+    more = f" and {len(others) - 10} more" if len(others) > 10 else ""
+    return f"{listed}{more}: {why}."
 
 
 def _unsent(runs) -> int:

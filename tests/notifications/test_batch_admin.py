@@ -305,3 +305,45 @@ def test_approving_reviews_says_how_many_recipients_were_suppressed_since_the_la
         changelist, {"action": "reject_selected", "_selected_action": reviews}
     ).content.decode()
     assert "Reject: 3 recipient(s) will not be sent anything." in rejecting
+
+
+def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_client):
+    from notifications import batch
+
+    workflow = batch.batch_workflow()
+    aborted, done, running = (
+        WorkflowRun.objects.create(workflow=workflow, status=status)
+        for status in ("aborted", "completed", "running")
+    )
+    changelist = reverse("admin:notifications_workflowrun_changelist")
+    everything = [aborted.id, done.id, running.id]
+    page = admin_client.post(
+        changelist, {"action": "resume_runs", "_selected_action": everything}
+    ).content.decode()
+    assert "Resume 1 aborted batch(es)" in page
+    assert (
+        f"Left alone: run {done.id} (completed), run {running.id} (sending): only an aborted "
+        "run can be resumed." in page
+    )
+    page = admin_client.post(
+        changelist, {"action": "cancel_runs", "_selected_action": everything}
+    ).content.decode()
+    assert "Cancel 2 batch(es)" in page
+    assert f"Left alone: run {done.id} (completed): a finished run has nothing left" in page
+
+    nothing = admin_client.post(
+        changelist, {"action": "resume_runs", "_selected_action": [done.id]}, follow=True
+    )
+    assert [str(m) for m in nothing.context["messages"]] == [
+        f"Nothing to resume: run {done.id} (completed): only an aborted run can be resumed."
+    ]
+    nothing = admin_client.post(
+        changelist,
+        {"action": "cancel_runs", "_selected_action": [done.id], "post": "yes"},
+        follow=True,
+    )
+    assert [str(m) for m in nothing.context["messages"]] == [
+        f"Nothing to cancel: run {done.id} (completed): a finished run has nothing left to cancel."
+    ]
+    done.refresh_from_db()
+    assert done.status == "completed"
