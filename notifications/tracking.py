@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from notifications.models import (
+    HAS_MESSAGE_ID,
     Channel,
     Delivery,
     DeliveryEvent,
@@ -225,14 +226,15 @@ def match_pending(*, now: datetime, limit: int = 500) -> int:
         .values_list("provider_message_id", flat=True)
         .distinct()[:limit]
     )
-    deliveries = Delivery.objects.filter(provider_message_id__in=list(waiting_ids))
+    deliveries = Delivery.objects.filter(HAS_MESSAGE_ID, provider_message_id__in=list(waiting_ids))
     return sum(match_unmatched(delivery, now=now) for delivery in deliveries)
 
 
 def _find_delivery(provider: str, provider_message_id: str) -> Delivery | None:
     """The delivery the provider means. Ids are the provider's, so a clash between providers
     is unlikely; when it happens the delivery sent through that provider wins."""
-    candidates = list(Delivery.objects.filter(provider_message_id=provider_message_id)[:5])
+    found = Delivery.objects.filter(HAS_MESSAGE_ID, provider_message_id=provider_message_id)
+    candidates = list(found[:5])
     for delivery in candidates:
         if delivery.provider == provider:
             return delivery

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from notifications.dispatch import SendDecision
 from notifications.models import (
+    HAS_CONTEXT,
     Channel,
     Delivery,
     DeliveryEvent,
@@ -314,7 +315,10 @@ def recently_sent(context_key: str, *, now: datetime, exclude_prefix: str) -> De
     window = timedelta(minutes=ReminderSettings.load().dedup_window_minutes)
     return (
         Delivery.objects.filter(
-            context_key=context_key, created_at__gte=now - window, status__in=LIVE_STATUSES
+            HAS_CONTEXT,
+            context_key=context_key,
+            created_at__gte=now - window,
+            status__in=LIVE_STATUSES,
         )
         .exclude(idempotency_key__startswith=exclude_prefix + ":")
         .order_by("created_at", "id")

@@ -551,3 +551,45 @@ def test_an_email_names_the_provider_that_took_it(settings, backend, provider):
     assert (delivery.status, delivery.provider) == ("sent", provider)
     assert delivery.status_reason == f"accepted by {provider}"
     assert RecordedMessage.objects.exists() is (provider == "recording")
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's query plan")
+@pytest.mark.django_db
+def test_the_lookups_by_message_id_context_and_fallback_use_their_partial_indexes():
+    """A batch's email (no message id yet, no context, no fallback) is in none of these
+    three indexes, so its claim and outcome do not write them; the lookups that need them
+    still find their rows through them (SQLite uses a partial index only when the query
+    holds its condition)."""
+    from notifications.tracking import _find_delivery
+    from production_runs.dispatcher import recently_sent
+
+    original = DeliveryFactory(provider_message_id="pm-1", context_key="kiosk_offline:1:2")
+    fallback = DeliveryFactory(fallback_of=original)
+    DeliveryFactory.create_batch(3)  # in none of the three
+    lookups = {
+        "delivery_provider_id": lambda: _find_delivery("anymail", "pm-1"),
+        "delivery_context_time": lambda: recently_sent(
+            "kiosk_offline:1:2", now=original.created_at, exclude_prefix="other"
+        ),
+        "delivery_fallback_of": lambda: list(original.fallbacks.all()),
+    }
+    found = {}
+    for index, lookup in lookups.items():
+        with CaptureQueriesContext(connection) as queries:
+            found[index] = lookup()
+        sql = next(
+            q["sql"] for q in queries.captured_queries if "notifications_delivery" in q["sql"]
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+        assert f"USING INDEX {index}" in plan, (index, plan)
+    assert found == {
+        "delivery_provider_id": original,
+        "delivery_context_time": original,
+        "delivery_fallback_of": [fallback],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA index_list(notifications_delivery)")
+        partial = {row[1]: row[4] for row in cursor.fetchall()}
+    assert [partial[name] for name in lookups] == [1, 1, 1]
