@@ -462,12 +462,12 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 def _left_alone(queryset, chosen, why: str) -> str:
     """The selected runs an action leaves alone, each with its status, and why ("" if
     none)."""
-    ids = {r.id for r in chosen}
-    others = [r for r in queryset.order_by("id") if r.id not in ids]
-    if not others:
+    others = queryset.exclude(id__in=[r.id for r in chosen]).order_by("id")
+    count = others.count()
+    if not count:
         return ""
     listed = ", ".join(f"run {r.id} ({r.get_status_display().lower()})" for r in others[:10])
-    more = f" and {len(others) - 10} more" if len(others) > 10 else ""
+    more = f" and {count - 10} more" if count > 10 else ""
     return f"{listed}{more}: {why}."
 
 

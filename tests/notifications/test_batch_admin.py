@@ -347,3 +347,14 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
     ]
     done.refresh_from_db()
     assert done.status == "completed"
+    finished = [
+        WorkflowRun.objects.create(workflow=workflow, status="completed") for _ in range(11)
+    ]
+    many = admin_client.post(
+        changelist,
+        {"action": "resume_runs", "_selected_action": [r.id for r in finished]},
+        follow=True,
+    )
+    (note,) = [str(m) for m in many.context["messages"]]
+    assert note.startswith(f"Nothing to resume: run {finished[0].id} (completed), ")
+    assert note.endswith(" and 1 more: only an aborted run can be resumed.")
