@@ -750,14 +750,15 @@ class SuppressionAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return
-        suppress(
+        # An existing entry (and its first reason) stays as it is; the page then shows it.
+        obj.pk = suppress(
             address=obj.address,
             channel=obj.channel,
             reason=obj.reason,
             source=obj.source or "added in the admin",
             by=request.user.username,
             now=timezone.now(),
-        )
+        ).pk
 
 
 @admin.register(UnmatchedProviderEvent)

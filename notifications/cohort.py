@@ -1,6 +1,7 @@
 """Customer cohorts: a django-filter FilterSet over declared fields, stored with the run as a
 query string (never raw SQL, unlike the seed's `WHERE __filter__`)."""
 
+import re
 from urllib.parse import parse_qsl
 
 import django_filters
@@ -22,7 +23,7 @@ class CustomerFilter(django_filters.FilterSet):
     bid = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. B5875")
     region = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. NYC DOE")
     school_year = django_filters.CharFilter(lookup_expr="iexact", help_text="e.g. 2026-27")
-    tag = django_filters.CharFilter(field_name="tags", lookup_expr="icontains")
+    tag = django_filters.CharFilter(method="filter_tag", help_text="One whole tag, e.g. vip")
     company = django_filters.CharFilter(field_name="company_name", lookup_expr="icontains")
     email_domain = django_filters.CharFilter(field_name="email", lookup_expr="iendswith")
     account_ref = CharInFilter(field_name="account_ref", lookup_expr="in")
@@ -31,6 +32,12 @@ class CustomerFilter(django_filters.FilterSet):
     class Meta:
         model = Customer
         fields: list[str] = []
+
+    def filter_tag(self, queryset, name, value):
+        """Customers carrying this tag among their comma-separated tags, as a whole tag
+        (in any case, spaces around it ignored): "walk10" is not "walk10b"."""
+        tag = re.escape(value.strip())
+        return queryset.filter(tags__iregex=rf"(^|,)\s*{tag}\s*(,|$)")
 
 
 FILTER_FIELDS = tuple(CustomerFilter.base_filters)

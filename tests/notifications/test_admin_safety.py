@@ -134,6 +134,13 @@ def test_manual_suppression_in_the_admin_records_who(admin_client):
     )
     suppression = Suppression.objects.get()
     assert (suppression.address, suppression.created_by) == ("angry@example.com", "admin")
+    # "Save and continue editing" opens the entry it saved (it went to ".../None/change/")
+    response = admin_client.post(
+        reverse("admin:notifications_suppression_add"),
+        {"address": "+14155550100", "channel": "sms", "reason": "manual", "_continue": "1"},
+    )
+    added = Suppression.objects.get(channel="sms")
+    assert response.url == reverse("admin:notifications_suppression_change", args=[added.pk])
 
 
 def test_deliveries_cannot_be_deleted_from_the_admin(admin_client):

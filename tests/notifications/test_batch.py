@@ -75,6 +75,22 @@ def test_a_bad_cohort_filter_is_an_error_naming_the_field(mike):
     assert not WorkflowRun.objects.exists()
 
 
+def test_a_tag_filter_matches_whole_tags_only(mike):
+    tagged = {
+        tags: CustomerFactory(tags=tags).id
+        for tags in ("walk10", "vip, Walk10 ", "walk10b", "old-walk10", "x,walk10,y", "")
+    }
+    run = _launch(mike, query="tag=walk10")
+    assert sorted(run.inputs["customer_ids"]) == sorted(
+        tagged[t] for t in ("walk10", "vip, Walk10 ", "x,walk10,y")
+    )
+    dotted, _ = CustomerFactory(tags="a.b"), CustomerFactory(tags="aXb")
+    preview = batch.build_preview(
+        cohort_filter="tag=a.b", subject="s", body_template="b", max_recipients=None, now=NOW
+    )
+    assert preview.recipients == [dotted]  # the dot is a dot, not "any character"
+
+
 def test_personalization_per_recipient_after_the_hitl_gate(mike):
     CustomerFactory(company_name="Brooklyn Tech", account_ref="NYC-1")
     CustomerFactory(company_name="Stuyvesant", account_ref="NYC-2")
