@@ -30,6 +30,7 @@ from notifications.models import (
     Suppression,
     UnmatchedProviderEvent,
     Workflow,
+    WorkflowRun,
 )
 from notifications.templating import TemplateProblem, compile_template
 from notifications.tracking import suppress
@@ -215,7 +216,22 @@ class DeliveryAdmin(admin.ModelAdmin):
     def retry_failed(self, request, queryset):
         failed = queryset.filter(status=Delivery.Status.FAILED)
         if not confirmed(request):
-            n, others = failed.count(), queryset.exclude(status=Delivery.Status.FAILED).count()
+            run_status = "workflow_run__status"
+            cancelled = failed.filter(**{run_status: WorkflowRun.Status.CANCELLED}).count()
+            aborted = failed.filter(**{run_status: WorkflowRun.Status.ABORTED}).count()
+            n = failed.count() - cancelled
+            others = queryset.exclude(status=Delivery.Status.FAILED).count()
+            notes = [f"{others} selected deliveries that are not failed are left alone."]
+            if cancelled:
+                notes.append(
+                    f"{cancelled} of a cancelled batch are left alone too: a cancelled batch "
+                    "sends nothing more."
+                )
+            if aborted:
+                notes.append(
+                    f"{aborted} belong to a batch its breaker aborted: they wait until the "
+                    "batch is resumed."
+                )
             return confirm_page(
                 self,
                 request,
@@ -224,8 +240,8 @@ class DeliveryAdmin(admin.ModelAdmin):
                 title=f"Retry {n} failed deliveries",
                 summary=f"Retrying schedules {n} failed deliveries again with fresh attempts: "
                 "each is sent on the next dispatch round (unless a kill switch, breaker or "
-                f"suppression holds it). {others} selected deliveries that are not failed "
-                "are left alone.",
+                "suppression holds it); a batch that had ended is reopened and ends again "
+                "with their outcome. " + " ".join(notes),
                 items=[
                     f"{d.get_channel_display()} to {d.address}: {d.last_error or d.status_reason}"
                     for d in failed
@@ -233,10 +249,21 @@ class DeliveryAdmin(admin.ModelAdmin):
                 confirm_label=f"Yes, send {n} again",
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
+        cancelled = failed.filter(workflow_run__status=WorkflowRun.Status.CANCELLED).count()
         count = operations.delivery_retry(ids=ids, now=timezone.now(), by=request.user.username)
         self._report(
-            request, f"{count} failed deliveries scheduled again.", len(ids) - count, "failed"
+            request,
+            f"{count} failed deliveries scheduled again.",
+            len(ids) - count - cancelled,
+            "failed",
         )
+        if cancelled:
+            self.message_user(
+                request,
+                f"{cancelled} of a cancelled batch were left alone: a cancelled batch sends "
+                "nothing more.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Cancel selected scheduled deliveries")
     def cancel_scheduled(self, request, queryset):

@@ -661,6 +661,7 @@ class Readdressed:
 
     readdressed: int = 0  # scheduled or failed: they now go to the new address
     cancelled: int = 0  # scheduled, and the email was removed
+    still_failed: int = 0  # failed, and the email was removed: nowhere to retry them to
     in_flight: int = 0  # being sent or sent unknown: the old address, as the provider has it
 
 
@@ -678,16 +679,28 @@ def customer_email_changed(*, customer_id: int, old: str, new: str, by: str, now
     )
     in_flight = rows.filter(status__in=[Delivery.Status.SENDING, Delivery.Status.UNKNOWN])
     result.in_flight = in_flight.count()
-    # With the email removed, a failed delivery stays failed: there is nowhere to retry it to.
-    movable = (
-        [Delivery.Status.SCHEDULED, Delivery.Status.FAILED] if new else [Delivery.Status.SCHEDULED]
+    # A cancelled batch's failed deliveries are never retried: left as they are.
+    failed = rows.filter(status=Delivery.Status.FAILED).exclude(
+        workflow_run__status=Status.CANCELLED
     )
+    # With the email removed, a failed delivery stays failed: there is nowhere to retry it to.
+    movable = rows.filter(status=Delivery.Status.SCHEDULED)
+    if new:
+        movable = movable | failed
+    else:
+        result.still_failed = failed.count()
     events = []
     with transaction.atomic():
-        for delivery in rows.filter(status__in=movable).select_for_update():
-            changes = _readdressed(delivery, new) if new else {"status": Delivery.Status.CANCELLED}
+        for delivery in movable.select_for_update(of=("self",)):
+            # A re-addressed row keeps its status and its reason (a failed one's error):
+            # the event says what changed.
+            changes = (
+                _readdressed(delivery, new)
+                if new
+                else {"status": Delivery.Status.CANCELLED, "status_reason": reason}
+            )
             if Delivery.objects.filter(id=delivery.id, status=delivery.status, address=old).update(
-                status_reason=reason, updated_at=now, **changes
+                updated_at=now, **changes
             ):
                 kind = DeliveryEvent.Kind.READDRESSED if new else DeliveryEvent.Kind.CANCELLED
                 events.append(

@@ -682,8 +682,16 @@ class CustomerAdmin(admin.ModelAdmin):
         if done.readdressed:
             self.message_user(
                 request,
-                f"{done.readdressed} batch delivery(ies) to {obj} not yet sent (scheduled, or "
-                f"failed and retryable) now go to {obj.email}, not {old}.",
+                f"{done.readdressed} batch email(s) to {obj} not yet sent now go to "
+                f"{obj.email} instead of {old}: scheduled ones when they are due, failed ones "
+                "once retried (Deliveries → Retry selected failed deliveries).",
+            )
+        if done.still_failed:
+            self.message_user(
+                request,
+                f"{done.still_failed} failed batch email(s) to {old} stay failed: {obj} has "
+                "no email to retry them to.",
+                messages.WARNING,
             )
         if done.cancelled:
             self.message_user(

@@ -6,7 +6,7 @@ from datetime import datetime
 from django.db import transaction
 
 from notifications.events import kick_handlers
-from notifications.models import Delivery, DeliveryEvent, EventHandling
+from notifications.models import Delivery, DeliveryEvent, EventHandling, Workflow, WorkflowRun
 from notifications.outbox import kick_dispatch_on_commit
 
 Status = Delivery.Status
@@ -26,18 +26,36 @@ def _transition(ids, *, now, from_statuses, kind, reason, **fields) -> int:
 
 
 def delivery_retry(*, ids, now: datetime, by: str) -> int:
-    """Failed deliveries get a fresh set of attempts, due now."""
-    count = _transition(
-        ids,
-        now=now,
-        from_statuses=[Status.FAILED],
-        kind="queued",
-        reason=f"retry requested by {by}",
-        status=Status.SCHEDULED,
-        send_at=now,
-        attempts=0,
-        claim_token=None,
+    """Failed deliveries get a fresh set of attempts, due now. One whose batch was cancelled
+    is left alone: a cancelled batch sends nothing more. A batch that had ended (partial or
+    failed) is reopened, so that it ends again with the retried deliveries' outcomes; one
+    aborted by its breaker keeps them waiting until it is resumed."""
+    retryable = Delivery.objects.filter(id__in=list(ids), status=Status.FAILED).exclude(
+        workflow_run__status=WorkflowRun.Status.CANCELLED
     )
+    rows = list(retryable.values_list("id", "workflow_run_id"))
+    with transaction.atomic():
+        count = _transition(
+            [i for i, _ in rows],
+            now=now,
+            from_statuses=[Status.FAILED],
+            kind="queued",
+            reason=f"retry requested by {by}",
+            status=Status.SCHEDULED,
+            send_at=now,
+            attempts=0,
+            claim_token=None,
+        )
+        WorkflowRun.objects.filter(
+            id__in={run for _, run in rows if run},
+            workflow__type=Workflow.Type.BATCH_NOTIFY,
+            status__in=[WorkflowRun.Status.PARTIAL, WorkflowRun.Status.FAILED],
+        ).update(
+            status=WorkflowRun.Status.RUNNING,
+            status_reason=f"reopened: failed deliveries retried by {by}"[:300],
+            completed_at=None,
+            consecutive_failures=0,
+        )
     if count:
         kick_dispatch_on_commit()
     return count

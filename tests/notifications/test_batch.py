@@ -513,14 +513,21 @@ def test_an_email_corrected_after_approval_is_where_the_retry_and_the_rest_go(mi
     assert Delivery.objects.get(recipient_key=f"customer:{failed.id}").status == "failed"
     notes = _change_customer_email(mike, failed, "fixed01@school.example.org")
     assert (
-        f"1 batch delivery(ies) to {failed} not yet sent (scheduled, or failed and retryable) "
-        "now go to fixed01@school.example.org, not bad01@school.example.org."
+        f"1 batch email(s) to {failed} not yet sent now go to fixed01@school.example.org instead "
+        "of bad01@school.example.org: scheduled ones when they are due, failed ones once retried "
+        "(Deliveries → Retry selected failed deliveries)."
     ) in notes
     _change_customer_email(mike, waiting, "moved07@school.example.org")
 
     retried = Delivery.objects.get(recipient_key=f"customer:{failed.id}")
     assert retried.address == "fixed01@school.example.org"
-    assert retried.events.filter(kind="readdressed").count() == 1
+    (event,) = retried.events.filter(kind="readdressed")
+    assert event.reason == (
+        "the customer's email was changed from bad01@school.example.org to "
+        "fixed01@school.example.org by mike"
+    )
+    assert retried.status == "failed"  # until retried, with its error as it was
+    assert "email was changed" not in retried.status_reason
     assert (
         "fixed01@school.example.org"
         in AuditEntry.objects.get(
@@ -558,7 +565,11 @@ def test_removing_a_customers_email_cancels_what_was_scheduled_for_them(mike, po
         f"1 scheduled batch delivery(ies) to ok07@school.example.org were cancelled: {waiting} "
         "has no email now."
     ) in notes
-    _change_customer_email(mike, failed, "")
+    notes = _change_customer_email(mike, failed, "")
+    assert (
+        f"1 failed batch email(s) to bad01@school.example.org stay failed: {failed} has no email "
+        "to retry them to."
+    ) in notes
     assert Delivery.objects.get(recipient_key=f"customer:{waiting.id}").status == "cancelled"
     assert Delivery.objects.get(recipient_key=f"customer:{failed.id}").status == "failed"
     assert (
@@ -567,3 +578,66 @@ def test_removing_a_customers_email_cancels_what_was_scheduled_for_them(mike, po
         )
         == batch.Readdressed()
     )
+
+
+def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_outcome(
+    mike, postmark
+):
+    customers = _customers("ox")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    run.refresh_from_db()
+    assert run.status_reason == "ended partial: 1 sent, 1 failed, 0 skipped, 0 rejected of 2"
+    batch.customer_email_changed(
+        customer_id=customers[1].id,
+        old=customers[1].email,
+        new="fixed@school.example.org",
+        by="mike",
+        now=NOW,
+    )
+    failed = Delivery.objects.get(status="failed")
+    assert operations.delivery_retry(ids=[failed.id], now=NOW, by="mike") == 1
+    run.refresh_from_db()
+    assert (run.status, run.status_reason) == (
+        "running",
+        "reopened: failed deliveries retried by mike",
+    )
+    _dispatch(NOW + timedelta(seconds=5))
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert run.status_reason == "ended completed: 2 sent, 0 failed, 0 skipped, 0 rejected of 2"
+    assert (run.summary["sent"], run.summary["failed"]) == (2, 0)
+
+
+def test_a_cancelled_batch_s_failed_deliveries_are_not_retried(mike, postmark):
+    _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()  # the breaker aborts the run: 5 failed, 3 scheduled
+    failed = list(Delivery.objects.filter(status="failed").values_list("id", flat=True))
+    client = Client()
+    client.force_login(mike)
+    changelist = "/admin/notifications/delivery/"
+    page = client.post(changelist, {"action": "retry_failed", "_selected_action": failed})
+    assert (
+        "5 belong to a batch its breaker aborted: they wait until the batch is resumed."
+        in page.content.decode()
+    )
+    batch.run_cancel(run=run, user=mike, now=NOW)
+    page = client.post(changelist, {"action": "retry_failed", "_selected_action": failed})
+    assert "Retry 0 failed deliveries" in page.content.decode()
+    assert "5 of a cancelled batch are left alone too: a cancelled batch sends nothing more." in (
+        page.content.decode()
+    )
+    done = client.post(
+        changelist,
+        {"action": "retry_failed", "_selected_action": failed, "post": "yes"},
+        follow=True,
+    )
+    assert [str(m) for m in done.context["messages"]] == [
+        "0 failed deliveries scheduled again.",
+        "5 of a cancelled batch were left alone: a cancelled batch sends nothing more.",
+    ]
+    assert operations.delivery_retry(ids=failed, now=NOW, by="mike") == 0
+    assert Delivery.objects.filter(id__in=failed, status="failed").count() == 5
