@@ -25,6 +25,7 @@ from notifications.models import (
     ProposedAction,
     ReflexionEntry,
     VerifyCheck,
+    Workflow,
     WorkflowRun,
 )
 from notifications.staged_files import (
@@ -402,8 +403,9 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume selected aborted batches")
     def resume_runs(self, request, queryset):
-        runs = list(queryset.filter(status=WorkflowRun.Status.ABORTED))
-        left = _left_alone(queryset, runs, "only an aborted run can be resumed")
+        batches = queryset.filter(workflow__type=Workflow.Type.BATCH_NOTIFY)
+        runs = list(batches.filter(status=WorkflowRun.Status.ABORTED).select_related("workflow"))
+        left = _left_alone(queryset, runs, "only an aborted batch can be resumed")
         if not runs:
             self.message_user(request, f"Nothing to resume: {left}", messages.WARNING)
             return None
@@ -416,6 +418,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 title=f"Resume {len(runs)} aborted batch(es)",
                 summary=f"Resuming sends the {_unsent(runs)} unsent deliveries of {len(runs)} "
                 "run(s); recipients already sent are never sent again."
+                + _frozen_by_switches(runs)
                 + (f" Left alone: {left}" if left else ""),
                 items=[f"run {r.id}: {r.status_reason}" for r in runs],
                 confirm_label="Yes, resume",
@@ -430,8 +433,9 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected batches")
     def cancel_runs(self, request, queryset):
-        runs = list(queryset.exclude(status__in=WorkflowRun.FINISHED))
-        left = _left_alone(queryset, runs, "a finished run has nothing left to cancel")
+        batches = queryset.filter(workflow__type=Workflow.Type.BATCH_NOTIFY)
+        runs = list(batches.exclude(status__in=WorkflowRun.FINISHED))
+        left = _left_alone(queryset, runs, "only an unfinished batch can be cancelled")
         if not runs:
             self.message_user(request, f"Nothing to cancel: {left}", messages.WARNING)
             return None
@@ -469,6 +473,24 @@ def _left_alone(queryset, chosen, why: str) -> str:
     listed = ", ".join(f"run {r.id} ({r.get_status_display().lower()})" for r in others[:10])
     more = f" and {count - 10} more" if count > 10 else ""
     return f"{listed}{more}: {why}."
+
+
+def _frozen_by_switches(runs) -> str:
+    """What a kill switch that is on does to the resumed runs' deliveries ("" if nothing)."""
+    switches = active_switches()
+    names = sorted(
+        {
+            switch.name
+            for run in runs
+            if (switch := switch_for(Delivery(channel="email", workflow_run=run), switches))
+        }
+    )
+    if not names:
+        return ""
+    return (
+        f" But kill switch(es) {', '.join(names)} are on: their deliveries stay frozen until "
+        "turned off."
+    )
 
 
 def _unsent(runs) -> int:

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from notifications import tracking
 from notifications.dispatch import ManualClock, dispatch_due
-from notifications.models import Delivery, KillSwitch, ProposedAction, WorkflowRun
+from notifications.models import Delivery, KillSwitch, ProposedAction, Workflow, WorkflowRun
 from tests.notifications.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -323,19 +323,34 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
     assert "Resume 1 aborted batch(es)" in page
     assert (
         f"Left alone: run {done.id} (completed), run {running.id} (sending): only an aborted "
-        "run can be resumed." in page
+        "batch can be resumed." in page
     )
+    KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
+    other = WorkflowRun.objects.create(
+        workflow=Workflow.objects.create(name="kiosk alerts", type=Workflow.Type.TRIGGER),
+        status="aborted",
+    )
+    page = admin_client.post(
+        changelist, {"action": "resume_runs", "_selected_action": [aborted.id, other.id]}
+    ).content.decode()
+    assert "Resume 1 aborted batch(es)" in page
+    assert (
+        "But kill switch(es) stop email are on: their deliveries stay frozen until turned off."
+        in page
+    )
+    assert f"Left alone: run {other.id} (aborted (resume or cancel)): only an aborted batch" in page
+    KillSwitch.objects.all().delete()
     page = admin_client.post(
         changelist, {"action": "cancel_runs", "_selected_action": everything}
     ).content.decode()
     assert "Cancel 2 batch(es)" in page
-    assert f"Left alone: run {done.id} (completed): a finished run has nothing left" in page
+    assert f"Left alone: run {done.id} (completed): only an unfinished batch can be" in page
 
     nothing = admin_client.post(
         changelist, {"action": "resume_runs", "_selected_action": [done.id]}, follow=True
     )
     assert [str(m) for m in nothing.context["messages"]] == [
-        f"Nothing to resume: run {done.id} (completed): only an aborted run can be resumed."
+        f"Nothing to resume: run {done.id} (completed): only an aborted batch can be resumed."
     ]
     nothing = admin_client.post(
         changelist,
@@ -343,7 +358,7 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
         follow=True,
     )
     assert [str(m) for m in nothing.context["messages"]] == [
-        f"Nothing to cancel: run {done.id} (completed): a finished run has nothing left to cancel."
+        f"Nothing to cancel: run {done.id} (completed): only an unfinished batch can be cancelled."
     ]
     done.refresh_from_db()
     assert done.status == "completed"
@@ -357,4 +372,4 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
     )
     (note,) = [str(m) for m in many.context["messages"]]
     assert note.startswith(f"Nothing to resume: run {finished[0].id} (completed), ")
-    assert note.endswith(" and 1 more: only an aborted run can be resumed.")
+    assert note.endswith(" and 1 more: only an aborted batch can be resumed.")
