@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html, format_html_join
 
-from notifications import operations, pacing
+from notifications import batch, operations, pacing
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.holds import HoldContext, explain
 from notifications.killswitches import HIGH_RISK_OPS, frozen_filter, killswitch_set
@@ -250,13 +250,21 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
         cancelled = failed.filter(workflow_run__status=WorkflowRun.Status.CANCELLED).count()
-        count = operations.delivery_retry(ids=ids, now=timezone.now(), by=request.user.username)
+        now, by = timezone.now(), request.user.username
+        readdressed = batch.readdress_before_retry(ids=ids, by=by, now=now)
+        count = operations.delivery_retry(ids=ids, now=now, by=by)
         self._report(
             request,
             f"{count} failed deliveries scheduled again.",
             len(ids) - count - cancelled,
             "failed",
         )
+        if readdressed:
+            self.message_user(
+                request,
+                f"{readdressed} went to a customer whose email was corrected while they were "
+                "being sent: they go to the customer's email as it is now.",
+            )
         if cancelled:
             self.message_user(
                 request,

@@ -30,6 +30,7 @@ from notifications.models import (
     Customer,
     Delivery,
     DeliveryEvent,
+    Event,
     MessageTemplate,
     Notification,
     ProposedAction,
@@ -722,6 +723,32 @@ def customer_email_changed(*, customer_id: int, old: str, new: str, by: str, now
     return result
 
 
+def readdress_before_retry(*, ids, by: str, now: datetime) -> int:
+    """Failed batch emails about to be retried whose customer's email changed after they
+    were claimed (they were being sent, or their outcome was unknown, when it was
+    corrected): re-addressed first, so the retry reaches the email as it is now. Returns
+    how many were re-addressed."""
+    rows = set(
+        Delivery.objects.filter(
+            id__in=list(ids),
+            status=Delivery.Status.FAILED,
+            channel=Channel.EMAIL,
+            recipient_key__startswith="customer:",
+        ).values_list("recipient_key", "address")
+    )
+    ids_of = {key: int(key.split(":", 1)[1]) for key, _ in rows if key.split(":", 1)[1].isdigit()}
+    emails = dict(Customer.objects.filter(id__in=ids_of.values()).values_list("id", "email"))
+    moved = 0
+    for key, address in rows:
+        current = emails.get(ids_of.get(key))
+        if current and current != address:
+            done = customer_email_changed(
+                customer_id=ids_of[key], old=address, new=current, by=by, now=now
+            )
+            moved += done.readdressed
+    return moved
+
+
 def _readdressed(delivery: Delivery, address: str) -> dict:
     """The fields of a delivery sent to `address` instead: its unsubscribe link (footer and
     List-Unsubscribe header) signed for the new address."""
@@ -797,21 +824,25 @@ def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
     WorkflowRun.objects.filter(id=run.id).update(
         summary=progress, completed_at=run.completed_at or now
     )
+    # A batch reopened by a retry ends again: its reflexion says how it ended last, it
+    # emits its event again, and its verify check is run again.
     if run.workflow.reflexion_enabled:
-        ReflexionEntry.objects.get_or_create(
-            workflow_run=run,
-            defaults={
-                "narrative": (
-                    f"batch_notify run {run.id} ({run.inputs.get('subject', '')!r}) ended "
-                    f"{run.status}: {progress['sent']} sent, {progress['failed']} failed, "
-                    f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
-                    f"{progress['total']}."
-                ),
-                "tags": ["batch_notify", run.status],
-                "created_at": now,
-            },
+        reflexion = {
+            "narrative": (
+                f"batch_notify run {run.id} ({run.inputs.get('subject', '')!r}) ended "
+                f"{run.status}: {progress['sent']} sent, {progress['failed']} failed, "
+                f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
+                f"{progress['total']}."
+            ),
+            "tags": ["batch_notify", run.status],
+        }
+        ReflexionEntry.objects.update_or_create(
+            workflow_run=run, defaults=reflexion, create_defaults={**reflexion, "created_at": now}
         )
     event = {"completed": "completed", "partial": "partial"}.get(run.status, "failed")
+    key = f"workflow_run:{run.id}:finished"
+    if Event.objects.filter(idempotency_key=key).exists():  # it ended before being reopened
+        key = f"{key}:{now.isoformat()}"
     record_event(
         f"workflow.{event}",
         {
@@ -820,13 +851,21 @@ def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
             "status": run.status,
             **progress,
         },
-        idempotency_key=f"workflow_run:{run.id}:finished",
+        idempotency_key=key,
         now=now,
     )
-    VerifyCheck.objects.get_or_create(
+    VerifyCheck.objects.update_or_create(
         workflow_run=run,
         name="all_recipients_logged",
-        defaults={"due_at": now + VERIFY_WINDOW, "timeout_at": now + VERIFY_TIMEOUT},
+        defaults={
+            "status": VerifyCheck.Status.PENDING,
+            "due_at": now + VERIFY_WINDOW,
+            "timeout_at": now + VERIFY_TIMEOUT,
+            "checked_at": None,
+            "expected": None,
+            "observed": None,
+            "detail": "",
+        },
     )
 
 

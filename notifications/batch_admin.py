@@ -726,7 +726,8 @@ class CustomerAdmin(admin.ModelAdmin):
             self.message_user(
                 request,
                 f"{done.in_flight} delivery(ies) to {old} were already being sent (or their "
-                "outcome is unknown) and keep that address.",
+                "outcome is unknown) and keep that address"
+                + (f"; should one fail, a retry sends it to {obj.email}." if obj.email else "."),
                 messages.WARNING,
             )
 

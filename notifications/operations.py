@@ -4,6 +4,7 @@ conditional update that only touches rows still in the state the action expects.
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 
 from notifications.events import kick_handlers
 from notifications.models import Delivery, DeliveryEvent, EventHandling, Workflow, WorkflowRun
@@ -12,9 +13,13 @@ from notifications.outbox import kick_dispatch_on_commit
 Status = Delivery.Status
 
 
-def _transition(ids, *, now, from_statuses, kind, reason, **fields) -> int:
+def _transition(ids, *, now, from_statuses, kind, reason, unless=None, **fields) -> int:
+    """Move the rows among `ids` still in `from_statuses` (and not matching `unless`),
+    with an event each."""
     with transaction.atomic():
         rows = Delivery.objects.filter(id__in=list(ids), status__in=from_statuses)
+        if unless is not None:
+            rows = rows.exclude(unless)
         moved = list(rows.values_list("id", flat=True))
         Delivery.objects.filter(id__in=moved, status__in=from_statuses).update(
             status_reason=reason, updated_at=now, **fields
@@ -27,29 +32,40 @@ def _transition(ids, *, now, from_statuses, kind, reason, **fields) -> int:
 
 def delivery_retry(*, ids, now: datetime, by: str) -> int:
     """Failed deliveries get a fresh set of attempts, due now. One whose batch was cancelled
-    is left alone: a cancelled batch sends nothing more. A batch that had ended (partial or
-    failed) is reopened, so that it ends again with the retried deliveries' outcomes; one
-    aborted by its breaker keeps them waiting until it is resumed."""
-    retryable = Delivery.objects.filter(id__in=list(ids), status=Status.FAILED).exclude(
-        workflow_run__status=WorkflowRun.Status.CANCELLED
-    )
-    rows = list(retryable.values_list("id", "workflow_run_id"))
+    is left alone: a cancelled batch sends nothing more. A batch that had ended (completed,
+    partial or failed) is reopened, so that it ends again with the retried deliveries'
+    outcomes; one aborted by its breaker keeps them waiting until it is resumed."""
+    ids = list(ids)
+    cancelled = Q(workflow_run__status=WorkflowRun.Status.CANCELLED)
     with transaction.atomic():
+        # The runs first, locked: a batch cancelled meanwhile has its rows left alone.
+        runs = list(
+            WorkflowRun.objects.select_for_update()
+            .filter(id__in=Delivery.objects.filter(id__in=ids).values("workflow_run_id"))
+            .values_list("id", flat=True)
+        )
         count = _transition(
-            [i for i, _ in rows],
+            ids,
             now=now,
             from_statuses=[Status.FAILED],
             kind="queued",
             reason=f"retry requested by {by}",
+            unless=cancelled,
             status=Status.SCHEDULED,
             send_at=now,
             attempts=0,
             claim_token=None,
         )
         WorkflowRun.objects.filter(
-            id__in={run for _, run in rows if run},
+            id__in=runs,
+            deliveries__id__in=ids,
+            deliveries__status=Status.SCHEDULED,
             workflow__type=Workflow.Type.BATCH_NOTIFY,
-            status__in=[WorkflowRun.Status.PARTIAL, WorkflowRun.Status.FAILED],
+            status__in=[
+                WorkflowRun.Status.COMPLETED,
+                WorkflowRun.Status.PARTIAL,
+                WorkflowRun.Status.FAILED,
+            ],
         ).update(
             status=WorkflowRun.Status.RUNNING,
             status_reason=f"reopened: failed deliveries retried by {by}"[:300],

@@ -34,7 +34,14 @@ from cadence.models import Stakeholder, TriggerCooldown
 from cadence.policy import Sent, decide
 from cadence.validators import MAX_HOURS
 from notifications.cadence_checks import TOLD_STATUSES, stakeholder_histories, stakeholder_id
-from notifications.models import HIGH_RISK_LEVEL, Delivery, Notification, Workflow, WorkflowRun
+from notifications.models import (
+    HAS_CONTEXT,
+    HIGH_RISK_LEVEL,
+    Delivery,
+    Notification,
+    Workflow,
+    WorkflowRun,
+)
 from notifications.outbox import Recipient, stage_deliveries
 
 logger = logging.getLogger(__name__)
@@ -657,6 +664,7 @@ def _told(workflow, opened: dict[str, datetime]) -> dict[str, tuple[set[int], di
     since = min(opened.values())
     rows = Delivery.objects.filter(
         Q(context_key__in=list(opened)) | Q(context_key__startswith=GROUP_PREFIX),
+        HAS_CONTEXT,
         workflow_run__workflow=workflow,
         status__in=TOLD_STATUSES,
         created_at__gte=since,

@@ -22,6 +22,7 @@ from anymail.exceptions import (
 )
 from django.conf import settings
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection, make_msgid
+from django.utils.module_loading import import_string
 
 from .base import (
     Channel,
@@ -32,8 +33,7 @@ from .base import (
     http_status_error,
     parse_retry_after,
 )
-
-RECORDING_BACKEND = "notifications.channels.recording.EmailBackend"
+from .recording import EmailBackend as RecordingBackend
 
 
 def email_provider() -> str:
@@ -41,7 +41,14 @@ def email_provider() -> str:
     key): "recording" for the development backend, which sends nothing and keeps each
     message in Admin → Recorded messages, as the SMS and WhatsApp recording channels are
     named; "anymail" otherwise (the ESP that settings.EMAIL_BACKEND picks)."""
-    return "recording" if settings.EMAIL_BACKEND == RECORDING_BACKEND else "anymail"
+    return "recording" if _records(settings.EMAIL_BACKEND) else "anymail"
+
+
+@lru_cache
+def _records(backend_path: str) -> bool:
+    """Whether this backend (or one built on it) is the recording one."""
+    backend = import_string(backend_path)
+    return isinstance(backend, type) and issubclass(backend, RecordingBackend)
 
 
 class EmailChannel(Channel):

@@ -608,6 +608,13 @@ def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_ou
     assert run.status == "completed"
     assert run.status_reason == "ended completed: 2 sent, 0 failed, 0 skipped, 0 rejected of 2"
     assert (run.summary["sent"], run.summary["failed"]) == (2, 0)
+    endings = Event.objects.filter(name__startswith="workflow.").order_by("id")
+    assert [e.name for e in endings] == ["workflow.partial", "workflow.completed"]
+    reflexion = ReflexionEntry.objects.get(workflow_run=run)
+    assert reflexion.tags == ["batch_notify", "completed"]
+    assert "ended completed: 2 sent, 0 failed" in reflexion.narrative
+    check = VerifyCheck.objects.get(workflow_run=run)
+    assert (check.status, check.due_at) == ("pending", run.completed_at + timedelta(seconds=60))
 
 
 def test_a_cancelled_batch_s_failed_deliveries_are_not_retried(mike, postmark):
@@ -641,3 +648,35 @@ def test_a_cancelled_batch_s_failed_deliveries_are_not_retried(mike, postmark):
     ]
     assert operations.delivery_retry(ids=failed, now=NOW, by="mike") == 0
     assert Delivery.objects.filter(id__in=failed, status="failed").count() == 5
+
+
+def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retry(mike, postmark):
+    customers = _customers("ox")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    lost = Delivery.objects.get(status="failed")
+    Delivery.objects.filter(id=lost.id).update(status="unknown")  # a worker died sending it
+    notes = _change_customer_email(mike, customers[1], "fixed@school.example.org")
+    assert (
+        "1 delivery(ies) to bad01@school.example.org were already being sent (or their outcome "
+        "is unknown) and keep that address; should one fail, a retry sends it to "
+        "fixed@school.example.org." in notes
+    )
+    assert operations.delivery_reconcile(ids=[lost.id], accepted=False, now=NOW, by="mike") == 1
+    client = Client()
+    client.force_login(mike)
+    done = client.post(
+        "/admin/notifications/delivery/",
+        {"action": "retry_failed", "_selected_action": [lost.id], "post": "yes"},
+        follow=True,
+    )
+    assert [str(m) for m in done.context["messages"]] == [
+        "1 failed deliveries scheduled again.",
+        "1 went to a customer whose email was corrected while they were being sent: they go to "
+        "the customer's email as it is now.",
+    ]
+    _dispatch(NOW + timedelta(seconds=5))
+    sent_to = [json.loads(c.request.body)["To"] for c in postmark.calls]
+    assert sent_to[-1] == "fixed@school.example.org"
+    assert Delivery.objects.get(id=lost.id).status == "sent"
