@@ -84,6 +84,7 @@ def test_every_wrong_field_of_the_batch_form_is_shown_at_once_on_its_field(admin
             "_preview": "1",
         },
     )
+    assert "Please correct the errors below." in response.content.decode()
     errors = {name: list(e) for name, e in response.context["form"].errors.items()}
     assert set(errors) == {"customer_cohort_filter", "subject", "body_template", "max_recipients"}
     assert "Unknown filter field colour" in errors["customer_cohort_filter"][0]
