@@ -428,7 +428,9 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
             return None
-        self.message_user(request, f"{done} run(s) resumed.")
+        self.message_user(
+            request, f"{done} run(s) resumed." + (f" Left alone: {left}" if left else "")
+        )
         return None
 
     @admin.action(description="Cancel selected batches")
@@ -452,6 +454,9 @@ class WorkflowRunAdmin(admin.ModelAdmin):
                 items=[str(r) for r in runs],
                 confirm_label="Yes, cancel",
             )
+        reviews = ProposedAction.objects.filter(
+            workflow_run__in=runs, status=ProposedAction.Status.PENDING
+        ).count()
         try:
             count = sum(
                 batch.run_cancel(run=r, user=request.user, now=timezone.now()) for r in runs
@@ -459,7 +464,11 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
             return None
-        self.message_user(request, f"{len(runs)} run(s) cancelled; {count} deliveries will not go.")
+        self.message_user(
+            request,
+            f"{len(runs)} run(s) cancelled; {count} deliveries will not go; {reviews} pending "
+            "review(s) rejected." + (f" Left alone: {left}" if left else ""),
+        )
         return None
 
 

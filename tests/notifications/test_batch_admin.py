@@ -363,6 +363,18 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
     ]
     done.refresh_from_db()
     assert done.status == "completed"
+    ProposedAction.objects.create(
+        action_type="hitl_review", entity_ref="review", workflow_run=running, status="pending"
+    )
+    cancelled = admin_client.post(
+        changelist,
+        {"action": "cancel_runs", "_selected_action": everything, "post": "yes"},
+        follow=True,
+    )
+    assert [str(m) for m in cancelled.context["messages"]] == [
+        "2 run(s) cancelled; 0 deliveries will not go; 1 pending review(s) rejected. Left alone: "
+        f"run {done.id} (completed): only an unfinished batch can be cancelled."
+    ]
     finished = [
         WorkflowRun.objects.create(workflow=workflow, status="completed") for _ in range(11)
     ]
