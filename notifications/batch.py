@@ -463,17 +463,19 @@ def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
     return staged
 
 
-def suppressed_reviews(proposals) -> int:
-    """How many of these reviews' customers are suppressed for email now (unsubscribed,
-    bounced or complained since the launch): dispatch skips them, so approving them sends
-    nothing."""
+def unreachable_reviews(proposals) -> tuple[int, int]:
+    """Of these reviews' customers: how many are suppressed for email now (unsubscribed,
+    bounced or complained since the launch: dispatch skips them), and how many have an
+    email that is no email address now (an import changed it since the launch: the send
+    fails, and counts towards the batch's breaker)."""
     addresses = list(
-        proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW)
-        .exclude(customer__email="")
-        .values_list("customer__email", flat=True)
+        proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW).values_list(
+            "customer__email", flat=True
+        )
     )
-    found = tracking.suppressions_for(addresses, Channel.EMAIL)
-    return sum(1 for address in addresses if address in found)
+    valid = [a for a in addresses if a and is_email_address(a)]
+    found = tracking.suppressions_for(valid, Channel.EMAIL)
+    return sum(1 for a in valid if a in found), len(addresses) - len(valid)
 
 
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:

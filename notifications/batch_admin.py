@@ -578,10 +578,12 @@ class ProposedActionAdmin(admin.ModelAdmin):
         )
         if not confirmed(request):
             what = []
-            suppressed = batch.suppressed_reviews(pending) if approve and counts["reviews"] else 0
-            if counts["reviews"] - suppressed:
+            suppressed, invalid = (
+                batch.unreachable_reviews(pending) if approve and counts["reviews"] else (0, 0)
+            )
+            if counts["reviews"] - suppressed - invalid:
                 what.append(
-                    f"{counts['reviews'] - suppressed} recipient(s) "
+                    f"{counts['reviews'] - suppressed - invalid} recipient(s) "
                     + (
                         "will each get the message shown"
                         if approve
@@ -593,6 +595,12 @@ class ProposedActionAdmin(admin.ModelAdmin):
                     f"{suppressed} recipient(s) are suppressed now (unsubscribed, bounced or "
                     "complained, or suppressed by hand, since the launch): approved, they are "
                     "skipped, not sent"
+                )
+            if invalid:
+                what.append(
+                    f"{invalid} recipient(s) have no valid email address now (changed since the "
+                    "launch): approved, their send fails and counts towards the batch's breaker; "
+                    "correct them in Customers first"
                 )
             if counts["envelopes"]:
                 what.append(

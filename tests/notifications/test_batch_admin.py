@@ -1,5 +1,6 @@
 """The batch journey through the admin's doors (the browser journey is in tests/browser)."""
 
+import html
 from datetime import timedelta
 
 import pytest
@@ -8,7 +9,14 @@ from django.utils import timezone
 
 from notifications import tracking
 from notifications.dispatch import ManualClock, dispatch_due
-from notifications.models import Delivery, KillSwitch, ProposedAction, Workflow, WorkflowRun
+from notifications.models import (
+    Customer,
+    Delivery,
+    KillSwitch,
+    ProposedAction,
+    Workflow,
+    WorkflowRun,
+)
 from tests.notifications.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -301,6 +309,21 @@ def test_approving_reviews_says_how_many_recipients_were_suppressed_since_the_la
         "Approve: 2 recipient(s) will each get the message shown; 1 recipient(s) are "
         "suppressed now (unsubscribed, bounced or complained, or suppressed by hand, since the "
         "launch): approved, they are skipped, not sent." in confirm
+    )
+    Customer.objects.filter(id=customers[2].id).update(email="broken,example.org")  # an import
+    confirm = html.unescape(
+        admin_client.post(
+            changelist, {"action": "approve_selected", "_selected_action": reviews}
+        ).content.decode()
+    )
+    assert (
+        "Approve: 1 recipient(s) will each get the message shown; 1 recipient(s) are suppressed "
+        in confirm
+    )
+    assert (
+        "1 recipient(s) have no valid email address now (changed since the launch): approved, "
+        "their send fails and counts towards the batch's breaker; correct them in Customers "
+        "first." in confirm
     )
     rejecting = admin_client.post(
         changelist, {"action": "reject_selected", "_selected_action": reviews}
