@@ -35,6 +35,7 @@ from notifications.models import (
     Notification,
     ProposedAction,
     ReflexionEntry,
+    Suppression,
     VerifyCheck,
     Workflow,
     WorkflowRun,
@@ -658,6 +659,11 @@ def run_cancel(*, run: WorkflowRun, user, now: datetime) -> int:
     return len(ids)
 
 
+# Suppressions that mean the person asked not to be written to (a bounce only says the
+# address does not work: correcting it is what the new address is for).
+OPTED_OUT = (Suppression.Reason.UNSUBSCRIBE, Suppression.Reason.COMPLAINT)
+
+
 @dataclass
 class Readdressed:
     """What correcting a customer's email did to their batch deliveries not yet sent."""
@@ -665,6 +671,7 @@ class Readdressed:
     readdressed: int = 0  # scheduled or failed: they now go to the new address
     cancelled: int = 0  # scheduled, and the email was removed
     still_failed: int = 0  # failed, and the email was removed: nowhere to retry them to
+    kept_opted_out: int = 0  # not moved: the old address unsubscribed or complained
     in_flight: int = 0  # being sent or sent unknown: the old address, as the provider has it
 
 
@@ -692,6 +699,12 @@ def customer_email_changed(*, customer_id: int, old: str, new: str, by: str, now
         movable = movable | failed
     else:
         result.still_failed = failed.count()
+    opted_out = tracking.suppressions_for([old], Channel.EMAIL).get(old)
+    if new and opted_out is not None and opted_out.reason in OPTED_OUT:
+        # Someone who unsubscribed (or complained) is not written to at a new address by
+        # moving what they opted out of: those emails stay, and are skipped at send.
+        result.kept_opted_out = movable.count()
+        return result
     events = []
     with transaction.atomic():
         for delivery in movable.select_for_update(of=("self",)):

@@ -725,6 +725,14 @@ class CustomerAdmin(admin.ModelAdmin):
                 f"{obj.email} instead of {old}: scheduled ones when they are due, failed ones "
                 "once retried (Deliveries → Retry selected failed deliveries).",
             )
+        if done.kept_opted_out:
+            self.message_user(
+                request,
+                f"{done.kept_opted_out} batch email(s) to {obj} stay addressed to {old}: that "
+                "address unsubscribed (or complained), so what they opted out of is not moved "
+                f"to {obj.email}; they are skipped at send.",
+                messages.WARNING,
+            )
         if done.still_failed:
             self.message_user(
                 request,

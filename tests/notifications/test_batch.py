@@ -680,3 +680,27 @@ def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retr
     sent_to = [json.loads(c.request.body)["To"] for c in postmark.calls]
     assert sent_to[-1] == "fixed@school.example.org"
     assert Delivery.objects.get(id=lost.id).status == "sent"
+
+
+def test_a_customer_who_unsubscribed_is_not_written_to_at_a_corrected_address(mike, postmark):
+    from notifications import tracking
+
+    gone, bounced = _customers("oo")
+    run = _launch(mike)
+    _approve_all(run, mike)  # staged, not sent yet
+    for customer, reason in ((gone, "unsubscribe"), (bounced, "bounce")):
+        tracking.suppress(
+            address=customer.email, channel="email", reason=reason, source="", by="t", now=NOW
+        )
+    notes = _change_customer_email(mike, gone, "new00@school.example.org")
+    assert (
+        f"1 batch email(s) to {gone} stay addressed to ok00@school.example.org: that address "
+        "unsubscribed (or complained), so what they opted out of is not moved to "
+        "new00@school.example.org; they are skipped at send." in notes
+    )
+    _change_customer_email(mike, bounced, "new01@school.example.org")
+    _dispatch()
+    sent_to = [json.loads(c.request.body)["To"] for c in postmark.calls]
+    assert sent_to == ["new01@school.example.org"]  # a bounce is what the correction is for
+    kept = Delivery.objects.get(recipient_key=f"customer:{gone.id}")
+    assert (kept.address, kept.status) == ("ok00@school.example.org", "skipped")
