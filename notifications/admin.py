@@ -215,10 +215,10 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.action(description="Retry selected failed deliveries")
     def retry_failed(self, request, queryset):
         failed = queryset.filter(status=Delivery.Status.FAILED)
+        # A cancelled batch's are never retried (operations.delivery_retry leaves them alone).
+        cancelled = failed.filter(workflow_run__status=WorkflowRun.Status.CANCELLED).count()
         if not confirmed(request):
-            run_status = "workflow_run__status"
-            cancelled = failed.filter(**{run_status: WorkflowRun.Status.CANCELLED}).count()
-            aborted = failed.filter(**{run_status: WorkflowRun.Status.ABORTED}).count()
+            aborted = failed.filter(workflow_run__status=WorkflowRun.Status.ABORTED).count()
             n = failed.count() - cancelled
             others = queryset.exclude(status=Delivery.Status.FAILED).count()
             notes = [f"{others} selected deliveries that are not failed are left alone."]
@@ -249,7 +249,6 @@ class DeliveryAdmin(admin.ModelAdmin):
                 confirm_label=f"Yes, send {n} again",
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
-        cancelled = failed.filter(workflow_run__status=WorkflowRun.Status.CANCELLED).count()
         now, by = timezone.now(), request.user.username
         readdressed = batch.readdress_before_retry(ids=ids, by=by, now=now)
         count = operations.delivery_retry(ids=ids, now=now, by=by)
