@@ -146,11 +146,14 @@ def compile_message(subject: str, body_template: str) -> CompiledTemplate:
             f"A subject is at most {SUBJECT_MAX_LENGTH} characters; this one has {len(subject):,}."
         )
     compiled = {}
-    for name, source in (("subject", subject), ("body_template", body_template)):
+    for name, source, label in (
+        ("subject", subject, "the subject"),
+        ("body_template", body_template, "the body template"),
+    ):
         if name in problems:
             continue
         try:
-            compiled[name] = check_source(name, source, declared)
+            compiled[name] = check_source(name, source, declared, label=label)
         except TemplateProblem as problem:
             problems[problem.field] = str(problem)
     if problems:
@@ -180,12 +183,12 @@ def clean_max_recipients(value, *, user=None) -> int | None:
         number = int(value)
     except (TypeError, ValueError):
         raise ValidationError(
-            {"max_recipients": "max_recipients must be a whole number."}
+            {"max_recipients": "Max recipients must be a whole number."}
         ) from None
     ceiling = settings.BATCH_MAX_RECIPIENTS_CEILING
     if not 1 <= number <= ceiling:
         raise ValidationError(
-            {"max_recipients": f"max_recipients must be between 1 and {ceiling}."}
+            {"max_recipients": f"Max recipients must be between 1 and {ceiling}."}
         )
     if (
         number > DEFAULT_CAP
@@ -249,7 +252,7 @@ def build_preview(
             "block",
             len(recipients) <= cap,
             f"{len(recipients)} recipients is over the cap of {cap}: tighten the filter or "
-            "set a higher max_recipients (audited).",
+            "set a higher Max recipients (audited).",
         ),
         Check(
             "no_recent_spam",

@@ -50,7 +50,7 @@ def reachable_customers():
 
 def cohort(query: str, *, base=None):
     """The customers a cohort filter selects among `base` (the reachable ones by default);
-    ValidationError naming the bad field.
+    ValidationError naming every bad part of it.
 
     Example: "bid=B5875&region=NYC DOE". An empty filter is refused: a cohort is never
     "everyone" by accident.
@@ -63,47 +63,48 @@ def cohort(query: str, *, base=None):
     pairs = parse_qsl(query, keep_blank_values=True)
     if not pairs:
         raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
-    nameless = [f"{key}={value}" for key, value in pairs if not key.strip()]
-    if nameless:
-        raise ValidationError(
-            {
-                "customer_cohort_filter": f"The filter part {nameless[0]!r} has no field name "
-                f"before its '='; write field=value, with a field among {_fields()}."
-            }
-        )
-    unknown = sorted({key for key, _ in pairs} - set(FILTER_FIELDS))
-    if unknown:
-        raise ValidationError(
-            {
-                "customer_cohort_filter": f"Unknown filter field {', '.join(unknown)}; "
-                f"use {_fields()}."
-            }
-        )
-    empty = sorted(key for key, value in pairs if not value.strip())
-    if empty:
-        raise ValidationError(
-            {"customer_cohort_filter": f"The filter field {', '.join(empty)} has no value."}
-        )
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:  # a QueryDict would quietly keep the last value of each
-        raise ValidationError(
-            {
-                "customer_cohort_filter": f"The filter field {', '.join(repeated)} is given "
-                "more than once; give it once (fields joined by & must all match; "
-                "account_ref and id take a comma-separated list)."
-            }
-        )
+    problems = _problems(pairs)
+    if problems:
+        raise ValidationError({"customer_cohort_filter": problems})
     data = QueryDict(mutable=True)
     for key, value in pairs:
         data.appendlist(key, value)
     filterset = CustomerFilter(data, queryset=reachable_customers() if base is None else base)
     if not filterset.is_valid():
-        problems = "; ".join(
+        invalid = "; ".join(
             f"{field}: {' '.join(errors)}" for field, errors in filterset.errors.items()
         )
-        raise ValidationError({"customer_cohort_filter": f"Invalid filter: {problems}"})
+        raise ValidationError({"customer_cohort_filter": f"Invalid filter: {invalid}"})
     return filterset.qs.order_by("id")
+
+
+def _problems(pairs: list[tuple[str, str]]) -> list[str]:
+    """Everything wrong with the filter's field=value parts, each said once: a part without
+    a field name, unknown fields, known fields without a value, fields given twice."""
+    problems = []
+    nameless = [f"{key}={value}" for key, value in pairs if not key.strip()]
+    if nameless:
+        problems.append(
+            f"The filter part {nameless[0]!r} has no field name before its '='; write "
+            f"field=value, with a field among {_fields()}."
+        )
+    named = [(key, value) for key, value in pairs if key.strip()]
+    unknown = sorted({key for key, _ in named} - set(FILTER_FIELDS))
+    if unknown:
+        problems.append(f"Unknown filter field {', '.join(unknown)}; use {_fields()}.")
+    known = [(key, value) for key, value in named if key in FILTER_FIELDS]
+    empty = sorted({key for key, value in known if not value.strip()})
+    if empty:
+        problems.append(f"The filter field {', '.join(empty)} has no value.")
+    keys = [key for key, _ in known]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:  # a QueryDict would quietly keep the last value of each
+        problems.append(
+            f"The filter field {', '.join(repeated)} is given more than once; give it once "
+            "(fields joined by & must all match; account_ref and id take a comma-separated "
+            "list)."
+        )
+    return problems
 
 
 def _fields() -> str:

@@ -118,18 +118,25 @@ UNCLOSED = (("{{", "}}"), ("{%", "%}"), ("{#", "#}"))
 
 
 def check_source(
-    field: str, source: str, declared: set[str], *, declared_in: str | None = None
+    field: str,
+    source: str,
+    declared: set[str],
+    *,
+    declared_in: str | None = None,
+    label: str | None = None,
 ) -> Template:
-    """Compile one template source; raise TemplateProblem naming what is wrong.
+    """Compile one template source; raise TemplateProblem naming what is wrong, on `field`;
+    its message names the source by `label` (as the form's reader knows it), or `field`.
 
     `declared_in` names the field where the author declares the template's variables (a
     message template's `variables`); without one the variables are a fixed set (the batch
     form's), and an unknown variable's message lists them instead of asking to declare it."""
+    label = label or field
     try:
         template = _ENGINE.from_string(source)
     except TemplateSyntaxError as error:
         raise TemplateProblem(
-            field, f"Template syntax error in {field}: {_syntax_message(error)}"
+            field, f"Template syntax error in {label}: {_syntax_message(error)}"
         ) from error
     nodes = list(_walk(template.nodelist))
     for node in nodes:
@@ -140,14 +147,14 @@ def check_source(
                 if at >= 0:
                     near = node.s[at : at + 30].splitlines()[0]
                     raise TemplateProblem(
-                        field, f"Unclosed {opener} in {field}: {near!r} needs its {closer}."
+                        field, f"Unclosed {opener} in {label}: {near!r} needs its {closer}."
                     )
     bound = set().union(*(_bound_names(node) for node in nodes))
     used: set[str] = set()
     for node in nodes:
         if not isinstance(node, _ALLOWED_NODES):
             tag = node.token.contents.split()[0] if getattr(node, "token", None) else node
-            raise TemplateProblem(field, f"The tag {{% {tag} %}} is not allowed in {field}.")
+            raise TemplateProblem(field, f"The tag {{% {tag} %}} is not allowed in {label}.")
         for value in vars(node).values():
             for expression in _expressions(value):
                 used.update(_names_used(expression))
@@ -162,7 +169,7 @@ def check_source(
         else:
             hint = f"Available variables: {known}." if known else "No variables are available."
         raise TemplateProblem(
-            field, f"Unknown variable{'s' if many else ''} in {field}: {', '.join(unknown)}. {hint}"
+            field, f"Unknown variable{'s' if many else ''} in {label}: {', '.join(unknown)}. {hint}"
         )
     return template
 

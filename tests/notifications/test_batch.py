@@ -75,6 +75,18 @@ def test_a_bad_cohort_filter_is_an_error_naming_the_field(mike):
     assert not WorkflowRun.objects.exists()
 
 
+def test_every_wrong_part_of_a_cohort_filter_is_named_at_once(mike):
+    with pytest.raises(ValidationError) as caught:
+        _launch(mike, query="colour=red&=blue&bid=&region=a&region=b&shade=")
+    messages = caught.value.message_dict["customer_cohort_filter"]
+    assert len(messages) == 4
+    assert messages[0].startswith("The filter part '=blue' has no field name")
+    assert messages[1].startswith("Unknown filter field colour, shade; use bid")
+    assert messages[2] == "The filter field bid has no value."
+    assert messages[3].startswith("The filter field region is given more than once")
+    assert not WorkflowRun.objects.exists()
+
+
 def test_a_tag_filter_matches_whole_tags_only(mike):
     tagged = {
         tags: CustomerFactory(tags=tags).id

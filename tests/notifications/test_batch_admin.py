@@ -77,7 +77,7 @@ def test_a_bad_filter_or_variable_is_shown_on_its_field(admin_client):
         reverse("admin:batch_new"),
         {**FORM, "body_template": "Hi {{ nickname }}", "_preview": "1"},
     ).content.decode()
-    assert "Unknown variable in body_template: nickname" in page
+    assert "Unknown variable in the body template: nickname" in page
     assert not WorkflowRun.objects.exists()
 
 
@@ -96,10 +96,10 @@ def test_every_wrong_field_of_the_batch_form_is_shown_at_once_on_its_field(admin
     errors = {name: list(e) for name, e in response.context["form"].errors.items()}
     assert set(errors) == {"customer_cohort_filter", "subject", "body_template", "max_recipients"}
     assert "Unknown filter field colour" in errors["customer_cohort_filter"][0]
-    assert errors["subject"][0].startswith("Unknown variable in subject: nickname")
-    assert errors["body_template"][0].startswith("Unclosed {{ in body_template")
+    assert errors["subject"][0].startswith("Unknown variable in the subject: nickname")
+    assert errors["body_template"][0].startswith("Unclosed {{ in the body template")
     ceiling = settings.BATCH_MAX_RECIPIENTS_CEILING
-    assert errors["max_recipients"] == [f"max_recipients must be between 1 and {ceiling}."]
+    assert errors["max_recipients"] == [f"Max recipients must be between 1 and {ceiling}."]
     assert not WorkflowRun.objects.exists()
 
 

@@ -46,11 +46,12 @@ def test_an_unknown_variable_with_none_declared_says_so():
 
 
 def test_where_the_variables_are_fixed_the_message_lists_them_and_asks_no_declaring():
-    # The batch form has no variables field: its messages see a fixed set.
+    # The batch form has no variables field: its messages see a fixed set, and name the
+    # field as the form labels it.
     with pytest.raises(ValidationError) as caught:
         compile_message("Hello", "Dear {{ nickname }}")
     assert caught.value.message_dict["body_template"] == [
-        "Unknown variable in body_template: nickname. Available variables: account_ref, bid, "
+        "Unknown variable in the body template: nickname. Available variables: account_ref, bid, "
         "company_name, customer_name, region, school_year."
     ]
     with pytest.raises(TemplateProblem) as problem:
