@@ -578,6 +578,8 @@ def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
     if outcome == "sent":
         runs.filter(consecutive_failures__gt=0).update(consecutive_failures=0)
         return False
+    if outcome == "retried" and runs.exists():
+        _readdress_corrected([delivery.id], by="herald", retry="its automatic retry", now=now)
     runs.update(consecutive_failures=F("consecutive_failures") + 1)
     tripped = runs.filter(status=Status.RUNNING, consecutive_failures__gte=BREAKER_FAILURES).update(
         status=Status.ABORTED,
@@ -678,15 +680,20 @@ class Readdressed:
     in_flight: int = 0  # being sent or sent unknown: the old address, as the provider has it
 
 
-def customer_email_changed(*, customer_id: int, old: str, new: str, by: str, now: datetime):
+def customer_email_changed(
+    *, customer_id: int, old: str, new: str, by: str, now: datetime, reason: str = ""
+):
     """A customer's email corrected after a batch message was staged for them: their email
     deliveries not yet sent (scheduled, or failed and so retryable) go to the new address,
     with an unsubscribe link for it; with the email removed, the scheduled ones are
-    cancelled. Each gets an event saying so. Rows being sent are left as they are."""
+    cancelled. Each gets an event saying so (`reason`, or who changed it). Rows being sent
+    are left as they are: a retry re-addresses them (`_readdress_corrected`)."""
     result = Readdressed()
     if old == new:
         return result
-    reason = f"the customer's email was changed from {old} to {new or '(none)'} by {by}"[:300]
+    reason = (
+        reason or f"the customer's email was changed from {old} to {new or '(none)'} by {by}"
+    )[:300]
     rows = Delivery.objects.filter(
         recipient_key=f"customer:{customer_id}", channel=Channel.EMAIL, address=old
     )
@@ -746,10 +753,22 @@ def readdress_before_retry(*, ids, by: str, now: datetime) -> int:
     were claimed (they were being sent, or their outcome was unknown, when it was
     corrected): re-addressed first, so the retry reaches the email as it is now. Returns
     how many were re-addressed."""
+    return _readdress_corrected(
+        ids, by=by, retry=f"the retry by {by}", now=now, status=Delivery.Status.FAILED
+    )
+
+
+def _readdress_corrected(
+    ids, *, by: str, retry: str, now: datetime, status: str = Delivery.Status.SCHEDULED
+) -> int:
+    """Re-address these batch emails (in `status`: failed ones about to be retried by a
+    person, or scheduled ones put back for an automatic retry) whose customer's email was
+    corrected while they were being sent, so the correction missed them; `retry` says which
+    retry in their events. Returns how many were re-addressed."""
     rows = set(
         Delivery.objects.filter(
             id__in=list(ids),
-            status=Delivery.Status.FAILED,
+            status=status,
             channel=Channel.EMAIL,
             recipient_key__startswith="customer:",
         ).values_list("recipient_key", "address")
@@ -761,7 +780,13 @@ def readdress_before_retry(*, ids, by: str, now: datetime) -> int:
         current = emails.get(ids_of.get(key))
         if current and current != address:
             done = customer_email_changed(
-                customer_id=ids_of[key], old=address, new=current, by=by, now=now
+                customer_id=ids_of[key],
+                old=address,
+                new=current,
+                by=by,
+                now=now,
+                reason=f"the customer's email was corrected from {address} to {current} while "
+                f"this was being sent; re-addressed for {retry}",
             )
             moved += done.readdressed
     return moved

@@ -694,6 +694,42 @@ def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retr
     assert Delivery.objects.get(id=lost.id).status == "sent"
 
 
+def test_an_email_corrected_while_its_delivery_was_sent_is_used_by_the_automatic_retry(
+    mike, settings
+):
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    (customer,) = _customers("o")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    notes = []
+
+    def answer(request):
+        to = json.loads(request.body)["To"]
+        if not notes:  # the first try: corrected in the admin meanwhile, then a 503
+            notes.extend(_change_customer_email(mike, customer, "fixed@school.example.org"))
+            return 503, {}, json.dumps({"ErrorCode": 100, "Message": "Try again later."})
+        return 200, {}, json.dumps({"To": to, "MessageID": "pm-1", "ErrorCode": 0, "Message": ""})
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, POSTMARK_URL, callback=answer)
+        _dispatch()
+        delivery = Delivery.objects.get()
+        assert delivery.status == "scheduled"  # its retry
+        assert delivery.address == "fixed@school.example.org"
+        (event,) = delivery.events.filter(kind="readdressed")
+        assert event.reason == (
+            "the customer's email was corrected from ok00@school.example.org to "
+            "fixed@school.example.org while this was being sent; re-addressed for its automatic "
+            "retry"
+        )
+        _dispatch(delivery.send_at)
+        sent_to = [json.loads(c.request.body)["To"] for c in mock.calls]
+    assert any("already being sent" in note for note in notes)
+    assert sent_to == ["ok00@school.example.org", "fixed@school.example.org"]
+    assert Delivery.objects.get().status == "sent"
+
+
 def test_a_customer_who_unsubscribed_is_not_written_to_at_a_corrected_address(mike, postmark):
     from notifications import tracking
 
