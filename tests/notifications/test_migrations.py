@@ -39,3 +39,55 @@ def test_templates_of_earlier_batch_launches_are_linked_to_their_runs():
         assert MessageTemplate.objects.get(id=picked.id).batch_run_id is None
     finally:
         _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def _delivery_indexes() -> dict[str, str]:
+    """The delivery table's index definitions, by name."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
+                ["notifications_delivery"],
+            )
+        else:
+            cursor.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = %s",
+                ["notifications_delivery"],
+            )
+        return {name: sql or "" for name, sql in cursor.fetchall()}
+
+
+def test_the_partial_delivery_indexes_replace_the_whole_ones_and_go_back():
+    leaf = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    try:
+        _migrate([("notifications", "0019_customer_email_readdressed")])
+        before = _delivery_indexes()
+        assert "WHERE" not in before["delivery_provider_id"]
+        assert "delivery_fallback_of" not in before
+        assert any("fallback_of_id" in sql for sql in before.values())  # the foreign key's
+        _migrate(leaf)
+        after = _delivery_indexes()
+        assert "WHERE" in after["delivery_provider_id"]
+        assert "WHERE" in after["delivery_context_time"]
+        assert "IS NOT NULL" in after["delivery_fallback_of"]
+        assert not any(name.endswith("_partial") for name in after)  # renamed, none left over
+        assert [name for name, sql in after.items() if "fallback_of_id" in sql] == [
+            "delivery_fallback_of"
+        ]
+    finally:
+        _migrate(leaf)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_partial_delivery_indexes_are_built_without_locking_writes():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    assert connection.vendor == "postgresql"
+    out = StringIO()
+    call_command("sqlmigrate", "notifications", "0020", stdout=out)
+    sql = out.getvalue()
+    assert sql.count("CREATE INDEX CONCURRENTLY") == 3
+    assert sql.count("DROP INDEX CONCURRENTLY") == 2
+    assert "BEGIN;" not in sql  # CONCURRENTLY runs outside a transaction
