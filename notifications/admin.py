@@ -11,6 +11,7 @@ from django.utils.html import escape, format_html, format_html_join
 
 from notifications import batch, operations, pacing
 from notifications.admin_confirm import confirm_page, confirmed
+from notifications.admin_records import KeptRecordAdmin
 from notifications.holds import HoldContext, explain
 from notifications.killswitches import HIGH_RISK_OPS, frozen_filter, killswitch_set
 from notifications.models import (
@@ -351,7 +352,7 @@ class DeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeliveryEvent)
-class DeliveryEventAdmin(admin.ModelAdmin):
+class DeliveryEventAdmin(KeptRecordAdmin):
     """Every state change and tracking event (delivered, opened, clicked, bounced...): a
     record, never edited."""
 
@@ -462,7 +463,7 @@ class EventHandlingInline(ReadOnlyInline):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(KeptRecordAdmin):
     list_display = ("name", "idempotency_key", "created_at", "handling_summary")
     list_filter = ("name", "handlings__status")
     search_fields = ("name", "idempotency_key")
@@ -489,7 +490,7 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(EventHandling)
-class EventHandlingAdmin(admin.ModelAdmin):
+class EventHandlingAdmin(KeptRecordAdmin):
     list_display = ("event", "subscriber", "status", "attempts", "last_error", "next_attempt_at")
     list_filter = ("status", "subscriber")
     search_fields = ("event__name", "event__idempotency_key", "subscriber", "last_error")
@@ -556,6 +557,15 @@ class WorkflowAdmin(admin.ModelAdmin):
     list_filter = ("type", "is_active", "risk_level", "reflexion_enabled")
     search_fields = ("name", "description")
     readonly_fields = ("created_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        # A workflow's type decides what runs it (the 5-minute trigger tick, a batch, a
+        # schedule) and which rules hold for it (a trigger's risk is 1 or 2): changing it
+        # would take a trigger out of the tick unseen, or around its risk rule.
+        # Deactivate the workflow and define a new one instead.
+        if obj is not None:
+            return ("type", *self.readonly_fields)
+        return self.readonly_fields
 
 
 class KillSwitchChangeInline(ReadOnlyInline):
@@ -796,7 +806,7 @@ class SuppressionAdmin(admin.ModelAdmin):
 
 
 @admin.register(UnmatchedProviderEvent)
-class UnmatchedProviderEventAdmin(admin.ModelAdmin):
+class UnmatchedProviderEventAdmin(KeptRecordAdmin):
     """Tracking callbacks for message ids not (yet) known: matched once the id is recorded."""
 
     list_display = ("received_at", "provider", "provider_message_id", "kind", "matched_delivery")
@@ -810,7 +820,7 @@ class UnmatchedProviderEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderReport)
-class ProviderReportAdmin(admin.ModelAdmin):
+class ProviderReportAdmin(KeptRecordAdmin):
     """Tracking reports as the webhooks stored them, and what applying each one did."""
 
     list_display = ("received_at", "provider", "kind", "provider_message_id", "outcome")

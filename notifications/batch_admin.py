@@ -16,6 +16,7 @@ from django.utils.text import get_valid_filename
 
 from notifications import batch
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
+from notifications.admin_records import KeptRecordAdmin
 from notifications.cohort import FILTER_FIELDS
 from notifications.killswitches import active_switches, switch_for
 from notifications.models import (
@@ -87,7 +88,7 @@ def _form_errors(form: BatchForm, error: ValidationError) -> None:
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(KeptRecordAdmin):
     list_display = (
         "id",
         "workflow",
@@ -758,7 +759,7 @@ class CustomerAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(KeptRecordAdmin):
     list_display = ("at", "by", "action", "target", "detail")
     list_filter = ("action",)
     search_fields = ("by", "target")
@@ -773,7 +774,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReflexionEntry)
-class ReflexionEntryAdmin(admin.ModelAdmin):
+class ReflexionEntryAdmin(KeptRecordAdmin):
     list_display = ("created_at", "workflow_run", "narrative", "tags")
     search_fields = ("narrative", "tags")
     list_filter = ("workflow_run__workflow",)
@@ -788,7 +789,7 @@ class ReflexionEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(VerifyCheck)
-class VerifyCheckAdmin(admin.ModelAdmin):
+class VerifyCheckAdmin(KeptRecordAdmin):
     list_display = (
         "workflow_run",
         "name",

@@ -289,3 +289,62 @@ def test_a_delivery_of_a_run_the_breaker_aborted_says_so_and_waits_for_a_person(
     page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
     assert "its run was halted: resume or cancel it — waits for a person" in page
     assert "due now" not in page
+
+
+def test_the_ledger_the_audit_trail_and_runs_cannot_be_deleted_from_the_admin(admin_client):
+    """An event deleted would take its idempotency key with it (the same event could be
+    emitted and sent again); a run deleted, its approvals; an audit entry, the trail."""
+    from notifications.events import record_event
+    from notifications.models import AuditEntry, DeliveryEvent, Event, EventHandling, WorkflowRun
+    from tests.notifications.factories import WorkflowRunFactory
+
+    now = timezone.now()
+    event, _ = record_event(
+        "production_run.reminder_idle", {"production_run_id": 1}, idempotency_key="k:1", now=now
+    )
+    delivery = DeliveryFactory()
+    records = {
+        Event: event,
+        DeliveryEvent: DeliveryEvent.objects.create(delivery=delivery, kind="sent", at=now),
+        AuditEntry: AuditEntry.objects.create(at=now, by="mike", action="x", target="t"),
+        WorkflowRun: WorkflowRunFactory(),
+    }
+    records[EventHandling] = EventHandling.objects.filter(event=event).first()
+    for model, record in records.items():
+        meta = model._meta
+        changelist = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        assert "delete_selected" not in admin_client.get(changelist).content.decode(), model
+        admin_client.post(
+            changelist,
+            {"action": "delete_selected", "_selected_action": [record.pk], "post": "yes"},
+        )
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_delete", args=[record.pk])
+        assert admin_client.post(url, {"post": "yes"}).status_code == 403, model
+        assert model.objects.filter(pk=record.pk).exists(), model
+
+
+def test_a_workflow_s_type_cannot_be_changed_once_it_exists(admin_client):
+    from notifications.models import Workflow
+
+    workflow = Workflow.objects.create(name="Kiosk health", type="trigger", risk_level=1)
+    url = reverse("admin:notifications_workflow_change", args=[workflow.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'name="type"' not in page  # shown, not a field
+    admin_client.post(
+        url,
+        {
+            "name": "Kiosk health",
+            "type": "schedule",
+            "description": "",
+            "risk_level": "4",
+            "is_active": "on",
+            "retry_max_attempts": "3",
+            "retry_base_seconds": "2",
+            "retry_max_seconds": "30",
+        },
+    )
+    workflow.refresh_from_db()
+    assert workflow.type == "trigger"
+    assert workflow.risk_level == 1  # refused: a trigger is risk 1 or 2
+    add = admin_client.get(reverse("admin:notifications_workflow_add")).content.decode()
+    assert 'name="type"' in add  # chosen when the workflow is defined
