@@ -60,3 +60,21 @@ def test_manage_whatsapp_templates_reports_on_stderr():
     out, err = run("manage_whatsapp_templates", "--json")
     assert json.loads(out)["mode"] == "dry-run"
     assert "variant(s) on 1 platform(s)" in err
+
+
+def test_dispatch_due_does_not_count_more_handled_than_were_due(settings):
+    from notifications.models import ProviderBreaker
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+    ProviderBreaker.objects.create(provider="email:recording", state="open", opened_at=NOW)
+    DeliveryFactory.create_batch(
+        2, send_at=NOW, fallback_channel="sms", fallback_address="+14155550199"
+    )
+
+    out, err = run("dispatch_due", "--at", NOW.isoformat(), "--json")
+
+    assert "2 deliveries due at 2026-11-23 10:00:00" in err
+    assert Delivery.objects.filter(channel="sms", status="sent").count() == 2
+    assert "handled of 2 due" not in err
+    assert "… 4 handled (2 were due at the start; the others are fallbacks made, or rows " in err

@@ -73,10 +73,17 @@ class Command(BaseCommand):
             total.frozen = report.frozen  # a count of rows held, not of work done
             moved = sum(getattr(report, name) for name in ROUND_OUTCOMES)
             handled += moved
+            # A delivery moved to its fallback channel is counted, and so is the fallback
+            # (sent in the same run), as is a row that fell due meanwhile.
+            so_far = (
+                f"{handled} handled of {due} due"
+                if handled <= due
+                else f"{handled} handled ({due} were due at the start; the others are "
+                "fallbacks made, or rows that fell due, since)"
+            )
             self.stderr.write(
-                f"  … {handled} handled of {due} due: {total.sent} sent, {total.failed} "
-                f"failed, {total.retried} retried, {total.deferred} deferred "
-                f"({time.monotonic() - started:.1f} s)"
+                f"  … {so_far}: {total.sent} sent, {total.failed} failed, {total.retried} "
+                f"retried, {total.deferred} deferred ({time.monotonic() - started:.1f} s)"
             )
             if moved < size:
                 break  # nothing more is due (or what is left is held)
