@@ -206,20 +206,24 @@ class TriggerEvent(models.Model):
                     f"{MAX_HOURS:,} (a year)."
                 }
             )
-        known = ", ".join(evaluator.issues) or "none"
+        known = (
+            f"the issues are {', '.join(evaluator.issues)}"
+            if evaluator.issues
+            else "this event has no issues"
+        )
+
+        def unknown_issues(names) -> str:
+            return f"Unknown issue{'s' if len(names) > 1 else ''} {', '.join(names)}: {known}."
+
         unknown = sorted(set(hours) - set(evaluator.issues))
         if unknown:
-            raise ValidationError(
-                {"issue_cooldown_hours": f"Unknown issue {', '.join(unknown)}; {known} exist."}
-            )
+            raise ValidationError({"issue_cooldown_hours": unknown_issues(unknown)})
         watched = self.watched_issues
         if not isinstance(watched, list) or not all(isinstance(i, str) for i in watched):
             raise ValidationError({"watched_issues": 'Give a list, e.g. ["LOW_BATTERY"].'})
         unknown = sorted(set(watched) - set(evaluator.issues))
         if unknown:
-            raise ValidationError(
-                {"watched_issues": f"Unknown issue {', '.join(unknown)}; {known} exist."}
-            )
+            raise ValidationError({"watched_issues": unknown_issues(unknown)})
 
     def watches(self, issues) -> bool:
         return not self.watched_issues or bool(set(self.watched_issues) & set(issues))

@@ -4,6 +4,7 @@ from django.urls import reverse
 
 from notifications.models import Delivery, Workflow
 from notifications.trigger_models import TriggerEvent, TriggerSetup
+from notifications.triggers import evaluator_for
 from tests.cadence.factories import PersonaFactory, StakeholderFactory
 from tests.triggers.helpers import at, kiosk, project, template, trigger_workflow
 
@@ -65,7 +66,14 @@ def test_an_unknown_issue_in_the_per_issue_cooldowns_is_refused(admin_client):
         ),
     )
     assert response.status_code == 200
-    assert "Unknown issue FIRE" in response.content.decode()
+    errors = next(
+        form_errors
+        for inline in response.context["inline_admin_formsets"]
+        for form_errors in inline.formset.errors
+        if form_errors
+    )
+    issues = ", ".join(evaluator_for("kiosk_health_status").issues)
+    assert errors["issue_cooldown_hours"] == [f"Unknown issue FIRE: the issues are {issues}."]
     assert not Workflow.objects.filter(name="Kiosk health").exists()
 
 
