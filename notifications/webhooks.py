@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 
+from anymail.exceptions import AnymailAPIError, AnymailWebhookValidationFailure
 from anymail.signals import AnymailTrackingEvent, tracking
-from anymail.utils import get_anymail_setting
+from anymail.utils import get_anymail_setting, get_request_basic_auth
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.dispatch import receiver
@@ -100,22 +101,48 @@ class TrackingFailed(Exception):
 
 
 def requires_anymail_secret(view):
-    """anymail's webhook view, refused (403, before anything is read) while no webhook
-    secret is configured; with one, anymail checks the basic auth. Every ESP needs it,
-    also those that sign their webhooks as well (Mailgun, Mandrill, Postal). A body that
-    anymail cannot parse (not JSON, not the ESP's shape) is answered 400 with the reason,
-    as the Twilio and WhatsApp webhooks answer, instead of a 500."""
+    """anymail's webhook view behind Herald's door, which answers every refusal in plain
+    text, as the Twilio and WhatsApp webhooks do, instead of letting anymail's exceptions
+    reach Django (a 400 with the debug page under DEBUG, and a traceback at ERROR in
+    `django.security`):
+
+    - no webhook secret configured: 403 before anything is read. Every ESP needs one, also
+      those that sign their webhooks as well (Mailgun, Mandrill, Postal).
+    - a POST without the secret's basic auth: 401 with `WWW-Authenticate: Basic`, the
+      challenge ESPs expect (Amazon SNS sends credentials only after one), before the body
+      is read.
+    - any other check anymail makes (an ESP signature, SNS headers that do not match the
+      body): 403 with anymail's reason.
+    - a body that cannot be read (not JSON, not the ESP's shape): 400 with the reason.
+    """
 
     @wraps(view)
     def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        # anymail's own lookup: ANYMAIL["WEBHOOK_SECRET"] or ANYMAIL_WEBHOOK_SECRET
-        if not get_anymail_setting("webhook_secret", default=None):
+        secrets = anymail_webhook_secrets()
+        if not secrets:
             logger.warning("refused an email webhook at %s: %s", request.path, ANYMAIL_NO_SECRET)
             return HttpResponseForbidden(ANYMAIL_NO_SECRET, content_type="text/plain")
+        # Only POST carries events; anymail answers HEAD (an ESP checking the URL) and
+        # OPTIONS without reading anything, as before.
+        if request.method == "POST" and not basic_auth_ok(request, secrets):
+            logger.warning(
+                "refused an email webhook at %s: missing or wrong basic auth", request.path
+            )
+            return basic_auth_challenge()
         try:
             return view(request, *args, **kwargs)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
-            if not _raised_reading_the_body(error):
+        except AnymailWebhookValidationFailure as error:
+            logger.warning("refused an email webhook at %s: %s", request.path, error)
+            return HttpResponseForbidden(f"refused: {error}"[:300], content_type="text/plain")
+        except (
+            AnymailAPIError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+        ) as error:
+            if not _unreadable_body(error):
                 raise  # Herald's, a library's or a setting's fault: 500, the ESP sends again
             logger.warning("unreadable email webhook at %s: %r", request.path, error)
             return HttpResponseBadRequest(
@@ -123,6 +150,36 @@ def requires_anymail_secret(view):
             )
 
     return guarded
+
+
+def anymail_webhook_secrets() -> list[str]:
+    """The "user:password" strings anymail accepts, read as anymail reads them:
+    ANYMAIL["WEBHOOK_SECRET"] or ANYMAIL_WEBHOOK_SECRET, one string or a list (to rotate)."""
+    secret = get_anymail_setting("webhook_secret", default=None)
+    if isinstance(secret, str):
+        return [secret] if secret else []
+    return [value for value in secret or [] if value]
+
+
+def basic_auth_ok(request: HttpRequest, secrets: list[str]) -> bool:
+    given = get_request_basic_auth(request)
+    # any() may stop early: that tells how many secrets there are, not what any of them is.
+    return given is not None and any(constant_time_compare(given, secret) for secret in secrets)
+
+
+def basic_auth_challenge() -> HttpResponse:
+    response = HttpResponse("missing or wrong basic auth", status=401, content_type="text/plain")
+    response["WWW-Authenticate"] = 'Basic realm="Herald email webhooks"'
+    return response
+
+
+def _unreadable_body(error: Exception) -> bool:
+    """A plain AnymailAPIError is how anymail's Amazon SES view says the SNS body is not
+    JSON, not a known SNS type, or carries an unreadable SES event; its subclasses are
+    failed calls to a provider (an S3 download), which stay a 500 so they are retried."""
+    if isinstance(error, AnymailAPIError) and type(error) is not AnymailAPIError:
+        return False
+    return _raised_reading_the_body(error)
 
 
 @receiver(tracking, dispatch_uid="herald.anymail_tracking")

@@ -2,6 +2,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from urllib.parse import urlencode
 
 import pytest
@@ -130,12 +131,227 @@ def test_an_email_event_for_an_unknown_message_is_kept(client, anymail_secret):
     )
 
 
-@pytest.mark.parametrize("auth", ["", "Basic " + base64.b64encode(b"herald:wrong").decode()])
-def test_an_anymail_webhook_without_the_secret_is_refused(client, anymail_secret, auth):
+NO_AUTH = ""
+WRONG_AUTH = "Basic " + base64.b64encode(b"herald:wrong").decode()
+NOT_BASIC_AUTH = "Bearer herald:s3cret"
+
+
+@pytest.mark.parametrize("auth", [NO_AUTH, WRONG_AUTH, NOT_BASIC_AUTH])
+@pytest.mark.parametrize(
+    "url",
+    [
+        POSTMARK_URL,
+        "/webhooks/anymail/sendgrid/tracking/",
+        "/webhooks/anymail/amazon_ses/tracking/",
+    ],
+)
+def test_an_email_webhook_without_the_basic_auth_is_challenged_quietly(
+    client, anymail_secret, settings, caplog, url, auth
+):
+    """A plain 401 with the Basic challenge ESPs expect (SNS sends credentials only after
+    one): not Django's 400 for a SuspiciousOperation, with its debug page under DEBUG and a
+    traceback at ERROR in django.security."""
+    settings.DEBUG = True
     delivery = _email(POSTMARK_HARD_BOUNCE["MessageID"])
-    response = _postmark(client, POSTMARK_HARD_BOUNCE, auth)
-    # anymail raises AnymailWebhookValidationFailure, a SuspiciousOperation: Django's 400.
+    headers = {"HTTP_AUTHORIZATION": auth} if auth else {}
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            url, json.dumps(POSTMARK_HARD_BOUNCE), content_type="application/json", **headers
+        )
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Basic ")
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content == b"missing or wrong basic auth"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.name.startswith("django.security")]
+    assert any(
+        r.name == "notifications.webhooks" and r.levelno == logging.WARNING for r in caplog.records
+    )
+    assert _nothing_written()
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+
+
+def test_the_secret_may_be_a_list_of_credentials_to_rotate(client, settings):
+    settings.ANYMAIL = {"WEBHOOK_SECRET": ["herald:old", "herald:new"]}
+    delivery = _email(POSTMARK_DELIVERY["MessageID"])
+    auth = "Basic " + base64.b64encode(b"herald:new").decode()
+    assert _postmark(client, POSTMARK_DELIVERY, auth).status_code == 200
+    assert _postmark(client, POSTMARK_DELIVERY, WRONG_AUTH).status_code == 401
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+
+
+def test_an_esp_signature_that_does_not_match_is_refused_quietly(
+    client, anymail_secret, settings, caplog
+):
+    """Past the basic auth, anymail's own checks (here Mailgun's webhook signature) refuse
+    with a plain 403 that says why, as the Twilio and WhatsApp webhooks do."""
+    settings.DEBUG = True
+    settings.ANYMAIL = {**settings.ANYMAIL, "MAILGUN_WEBHOOK_SIGNING_KEY": "mailgun-key"}
+    body = {
+        "signature": {
+            "timestamp": "1534108637",
+            "token": "651869375b9df3c98fc15c4889b102119add1235c38fc92824",
+            "signature": "0" * 64,
+        },
+        "event-data": {"event": "delivered", "message": {"headers": {"message-id": "x@mg"}}},
+    }
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            "/webhooks/anymail/mailgun/tracking/",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=anymail_secret,
+        )
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content.decode() == "refused: Mailgun webhook called with incorrect signature"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert _nothing_written()
+
+
+# --- anymail (Amazon SES through SNS) ----------------------------------------------------------
+
+SES_URL = "/webhooks/anymail/amazon_ses/tracking/"
+SES_MESSAGE_ID = "0100016ac3ab1fa2-7d6d1d12-1c80-4c5a-9c45-d8a8d1b6d5b2-000000"
+SES_MAIL = {
+    "timestamp": "2019-05-21T18:43:26.451Z",
+    "source": "herald@example.com",
+    "messageId": SES_MESSAGE_ID,
+    "destination": ["recipient@example.com"],
+    "headers": [{"name": "X-Metadata", "value": '{"idempotency_key": "run-1:42"}'}],
+}
+# SES event publishing (eventType); the older notifications say notificationType.
+SES_DELIVERY = {
+    "eventType": "Delivery",
+    "mail": SES_MAIL,
+    "delivery": {
+        "timestamp": "2019-05-21T18:43:27.183Z",
+        "processingTimeMillis": 732,
+        "recipients": ["recipient@example.com"],
+        "smtpResponse": "250 2.0.0 OK  1558464207 x9si3136178pgi.129 - gsmtp",
+        "reportingMTA": "a8-83.smtp-out.amazonses.com",
+    },
+}
+SES_BOUNCE = {
+    "notificationType": "Bounce",
+    "mail": SES_MAIL,
+    "bounce": {
+        "feedbackId": "0100016ac3ab2134-47ab0b86-8b95-4f0b-a4ef-41d4ae3c3d4c-000000",
+        "bounceType": "Permanent",
+        "bounceSubType": "General",
+        "bouncedRecipients": [
+            {
+                "emailAddress": "recipient@example.com",
+                "action": "failed",
+                "status": "5.1.1",
+                "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+            }
+        ],
+        "timestamp": "2019-05-21T18:43:27.427Z",
+        "reportingMTA": "dsn; a8-83.smtp-out.amazonses.com",
+    },
+}
+
+
+def _sns_notification(ses_event, message_id="c3c4d1a4-5b38-5d4c-9b8a-2f5f3f0c1a11"):
+    """SNS's HTTP(S) delivery: a Notification whose Message is the SES event as a string."""
+    message = ses_event if isinstance(ses_event, str) else json.dumps(ses_event)
+    return {
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": "arn:aws:sns:us-east-1:111111111111:herald-ses-events",
+        "Subject": "Amazon SES Email Event Notification",
+        "Message": message,
+        "Timestamp": "2019-05-21T18:43:27.500Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLE",
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
+        "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+    }
+
+
+def _sns_post(client, body, auth, *, sns_type=None, message_id=None):
+    """SNS names the message type and id in headers as well as in the body."""
+    payload = body if isinstance(body, str) else json.dumps(body)
+    parsed = body if isinstance(body, dict) else {}
+    headers = {
+        "HTTP_X_AMZ_SNS_MESSAGE_TYPE": sns_type or parsed.get("Type", "Notification"),
+        "HTTP_X_AMZ_SNS_MESSAGE_ID": message_id or parsed.get("MessageId", ""),
+    }
+    if auth:
+        headers["HTTP_AUTHORIZATION"] = auth
+    # SNS posts JSON as text/plain.
+    return client.post(SES_URL, payload, content_type="text/plain; charset=UTF-8", **headers)
+
+
+def test_an_ses_delivery_notification_marks_the_email_delivered(client, anymail_secret):
+    delivery = _email(SES_MESSAGE_ID, address="recipient@example.com")
+    notification = _sns_notification(SES_DELIVERY)
+    assert _sns_post(client, notification, anymail_secret).status_code == 200
+    # SNS retries deliver the same MessageId: recorded once.
+    assert _sns_post(client, notification, anymail_secret).status_code == 200
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+    event = delivery.events.get()
+    assert (event.kind, event.provider_event_id) == ("delivered", notification["MessageId"])
+    assert event.data["esp"] == "Amazon SES"
+    assert event.data["mta_response"].startswith("250 2.0.0 OK")
+
+
+def test_an_ses_permanent_bounce_suppresses_the_address(client, anymail_secret):
+    delivery = _email(SES_MESSAGE_ID, address="Recipient@Example.com")
+    notification = _sns_notification(SES_BOUNCE, message_id="7e1f7c4a-bounce")
+    assert _sns_post(client, notification, anymail_secret).status_code == 200
+    delivery.refresh_from_db()
+    assert delivery.status == "bounced"
+    assert delivery.status_reason.startswith("Amazon SES bounced: Permanent: General")
+    suppression = Suppression.objects.get()
+    assert (suppression.address, suppression.reason) == ("recipient@example.com", "bounce")
+
+
+def test_the_ses_confirmation_after_subscribing_is_acknowledged(client, anymail_secret):
+    notification = _sns_notification(
+        "Successfully validated SNS topic for Amazon SES event publishing."
+    )
+    assert _sns_post(client, notification, anymail_secret).status_code == 200
+    assert _nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ("garbage", {"sns_type": "Notification", "message_id": "m-1"}),
+        ("[]", {"sns_type": "Notification", "message_id": "m-1"}),
+        (_sns_notification("not json", message_id="m-2"), {}),
+        (
+            _sns_notification({"eventType": "Bounce", "mail": SES_MAIL, "bounce": {}}, "m-3"),
+            {},
+        ),
+        ({**_sns_notification(SES_DELIVERY, "m-4"), "Type": "Surprise"}, {}),
+    ],
+    ids=["not-json", "not-an-object", "message-not-json", "bounce-without-fields", "sns-type"],
+)
+def test_an_unreadable_ses_notification_is_a_bad_request(client, anymail_secret, body, headers):
+    delivery = _email(SES_MESSAGE_ID)
+    client.raise_request_exception = False
+    response = _sns_post(client, body, anymail_secret, **headers)
     assert response.status_code == 400
+    assert response.content.decode().startswith("unreadable body: ")
+    assert _nothing_written()
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+
+
+def test_an_ses_notification_whose_headers_disagree_with_its_body_is_refused(
+    client, anymail_secret
+):
+    delivery = _email(SES_MESSAGE_ID)
+    notification = _sns_notification(SES_DELIVERY)
+    response = _sns_post(client, notification, anymail_secret, message_id="someone-else")
+    assert response.status_code == 403
+    assert response.content.decode().startswith('refused: SNS header "x-amz-sns-message-id')
     assert _nothing_written()
     delivery.refresh_from_db()
     assert delivery.status == "sent"
