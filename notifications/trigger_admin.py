@@ -19,13 +19,11 @@ from notifications.cadence_checks import cadence_simulate, cadence_what_if
 from notifications.models import Channel, MessageType
 from notifications.trigger_models import TriggerEvent, TriggerSetup, TriggerWorkflow
 from notifications.triggers import (
+    GROUPED_VARIABLES,
     active_trigger_workflows,
     evaluate_triggers,
     registered_evaluators,
 )
-
-COMMON_VARIABLES = ("summary", "context_key", "stakeholder_name")
-GROUPED_VARIABLES = ("count", "summaries", "items", "stakeholder_name")
 
 
 class TriggerSetupInline(admin.StackedInline):
@@ -168,10 +166,7 @@ class TriggerWorkflowAdmin(admin.ModelAdmin):
 
     @admin.display(description="variables templates may use")
     def available_variables(self, obj):
-        rows = [
-            (e.label, e.name, ", ".join((*e.variables, *COMMON_VARIABLES)))
-            for e in registered_evaluators()
-        ]
+        rows = [(e.label, e.name, ", ".join(e.template_variables)) for e in registered_evaluators()]
         table = format_html_join("", "<li><b>{}</b> ({}): {}</li>", rows)
         return format_html(
             "<ul>{}</ul><p>Grouped templates see {}; each item holds one context's variables "

@@ -134,6 +134,33 @@ class TriggerSetup(models.Model):
     def __str__(self):
         return f"setup of {self.workflow}"
 
+    def clean(self):
+        from notifications.triggers import GROUPED_VARIABLES
+
+        _check_template_variables(
+            self, ["grouped_template"], GROUPED_VARIABLES, "a grouped message"
+        )
+
+
+def _check_template_variables(record, fields, available, what: str) -> None:
+    """Refuse templates (in `fields` of `record`) declaring variables `what` does not give:
+    they would render empty in every message. Every such field is named at once."""
+    problems = {}
+    for field in fields:
+        template_id = getattr(record, f"{field}_id")
+        template = MessageTemplate.objects.filter(id=template_id).first() if template_id else None
+        declared = template.variables if template and isinstance(template.variables, list) else []
+        missing = sorted(set(declared) - set(available))
+        if missing:
+            many = len(missing) > 1
+            problems[field] = (
+                f"The template {template.name} uses {', '.join(missing)}, which {what} does "
+                f"not give ({'they' if many else 'it'} would be empty in every message). "
+                f"Available: {', '.join(available)}."
+            )
+    if problems:
+        raise ValidationError(problems)
+
 
 class TriggerEvent(models.Model):
     """One trigger event a workflow listens to (kiosk_offline, kiosk_health_status, ...)."""
@@ -195,6 +222,9 @@ class TriggerEvent(models.Model):
         evaluator = evaluator_for(self.event)
         if evaluator is None:
             raise ValidationError({"event": f"No trigger event is registered as {self.event!r}."})
+        _check_template_variables(
+            self, ["template", "resolved_template"], evaluator.template_variables, self.event
+        )
         hours = self.issue_cooldown_hours
         if not isinstance(hours, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= MAX_HOURS

@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 GROUP_PREFIX = "group:"
 RESOLVED_PREFIX = "resolved:"
+# What every message of one context sees besides its event's own variables, and what a
+# grouped message sees (each item: one context's variables and its event).
+COMMON_VARIABLES = ("summary", "context_key", "stakeholder_name")
+GROUPED_VARIABLES = ("count", "summaries", "items", "stakeholder_name")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class Evaluator:
     label: str = ""
     variables: tuple[str, ...] = ()
     issues: tuple[str, ...] = ()
+
+    @property
+    def template_variables(self) -> tuple[str, ...]:
+        """What a template of this event (or its resolved notice) may use."""
+        return (*self.variables, *COMMON_VARIABLES)
 
 
 _evaluators: dict[str, Evaluator] = {}

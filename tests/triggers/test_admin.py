@@ -57,6 +57,52 @@ def test_a_trigger_workflow_is_created_in_the_admin_with_its_setup_and_events(ad
     assert "Grouping is on but there is no grouped template" in (response.content.decode())
 
 
+def _inline_errors(response) -> dict:
+    return {
+        name: list(messages)
+        for inline in response.context["inline_admin_formsets"]
+        for form_errors in inline.formset.errors
+        for name, messages in form_errors.items()
+    }
+
+
+def test_a_template_whose_variables_the_event_does_not_give_is_refused(admin_client):
+    """A production-run template (partner_name, run_count) picked for a kiosk event would go
+    out with those words empty in every message."""
+    persona = PersonaFactory(name="Manager")
+    foreign = template(
+        "Digest",
+        body="{{ partner_name }}: {{ run_count }}",
+        variables=["partner_name", "run_count"],
+    )
+    response = admin_client.post(
+        reverse("admin:notifications_triggerworkflow_add"),
+        _form(
+            persona,
+            foreign,
+            **{
+                "trigger_events-0-resolved_template": foreign.pk,
+                "trigger_setup-0-grouped_template": template("Grouped alert").pk,
+            },
+        ),
+    )
+    assert response.status_code == 200
+    errors = _inline_errors(response)
+    available = ", ".join(evaluator_for("kiosk_health_status").template_variables)
+    expected = (
+        "The template Digest uses partner_name, run_count, which kiosk_health_status does not "
+        "give (they would be empty in every message). Available: " + available + "."
+    )
+    assert errors["template"] == [expected]
+    assert errors["resolved_template"] == [expected]
+    # A grouped message gives count, summaries and items, not one context's summary.
+    assert errors["grouped_template"] == [
+        "The template Grouped alert uses summary, which a grouped message does not give (it "
+        "would be empty in every message). Available: count, summaries, items, stakeholder_name."
+    ]
+    assert not Workflow.objects.filter(name="Kiosk health").exists()
+
+
 def test_an_unknown_issue_in_the_per_issue_cooldowns_is_refused(admin_client):
     persona = PersonaFactory(name="Manager")
     response = admin_client.post(
