@@ -6,27 +6,22 @@ override permission; every switch is audited (ScheduleChange)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
 from production_runs.discoverer import (
     KINDS,
     REMINDER_TZ,
-    Thresholds,
     digest_event_name,
     discover_reminders,
-    local_date,
     reminder_event_name,
-    with_classification,
 )
+from production_runs.dispatcher import mapping_problem
 from production_runs.models import (
-    ACTIVE_STATUSES,
     EventTemplateMapping,
-    ProductionRun,
     ReminderKind,
     ReminderSettings,
     ScheduleChange,
@@ -110,12 +105,23 @@ def activation_gate() -> Gate:
         or not mappings[name].is_live
         or mappings[name].template_name not in SPECS
     ]
+    # A live mapping to a template whose variables the event does not provide fails at
+    # every send (the mapping form refuses it; a row from before that check may remain).
+    unfit = [
+        problem
+        for name in reminder_events(settings)
+        if name not in missing and (problem := mapping_problem(name, mappings[name].template_name))
+    ]
+    problems = []
+    if missing:
+        problems.append(f"no live mapping to a known template for {', '.join(missing)}")
+    problems += [f"unusable mapping: {problem}" for problem in unfit]
     checks.append(
         GateCheck(
             "dispatcher mappings live",
-            not missing,
-            f"no live mapping to a known template for {', '.join(missing)}"
-            if missing
+            not problems,
+            "; ".join(problems)
+            if problems
             else ", ".join(f"{n} → {mappings[n].template_name}" for n in sorted(mappings)),
         )
     )
@@ -182,27 +188,10 @@ def reminder_outlook(*, now: datetime) -> Outlook:
     """The discoverer's dry run at `now`, with its "not due" runs split: a run reminded today
     is not reminded again today, one reminded earlier waits for its next escalation day."""
     summary = discover_reminders(now=now, dry_run=True)
-    start = datetime.combine(local_date(now), time(0), tzinfo=REMINDER_TZ)
-    cutoffs = Thresholds.of(ReminderSettings.load()).cutoffs(now)
-    active = ProductionRun.objects.filter(status__in=ACTIVE_STATUSES, partner__isnull=False)
-    # The discoverer's "same stall, reminded today" (discoverer.reminder_due), in SQL.
-    reminded_today = (
-        with_classification(active, cutoffs)
-        .filter(
-            overdue_kind=F("reminder__kind"),
-            overdue_since=F("reminder__stalled_since"),
-            reminder__reminder_count__gt=0,
-            reminder__last_reminded_at__gte=start,
-            reminder__last_reminded_at__lt=start + timedelta(days=1),
-        )
-        .count()
-    )
-    not_due = summary["skipped_not_due"]
-    reminded_today = min(reminded_today, not_due)
     return Outlook(
         counts={kind: summary["counts"][kind] for kind in KINDS},
-        reminded_today=reminded_today,
-        waiting=not_due - reminded_today,
+        reminded_today=summary["already_emitted"],
+        waiting=summary["skipped_not_due"],
         due=summary["dispatched"],
         events=summary["events"],
     )

@@ -3,7 +3,7 @@ runs.py, discoverer.py, whatsapp_templates.py and activation.py and report what 
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, PermissionDenied
 from django.db import models
 from django.db.models import Case, Count, Q, Value, When
 from django.http import HttpResponseRedirect
@@ -23,7 +23,7 @@ from production_runs.discoverer import (
     discover_reminders,
     with_idle_since,
 )
-from production_runs.dispatcher import restore_default_mappings
+from production_runs.dispatcher import mapping_problem, restore_default_mappings
 from production_runs.models import (
     ACTIVE_STATUSES,
     Design,
@@ -402,6 +402,7 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             ("skipped_no_partner", "skipped: no partner", summary["skipped_no_partner"], ""),
             ("skipped_not_overdue", "skipped: not overdue", summary["skipped_not_overdue"], ""),
             ("skipped_not_due", "skipped: not due (escalation)", summary["skipped_not_due"], ""),
+            ("already_emitted", "already reminded today", summary["already_emitted"], ""),
             ("dispatched", "would be reminded", summary["dispatched"], ""),
             ("events", "events that would be emitted", summary["events"], ""),
         ]
@@ -533,8 +534,59 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
 # --- template map, platforms, template statuses -------------------------------------------
 
 
+class EventTemplateMappingForm(forms.ModelForm):
+    """A template is mapped to an event only if the event's dispatch fills every variable
+    the template's body needs (otherwise each send would fail)."""
+
+    class Meta:
+        model = EventTemplateMapping
+        fields = ("event_name", "template_name", "send_design_image", "is_live")
+
+    def clean(self):
+        data = super().clean()
+        event_name, template_name = data.get("event_name"), data.get("template_name")
+        if event_name and template_name:
+            problem = mapping_problem(event_name, template_name)
+            if problem:
+                self.add_error(
+                    "template_name",
+                    f"{problem}. Pick a template whose variables the event provides.",
+                )
+        return data
+
+
+class EventTemplateMappingListForm(forms.ModelForm):
+    """The list's editable columns: a mapping whose template its event cannot fill (saved
+    before the form checked it) may be switched off, not on."""
+
+    class Meta:
+        model = EventTemplateMapping
+        fields = ("is_live", "send_design_image")
+
+    def add_error(self, field, error):
+        # The model's own check names a field this list does not edit (a template not in
+        # code, saved before the form checked it): said on the row, not a server error.
+        if field is None and hasattr(error, "error_dict"):
+            elsewhere = [name for name in error.error_dict if name not in self.fields]
+            if any(name != NON_FIELD_ERRORS for name in elsewhere):
+                error = forms.ValidationError(
+                    [message for name in error.error_dict for message in error.error_dict[name]]
+                )
+        super().add_error(field, error)
+
+    def clean(self):
+        data = super().clean()
+        mapping = self.instance
+        if data.get("is_live") and "is_live" in self.changed_data:
+            problem = mapping_problem(mapping.event_name, mapping.template_name)
+            if problem:
+                raise forms.ValidationError(f"Not made live: {problem}. Change its template first.")
+        return data
+
+
 @admin.register(EventTemplateMapping)
 class EventTemplateMappingAdmin(admin.ModelAdmin):
+    form = EventTemplateMappingForm
     list_display = ("event_name", "template_name", "send_design_image", "is_live", "known")
     list_editable = ("is_live", "send_design_image")
     list_filter = ("is_live", "send_design_image", "template_name")
@@ -542,9 +594,12 @@ class EventTemplateMappingAdmin(admin.ModelAdmin):
     readonly_fields = ("updated_at",)
     actions = ["restore_defaults"]
 
-    @admin.display(description="template in code", boolean=True)
+    def get_changelist_form(self, request, **kwargs):
+        return super().get_changelist_form(request, form=EventTemplateMappingListForm, **kwargs)
+
+    @admin.display(description="template in code, fillable by the event", boolean=True)
     def known(self, obj):
-        return obj.template_name in SPECS
+        return obj.template_name in SPECS and not mapping_problem(obj.event_name, obj.template_name)
 
     @admin.action(description="Restore the missing default mappings")
     def restore_defaults(self, request, queryset):

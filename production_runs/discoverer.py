@@ -216,6 +216,19 @@ def is_same_stall(state: ReminderState | None, kind: str, since: datetime) -> bo
     return state is not None and state.kind == kind and state.stalled_since == since
 
 
+def reminded_today(
+    state: ReminderState | None, *, kind: str, since: datetime, now: datetime
+) -> bool:
+    """Whether this stall was reminded on `now`'s day (in the schedule's zone): today's
+    event for the run is out, and a run is reminded at most once a day."""
+    return (
+        is_same_stall(state, kind, since)
+        and state.reminder_count > 0
+        and state.last_reminded_at is not None
+        and local_date(state.last_reminded_at) == local_date(now)
+    )
+
+
 def reminder_due(
     state: ReminderState | None,
     *,
@@ -407,9 +420,10 @@ def discover_reminders(
     """Find the stalled runs and emit their reminder events; returns the summary.
 
     `total_inspected` = sum of `counts` + `skipped_no_partner` + `skipped_not_overdue`, and
-    each counted run is dispatched, failed, `skipped_not_due` (escalation) or
-    `already_emitted` (today's event exists). `dry_run` classifies and reports, emits
-    nothing and changes nothing."""
+    each counted run is dispatched, failed, `skipped_not_due` (waiting for its next
+    escalation day) or `already_emitted` (reminded today already: today's event exists).
+    `dry_run` classifies and reports, emits nothing and changes nothing; its
+    `already_emitted` counts the runs reminded today, as a real run's would."""
     settings = ReminderSettings.load()
     cutoffs = Thresholds.of(settings).cutoffs(now)
     steps, repeat = settings.steps, settings.escalation_repeat_days
@@ -449,10 +463,13 @@ def discover_reminders(
                 summary["sample"].append(
                     {"run": run.id, "kind": kind, "stalled_since": since.isoformat()}
                 )
-            if not reminder_due(
+            today = reminded_today(state, kind=kind, since=since, now=now)
+            if today or not reminder_due(
                 state, kind=kind, since=since, now=now, steps=steps, repeat_days=repeat
             ):
-                summary["skipped_not_due"] += 1
+                # Reminded today (a second run the same day): today's event is out. Else it
+                # waits for its next escalation day.
+                summary["already_emitted" if today else "skipped_not_due"] += 1
                 if not dry_run and flag_due(state, now=now, days=flag_days(settings)):
                     to_flag.append(state.pk)
                 continue

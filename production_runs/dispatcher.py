@@ -61,10 +61,13 @@ from production_runs.models import (
 )
 from production_runs.whatsapp_templates import (
     DESIGN_TEMPLATE,
+    IN_REVIEW,
     SPECS,
+    WAITING_FOR_APPROVAL,
     TemplateSpec,
     django_body,
     languages_for_platform,
+    variant_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,7 +128,52 @@ def whole_days(start: datetime | None, end: datetime) -> int:
     return max(0, (end - start) // timedelta(days=1))
 
 
+# What the dispatcher fills a template with, by the event: `template_variables` for an event
+# about one run, the digest's three for a digest. A template needing anything else cannot be
+# sent for that event (`mapping_problem`): the mapping form and the activation gate refuse it.
+RUN_VARIABLES = (
+    "partner_name",
+    "design_name",
+    "run_id",
+    "days_since_assignment",
+    "days_since_acceptance",
+    "days_since_start",
+    "produced_quantity",
+    "quantity",
+)
+DIGEST_VARIABLES = ("partner_name", "run_count", "run_list")
+
+
+class TemplateNeedsMissingVariables(ValueError):
+    """A mapped template needs variables its event does not provide (a mapping saved before
+    the form checked it): nothing is staged, and the handling's error says what is missing."""
+
+
+def event_variables(event_name: str) -> tuple[str, ...]:
+    """The variables the dispatcher provides for a template sent for `event_name`."""
+    return DIGEST_VARIABLES if DIGEST_EVENT.match(event_name) else RUN_VARIABLES
+
+
+def mapping_problem(event_name: str, template_name: str) -> str:
+    """Why the template cannot be sent for the event ("" if it can): the variables its body
+    needs that the event's dispatch does not provide. An unknown template is not judged here
+    (the mapping's own check names it)."""
+    spec = SPECS.get(template_name)
+    if spec is None:
+        return ""
+    provided = event_variables(event_name)
+    missing = [name for name in spec.variables if name not in provided]
+    if not missing:
+        return ""
+    kind = "digest" if DIGEST_EVENT.match(event_name) else "run"
+    return (
+        f"{template_name} needs {', '.join(missing)}, which {event_name} does not provide "
+        f"(a {kind} event fills {', '.join(provided)})"
+    )
+
+
 def template_variables(*, run: ProductionRun, partner: Partner, at: datetime) -> dict:
+    """RUN_VARIABLES for one run (keep the two in step)."""
     design = run.design
     return {
         "partner_name": partner.name,
@@ -195,6 +243,13 @@ def dispatch_production_run_event(*, event: Event, now: datetime) -> dict:
     spec = SPECS.get(mapping.template_name)
     if spec is None:
         return _skip(event, "unknown_template", template=mapping.template_name)
+    problem = mapping_problem(event.name, spec.name)
+    if problem:
+        # Raised, not skipped: the handling fails with this error (and is retried, so a
+        # mapping corrected meanwhile still sends); nothing is staged.
+        raise TemplateNeedsMissingVariables(
+            f"event {event.id}: the mapping of {event.name} is unusable: {problem}"
+        )
     if DIGEST_EVENT.match(event.name):
         return _dispatch_digest(event, spec, now=now)
     payload = event.payload or {}
@@ -303,6 +358,12 @@ def _dispatch_digest(event: Event, spec: TemplateSpec, *, now: datetime) -> dict
 
 
 def _payload(spec: TemplateSpec, language: str, partner: Partner, variables: dict) -> dict:
+    missing = [name for name in spec.variables if name not in variables]
+    if missing:
+        raise TemplateNeedsMissingVariables(
+            f"{spec.name} needs {', '.join(missing)}, which this event does not provide "
+            f"(it has {', '.join(variables)})"
+        )
     return {
         "template": spec.name,
         "language": language,
@@ -530,7 +591,9 @@ def still_stalled_check(deliveries, now: datetime) -> dict[int, SendDecision]:
 
 def template_approved_check(deliveries, now: datetime) -> dict[int, SendDecision]:
     """Hold back a message whose template variant is not APPROVED on its platform: wait
-    while Meta reviews (PENDING, PAUSED), cancel when it never will be sendable."""
+    while Meta reviews (PENDING, PAUSED), cancel when it never will be sendable. A held
+    message is due again once the variant's status changes (whatsapp_templates.release_held)
+    or, at the latest, after TEMPLATE_REVIEW_RETRY."""
     ours = [d for d in _ours(deliveries) if d.payload.get("template")]
     if not ours:
         return {}
@@ -558,10 +621,12 @@ def template_approved_check(deliveries, now: datetime) -> dict[int, SendDecision
         status = statuses.get((platform.id, template, language), TemplateStatus.MISSING)
         if status == TemplateStatus.APPROVED:
             continue
-        what = f"template {template} ({language}) is {status} on WhatsApp platform {platform.label}"
-        if status in (TemplateStatus.PENDING, TemplateStatus.PAUSED):
+        what = variant_state(template, language, status, platform)
+        if status in IN_REVIEW:
+            # Looked at again after the retry, or as soon as Meta's status webhook (or a
+            # refresh) records a new status (whatsapp_templates.release_held).
             decisions[delivery.id] = SendDecision(
-                "defer", f"{what}: waiting for approval", until=now + TEMPLATE_REVIEW_RETRY
+                "defer", f"{what}: {WAITING_FOR_APPROVAL}", until=now + TEMPLATE_REVIEW_RETRY
             )
         else:
             decisions[delivery.id] = SendDecision("cancel", f"{what}: not sent")

@@ -15,7 +15,10 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
 
+from notifications.models import Channel, Delivery
+from notifications.outbox import kick_dispatch_on_commit
 from production_runs.models import TemplateStatus, TemplateVariantStatus, WhatsAppPlatform
 
 logger = logging.getLogger(__name__)
@@ -478,6 +481,64 @@ def meta_status(value: str) -> str:
     }.get(value, TemplateStatus.PENDING)
 
 
+# Statuses in which Meta may still approve a variant: a message whose variant is in one of
+# them is held (dispatcher.template_approved_check), and looked at again every
+# dispatcher.TEMPLATE_REVIEW_RETRY, or at once when the status changes (release_held).
+IN_REVIEW = (TemplateStatus.PENDING, TemplateStatus.PAUSED)
+WAITING_FOR_APPROVAL = "waiting for approval"
+
+
+def variant_state(template: str, language: str, status: str, platform: WhatsAppPlatform) -> str:
+    """How a send-time decision about a template variant names it (a delivery's reason)."""
+    return f"template {template} ({language}) is {status} on WhatsApp platform {platform.label}"
+
+
+def release_held(
+    *, platform: WhatsAppPlatform, template: str, language: str, status: str, now: datetime
+) -> int:
+    """The messages held waiting for this variant's approval are due now, when it left
+    review (APPROVED: sent by the next dispatch; REJECTED, DISABLED, MISSING: cancelled by
+    it, saying why) instead of at their next re-check. Only rows still scheduled move (one
+    conditional UPDATE): a message being sent is not touched, so none goes twice; other
+    templates, languages and platforms are left as they are. Returns how many moved."""
+    if status in IN_REVIEW:
+        return 0
+    phone = Q(payload__phone_number_id=platform.phone_number_id)
+    if platform.phone_number_id == settings.WHATSAPP_PHONE_NUMBER_ID:
+        phone |= Q(payload__phone_number_id="")  # the send-time check reads "" as this one
+    if status == TemplateStatus.APPROVED:
+        outcome = f"now APPROVED on WhatsApp platform {platform.label}: due for sending"
+    else:
+        outcome = f"now {status} on WhatsApp platform {platform.label}: due, to be cancelled"
+    released = Delivery.objects.filter(
+        phone,
+        # The outbox's due index: WHERE status = 'scheduled' AND send_at > now
+        status=Delivery.Status.SCHEDULED,
+        send_at__gt=now,
+        channel=Channel.WHATSAPP,
+        context_key__startswith="production_run",
+        payload__template=template,
+        payload__language=language,
+        status_reason__startswith=f"template {template} ({language}) is ",
+        status_reason__endswith=f": {WAITING_FOR_APPROVAL}",
+    ).update(
+        send_at=now,
+        status_reason=f"template {template} ({language}) {outcome}"[:300],
+        updated_at=now,
+    )
+    if released:
+        logger.info(
+            "template %s (%s) %s on %s: %d held message(s) due now",
+            template,
+            language,
+            status,
+            platform.label,
+            released,
+        )
+        kick_dispatch_on_commit()
+    return released
+
+
 def record_status(
     *,
     platform: WhatsAppPlatform,
@@ -488,6 +549,15 @@ def record_status(
     meta_id: str = "",
     reason: str = "",
 ) -> TemplateVariantStatus:
+    """Record what Meta says about a variant. When it leaves review (approved, rejected...),
+    the messages held for it are re-decided at once (release_held)."""
+    before = (
+        TemplateVariantStatus.objects.filter(
+            platform=platform, template_name=template, language=language
+        )
+        .values_list("status", flat=True)
+        .first()
+    )
     row, _ = TemplateVariantStatus.objects.update_or_create(
         platform=platform,
         template_name=template,
@@ -499,6 +569,10 @@ def record_status(
             **({"meta_id": meta_id} if meta_id else {}),
         },
     )
+    if row.status != before:
+        release_held(
+            platform=platform, template=template, language=language, status=row.status, now=now
+        )
     return row
 
 

@@ -121,7 +121,7 @@ def test_an_immediate_rerun_sends_nothing_new(clock):
     again = discover_reminders(now=NOW + 5 * timedelta(minutes=1))
     handle_and_send(NOW + 5 * timedelta(minutes=1))
 
-    assert again["dispatched"] == 0 and again["skipped_not_due"] == 2
+    assert again["dispatched"] == 0 and again["already_emitted"] == 2
     assert RecordedMessage.objects.count() == sent
     assert reminders().count() == 2
 

@@ -20,9 +20,14 @@ ROWS = [
     ("flagged", "newly flagged for ops"),
 ]
 # A dry run emits nothing: it says what a real run would do (as the admin's dry-run page
-# does), and leaves out what only emitting works out (already emitted, failed, flagged).
-DRY_RUN_LABELS = {"dispatched": "would be reminded", "events": "events it would emit"}
-DRY_RUN_SKIPS = {"already_emitted", "failed", "flagged"}
+# does), and leaves out what only emitting works out (failed, flagged). The runs reminded
+# today it does know (their escalation state says so).
+DRY_RUN_LABELS = {
+    "already_emitted": "already reminded today",
+    "dispatched": "would be reminded",
+    "events": "events it would emit",
+}
+DRY_RUN_SKIPS = {"failed", "flagged"}
 
 
 class Command(BaseCommand):
@@ -41,8 +46,11 @@ class Command(BaseCommand):
                 "the command really emits the reminder events due at that time (keyed by "
                 "that day in Asia/Kolkata, for the dispatcher to send) and records those "
                 "reminders as escalation steps and any ops flags at that time, so a time "
-                "ahead of the clock holds those runs' next reminders until after it. Use "
-                "--dry-run to preview"
+                "ahead of the clock holds those runs' next reminders until after it. The "
+                "events are recorded at that time: the dispatcher does not handle them "
+                "before it, so for a time ahead of the clock no message is staged or sent "
+                "until then; the messages expire at the end of that day (Asia/Kolkata), so "
+                "for a day already over they are never sent. Use --dry-run to preview"
             ),
         )
         parser.add_argument(

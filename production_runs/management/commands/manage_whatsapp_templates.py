@@ -14,8 +14,18 @@ from production_runs.whatsapp_templates import (
 )
 
 
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
+def _split(value: str | None, option: str) -> list[str] | None:
+    """The names a comma-separated option gives; None when it is not given (all). Given but
+    naming nothing ("," or "") is refused: it would silently mean all."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise CommandError(
+            f"{option} {value!r} names nothing: give comma-separated names, or leave the "
+            "option out for all"
+        )
+    return names
 
 
 class Command(BaseCommand):
@@ -35,19 +45,22 @@ class Command(BaseCommand):
             "variants; refresh: read statuses back from Meta (default: %(default)s)",
         )
         parser.add_argument(
-            "--platform-ids", help="comma-separated platform ids or labels (default: all active)"
+            "--platform-ids",
+            help="comma-separated platform ids or labels (default, when left out: all "
+            "active); one naming none is refused",
         )
         parser.add_argument(
             "--templates",
-            help="comma-separated production-run template names (default: all)",
+            help="comma-separated production-run template names (default, when left out: "
+            "all); one naming none is refused",
         )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args, mode, platform_ids, templates, json: bool, **options):
         try:
             check_platform_languages()
-            platforms = select_platforms(_split(platform_ids))
-            specs = selected_specs(_split(templates))
+            platforms = select_platforms(_split(platform_ids, "--platform-ids"))
+            specs = selected_specs(_split(templates, "--templates"))
         except (ValueError, ImproperlyConfigured) as error:
             raise CommandError(str(error)) from error
         if not platforms:
