@@ -27,7 +27,8 @@ def test_dry_run_text_says_would_be_reminded_and_would_emit():
     assert "DRY RUN, nothing emitted" in out
     assert "would be reminded" in out and "would emit" in out
     assert "dispatched" not in out and "events emitted" not in out
-    # Counts a dry run does not work out are not shown as zeros.
+    # Counts a dry run does not work out are not shown as zeros (it says "already reminded
+    # today" for the runs a real run would count as already emitted).
     assert "already emitted today" not in out and "newly flagged" not in out
     assert "failed" not in out
     lines = {line[:34].strip(): line[34:].strip() for line in out.splitlines()[1:]}
