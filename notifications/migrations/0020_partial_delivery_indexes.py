@@ -4,7 +4,11 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from notifications.schema import AddIndexWithoutLocking, RemoveIndexWithoutLocking
+from notifications.schema import (
+    AddIndexWithoutLocking,
+    DropForeignKeyIndex,
+    RemoveIndexWithoutLocking,
+)
 
 PARTIAL = {
     "delivery_provider_id": models.Index(
@@ -47,17 +51,24 @@ class Migration(migrations.Migration):
             migrations.RenameIndex(model_name="delivery", new_name=name, old_name=index.name)
             for name, index in PARTIAL.items()
         ),
-        migrations.AlterField(
-            model_name="delivery",
-            name="fallback_of",
-            field=models.ForeignKey(
-                blank=True,
-                db_index=False,
-                help_text="The delivery this one replaces on its fallback channel.",
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="fallbacks",
-                to="notifications.delivery",
-            ),
+        # fallback_of's own index gives way to the partial one: the field's state changes
+        # (db_index off), and in the database only that index goes.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="delivery",
+                    name="fallback_of",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        help_text="The delivery this one replaces on its fallback channel.",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="fallbacks",
+                        to="notifications.delivery",
+                    ),
+                ),
+            ],
+            database_operations=[DropForeignKeyIndex(model_name="delivery", name="fallback_of")],
         ),
     ]
