@@ -251,19 +251,27 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
         now, by = timezone.now(), request.user.username
-        readdressed = batch.readdress_before_retry(ids=ids, by=by, now=now)
-        count = operations.delivery_retry(ids=ids, now=now, by=by)
+        addresses = batch.readdress_before_retry(ids=ids, by=by, now=now)
+        kept = set(addresses.no_email)
+        count = operations.delivery_retry(ids=[i for i in ids if i not in kept], now=now, by=by)
         self._report(
             request,
             f"{count} failed deliveries scheduled again.",
-            len(ids) - count - cancelled,
+            len(ids) - count - cancelled - len(kept),
             "failed",
         )
-        if readdressed:
+        if addresses.readdressed:
             self.message_user(
                 request,
-                f"{readdressed} went to a customer whose email was corrected while they were "
-                "being sent: they go to the customer's email as it is now.",
+                f"{addresses.readdressed} went to a customer whose email was corrected while "
+                "they were being sent: they go to the customer's email as it is now.",
+            )
+        if kept:
+            self.message_user(
+                request,
+                f"{len(kept)} stay failed: their customer's email was removed while they were "
+                "being sent, so there is nowhere to send them.",
+                messages.WARNING,
             )
         if cancelled:
             self.message_user(

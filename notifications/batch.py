@@ -578,7 +578,12 @@ def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
     if outcome == "sent":
         runs.filter(consecutive_failures__gt=0).update(consecutive_failures=0)
         return False
-    if outcome == "retried" and runs.exists():
+    if (
+        outcome == "retried"
+        and delivery.channel == Channel.EMAIL
+        and delivery.recipient_key.startswith("customer:")
+        and runs.exists()
+    ):
         _readdress_corrected([delivery.id], by="herald", retry="its automatic retry", now=now)
     runs.update(consecutive_failures=F("consecutive_failures") + 1)
     tripped = runs.filter(status=Status.RUNNING, consecutive_failures__gte=BREAKER_FAILURES).update(
@@ -748,11 +753,20 @@ def customer_email_changed(
     return result
 
 
-def readdress_before_retry(*, ids, by: str, now: datetime) -> int:
+@dataclass
+class RetryAddresses:
+    """What re-addressing before a retry did: how many go to the customer's corrected
+    email, and which (ids) were left, their customer having no email now."""
+
+    readdressed: int = 0
+    no_email: list[int] = field(default_factory=list)
+
+
+def readdress_before_retry(*, ids, by: str, now: datetime) -> RetryAddresses:
     """Failed batch emails about to be retried whose customer's email changed after they
     were claimed (they were being sent, or their outcome was unknown, when it was
-    corrected): re-addressed first, so the retry reaches the email as it is now. Returns
-    how many were re-addressed."""
+    corrected): re-addressed first, so the retry reaches the email as it is now. Those
+    whose customer has no email now stay failed: the caller leaves them out of the retry."""
     return _readdress_corrected(
         ids, by=by, retry=f"the retry by {by}", now=now, status=Delivery.Status.FAILED
     )
@@ -760,36 +774,45 @@ def readdress_before_retry(*, ids, by: str, now: datetime) -> int:
 
 def _readdress_corrected(
     ids, *, by: str, retry: str, now: datetime, status: str = Delivery.Status.SCHEDULED
-) -> int:
+) -> RetryAddresses:
     """Re-address these batch emails (in `status`: failed ones about to be retried by a
     person, or scheduled ones put back for an automatic retry) whose customer's email was
     corrected while they were being sent, so the correction missed them; `retry` says which
-    retry in their events. Returns how many were re-addressed."""
-    rows = set(
-        Delivery.objects.filter(
-            id__in=list(ids),
-            status=status,
-            channel=Channel.EMAIL,
-            recipient_key__startswith="customer:",
-        ).values_list("recipient_key", "address")
-    )
-    ids_of = {key: int(key.split(":", 1)[1]) for key, _ in rows if key.split(":", 1)[1].isdigit()}
-    emails = dict(Customer.objects.filter(id__in=ids_of.values()).values_list("id", "email"))
-    moved = 0
-    for key, address in rows:
-        current = emails.get(ids_of.get(key))
-        if current and current != address:
-            done = customer_email_changed(
-                customer_id=ids_of[key],
-                old=address,
-                new=current,
-                by=by,
-                now=now,
-                reason=f"the customer's email was corrected from {address} to {current} while "
-                f"this was being sent; re-addressed for {retry}",
+    retry in their events. Where the email was removed (or the customer), a scheduled one is
+    cancelled and a failed one left failed; both are named in `no_email`."""
+    result = RetryAddresses()
+    rows = Delivery.objects.filter(
+        id__in=list(ids),
+        status=status,
+        channel=Channel.EMAIL,
+        recipient_key__startswith="customer:",
+    ).values_list("id", "recipient_key", "address")
+    customer_of = {
+        row_id: int(key.split(":", 1)[1])
+        for row_id, key, _ in rows
+        if key.split(":", 1)[1].isdigit()
+    }
+    emails = dict(Customer.objects.filter(id__in=customer_of.values()).values_list("id", "email"))
+    for row_id, _, address in rows:
+        if row_id not in customer_of:
+            continue
+        customer_id = customer_of[row_id]
+        current = emails.get(customer_id) or ""
+        if current == address:
+            continue
+        if not current:
+            result.no_email.append(row_id)
+            why = f"the customer's email was removed while this was being sent; not sent by {retry}"
+        else:
+            why = (
+                f"the customer's email was corrected from {address} to {current} while this "
+                f"was being sent; re-addressed for {retry}"
             )
-            moved += done.readdressed
-    return moved
+        done = customer_email_changed(
+            customer_id=customer_id, old=address, new=current, by=by, now=now, reason=why
+        )
+        result.readdressed += done.readdressed
+    return result
 
 
 def _readdressed(delivery: Delivery, address: str) -> dict:

@@ -730,6 +730,59 @@ def test_an_email_corrected_while_its_delivery_was_sent_is_used_by_the_automatic
     assert Delivery.objects.get().status == "sent"
 
 
+def test_an_email_removed_while_its_delivery_was_sent_is_not_retried_to_the_old_address(
+    mike, settings
+):
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    (customer,) = _customers("o")
+    run = _launch(mike)
+    _approve_all(run, mike)
+
+    def answer(request):  # removed in the admin meanwhile, then a 503
+        _change_customer_email(mike, customer, "")
+        return 503, {}, json.dumps({"ErrorCode": 100, "Message": "Try again later."})
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, POSTMARK_URL, callback=answer)
+        _dispatch()
+        delivery = Delivery.objects.get()
+        _dispatch(NOW + timedelta(hours=1))
+        assert len(mock.calls) == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.address) == ("cancelled", "ok00@school.example.org")
+    assert delivery.status_reason == (
+        "the customer's email was removed while this was being sent; not sent by its "
+        "automatic retry"
+    )
+
+
+def test_a_person_s_retry_leaves_failed_what_has_no_email_now(mike, postmark):
+    customers = _customers("ox")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    lost = Delivery.objects.get(status="failed")
+    Delivery.objects.filter(id=lost.id).update(status="unknown")  # a worker died sending it
+    _change_customer_email(mike, customers[1], "")
+    assert operations.delivery_reconcile(ids=[lost.id], accepted=False, now=NOW, by="mike") == 1
+    client = Client()
+    client.force_login(mike)
+    done = client.post(
+        "/admin/notifications/delivery/",
+        {"action": "retry_failed", "_selected_action": [lost.id], "post": "yes"},
+        follow=True,
+    )
+    assert [str(m) for m in done.context["messages"]] == [
+        "0 failed deliveries scheduled again.",
+        "1 stay failed: their customer's email was removed while they were being sent, so "
+        "there is nowhere to send them.",
+    ]
+    _dispatch(NOW + timedelta(seconds=5))
+    assert Delivery.objects.get(id=lost.id).status == "failed"
+    assert len(postmark.calls) == 2  # the first round's two sends only
+
+
 def test_a_customer_who_unsubscribed_is_not_written_to_at_a_corrected_address(mike, postmark):
     from notifications import tracking
 
