@@ -488,9 +488,14 @@ IN_REVIEW = (TemplateStatus.PENDING, TemplateStatus.PAUSED)
 WAITING_FOR_APPROVAL = "waiting for approval"
 
 
+def variant_named(template: str, language: str) -> str:
+    """How a delivery's reason names a template variant (release_held finds them by it)."""
+    return f"template {template} ({language})"
+
+
 def variant_state(template: str, language: str, status: str, platform: WhatsAppPlatform) -> str:
     """How a send-time decision about a template variant names it (a delivery's reason)."""
-    return f"template {template} ({language}) is {status} on WhatsApp platform {platform.label}"
+    return f"{variant_named(template, language)} is {status} on WhatsApp platform {platform.label}"
 
 
 def release_held(
@@ -519,11 +524,11 @@ def release_held(
         context_key__startswith="production_run",
         payload__template=template,
         payload__language=language,
-        status_reason__startswith=f"template {template} ({language}) is ",
+        status_reason__startswith=f"{variant_named(template, language)} is ",
         status_reason__endswith=f": {WAITING_FOR_APPROVAL}",
     ).update(
         send_at=now,
-        status_reason=f"template {template} ({language}) {outcome}"[:300],
+        status_reason=f"{variant_named(template, language)} {outcome}"[:300],
         updated_at=now,
     )
     if released:
