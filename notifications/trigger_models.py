@@ -222,38 +222,41 @@ class TriggerEvent(models.Model):
         evaluator = evaluator_for(self.event)
         if evaluator is None:
             raise ValidationError({"event": f"No trigger event is registered as {self.event!r}."})
-        _check_template_variables(
-            self, ["template", "resolved_template"], evaluator.template_variables, self.event
-        )
+        problems = {}
+        try:
+            _check_template_variables(
+                self, ["template", "resolved_template"], evaluator.template_variables, self.event
+            )
+        except ValidationError as error:
+            error.update_error_dict(problems)
+        problems.update(self._issue_problems(evaluator.issues))
+        if problems:
+            raise ValidationError(problems)
+
+    def _issue_problems(self, issues) -> dict[str, str]:
+        """What is wrong with the per-issue cooldowns and the watched issues, by field."""
+        problems = {}
+        known = f"the issues are {', '.join(issues)}" if issues else "this event has no issues"
+
+        def unknown_issues(names) -> str:
+            return f"Unknown issue{'s' if len(names) > 1 else ''} {', '.join(names)}: {known}."
+
         hours = self.issue_cooldown_hours
         if not isinstance(hours, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= MAX_HOURS
             for v in hours.values()
         ):
-            raise ValidationError(
-                {
-                    "issue_cooldown_hours": 'Give {"ISSUE": hours, ...} with hours from 0 to '
-                    f"{MAX_HOURS:,} (a year)."
-                }
+            problems["issue_cooldown_hours"] = (
+                f'Give {{"ISSUE": hours, ...}} with hours from 0 to {MAX_HOURS:,} (a year).'
             )
-        known = (
-            f"the issues are {', '.join(evaluator.issues)}"
-            if evaluator.issues
-            else "this event has no issues"
-        )
-
-        def unknown_issues(names) -> str:
-            return f"Unknown issue{'s' if len(names) > 1 else ''} {', '.join(names)}: {known}."
-
-        unknown = sorted(set(hours) - set(evaluator.issues))
-        if unknown:
-            raise ValidationError({"issue_cooldown_hours": unknown_issues(unknown)})
+        elif unknown := sorted(set(hours) - set(issues)):
+            problems["issue_cooldown_hours"] = unknown_issues(unknown)
         watched = self.watched_issues
         if not isinstance(watched, list) or not all(isinstance(i, str) for i in watched):
-            raise ValidationError({"watched_issues": 'Give a list, e.g. ["LOW_BATTERY"].'})
-        unknown = sorted(set(watched) - set(evaluator.issues))
-        if unknown:
-            raise ValidationError({"watched_issues": unknown_issues(unknown)})
+            problems["watched_issues"] = 'Give a list, e.g. ["LOW_BATTERY"].'
+        elif unknown := sorted(set(watched) - set(issues)):
+            problems["watched_issues"] = unknown_issues(unknown)
+        return problems
 
     def watches(self, issues) -> bool:
         return not self.watched_issues or bool(set(self.watched_issues) & set(issues))

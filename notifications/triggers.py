@@ -51,7 +51,7 @@ RESOLVED_PREFIX = "resolved:"
 # What every message of one context sees besides its event's own variables, and what a
 # grouped message sees (each item: one context's variables and its event).
 COMMON_VARIABLES = ("summary", "context_key", "stakeholder_name")
-GROUPED_VARIABLES = ("count", "summaries", "items", "stakeholder_name")
+GROUPED_VARIABLES = ("count", "summaries", "items", "context_keys", "stakeholder_name")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def test_a_template_whose_variables_the_event_does_not_give_is_refused(admin_cli
             foreign,
             **{
                 "trigger_events-0-resolved_template": foreign.pk,
+                "trigger_events-0-watched_issues": '["FIRE"]',
                 "trigger_setup-0-grouped_template": template("Grouped alert").pk,
             },
         ),
@@ -95,10 +96,12 @@ def test_a_template_whose_variables_the_event_does_not_give_is_refused(admin_cli
     )
     assert errors["template"] == [expected]
     assert errors["resolved_template"] == [expected]
+    assert errors["watched_issues"][0].startswith("Unknown issue FIRE: the issues are")  # at once
     # A grouped message gives count, summaries and items, not one context's summary.
     assert errors["grouped_template"] == [
         "The template Grouped alert uses summary, which a grouped message does not give (it "
-        "would be empty in every message). Available: count, summaries, items, stakeholder_name."
+        "would be empty in every message). Available: count, summaries, items, context_keys, "
+        "stakeholder_name."
     ]
     assert not Workflow.objects.filter(name="Kiosk health").exists()
 
