@@ -348,3 +348,37 @@ def test_a_workflow_s_type_cannot_be_changed_once_it_exists(admin_client):
     assert workflow.risk_level == 1  # refused: a trigger is risk 1 or 2
     add = admin_client.get(reverse("admin:notifications_workflow_add")).content.decode()
     assert 'name="type"' in add  # chosen when the workflow is defined
+
+
+KEPT_RECORDS = {
+    "notifications.AuditEntry",
+    "notifications.DeliveryEvent",
+    "notifications.Event",
+    "notifications.EventHandling",
+    "notifications.ProviderReport",
+    "notifications.ReflexionEntry",
+    "notifications.UnmatchedProviderEvent",
+    "notifications.VerifyCheck",
+    "notifications.WorkflowRun",
+}
+
+
+def test_every_kept_record_refuses_deletion_in_the_admin(admin_client):
+    """Each of them, by its admin (delete_view asks the permission before looking the row up,
+    so no row is needed to see the refusal)."""
+    from django.contrib import admin
+
+    from notifications.admin_records import KeptRecordAdmin
+
+    kept = {
+        model._meta.label: model
+        for model, model_admin in admin.site._registry.items()
+        if isinstance(model_admin, KeptRecordAdmin)
+    }
+    assert set(kept) == KEPT_RECORDS
+    for label, model in kept.items():
+        meta = model._meta
+        changelist = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        assert "delete_selected" not in admin_client.get(changelist).content.decode(), label
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_delete", args=[1])
+        assert admin_client.post(url, {"post": "yes"}).status_code == 403, label
