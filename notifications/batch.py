@@ -778,8 +778,8 @@ def _readdress_corrected(
     """Re-address these batch emails (in `status`: failed ones about to be retried by a
     person, or scheduled ones put back for an automatic retry) whose customer's email was
     corrected while they were being sent, so the correction missed them; `retry` says which
-    retry in their events. Where the email was removed (or the customer), a scheduled one is
-    cancelled and a failed one left failed; both are named in `no_email`."""
+    retry in their events. Where the email was removed, a scheduled one is cancelled and a
+    failed one left failed; both are named in `no_email`."""
     result = RetryAddresses()
     rows = Delivery.objects.filter(
         id__in=list(ids),
@@ -797,7 +797,9 @@ def _readdress_corrected(
         if row_id not in customer_of:
             continue
         customer_id = customer_of[row_id]
-        current = emails.get(customer_id) or ""
+        if customer_id not in emails:
+            continue  # no such customer (any more): nothing to go by
+        current = emails[customer_id]
         if current == address:
             continue
         if not current:
