@@ -65,12 +65,20 @@ class EmailChannel(Channel):
         email = self.build(message)
         email.connection = self._connection()
         try:
-            email.send(fail_silently=False)
+            handed_over = email.send(fail_silently=False)
         except Exception as exc:
             error = classify_email_error(exc)
             if error is None:
                 raise
             raise error from exc
+        if not handed_over:
+            # Django hands a message without a recipient to no backend and returns 0 (an
+            # address emptied after staging): nothing left, so nothing may be reported sent.
+            raise ChannelError(
+                f"no recipient address ({message.to!r}): nothing was handed to the provider",
+                permanent=True,
+                code="no_recipient",
+            )
         status = getattr(email, "anymail_status", None)
         message_id = getattr(status, "message_id", None)
         if message_id is not None:

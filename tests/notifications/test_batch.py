@@ -783,6 +783,23 @@ def test_a_person_s_retry_leaves_failed_what_has_no_email_now(mike, postmark):
     assert len(postmark.calls) == 2  # the first round's two sends only
 
 
+def test_an_email_removed_before_its_review_is_approved_fails_and_is_not_counted_sent(mike):
+    from notifications.models import RecordedMessage
+
+    gone, kept = _customers("oo")
+    run = _launch(mike)
+    _change_customer_email(mike, gone, "")
+    _approve_all(run, mike)
+    report = _dispatch()
+    assert (report.sent, report.failed) == (1, 1)
+    failed = Delivery.objects.get(recipient_key=f"customer:{gone.id}")
+    assert (failed.status, failed.provider_message_id) == ("failed", "")
+    assert failed.last_error == "no recipient address (''): nothing was handed to the provider"
+    assert list(RecordedMessage.objects.values_list("to", flat=True)) == [kept.email]
+    run.refresh_from_db()
+    assert run.status_reason == "ended partial: 1 sent, 1 failed, 0 skipped, 0 rejected of 2"
+
+
 def test_a_customer_who_unsubscribed_is_not_written_to_at_a_corrected_address(mike, postmark):
     from notifications import tracking
 
