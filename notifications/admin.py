@@ -13,7 +13,7 @@ from notifications import batch, operations, pacing
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.admin_records import KeptRecordAdmin
 from notifications.holds import HoldContext, explain
-from notifications.killswitches import HIGH_RISK_OPS, frozen_filter, killswitch_set
+from notifications.killswitches import blocks_launches, frozen_filter, killswitch_set
 from notifications.models import (
     BreakerTransition,
     Delivery,
@@ -606,9 +606,12 @@ class KillSwitchAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # What a switch that is on holds changes only by turning it off (with a reason):
-        # widening or narrowing it in the form would move held sends unaudited.
+        # widening or narrowing it in the form would move held sends unaudited. A switch's
+        # name is how people, its history and the audit know it: fixed once it exists.
         if obj is not None and obj.is_on:
             return self.fields
+        if obj is not None:
+            return ("name", *self.readonly_fields)
         return self.readonly_fields
 
     def has_delete_permission(self, request, obj=None):
@@ -647,7 +650,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
                     "freezes every matching scheduled delivery in place: "
                     f"{held} scheduled deliveries are held right now, and new ones wait too"
                 )
-                if any(s.name == HIGH_RISK_OPS for s in switches):
+                if any(blocks_launches(s) for s in switches):
                     effect += "; every launch of a batch notification is blocked"
             else:
                 effect = (

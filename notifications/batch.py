@@ -22,7 +22,7 @@ from notifications import tracking
 from notifications.bulk import insert_rows
 from notifications.cohort import cohort
 from notifications.events import record_event
-from notifications.killswitches import HIGH_RISK_OPS, is_on
+from notifications.killswitches import launch_blockers
 from notifications.models import (
     AuditEntry,
     BatchAttachment,
@@ -246,6 +246,7 @@ def build_preview(
     recent = [
         (c, last[c.id]) for c in recipients if c.id in last and last[c.id] >= now - NO_SPAM_WINDOW
     ]
+    blockers = launch_blockers()
     checks = [
         Check(
             "recipients_cap",
@@ -264,8 +265,8 @@ def build_preview(
         Check(
             "kill_switch",
             "block",
-            not is_on(HIGH_RISK_OPS),
-            "The kill switch high_risk_ops is on: launches are blocked.",
+            not blockers,
+            f"The kill switch {', '.join(blockers)} is on: launches are blocked.",
         ),
     ]
     if not recipients:

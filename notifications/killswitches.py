@@ -47,8 +47,19 @@ def switch_for(delivery: Delivery, switches: list[KillSwitch]) -> KillSwitch | N
     return None
 
 
-def is_on(name: str) -> bool:
-    return KillSwitch.objects.filter(name=name, is_on=True).exists()
+def blocks_launches(switch: KillSwitch) -> bool:
+    """A switch of the high-risk scope (high_risk_ops, whatever it is called) also blocks
+    every launch of a batch notification while it is on."""
+    return switch.scope == KillSwitch.Scope.HIGH_RISK
+
+
+def launch_blockers() -> list[str]:
+    """The names of the switches on now that block launches."""
+    return list(
+        KillSwitch.objects.filter(is_on=True, scope=KillSwitch.Scope.HIGH_RISK)
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
 
 
 def killswitch_set(*, switch: KillSwitch, on: bool, by: str, reason: str, now: datetime) -> bool:

@@ -16,7 +16,7 @@ from notifications.models import (
     Suppression,
 )
 from notifications.pacing import reserve_slots
-from tests.notifications.factories import DeliveryFactory
+from tests.notifications.factories import CustomerFactory, DeliveryFactory
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "admin:notifications_killswitch_changelist"
@@ -213,8 +213,8 @@ def test_a_switch_that_is_on_cannot_be_widened_and_no_switch_can_be_deleted(admi
     switch.refresh_from_db()
     if on:  # held sends move only by turning it off, with a reason
         assert (switch.name, switch.scope, switch.channel) == ("stop sms", "channel", "sms")
-    else:
-        assert (switch.name, switch.scope, switch.channel) == ("stop all", "everything", "")
+    else:  # the name stays: people, its history and the audit know it by it
+        assert (switch.name, switch.scope, switch.channel) == ("stop sms", "everything", "")
     changelist = reverse("admin:notifications_killswitch_changelist")
     assert "delete_selected" not in admin_client.get(changelist).content.decode()
     delete = reverse("admin:notifications_killswitch_delete", args=[switch.pk])
@@ -382,3 +382,26 @@ def test_every_kept_record_refuses_deletion_in_the_admin(admin_client):
         assert "delete_selected" not in admin_client.get(changelist).content.decode(), label
         url = reverse(f"admin:{meta.app_label}_{meta.model_name}_delete", args=[1])
         assert admin_client.post(url, {"post": "yes"}).status_code == 403, label
+
+
+def test_a_high_risk_switch_blocks_launches_whatever_its_name(admin_client):
+    """Launches were blocked by the switch named high_risk_ops: renamed, it froze sends
+    (by its scope) but no longer blocked a launch."""
+    from notifications import batch
+
+    KillSwitch.objects.create(name="stop risky work", scope="high_risk_ops", is_on=True)
+    KillSwitch.objects.create(name="stop sms", scope="channel", channel="sms", is_on=True)
+    CustomerFactory(bid="B1")
+    preview = batch.build_preview(
+        cohort_filter="bid=B1",
+        subject="Hi",
+        body_template="Hello",
+        max_recipients=None,
+        now=timezone.now(),
+    )
+    (check,) = [c for c in preview.checks if c.name == "kill_switch"]
+    assert not check.passed
+    assert check.message == "The kill switch stop risky work is on: launches are blocked."
+    switch = KillSwitch.objects.get(name="stop risky work")
+    url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
+    assert 'name="name"' not in admin_client.get(url).content.decode()  # fixed once made
