@@ -5,14 +5,18 @@ import re
 from urllib.parse import parse_qsl
 
 import django_filters
+from django import forms
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
 from notifications.models import Customer
 
 
-class NumberInFilter(django_filters.BaseInFilter, django_filters.NumberFilter):
-    pass
+class IdInFilter(django_filters.BaseInFilter, django_filters.NumberFilter):
+    """Whole numbers a database id can be (NumberFilter's decimals cut 1.5 to 1, and an id
+    beyond 64 bits reached the database and failed there)."""
+
+    field_class = forms.IntegerField
 
 
 class CharInFilter(django_filters.BaseInFilter, django_filters.CharFilter):
@@ -27,7 +31,7 @@ class CustomerFilter(django_filters.FilterSet):
     company = django_filters.CharFilter(field_name="company_name", lookup_expr="icontains")
     email_domain = django_filters.CharFilter(field_name="email", lookup_expr="iendswith")
     account_ref = CharInFilter(field_name="account_ref", lookup_expr="in")
-    id = NumberInFilter(field_name="id", lookup_expr="in")
+    id = IdInFilter(field_name="id", lookup_expr="in", min_value=1, max_value=2**63 - 1)
 
     class Meta:
         model = Customer
@@ -60,7 +64,11 @@ def cohort(query: str, *, base=None):
         raise ValidationError(
             {"customer_cohort_filter": f"Give a filter, e.g. bid=B5875 (fields: {_fields()})."}
         )
-    pairs = parse_qsl(query, keep_blank_values=True)
+    # Spaces around a name or a value are the typing's, not the filter's: "bid=B5875 &
+    # region=NYC DOE" means bid B5875 and region NYC DOE.
+    pairs = [
+        (key.strip(), value.strip()) for key, value in parse_qsl(query, keep_blank_values=True)
+    ]
     if not pairs:
         raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
     problems = _problems(pairs)

@@ -87,6 +87,31 @@ def test_every_wrong_part_of_a_cohort_filter_is_named_at_once(mike):
     assert not WorkflowRun.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("99999999999999999999999", "Ensure this value is less than or equal to"),
+        ("1.5", "Enter a whole number."),  # was cut to 1: the wrong customer
+        ("0", "Ensure this value is greater than or equal to 1."),
+        ("1e30", "Enter a whole number."),
+    ],
+)
+def test_an_id_that_is_no_customer_id_is_refused_on_the_field(mike, value, message):
+    CustomerFactory(bid="B5875")
+    with pytest.raises(ValidationError) as caught:
+        _launch(mike, query=f"id={value}")
+    (error,) = caught.value.message_dict["customer_cohort_filter"]
+    assert error.startswith(f"Invalid filter: id: {message}")
+    assert not WorkflowRun.objects.exists()
+
+
+def test_spaces_around_filter_names_and_values_are_the_typing_s(mike):
+    wanted = CustomerFactory(bid="B5875", region="NYC DOE")
+    CustomerFactory(bid="B5875", region="Long Island")
+    run = _launch(mike, query="bid=B5875 & region = NYC DOE ")
+    assert run.inputs["customer_ids"] == [wanted.id]
+
+
 def test_a_tag_filter_matches_whole_tags_only(mike):
     tagged = {
         tags: CustomerFactory(tags=tags).id
