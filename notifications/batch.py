@@ -54,7 +54,17 @@ VERIFY_WINDOW = timedelta(seconds=60)
 VERIFY_TIMEOUT = timedelta(hours=24)
 VARIABLES = ("customer_name", "company_name", "account_ref", "school_year", "bid", "region")
 SENT_STATUSES = ("sent", "delivered", "opened", "clicked")
-LOGGED_STATUSES = (*SENT_STATUSES, "failed", "bounced", "complained", "skipped", "expired")
+# A recipient's outcome is logged once its delivery has a final status: sent or not, and
+# why (a cancelled one by a person or by its run's cancel, with its reason, too).
+LOGGED_STATUSES = (
+    *SENT_STATUSES,
+    "failed",
+    "bounced",
+    "complained",
+    "skipped",
+    "expired",
+    "cancelled",
+)
 Status = WorkflowRun.Status
 
 

@@ -444,6 +444,20 @@ def test_the_verify_check_fails_when_a_recipient_is_not_logged(mike):
     assert (check.status, check.expected, check.observed) == ("fail", 2, 1)
 
 
+def test_a_cancelled_delivery_counts_as_logged(mike):
+    """Cancelled on purpose (a person, the run's cancel) is an outcome with its reason, not
+    a lost log row: the check passes."""
+    CustomerFactory.create_batch(2)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    first = Delivery.objects.filter(workflow_run=run).order_by("id").first()
+    assert operations.delivery_cancel(ids=[first.id], now=NOW, by="mike") == 1
+    _dispatch()
+    batch.run_verify_checks(now=NOW + timedelta(minutes=8))
+    check = VerifyCheck.objects.get()
+    assert (check.status, check.expected, check.observed) == ("pass", 2, 2)
+
+
 def test_attachments_go_with_every_message(mike, settings):
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
     from django.core import mail
