@@ -8,7 +8,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import BASE_DIR, broker_config, database_config
+from config.env import BASE_DIR, anymail_config, broker_config, database_config, email_config
 
 env = environ.Env()
 if (BASE_DIR / ".env").exists():
@@ -129,23 +129,35 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # --- Channels -----------------------------------------------------------------------------
 # Email goes through Django's mail API. Development records every message in the database
 # (Admin → Recorded messages); production names an anymail ESP backend, for example
-# anymail.backends.amazon_ses.EmailBackend, and fills ANYMAIL from the environment.
-EMAIL_BACKEND = env("EMAIL_BACKEND", default="notifications.channels.recording.EmailBackend")
+# anymail.backends.amazon_ses.EmailBackend, and fills ANYMAIL from the environment, or gives
+# an SMTP server as EMAIL_URL (smtp+tls://user:password@smtp.example.com:587), which also
+# selects Django's SMTP backend unless EMAIL_BACKEND names another.
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
+_email = email_config(env("EMAIL_URL", default=""))
+EMAIL_BACKEND = env(
+    "EMAIL_BACKEND",
+    default=_email.get("EMAIL_BACKEND", "notifications.channels.recording.EmailBackend"),
+)
+EMAIL_HOST = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
+EMAIL_SSL_CERTFILE = _email.get("EMAIL_SSL_CERTFILE")
+EMAIL_SSL_KEYFILE = _email.get("EMAIL_SSL_KEYFILE")
+EMAIL_FILE_PATH = _email.get("EMAIL_FILE_PATH", "")
+# Django's SMTP backend waits forever by default: a mail server that stops answering would
+# hold a worker (and its claimed deliveries) until they are marked "unknown".
+EMAIL_TIMEOUT = _email.get("EMAIL_TIMEOUT", PROVIDER_TIMEOUT_SECONDS)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Herald <herald@localhost>")
 SERVER_EMAIL = env("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
-ANYMAIL = {
-    key: value
-    for key, value in {
-        "SENDGRID_API_KEY": env("ANYMAIL_SENDGRID_API_KEY", default=""),
-        "MAILGUN_API_KEY": env("ANYMAIL_MAILGUN_API_KEY", default=""),
-        "MAILGUN_SENDER_DOMAIN": env("ANYMAIL_MAILGUN_SENDER_DOMAIN", default=""),
-        "POSTMARK_SERVER_TOKEN": env("ANYMAIL_POSTMARK_SERVER_TOKEN", default=""),
-        "AMAZON_SES_CLIENT_PARAMS": {"region_name": env("AWS_REGION", default="")},
-        # "user:password" that the ESP must present on tracking webhooks (basic auth).
-        "WEBHOOK_SECRET": env("ANYMAIL_WEBHOOK_SECRET", default=""),
-    }.items()
-    if value and value != {"region_name": ""}
-}
+# Every ANYMAIL_<KEY> variable is ANYMAIL["<KEY>"] (config/env.py): the chosen ESP's
+# credentials (ANYMAIL_POSTMARK_SERVER_TOKEN, ANYMAIL_MAILGUN_API_KEY and
+# ANYMAIL_MAILGUN_SENDER_DOMAIN, ANYMAIL_SENDGRID_API_KEY, ...), its webhook signing key
+# (ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY, ...) and ANYMAIL_WEBHOOK_SECRET, the "user:password"
+# every ESP must present on tracking webhooks (basic auth). AWS_REGION is the SES region.
+ANYMAIL = anymail_config(os.environ)
 SMS_BACKEND = env("SMS_BACKEND", default="notifications.channels.recording.SMSChannel")
 WHATSAPP_BACKEND = env(
     "WHATSAPP_BACKEND", default="notifications.channels.recording.WhatsAppChannel"
@@ -161,7 +173,6 @@ WHATSAPP_APP_SECRET = env("WHATSAPP_APP_SECRET", default="")
 WHATSAPP_VERIFY_TOKEN = env("WHATSAPP_VERIFY_TOKEN", default="")
 WHATSAPP_TEMPLATE_LANG = env("WHATSAPP_TEMPLATE_LANG", default="")
 WHATSAPP_PLATFORM_LANGUAGES = env("WHATSAPP_PLATFORM_LANGUAGES", default="")
-PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=10.0)
 
 # --- Dispatch -----------------------------------------------------------------------------
 # A delivery left "sending" longer than this (a worker died mid-call) is marked "unknown"

@@ -14,11 +14,16 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 
-from anymail.exceptions import AnymailAPIError, AnymailWebhookValidationFailure
+from anymail.exceptions import (
+    AnymailAPIError,
+    AnymailConfigurationError,
+    AnymailWebhookValidationFailure,
+)
 from anymail.signals import AnymailTrackingEvent, tracking
 from anymail.utils import get_anymail_setting, get_request_basic_auth
 from django.conf import settings
@@ -32,6 +37,7 @@ from django.http import (
 )
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
+from django.utils.log import log_response
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 from twilio.request_validator import RequestValidator
@@ -114,6 +120,14 @@ def requires_anymail_secret(view):
     - any other check anymail makes (an ESP signature, SNS headers that do not match the
       body): 403 with anymail's reason.
     - a body that cannot be read (not JSON, not the ESP's shape): 400 with the reason.
+    - a setting the ESP's view needs is missing (Mailgun's webhook signing key, boto3 for
+      SES): 503 naming the environment variable to set, logged once at WARNING without a
+      traceback. A 5xx on purpose: it is what every ESP retries (Mailgun for 8 hours,
+      SendGrid for 24, SNS as its delivery policy says), while some drop an event answered
+      with a 4xx for good; so the events wait at the ESP, within its retry window, until
+      the setting is given. 503 rather than 500 says it is this server's state, not a
+      crash. The caller has passed the basic auth by then, so naming the setting tells no
+      stranger anything.
     """
 
     @wraps(view)
@@ -134,6 +148,8 @@ def requires_anymail_secret(view):
         except AnymailWebhookValidationFailure as error:
             logger.warning("refused an email webhook at %s: %s", request.path, error)
             return HttpResponseForbidden(f"refused: {error}"[:300], content_type="text/plain")
+        except AnymailConfigurationError as error:
+            return not_configured(request, error)
         except (
             AnymailAPIError,
             ValueError,
@@ -150,6 +166,39 @@ def requires_anymail_secret(view):
             )
 
     return guarded
+
+
+def not_configured(request: HttpRequest, error: AnymailConfigurationError) -> HttpResponse:
+    """The 503 of requires_anymail_secret for a setting anymail could not find."""
+    setting = _missing_anymail_setting(str(error))
+    if setting:
+        reason = f"email webhooks are not configured: {setting} is not set"
+    else:
+        reason = f"email webhooks are not configured: {error}"
+    response = HttpResponse(
+        f"{reason}; answered 503 so that the ESP sends the event again",
+        status=503,
+        content_type="text/plain",
+    )
+    # Logged here, at WARNING and without a traceback; Django would log any 5xx at ERROR.
+    log_response(
+        "refused an email webhook at %s: %s",
+        request.path,
+        reason,
+        response=response,
+        request=request,
+        logger=logger,
+        level="warning",
+    )
+    return response
+
+
+def _missing_anymail_setting(message: str) -> str:
+    """The environment variable to set, from anymail's "You must set ANYMAIL = {'KEY': ...}"
+    (config/settings.py reads every ANYMAIL_<KEY> into ANYMAIL["<KEY>"]); empty when anymail
+    named no setting (a package that is not installed)."""
+    found = re.search(r"ANYMAIL = \{'(\w+)'", message)
+    return f"ANYMAIL_{found.group(1)}" if found else ""
 
 
 def anymail_webhook_secrets() -> list[str]:

@@ -3,10 +3,15 @@
 They refuse what a real provider would refuse (a malformed number, a template-less WhatsApp
 message, an invalid email address), so a flow that works against them does not first fail
 in production.
+
+To try retries and the circuit breakers without a provider, the email backend fails on
+purpose for addresses whose local part ends in `+fail` or `+reject`, the way a mail server
+does (see `simulated_refusal`), and records nothing for them.
 """
 
 from __future__ import annotations
 
+import smtplib
 import uuid
 from email.utils import parseaddr
 
@@ -37,6 +42,26 @@ def check_e164(number: str) -> None:
         raise PermanentError(f"{number!r} is not a valid E.164 number", code="invalid_number")
 
 
+# Local-part endings that make the recording email backend fail as a mail server would:
+# the SMTP reply it gives, and what EmailChannel makes of it.
+SIMULATED_REFUSALS = {
+    "+fail": (451, b"4.3.0 Simulated temporary failure (+fail address): try again later"),
+    "+reject": (550, b"5.1.1 Simulated permanent failure (+reject address): no such user"),
+}
+
+
+def simulated_refusal(address: str) -> tuple[int, bytes] | None:
+    """The SMTP reply for an address whose local part ends in `+fail` (451: transient, so
+    dispatch retries it and then gives up; five in a row trip the batch and provider
+    breakers) or `+reject` (550: permanent, failed at once), e.g. ana+fail@example.org;
+    None for every other address. Case does not matter."""
+    local = address.rpartition("@")[0].lower()
+    for ending, reply in SIMULATED_REFUSALS.items():
+        if local.endswith(ending):
+            return reply
+    return None
+
+
 class EmailBackend(BaseEmailBackend):
     """A Django email backend writing one RecordedMessage per message instead of sending."""
 
@@ -46,13 +71,22 @@ class EmailBackend(BaseEmailBackend):
         sent = 0
         for message in email_messages:
             try:
-                for recipient in message.recipients():
-                    validate_email(parseaddr(recipient)[1])
+                addresses = [parseaddr(recipient)[1] for recipient in message.recipients()]
+                for address in addresses:
+                    validate_email(address)
             except ValidationError as exc:
                 if self.fail_silently:
                     continue
                 # The error an anymail ESP raises, so EmailChannel classifies it the same way.
                 raise AnymailInvalidAddress(f"invalid recipient in {message.recipients()}") from exc
+            refused = {a: reply for a in addresses if (reply := simulated_refusal(a))}
+            if refused and len(refused) == len(addresses):
+                if self.fail_silently:
+                    continue
+                # What smtplib raises when the server refuses every recipient (RCPT TO); when
+                # it takes some, Django's SMTP backend sends to those and says nothing.
+                raise smtplib.SMTPRecipientsRefused(refused)
+            accepted = [r for r in message.recipients() if parseaddr(r)[1] not in refused]
             html = next(
                 (content for content, mimetype in message.alternatives if mimetype == "text/html"),
                 "",
@@ -65,7 +99,7 @@ class EmailBackend(BaseEmailBackend):
             message.extra_headers["X-Recorded-Id"] = provider_id
             RecordedMessage.objects.create(
                 channel="email",
-                to=", ".join(message.recipients()),
+                to=", ".join(accepted),
                 subject=message.subject,
                 body=message.body,
                 html_body=html,

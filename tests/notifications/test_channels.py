@@ -8,16 +8,20 @@ import smtplib
 import socket
 import socketserver
 import threading
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
 import responses
 from anymail.backends.base_requests import AnymailRequestsBackend
+from django.contrib.auth.models import User
 from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout
 
+from notifications import batch, dispatch
+from notifications.batch import is_email_address
 from notifications.channels import (
     ChannelError,
     OutgoingMessage,
@@ -29,6 +33,9 @@ from notifications.channels.email import EmailChannel, classify_email_error
 from notifications.channels.recording import SMSChannel, WhatsAppChannel
 from notifications.channels.sms import TwilioSMSChannel
 from notifications.channels.whatsapp import CloudAPIWhatsAppChannel
+from notifications.dispatch import ManualClock
+from notifications.models import Delivery, RecordedMessage
+from tests.notifications.factories import CustomerFactory, DeliveryFactory
 
 SID = "AC00000000000000000000000000000000"
 TWILIO_URL = f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"
@@ -764,3 +771,131 @@ def test_email_subject_with_a_newline_is_permanent(settings):
         get_channel("email").send(email(subject="Hello\nBcc: everyone@example.com"))
 
     assert caught.value.code == "bad_header"
+
+
+# --- Recording email backend: simulated failures (+fail, +reject) ----------------------------
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def _dispatch(now):
+    return dispatch.dispatch_due(now=now, clock=ManualClock(now))
+
+
+@pytest.mark.django_db
+def test_recording_email_fails_a_plus_fail_address_transiently_like_an_smtp_451(settings):
+    from notifications.models import RecordedMessage
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+    with pytest.raises(TransientError) as caught:
+        get_channel("email").send(email(to="ana+fail@example.org"))
+
+    assert caught.value.code == "451"
+    assert "Simulated temporary failure" in caught.value.message
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_recording_email_rejects_a_plus_reject_address_permanently_like_an_smtp_550(settings):
+    from notifications.models import RecordedMessage
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+    with pytest.raises(PermanentError) as caught:
+        get_channel("email").send(email(to="Ana+REJECT@example.org"))
+
+    assert caught.value.code == "550"
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_recording_email_sends_to_the_recipients_it_does_not_refuse(settings):
+    """As Django's SMTP backend does when the server takes some recipients of a message."""
+    from notifications.models import RecordedMessage
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+
+    assert mail.send_mail("Hi", "Body", None, ["ana+reject@example.org", "bo@example.org"]) == 1
+    assert RecordedMessage.objects.get().to == "bo@example.org"
+    # Addresses that merely contain the words are ordinary ones.
+    get_channel("email").send(email(to="fail+ok@example.org"))
+    get_channel("email").send(email(to="ana+failure@example.org"))
+    assert RecordedMessage.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_plus_fail_address_is_retried_then_given_up_on(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    settings.DISPATCH_RETRY_JITTER = 0
+    assert is_email_address("x+fail@example.org")  # what batch and the customer form accept
+    delivery = DeliveryFactory(address="x+fail@example.org", send_at=NOW)
+
+    now = NOW
+    outcomes = []
+    for _ in range(3):
+        report = _dispatch(now)
+        outcomes.append((report.retried, report.failed))
+        delivery.refresh_from_db()
+        now = delivery.send_at
+
+    assert outcomes == [(1, 0), (1, 0), (0, 1)]
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert delivery.status_reason.startswith("gave up after 3 attempts")
+    assert "451" in delivery.last_error
+    assert [e.kind for e in delivery.events.all()] == ["retry", "retry", "failed"]
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_plus_reject_address_fails_at_once(settings):
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    assert is_email_address("x+reject@example.org")
+    delivery = DeliveryFactory(address="x+reject@example.org", send_at=NOW)
+
+    report = _dispatch(NOW)
+
+    assert (report.failed, report.retried) == (1, 0)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert delivery.status_reason.startswith("permanent error")
+    assert [e.kind for e in delivery.events.all()] == ["failed"]
+    assert _dispatch(NOW + timedelta(minutes=5)).failed == 0
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_five_plus_fail_customers_in_a_row_trip_the_batch_breaker_and_resume_goes_on(settings):
+    """What a new user can try from the seeds with the development backend alone."""
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    settings.BREAKER_THRESHOLD = 100  # the provider breaker is not under test here
+    mike = User.objects.create_superuser("mike", "mike@example.com", "pw")
+    for n, kind in enumerate("oxxxxxooo"):
+        CustomerFactory(email=f"office{n}{'+fail' if kind == 'x' else ''}@school.example.org")
+    run = batch.batch_launch(
+        user=mike,
+        now=NOW,
+        cohort_filter="bid=B5875",
+        subject="Holiday schedule for {{ customer_name }}",
+        body_template="Dear {{ customer_name }},\nyour account {{ account_ref }}.",
+    )
+    envelope = run.proposed_actions.get(action_type="workflow_batch_notify")
+    batch.envelope_approve(envelope=envelope, user=mike, now=NOW)
+    reviews = run.proposed_actions.filter(action_type="hitl_review").values_list("id", flat=True)
+    batch.reviews_decide(ids=reviews, approve=True, user=mike, now=NOW)
+
+    _dispatch(NOW)
+
+    run.refresh_from_db()
+    assert run.status == "aborted"
+    assert run.status_reason.startswith("circuit breaker: 5 consecutive failed sends")
+    assert RecordedMessage.objects.count() == 1
+    assert Delivery.objects.filter(workflow_run=run, status="scheduled").count() == 8
+
+    assert batch.run_resume(run=run, user=mike, now=NOW)
+    _dispatch(NOW + timedelta(minutes=1))
+
+    run.refresh_from_db()
+    assert RecordedMessage.objects.count() == 4  # the three good ones went after the resume
+    # ... and the five +fail ones, tried a second time, failed in a row again.
+    assert (run.status, run.consecutive_failures) == ("aborted", 5)

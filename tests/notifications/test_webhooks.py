@@ -211,6 +211,63 @@ def test_an_esp_signature_that_does_not_match_is_refused_quietly(
     assert _nothing_written()
 
 
+MAILGUN_URL = "/webhooks/anymail/mailgun/tracking/"
+
+
+def test_an_esp_webhook_missing_its_signing_key_is_a_503_naming_the_setting(
+    client, anymail_secret, settings, caplog
+):
+    """The walkthrough's `curl -u hook:s3cret -d event=delivered .../mailgun/tracking/` with no
+    Mailgun signing key: not a 500 with anymail's traceback at ERROR, but a plain 503 naming
+    the variable to set, so the ESP keeps the event and sends it again once it is set."""
+    settings.DEBUG = True
+    delivery = _email("<x@mg.example.com>")
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            MAILGUN_URL, {"event": "delivered"}, HTTP_AUTHORIZATION=anymail_secret
+        )
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content.decode().startswith(
+        "email webhooks are not configured: ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY is not set"
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warnings = [r for r in caplog.records if r.name == "notifications.webhooks"]
+    assert [(r.levelno, r.exc_info) for r in warnings] == [(logging.WARNING, None)]
+    assert "ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY" in warnings[0].getMessage()
+    assert _nothing_written()
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+
+
+def test_a_mailgun_event_signed_with_the_configured_key_is_applied(
+    client, anymail_secret, settings
+):
+    settings.ANYMAIL = {**settings.ANYMAIL, "MAILGUN_WEBHOOK_SIGNING_KEY": "mailgun-key"}
+    delivery = _email("<x@mg.example.com>")
+    timestamp, token = "1534108637", "651869375b9df3c98fc15c4889b102119add1235c38fc92824"
+    signature = hmac.new(b"mailgun-key", f"{timestamp}{token}".encode(), hashlib.sha256)
+    body = {
+        "signature": {"timestamp": timestamp, "token": token, "signature": signature.hexdigest()},
+        "event-data": {
+            "event": "delivered",
+            "id": "mg-event-1",
+            "timestamp": 1534108637.153125,
+            "recipient": delivery.address,
+            "message": {"headers": {"message-id": "x@mg.example.com"}},
+        },
+    }
+    response = client.post(
+        MAILGUN_URL,
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=anymail_secret,
+    )
+    assert response.status_code == 200
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+
+
 # --- anymail (Amazon SES through SNS) ----------------------------------------------------------
 
 SES_URL = "/webhooks/anymail/amazon_ses/tracking/"
