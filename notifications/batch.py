@@ -435,7 +435,7 @@ def _claim(ids, *, status: str, user, now: datetime) -> list[int]:
     return pending
 
 
-def _require_decider(user) -> None:
+def require_decider(user) -> None:
     if not user.has_perm("notifications.decide_proposedaction"):
         raise PermissionDenied("You may not approve or reject proposed actions.")
 
@@ -443,7 +443,7 @@ def _require_decider(user) -> None:
 def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
     """Approve the HITL gate: personalize per recipient and stage one review each.
     Returns how many reviews were staged (0 when the envelope was already decided)."""
-    _require_decider(user)
+    require_decider(user)
     if not _claim([envelope.id], status=ProposedAction.Status.APPROVED, user=user, now=now):
         return 0
     run = envelope.workflow_run
@@ -494,7 +494,7 @@ def unreachable_reviews(proposals) -> tuple[int, int]:
 
 
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:
-    _require_decider(user)
+    require_decider(user)
     if not _claim([envelope.id], status=ProposedAction.Status.REJECTED, user=user, now=now):
         return False
     WorkflowRun.objects.filter(id=envelope.workflow_run_id).update(
@@ -513,7 +513,7 @@ class Decided:
 def reviews_decide(*, ids, approve: bool, user, now: datetime) -> Decided:
     """Approve or reject per-recipient reviews (one row, a selection or a whole cohort).
     Approved recipients become deliveries keyed `<run id>:<customer id>`."""
-    _require_decider(user)
+    require_decider(user)
     ids = list(ids)
     status = ProposedAction.Status.APPROVED if approve else ProposedAction.Status.REJECTED
     moved = _claim(ids, status=status, user=user, now=now)
@@ -624,14 +624,14 @@ def on_sent(run_ids: set[int], now: datetime) -> None:
             finalize_if_done(run_id, now=now)
 
 
-def _require_resumer(user) -> None:
+def require_resumer(user) -> None:
     if not user.has_perm("notifications.resume_batch"):
         raise PermissionDenied("You may not resume or cancel batch notifications.")
 
 
 def run_resume(*, run: WorkflowRun, user, now: datetime) -> bool:
     """Continue an aborted batch from where it stopped: only its unsent deliveries go."""
-    _require_resumer(user)
+    require_resumer(user)
     resumed = WorkflowRun.objects.filter(id=run.id, status=Status.ABORTED).update(
         status=Status.RUNNING,
         status_reason=f"resumed by {user.get_username()}",
@@ -647,7 +647,7 @@ def run_resume(*, run: WorkflowRun, user, now: datetime) -> bool:
 
 def run_cancel(*, run: WorkflowRun, user, now: datetime) -> int:
     """Stop a batch for good: scheduled deliveries and pending reviews are cancelled."""
-    _require_resumer(user)
+    require_resumer(user)
     with transaction.atomic():
         moved = (
             WorkflowRun.objects.filter(id=run.id)

@@ -1,29 +1,38 @@
 """Admin screens of batch customer notification: the batch form with its preview, run pages
-with progress and breaker state, proposed actions with bulk decisions, customers. Every
-action calls notifications.batch and reports what happened."""
+with progress and breaker state, proposed actions with bulk decisions, customers, and the
+seed's POST /admin/batch/resume. Every action calls notifications.batch and reports what
+happened."""
+
+from datetime import datetime
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import get_valid_filename
+from django.views.decorators.http import require_POST
 
-from notifications import batch
+from notifications import batch, breakers, tracking
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
 from notifications.admin_records import KeptRecordAdmin
 from notifications.cohort import FILTER_FIELDS
+from notifications.dispatch import provider_of
 from notifications.killswitches import active_switches, switch_for
 from notifications.models import (
     AuditEntry,
+    Channel,
     Customer,
     Delivery,
     ProposedAction,
+    ProviderBreaker,
     ReflexionEntry,
     VerifyCheck,
     Workflow,
@@ -322,9 +331,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         run = get_object_or_404(WorkflowRun, pk=run_id)
         change = reverse("admin:notifications_workflowrun_change", args=[run.id])
         if run.status != WorkflowRun.Status.ABORTED:
-            self.message_user(
-                request, f"Run {run.id} is {run.get_status_display()}: nothing to resume."
-            )
+            self.message_user(request, f"Run {run.id} is {_status_words(run)}: nothing to resume.")
             return HttpResponseRedirect(change)
         counts = Delivery.objects.filter(workflow_run=run).aggregate(
             unsent=Count("id", filter=Q(status=Delivery.Status.SCHEDULED)),
@@ -337,31 +344,41 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             if switch is not None
             else ""
         )
+        held = _breaker_note([run.id], now=timezone.now())
         return confirm_form(
             self,
             request,
             title=f"Resume run {run.id}",
             summary=(
                 f"Resuming run {run.id} sends its {counts['unsent']} unsent deliveries; the "
-                f"{counts['sent']} recipient(s) already sent are never sent again.{frozen}"
+                f"{counts['sent']} recipient(s) already sent are never sent again.{frozen}" + held
             ),
             details=[
                 ("aborted because", run.status_reason or "—"),
-                ("unsent deliveries (will go)", counts["unsent"]),
+                (
+                    "unsent deliveries (will go once the provider breaker lets them)"
+                    if held
+                    else "unsent deliveries (will go)",
+                    counts["unsent"],
+                ),
                 ("already sent (will not go again)", counts["sent"]),
                 ("failed (stay failed; retry them from the delivery list)", counts["failed"]),
             ],
             form_action=f"{reverse('batch_resume')}?run_id={run.id}",
-            confirm_label=f"Yes, resume and send {counts['unsent']} deliveries",
+            confirm_label=(
+                f"Yes, resume ({counts['unsent']} deliveries wait for the provider breaker)"
+                if held
+                else f"Yes, resume and send {counts['unsent']} deliveries"
+            ),
             cancel_url=change,
         )
 
     def cancel_view(self, request, run_id):
+        if not request.user.has_perm("notifications.resume_batch"):
+            raise PermissionDenied
         run = get_object_or_404(WorkflowRun, pk=run_id)
         change = reverse("admin:notifications_workflowrun_change", args=[run.id])
         if request.method != "POST" or not confirmed(request):
-            if not request.user.has_perm("notifications.resume_batch"):
-                raise PermissionDenied
             if run.status in WorkflowRun.FINISHED:
                 return HttpResponseRedirect(change)
             counts = Delivery.objects.filter(workflow_run=run).aggregate(
@@ -404,6 +421,8 @@ class WorkflowRunAdmin(KeptRecordAdmin):
 
     @admin.action(description="Resume selected aborted batches")
     def resume_runs(self, request, queryset):
+        if _refused(self, request, batch.require_resumer):
+            return None
         batches = queryset.filter(workflow__type=Workflow.Type.BATCH_NOTIFY)
         runs = list(batches.filter(status=WorkflowRun.Status.ABORTED).select_related("workflow"))
         left = _left_alone(queryset, runs, "only an aborted batch can be resumed")
@@ -420,22 +439,29 @@ class WorkflowRunAdmin(KeptRecordAdmin):
                 summary=f"Resuming sends the {_unsent(runs)} unsent deliveries of {len(runs)} "
                 "run(s); recipients already sent are never sent again."
                 + _frozen_by_switches(runs)
+                + _breaker_note([r.id for r in runs], now=timezone.now())
                 + (f" Left alone: {left}" if left else ""),
                 items=[f"run {r.id}: {r.status_reason}" for r in runs],
                 confirm_label="Yes, resume",
             )
+        now = timezone.now()
         try:
-            done = sum(batch.run_resume(run=r, user=request.user, now=timezone.now()) for r in runs)
+            done = sum(batch.run_resume(run=r, user=request.user, now=now) for r in runs)
         except PermissionDenied as denied:
             self.message_user(request, str(denied), messages.ERROR)
             return None
+        held = _breaker_note([r.id for r in runs], now=now) if done else ""
         self.message_user(
-            request, f"{done} run(s) resumed." + (f" Left alone: {left}" if left else "")
+            request,
+            f"{done} run(s) resumed." + held + (f" Left alone: {left}" if left else ""),
+            messages.WARNING if held else messages.INFO,
         )
         return None
 
     @admin.action(description="Cancel selected batches")
     def cancel_runs(self, request, queryset):
+        if _refused(self, request, batch.require_resumer):
+            return None
         batches = queryset.filter(workflow__type=Workflow.Type.BATCH_NOTIFY)
         runs = list(batches.exclude(status__in=WorkflowRun.FINISHED))
         left = _left_alone(queryset, runs, "only an unfinished batch can be cancelled")
@@ -471,6 +497,106 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             "review(s) rejected." + (f" Left alone: {left}" if left else ""),
         )
         return None
+
+
+@require_POST
+@staff_member_required
+def batch_resume(request):
+    """POST /admin/batch/resume?run_id=<id>: continue an aborted batch (seed 001)."""
+    given = [*request.GET.getlist("run_id"), *request.POST.getlist("run_id")]
+    if len(given) > 1:
+        return JsonResponse(
+            {"error": f"run_id is given {len(given)} times: give exactly one run number"},
+            status=400,
+        )
+    run_id = given[0] if given else ""
+    if not run_id.isdigit():
+        return JsonResponse({"error": "run_id must be a run number"}, status=400)
+    run = WorkflowRun.objects.filter(id=int(run_id)).first()
+    if run is None:
+        return JsonResponse({"error": f"no run {run_id}"}, status=404)
+    now = timezone.now()
+    try:
+        resumed = batch.run_resume(run=run, user=request.user, now=now)
+    except PermissionDenied as denied:
+        return JsonResponse({"error": str(denied)}, status=403)
+    run.refresh_from_db()
+    result = {"run_id": run.id, "resumed": resumed, "status": run.status}
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse(result, status=200 if resumed else 409)
+    if not resumed:
+        messages.warning(
+            request,
+            f"Run {run.id} is {_status_words(run)}: nothing to resume.",
+        )
+    elif held := _breaker_note([run.id], now=now) + _frozen_by_switches([run]):
+        messages.warning(request, f"Run {run.id} resumed.{held}")
+    else:
+        messages.success(request, f"Run {run.id} resumed: its unsent deliveries go out now.")
+    return HttpResponseRedirect(reverse("admin:notifications_workflowrun_change", args=[run.id]))
+
+
+def _status_words(run: WorkflowRun) -> str:
+    """The status's label inside a sentence: "awaiting approval (HITL gate)"."""
+    label = run.get_status_display()
+    return label[:1].lower() + label[1:]
+
+
+def _refused(modeladmin, request, require) -> bool:
+    """Checked before any confirmation page: staff without the permission are told at once
+    (by the service's own rule and words) instead of after confirming."""
+    try:
+        require(request.user)
+    except PermissionDenied as denied:
+        modeladmin.message_user(request, str(denied), messages.ERROR)
+        return True
+    return False
+
+
+def _breakers_holding(run_ids, *, now: datetime) -> str:
+    """The provider breakers, not closed, of the channels these runs' unsent deliveries go
+    by, each with until when it holds them ("" if none): dispatch sends nothing through an
+    open breaker, resumed or not (notifications.breakers.gate)."""
+    channels = (
+        Delivery.objects.filter(workflow_run__in=run_ids, status=Delivery.Status.SCHEDULED)
+        .order_by()
+        .values_list("channel", flat=True)
+        .distinct()
+    )
+    keys = sorted(breakers.breaker_key(channel, provider_of(channel)) for channel in channels)
+    held = []
+    for breaker in ProviderBreaker.objects.filter(provider__in=keys).exclude(
+        state=ProviderBreaker.State.CLOSED
+    ):
+        if breaker.state == ProviderBreaker.State.HALF_OPEN:
+            held.append(
+                f"the provider breaker {breaker.provider} is half-open (one trial call is "
+                "under way; the rest follow once it succeeds)"
+            )
+            continue
+        trial = breakers.trial_at(breaker, now=now)
+        if trial > now:
+            held.append(
+                f"the provider breaker {breaker.provider} is open until {_when(trial)} (then "
+                "one trial call is made; the rest follow once it succeeds)"
+            )
+        else:
+            held.append(
+                f"the provider breaker {breaker.provider} is open; its cool-off ended at "
+                f"{_when(trial)} (the next dispatch round makes one trial call; the rest "
+                "follow once it succeeds)"
+            )
+    return "; ".join(held)
+
+
+def _breaker_note(run_ids, *, now: datetime) -> str:
+    held = _breakers_holding(run_ids, now=now)
+    return f" But {held}: the unsent deliveries go when it lets them, not at once." if held else ""
+
+
+def _when(moment: datetime) -> str:
+    local = timezone.localtime(moment)
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
 
 
 def _left_alone(queryset, chosen, why: str) -> str:
@@ -526,6 +652,36 @@ class DecisionFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReviewChangeList(ChangeList):
+    """Marks each listed review with what is wrong with its address, for the whole page in
+    one suppression query."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        problems = address_problems(self.result_list)  # evaluates (and caches) the page
+        for proposal in self.result_list:
+            proposal.address_problem = problems.get(proposal.pk, "")
+
+
+def address_problems(proposals) -> dict[int, str]:
+    """Why each review's message would not reach its customer's current email (the address
+    approving stages it to), by proposal id; none for one that would. Judged as
+    batch.build_preview screens a launch: batch.is_email_address, then one
+    tracking.suppressions_for query for the lot."""
+    emails = {p.pk: p.customer.email for p in proposals if p.customer_id is not None}
+    valid = [e for e in emails.values() if e and batch.is_email_address(e)]
+    found = tracking.suppressions_for(valid, Channel.EMAIL)
+    problems = {}
+    for pk, email in emails.items():
+        if not email:
+            problems[pk] = "no email address: nothing can be sent; add one in Customers"
+        elif not batch.is_email_address(email):
+            problems[pk] = "not an email address: the send fails; correct it in Customers"
+        elif email in found:
+            problems[pk] = f"suppressed ({found[email].get_reason_display()}): skipped, not sent"
+    return problems
+
+
 @admin.register(ProposedAction)
 class ProposedActionAdmin(admin.ModelAdmin):
     list_display = (
@@ -533,6 +689,7 @@ class ProposedActionAdmin(admin.ModelAdmin):
         "action_type",
         "entity_ref",
         "customer",
+        "sends_to",
         "subject",
         "status",
         "decided_by",
@@ -553,6 +710,7 @@ class ProposedActionAdmin(admin.ModelAdmin):
         "entity_ref",
         "workflow_run",
         "customer",
+        "sends_to",
         "subject",
         "body",
         "status",
@@ -565,12 +723,32 @@ class ProposedActionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def get_changelist(self, request, **kwargs):
+        return ReviewChangeList
+
+    @admin.display(description="sends to (current email)", ordering="customer__email")
+    def sends_to(self, obj):
+        if obj.customer_id is None:
+            return "—"
+        problem = getattr(obj, "address_problem", None)
+        if problem is None:  # the change page: one review
+            problem = address_problems([obj]).get(obj.pk, "")
+        if not problem:
+            return obj.customer.email
+        return format_html(
+            '{} <strong class="herald-address-problem" style="color:#b91c1c">⚠ {}</strong>',
+            obj.customer.email or "—",
+            problem,
+        )
+
     def has_delete_permission(self, request, obj=None):
         # A decision is a record, and a deleted pending gate left its run awaiting approval
         # with nothing to approve: reject instead.
         return False
 
     def _decide(self, request, queryset, *, approve: bool):
+        if _refused(self, request, batch.require_decider):
+            return None
         verb = "approve" if approve else "reject"
         pending = queryset.filter(status=ProposedAction.Status.PENDING)
         counts = pending.aggregate(

@@ -45,14 +45,19 @@ def _move(breaker: ProviderBreaker, to_state: str, *, now: datetime, reason: str
     return bool(moved)
 
 
+def trial_at(breaker: ProviderBreaker, *, now: datetime) -> datetime:
+    """When an open breaker's cool-off ends and the next dispatch round may make its one
+    trial call."""
+    return (breaker.opened_at or now) + timedelta(seconds=breaker.cooloff_seconds)
+
+
 def gate(key: str, *, now: datetime) -> str:
     """May this worker call the provider now? 'closed' (yes), 'trial' (yes, exactly one
     call, this worker holds the trial) or 'open' (no)."""
     breaker = get_breaker(key)
     if breaker.state == State.CLOSED:
         return "closed"
-    reopens_at = (breaker.opened_at or now) + timedelta(seconds=breaker.cooloff_seconds)
-    if now < reopens_at:
+    if now < trial_at(breaker, now=now):
         return "open"
     # Cool-off over (or a trial that never reported back): one worker wins the trial.
     if _move(

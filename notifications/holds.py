@@ -2,7 +2,7 @@
 look for on the delivery pages. Reads the same rules dispatch applies."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from notifications import breakers, tracking
 from notifications.killswitches import active_switches, switch_for
@@ -67,7 +67,7 @@ def explain(
         breakers.breaker_key(delivery.channel, provider_of(delivery.channel))
     )
     if breaker and breaker.state == ProviderBreaker.State.OPEN:
-        trial = (breaker.opened_at or now) + timedelta(seconds=breaker.cooloff_seconds)
+        trial = breakers.trial_at(breaker, now=now)
         fallback = (
             f"; goes by {delivery.fallback_channel} instead" if delivery.fallback_channel else ""
         )

@@ -3,8 +3,8 @@
 from anymail import urls as anymail_urls
 from django.urls import URLPattern, include, path
 
+from notifications.batch_admin import batch_resume
 from notifications.unsubscribe import unsubscribe_view
-from notifications.views import batch_resume
 from notifications.webhooks import requires_anymail_secret, twilio_status, whatsapp_webhook
 
 
