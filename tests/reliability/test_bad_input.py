@@ -93,7 +93,7 @@ CASES = [
         "cohort value of the wrong type",
         launch(cohort_filter="id=abc"),
         ValidationError,
-        "Enter a number",
+        "Enter a whole number",
     ),
     (
         "cohort field given twice",
