@@ -5,7 +5,13 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Q
 
-from notifications.models import HIGH_RISK_LEVEL, Delivery, KillSwitch, KillSwitchChange
+from notifications.models import (
+    HIGH_RISK_LEVEL,
+    AuditEntry,
+    Delivery,
+    KillSwitch,
+    KillSwitchChange,
+)
 
 HIGH_RISK_OPS = "high_risk_ops"
 
@@ -63,7 +69,8 @@ def launch_blockers() -> list[str]:
 
 
 def killswitch_set(*, switch: KillSwitch, on: bool, by: str, reason: str, now: datetime) -> bool:
-    """Turn a switch on or off, with an audit row. Returns False if it already was."""
+    """Turn a switch on or off, in its own history and the audit trail. Returns False if it
+    already was."""
     with transaction.atomic():
         changed = KillSwitch.objects.filter(pk=switch.pk, is_on=not on).update(
             is_on=on, reason=reason, changed_by=by, changed_at=now
@@ -71,6 +78,13 @@ def killswitch_set(*, switch: KillSwitch, on: bool, by: str, reason: str, now: d
         if changed:
             KillSwitchChange.objects.create(
                 switch=switch, turned_on=on, by=by, reason=reason, at=now
+            )
+            AuditEntry.objects.create(
+                at=now,
+                by=by,
+                action=f"killswitch_{'on' if on else 'off'}",
+                target=f"killswitch:{switch.name}",
+                detail={"reason": reason, "scope": switch.scope},
             )
     if changed and not on:
         from notifications.outbox import kick_dispatch_on_commit

@@ -7,15 +7,24 @@ from django.db import transaction
 from django.db.models import Q
 
 from notifications.events import kick_handlers
-from notifications.models import Delivery, DeliveryEvent, EventHandling, Workflow, WorkflowRun
+from notifications.models import (
+    AuditEntry,
+    Delivery,
+    DeliveryEvent,
+    EventHandling,
+    Workflow,
+    WorkflowRun,
+)
 from notifications.outbox import kick_dispatch_on_commit
 
 Status = Delivery.Status
 
 
-def _transition(ids, *, now, from_statuses, kind, reason, unless=None, **fields) -> int:
+def _transition(
+    ids, *, now, by: str, action: str, from_statuses, kind, reason, unless=None, **fields
+) -> int:
     """Move the rows among `ids` still in `from_statuses` (and not matching `unless`),
-    with an event each."""
+    with an event each, and one audit entry saying who did `action` to which."""
     with transaction.atomic():
         rows = Delivery.objects.filter(id__in=list(ids), status__in=from_statuses)
         if unless is not None:
@@ -27,6 +36,14 @@ def _transition(ids, *, now, from_statuses, kind, reason, unless=None, **fields)
         DeliveryEvent.objects.bulk_create(
             [DeliveryEvent(delivery_id=i, kind=kind, at=now, reason=reason) for i in moved]
         )
+        if moved:
+            AuditEntry.objects.create(
+                at=now,
+                by=by,
+                action=action,
+                target=f"{len(moved)} deliveries",
+                detail={"deliveries": moved, "reason": reason},
+            )
     return len(moved)
 
 
@@ -47,6 +64,8 @@ def delivery_retry(*, ids, now: datetime, by: str) -> int:
         count = _transition(
             ids,
             now=now,
+            by=by,
+            action="delivery_retry",
             from_statuses=[Status.FAILED],
             kind="queued",
             reason=f"retry requested by {by}",
@@ -82,6 +101,8 @@ def delivery_cancel(*, ids, now: datetime, by: str) -> int:
     return _transition(
         ids,
         now=now,
+        by=by,
+        action="delivery_cancel",
         from_statuses=[Status.SCHEDULED],
         kind="cancelled",
         reason=f"cancelled by {by}",
@@ -96,6 +117,8 @@ def delivery_reconcile(*, ids, accepted: bool, now: datetime, by: str) -> int:
     return _transition(
         ids,
         now=now,
+        by=by,
+        action=f"delivery_reconcile_{'sent' if accepted else 'failed'}",
         from_statuses=[Status.UNKNOWN],
         kind="sent" if accepted else "failed",
         reason=f"reconciled by {by}: the provider {'has' if accepted else 'does not have'} it",

@@ -51,6 +51,9 @@ def test_turning_a_switch_on_shows_a_confirmation_then_audits(admin_client, swit
     switch.refresh_from_db()
     assert (switch.is_on, switch.changed_by, switch.reason) == (True, "admin", "bad copy")
     assert KillSwitchChange.objects.get().turned_on is True
+    entry = AuditEntry.objects.get(action="killswitch_on")  # in the audit trail too
+    assert (entry.by, entry.target) == ("admin", f"killswitch:{switch.name}")
+    assert entry.detail["reason"] == "bad copy"
 
 
 @pytest.mark.parametrize("reason", [None, "", "   "])
@@ -405,3 +408,25 @@ def test_a_high_risk_switch_blocks_launches_whatever_its_name(admin_client):
     switch = KillSwitch.objects.get(name="stop risky work")
     url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
     assert 'name="name"' not in admin_client.get(url).content.decode()  # fixed once made
+
+
+def test_delivery_actions_are_in_the_audit_trail(admin_client):
+    from notifications import operations
+
+    now = timezone.now()
+    scheduled = DeliveryFactory.create_batch(2)
+    failed = DeliveryFactory(status="failed")
+    unknown = DeliveryFactory(status="unknown")
+    ids = [d.id for d in scheduled]
+    assert operations.delivery_cancel(ids=[*ids, failed.id], now=now, by="ops") == 2
+    assert operations.delivery_retry(ids=[failed.id], now=now, by="ops") == 1
+    assert operations.delivery_reconcile(ids=[unknown.id], accepted=True, now=now, by="ops") == 1
+    assert operations.delivery_cancel(ids=ids, now=now, by="ops") == 0  # nothing: no entry
+    entries = {
+        e.action: (e.by, sorted(e.detail["deliveries"])) for e in AuditEntry.objects.order_by("id")
+    }
+    assert entries == {
+        "delivery_cancel": ("ops", sorted(ids)),
+        "delivery_retry": ("ops", [failed.id]),
+        "delivery_reconcile_sent": ("ops", [unknown.id]),
+    }
