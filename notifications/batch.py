@@ -903,20 +903,20 @@ def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
     WorkflowRun.objects.filter(id=run.id).update(
         summary=progress, completed_at=run.completed_at or now
     )
-    # A batch reopened by a retry ends again: its reflexion says how it ended last, it
-    # emits its event again, and its verify check is run again.
+    # A batch reopened by a retry ends again: a reflexion entry of its own says how (the
+    # first one, a record, stays as it was), it emits its event again, and its verify check
+    # is run again. finalize_if_done comes here once per ending.
     if run.workflow.reflexion_enabled:
-        reflexion = {
-            "narrative": (
+        ReflexionEntry.objects.create(
+            workflow_run=run,
+            narrative=(
                 f"batch_notify run {run.id} ({run.inputs.get('subject', '')!r}) ended "
                 f"{run.status}: {progress['sent']} sent, {progress['failed']} failed, "
                 f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
                 f"{progress['total']}."
             ),
-            "tags": ["batch_notify", run.status],
-        }
-        ReflexionEntry.objects.update_or_create(
-            workflow_run=run, defaults=reflexion, create_defaults={**reflexion, "created_at": now}
+            tags=["batch_notify", run.status],
+            created_at=now,
         )
     event = {"completed": "completed", "partial": "partial"}.get(run.status, "failed")
     key = f"workflow_run:{run.id}:finished"

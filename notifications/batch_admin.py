@@ -188,7 +188,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             **(extra_context or {}),
             "run": run,
             "envelope": run.proposed_actions.filter(customer__isnull=True).first(),
-            "reflexions": ReflexionEntry.objects.filter(workflow_run=run),
+            "reflexions": ReflexionEntry.objects.filter(workflow_run=run).order_by("id"),
             "verify_checks": VerifyCheck.objects.filter(workflow_run=run),
             "can_resume": request.user.has_perm("notifications.resume_batch")
             and run.status == WorkflowRun.Status.ABORTED,

@@ -661,9 +661,11 @@ def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_ou
     assert (run.summary["sent"], run.summary["failed"]) == (2, 0)
     endings = Event.objects.filter(name__startswith="workflow.").order_by("id")
     assert [e.name for e in endings] == ["workflow.partial", "workflow.completed"]
-    reflexion = ReflexionEntry.objects.get(workflow_run=run)
-    assert reflexion.tags == ["batch_notify", "completed"]
-    assert "ended completed: 2 sent, 0 failed" in reflexion.narrative
+    first, last = ReflexionEntry.objects.filter(workflow_run=run).order_by("id")
+    assert first.tags == ["batch_notify", "partial"]  # a record: kept as it was written
+    assert "ended partial: 1 sent, 1 failed" in first.narrative
+    assert last.tags == ["batch_notify", "completed"]
+    assert "ended completed: 2 sent, 0 failed" in last.narrative
     check = VerifyCheck.objects.get(workflow_run=run)
     assert (check.status, check.due_at) == ("pending", run.completed_at + timedelta(seconds=60))
 
