@@ -17,34 +17,39 @@ def _concurrently(schema_editor) -> bool:
     return schema_editor.connection.vendor == "postgresql"
 
 
-class AddIndexWithoutLocking(AddIndexConcurrently):
+class _ConcurrentlyOnPostgreSQL:
+    """An index operation run as `concurrent` on PostgreSQL and as `plain` elsewhere."""
+
+    concurrent: type
+    plain: type
+
+    def describe(self):
+        return self.plain.describe(self) + " (concurrently on PostgreSQL)"
+
+    def _as(self, schema_editor) -> type:
+        return self.concurrent if _concurrently(schema_editor) else self.plain
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._as(schema_editor).database_forwards(
+            self, app_label, schema_editor, from_state, to_state
+        )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._as(schema_editor).database_backwards(
+            self, app_label, schema_editor, from_state, to_state
+        )
+
+
+class AddIndexWithoutLocking(_ConcurrentlyOnPostgreSQL, AddIndexConcurrently):
     """AddIndex, CONCURRENTLY on PostgreSQL."""
 
-    def describe(self):
-        return AddIndex.describe(self) + " (concurrently on PostgreSQL)"
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        base = AddIndexConcurrently if _concurrently(schema_editor) else AddIndex
-        base.database_forwards(self, app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        base = AddIndexConcurrently if _concurrently(schema_editor) else AddIndex
-        base.database_backwards(self, app_label, schema_editor, from_state, to_state)
+    concurrent, plain = AddIndexConcurrently, AddIndex
 
 
-class RemoveIndexWithoutLocking(RemoveIndexConcurrently):
+class RemoveIndexWithoutLocking(_ConcurrentlyOnPostgreSQL, RemoveIndexConcurrently):
     """RemoveIndex, CONCURRENTLY on PostgreSQL."""
 
-    def describe(self):
-        return RemoveIndex.describe(self) + " (concurrently on PostgreSQL)"
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        base = RemoveIndexConcurrently if _concurrently(schema_editor) else RemoveIndex
-        base.database_forwards(self, app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        base = RemoveIndexConcurrently if _concurrently(schema_editor) else RemoveIndex
-        base.database_backwards(self, app_label, schema_editor, from_state, to_state)
+    concurrent, plain = RemoveIndexConcurrently, RemoveIndex
 
 
 class DropForeignKeyIndex(Operation):

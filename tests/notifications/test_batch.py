@@ -703,6 +703,18 @@ def test_a_cancelled_batch_s_failed_deliveries_are_not_retried(mike, postmark):
     assert Delivery.objects.filter(id__in=failed, status="failed").count() == 5
 
 
+def _retry_in_the_admin(user, ids) -> list[str]:
+    """Deliveries → "Retry selected failed deliveries", confirmed; the messages shown."""
+    client = Client()
+    client.force_login(user)
+    done = client.post(
+        "/admin/notifications/delivery/",
+        {"action": "retry_failed", "_selected_action": ids, "post": "yes"},
+        follow=True,
+    )
+    return [str(m) for m in done.context["messages"]]
+
+
 def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retry(mike, postmark):
     customers = _customers("ox")
     run = _launch(mike)
@@ -717,14 +729,7 @@ def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retr
         "fixed@school.example.org." in notes
     )
     assert operations.delivery_reconcile(ids=[lost.id], accepted=False, now=NOW, by="mike") == 1
-    client = Client()
-    client.force_login(mike)
-    done = client.post(
-        "/admin/notifications/delivery/",
-        {"action": "retry_failed", "_selected_action": [lost.id], "post": "yes"},
-        follow=True,
-    )
-    assert [str(m) for m in done.context["messages"]] == [
+    assert _retry_in_the_admin(mike, [lost.id]) == [
         "1 failed deliveries scheduled again.",
         "1 went to a customer whose email was corrected while they were being sent: they go to "
         "the customer's email as it is now.",
@@ -807,14 +812,7 @@ def test_a_person_s_retry_leaves_failed_what_has_no_email_now(mike, postmark):
     Delivery.objects.filter(id=lost.id).update(status="unknown")  # a worker died sending it
     _change_customer_email(mike, customers[1], "")
     assert operations.delivery_reconcile(ids=[lost.id], accepted=False, now=NOW, by="mike") == 1
-    client = Client()
-    client.force_login(mike)
-    done = client.post(
-        "/admin/notifications/delivery/",
-        {"action": "retry_failed", "_selected_action": [lost.id], "post": "yes"},
-        follow=True,
-    )
-    assert [str(m) for m in done.context["messages"]] == [
+    assert _retry_in_the_admin(mike, [lost.id]) == [
         "0 failed deliveries scheduled again.",
         "1 stay failed: their customer's email was removed while they were being sent, so "
         "there is nowhere to send them.",
