@@ -324,8 +324,10 @@ class DeliveryAdmin(admin.ModelAdmin):
     def _reconcile(self, request, queryset, *, accepted: bool):
         unknown = queryset.filter(status=Delivery.Status.UNKNOWN)
         outcome = "sent" if accepted else "failed"
+        n = unknown.count()
+        # One delivery the provider has: the message id found there can be given with it.
+        asks_id = accepted and n == 1
         if not confirmed(request):
-            n = unknown.count()
             return confirm_page(
                 self,
                 request,
@@ -336,7 +338,11 @@ class DeliveryAdmin(admin.ModelAdmin):
                     f"You checked the provider: it {'has' if accepted else 'does not have'} "
                     f"these {n} messages, so they are marked {outcome}"
                     + (
-                        " (with no provider message id, their later tracking events stay "
+                        " (give the provider's message id below if you found it: its tracking "
+                        "events are then matched; without one they stay unmatched in Admin → "
+                        "Unmatched provider events)"
+                        if asks_id
+                        else " (with no provider message id, their later tracking events stay "
                         "unmatched in Admin → Unmatched provider events)"
                         if accepted
                         else "; retry them afterwards to send them again"
@@ -348,13 +354,32 @@ class DeliveryAdmin(admin.ModelAdmin):
                     f"{d.get_channel_display()} to {d.address}: {d.status_reason}" for d in unknown
                 ],
                 confirm_label=f"Yes, mark {n} {outcome}",
+                inputs=[("provider_message_id", "Provider message id (optional)")]
+                if asks_id
+                else (),
             )
-        ids = list(queryset.values_list("id", flat=True))
-        count = operations.delivery_reconcile(
-            ids=ids, accepted=accepted, now=timezone.now(), by=request.user.username
-        )
+        message_id = request.POST.get("provider_message_id", "").strip() if asks_id else ""
+        if len(message_id) > Delivery._meta.get_field("provider_message_id").max_length:
+            self.message_user(request, "That provider message id is too long.", messages.ERROR)
+            return None
+        selected = list(queryset.values_list("id", flat=True))
+        try:
+            count = operations.delivery_reconcile(
+                # With a message id, only the one it belongs to (the others are left alone).
+                ids=list(unknown.values_list("id", flat=True)) if message_id else selected,
+                accepted=accepted,
+                now=timezone.now(),
+                by=request.user.username,
+                provider_message_id=message_id,
+            )
+        except ValueError as refused:
+            self.message_user(request, f"{refused} Nothing was changed.", messages.ERROR)
+            return None
         self._report(
-            request, f"{count} unknown deliveries marked {outcome}.", len(ids) - count, "unknown"
+            request,
+            f"{count} unknown deliveries marked {outcome}.",
+            len(selected) - count,
+            "unknown",
         )
         return None
 

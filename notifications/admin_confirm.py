@@ -25,7 +25,9 @@ def confirm_page(
     items=(),
     ask_reason: bool = False,
     details=(),
+    inputs=(),
 ):
+    """`inputs`: (name, label) of optional text inputs posted back with the confirmation."""
     return _render(
         modeladmin,
         request,
@@ -39,6 +41,7 @@ def confirm_page(
             "ask_reason": ask_reason,
             "reason_required": True,
             "details": details,
+            "inputs": list(inputs),
         },
     )
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Q
 
+from notifications import tracking
 from notifications.events import kick_handlers
 from notifications.models import (
     AuditEntry,
@@ -110,11 +111,28 @@ def delivery_cancel(*, ids, now: datetime, by: str) -> int:
     )
 
 
-def delivery_reconcile(*, ids, accepted: bool, now: datetime, by: str) -> int:
+def delivery_reconcile(
+    *, ids, accepted: bool, now: datetime, by: str, provider_message_id: str = ""
+) -> int:
     """Deliveries whose worker stopped while sending ("unknown"), settled by a person who
     checked the provider: it has the message (sent) or it does not (failed; retrying it is
-    then a separate, deliberate step). Never resent here."""
-    return _transition(
+    then a separate, deliberate step). Never resent here. With `provider_message_id` (one
+    delivery the provider has, the id found there): recorded, and the tracking reports
+    that came for it meanwhile (kept as unmatched) are applied. ValueError if it does not
+    fit: more than one delivery, not accepted, or another delivery's id."""
+    ids = list(ids)
+    fields = {"sent_at": now} if accepted else {}
+    if provider_message_id:
+        if not accepted or len(ids) != 1:
+            raise ValueError("A provider message id goes with one delivery the provider has.")
+        others = Delivery.objects.filter(provider_message_id=provider_message_id)
+        if others.exclude(id=ids[0]).exists():
+            raise ValueError(
+                f"The provider message id {provider_message_id} is another delivery's: "
+                "check it at the provider."
+            )
+        fields["provider_message_id"] = provider_message_id
+    count = _transition(
         ids,
         now=now,
         by=by,
@@ -123,8 +141,11 @@ def delivery_reconcile(*, ids, accepted: bool, now: datetime, by: str) -> int:
         kind="sent" if accepted else "failed",
         reason=f"reconciled by {by}: the provider {'has' if accepted else 'does not have'} it",
         status=Status.SENT if accepted else Status.FAILED,
-        **({"sent_at": now} if accepted else {}),
+        **fields,
     )
+    if count and provider_message_id:
+        tracking.match_unmatched(Delivery.objects.get(id=ids[0]), now=now)
+    return count
 
 
 def handling_retry(*, ids, now: datetime) -> int:

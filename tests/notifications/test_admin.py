@@ -164,6 +164,55 @@ def test_a_person_reconciles_an_unknown_delivery_and_nothing_is_resent(
     assert dispatch_due(now=timezone.now()).sent == 1  # only the scheduled one
 
 
+def test_reconciling_one_delivery_with_its_provider_message_id_applies_its_tracking(
+    admin_client,
+):
+    """Before, a reconciled delivery had no message id: the provider's reports for it stayed
+    unmatched for good."""
+    from notifications.models import UnmatchedProviderEvent
+
+    now = timezone.now()
+    unknown = DeliveryFactory(status="unknown", status_reason="worker stopped while sending")
+    DeliveryFactory(status="sent", provider_message_id="pm-taken")
+    report = UnmatchedProviderEvent.objects.create(
+        provider="postmark",
+        provider_message_id="pm-77",
+        kind="delivered",
+        provider_event_id="ev-1",
+        at=now,
+        data={},
+        received_at=now,
+    )
+    url = reverse("admin:notifications_delivery_changelist")
+    data = {"action": "reconcile_sent", "_selected_action": [unknown.pk]}
+    assert 'name="provider_message_id"' in admin_client.post(url, data).content.decode()
+    page = admin_client.post(
+        url, {**data, "post": "yes", "provider_message_id": "pm-taken"}, follow=True
+    ).content.decode()
+    assert "The provider message id pm-taken is another delivery&#x27;s" in page
+    unknown.refresh_from_db()
+    assert (unknown.status, unknown.provider_message_id) == ("unknown", "")  # nothing changed
+    admin_client.post(url, {**data, "post": "yes", "provider_message_id": " pm-77 "})
+    unknown.refresh_from_db()
+    assert (unknown.status, unknown.provider_message_id) == ("delivered", "pm-77")
+    assert list(unknown.events.order_by("id").values_list("kind", flat=True)) == [
+        "sent",
+        "delivered",
+    ]
+    report.refresh_from_db()
+    assert report.matched_delivery_id == unknown.pk
+    two = [DeliveryFactory(status="unknown").pk for _ in range(2)]
+    confirm = admin_client.post(url, {"action": "reconcile_sent", "_selected_action": two})
+    assert 'name="provider_message_id"' not in confirm.content.decode()  # one id, one message
+    from notifications import operations
+
+    with pytest.raises(ValueError, match="goes with one delivery the provider has"):
+        operations.delivery_reconcile(
+            ids=two, accepted=True, now=now, by="admin", provider_message_id="pm-9"
+        )
+    assert Delivery.objects.filter(pk__in=two, status="unknown").count() == 2
+
+
 def test_a_batch_launchs_template_is_a_read_only_record_filtered_apart(admin_client):
     from django.contrib.auth.models import User
 
