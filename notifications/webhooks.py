@@ -22,6 +22,7 @@ from functools import wraps
 from anymail.exceptions import (
     AnymailAPIError,
     AnymailConfigurationError,
+    AnymailImproperlyInstalled,
     AnymailWebhookValidationFailure,
 )
 from anymail.signals import AnymailTrackingEvent, tracking
@@ -149,7 +150,14 @@ def requires_anymail_secret(view):
             logger.warning("refused an email webhook at %s: %s", request.path, error)
             return HttpResponseForbidden(f"refused: {error}"[:300], content_type="text/plain")
         except AnymailConfigurationError as error:
-            return not_configured(request, error)
+            # Only a setting still to be given is worth the ESP's retries; anything else
+            # anymail calls configuration (an inbound event posted to a tracking URL) will
+            # never succeed: a 500, logged at ERROR for a person to look at.
+            if isinstance(error, AnymailImproperlyInstalled) or _missing_anymail_setting(
+                str(error)
+            ):
+                return not_configured(request, error)
+            raise
         except (
             AnymailAPIError,
             ValueError,

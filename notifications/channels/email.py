@@ -63,22 +63,22 @@ class EmailChannel(Channel):
 
     def send(self, message: OutgoingMessage) -> str:
         email = self.build(message)
+        if not email.recipients():
+            # Django would hand it to no backend and return 0 (an address emptied after
+            # staging): nothing goes, so nothing may be reported sent. (Send's own return
+            # is not read: a queueing backend, post-office's, returns 0 for what it sends.)
+            raise PermanentError(
+                f"no recipient address ({message.to!r}): nothing was handed to the provider",
+                code="no_recipient",
+            )
         email.connection = self._connection()
         try:
-            handed_over = email.send(fail_silently=False)
+            email.send(fail_silently=False)
         except Exception as exc:
             error = classify_email_error(exc)
             if error is None:
                 raise
             raise error from exc
-        if not handed_over:
-            # Django hands a message without a recipient to no backend and returns 0 (an
-            # address emptied after staging): nothing left, so nothing may be reported sent.
-            raise ChannelError(
-                f"no recipient address ({message.to!r}): nothing was handed to the provider",
-                permanent=True,
-                code="no_recipient",
-            )
         status = getattr(email, "anymail_status", None)
         message_id = getattr(status, "message_id", None)
         if message_id is not None:

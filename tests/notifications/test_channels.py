@@ -17,6 +17,7 @@ from anymail.backends.base_requests import AnymailRequestsBackend
 from django.contrib.auth.models import User
 from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
+from django.core.mail.backends.locmem import EmailBackend as LocmemEmailBackend
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout
 
@@ -466,6 +467,30 @@ def test_email_returns_the_message_id_it_set_when_the_backend_gives_none(setting
 
     assert provider_id == mail.outbox[0].extra_headers["Message-ID"]
     assert provider_id in mail.outbox[0].message().as_string()
+
+
+class QueueingBackend(LocmemEmailBackend):
+    """A backend that queues what it is given and sends it later, as post-office's does: it
+    answers 0 (sent now: none)."""
+
+    def send_messages(self, messages):
+        super().send_messages(messages)
+        return 0
+
+
+def test_a_backend_that_queues_and_answers_0_has_taken_the_message(settings):
+    settings.EMAIL_BACKEND = f"{__name__}.QueueingBackend"
+
+    provider_id = get_channel("email").send(email())
+
+    assert provider_id == mail.outbox[0].extra_headers["Message-ID"]
+
+
+def test_an_email_without_a_recipient_is_refused_before_any_backend(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    with pytest.raises(PermanentError, match="no recipient address"):
+        get_channel("email").send(email(to=""))
+    assert mail.outbox == []
 
 
 def test_email_missing_attachment_is_permanent(settings, tmp_path):

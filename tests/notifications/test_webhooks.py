@@ -240,6 +240,25 @@ def test_an_esp_webhook_missing_its_signing_key_is_a_503_naming_the_setting(
     assert delivery.status == "sent"
 
 
+def test_an_event_posted_to_the_wrong_webhook_is_a_server_error_not_a_retry(
+    client, anymail_secret
+):
+    """anymail calls an inbound email posted to a tracking URL a configuration error too; no
+    setting can make it succeed, so it is not answered 503 (which the ESP would retry for a
+    day, logged as a warning): it is raised, a 500 logged at ERROR."""
+    from anymail.exceptions import AnymailConfigurationError
+
+    inbound = {"From": "a@example.org", "FromFull": {"Email": "a@example.org"}, "To": "b@x.org"}
+    with pytest.raises(AnymailConfigurationError, match="inbound"):
+        client.post(
+            "/webhooks/anymail/postmark/tracking/",
+            data=json.dumps(inbound),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=anymail_secret,
+        )
+    assert _nothing_written()
+
+
 def test_a_mailgun_event_signed_with_the_configured_key_is_applied(
     client, anymail_secret, settings
 ):
