@@ -112,10 +112,26 @@ def _anymail_value(name: str, key: str, value: str):
             decoded = json.loads(value)
         except ValueError as error:
             raise ImproperlyConfigured(f"{name} is not valid JSON: {error}") from error
-        if key.endswith(_ANYMAIL_NUMBERS) and not isinstance(decoded, int | float):
-            raise ImproperlyConfigured(f"{name} must be a number of seconds or bytes: {value!r}")
+        if key.endswith(_ANYMAIL_NUMBERS):
+            return _anymail_number(name, key, value, decoded)
         return decoded
     return value
+
+
+def _anymail_number(name: str, key: str, value: str, decoded):
+    """A number (seconds, bytes); REQUESTS_TIMEOUT may also be [connect, read], which
+    requests takes as a tuple."""
+    if isinstance(decoded, int | float) and not isinstance(decoded, bool):
+        return decoded
+    pair = (
+        key.endswith("REQUESTS_TIMEOUT")
+        and isinstance(decoded, list)
+        and len(decoded) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in decoded)
+    )
+    if pair:
+        return tuple(decoded)
+    raise ImproperlyConfigured(f"{name} must be a number of seconds or bytes: {value!r}")
 
 
 # Query parameters an EMAIL_URL may carry, and the Django settings they set.
@@ -162,6 +178,15 @@ def email_config(url: str) -> dict:
         )
     for option, value in options.items():
         config[_EMAIL_URL_OPTIONS[option]] = value
+    if "EMAIL_TIMEOUT" in config:
+        # django-environ leaves ?timeout=2.5 a string, which smtplib would fail on at the
+        # first send: seconds, read here.
+        try:
+            config["EMAIL_TIMEOUT"] = float(config["EMAIL_TIMEOUT"])
+        except (TypeError, ValueError):
+            raise ImproperlyConfigured(
+                f"EMAIL_URL: timeout must be a number of seconds, not {config['EMAIL_TIMEOUT']!r}"
+            ) from None
     if config.get("EMAIL_BACKEND", "").endswith(".smtp.EmailBackend") and not config.get(
         "EMAIL_HOST"
     ):

@@ -165,11 +165,20 @@ def test_anymail_values_that_are_not_strings_are_decoded():
     assert config["IGNORE_UNSUPPORTED_FEATURES"] is True
     assert config["REQUESTS_TIMEOUT"] == 30
     assert config["SENDGRID_API_KEY"] == "12345"
+    # (connect, read), as requests takes it
+    assert anymail_config({"ANYMAIL_REQUESTS_TIMEOUT": "[3.05, 27]"})["REQUESTS_TIMEOUT"] == (
+        3.05,
+        27,
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("ANYMAIL_AMAZON_SES_CLIENT_PARAMS", "{region_name: x}"), ("ANYMAIL_REQUESTS_TIMEOUT", "x")],
+    [
+        ("ANYMAIL_AMAZON_SES_CLIENT_PARAMS", "{region_name: x}"),
+        ("ANYMAIL_REQUESTS_TIMEOUT", "x"),
+        ("ANYMAIL_REQUESTS_TIMEOUT", "[1, 2, 3]"),
+    ],
 )
 def test_an_unreadable_anymail_value_names_its_variable(name, value):
     with pytest.raises(ImproperlyConfigured, match=name):
@@ -211,6 +220,8 @@ def test_an_smtp_ssl_email_url_may_set_the_timeout():
     )
     assert "EMAIL_USE_TLS" not in config
     assert email_config("") == {}
+    # seconds, whole or not (django-environ left 2.5 a string smtplib failed on)
+    assert email_config("smtp://smtp.example.com:25?timeout=2.5")["EMAIL_TIMEOUT"] == 2.5
 
 
 @pytest.mark.parametrize(
@@ -220,6 +231,7 @@ def test_an_smtp_ssl_email_url_may_set_the_timeout():
         ("mailgun://key@example.com", "unsupported scheme 'mailgun'"),
         ("smtp+tls://u:p@smtp.example.com:587?tls=yes", "unsupported parameters tls"),
         ("smtp+tls://u:p@:587", "names no mail server host"),
+        ("smtp+tls://u:p@smtp.example.com:587?timeout=soon", "timeout must be a number"),
     ],
 )
 def test_an_email_url_herald_cannot_use_is_refused_saying_why(url, message):
