@@ -27,7 +27,11 @@ def _transition(
     """Move the rows among `ids` still in `from_statuses` (and not matching `unless`),
     with an event each, and one audit entry saying who did `action` to which."""
     with transaction.atomic():
-        rows = Delivery.objects.filter(id__in=list(ids), status__in=from_statuses)
+        # Locked as read (on PostgreSQL): a dispatch claim between the read and the update
+        # would leave the events and the audit naming a row the update skipped.
+        rows = Delivery.objects.filter(
+            id__in=list(ids), status__in=from_statuses
+        ).select_for_update(of=("self",))
         if unless is not None:
             rows = rows.exclude(unless)
         moved = list(rows.values_list("id", flat=True))
