@@ -938,11 +938,23 @@ class CustomerAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(KeptRecordAdmin):
-    list_display = ("at", "by", "action", "target", "detail")
+    list_display = ("at", "by", "action", "target", "detail_summary")
     list_filter = ("action",)
     search_fields = ("by", "target")
     date_hierarchy = "at"
     readonly_fields = ("at", "by", "action", "target", "detail")
+
+    @admin.display(description="detail")
+    def detail_summary(self, obj):
+        """The detail, its long lists cut to their first few (a retry of 10,000 deliveries
+        names them all: the entry's page shows them)."""
+        shown = {
+            key: (f"{value[:5]} … ({len(value):,} in all)" if len(value) > 5 else value)
+            if isinstance(value, list)
+            else value
+            for key, value in (obj.detail or {}).items()
+        }
+        return str(shown)[:300]
 
     def has_add_permission(self, request):
         return False

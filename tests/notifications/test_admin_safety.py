@@ -430,3 +430,20 @@ def test_delivery_actions_are_in_the_audit_trail(admin_client):
         "delivery_retry": ("ops", [failed.id]),
         "delivery_reconcile_sent": ("ops", [unknown.id]),
     }
+
+
+def test_the_audit_list_cuts_a_long_list_of_deliveries_the_entry_s_page_shows_all(admin_client):
+    entry = AuditEntry.objects.create(
+        at=timezone.now(),
+        by="ops",
+        action="delivery_retry",
+        target="10000 deliveries",
+        detail={"deliveries": list(range(1, 10001)), "reason": "retry requested by ops"},
+    )
+    page = admin_client.get(reverse("admin:notifications_auditentry_changelist")).content
+    assert "[1, 2, 3, 4, 5] … (10,000 in all)" in page.decode()
+    assert b"9999" not in page
+    detail = admin_client.get(
+        reverse("admin:notifications_auditentry_change", args=[entry.pk])
+    ).content
+    assert b"9999" in detail
