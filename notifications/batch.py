@@ -483,14 +483,29 @@ def unreachable_reviews(proposals) -> tuple[int, int]:
     bounced or complained since the launch: dispatch skips them), and how many have an
     email that is no email address now (an import changed it since the launch: the send
     fails, and counts towards the batch's breaker)."""
-    addresses = list(
-        proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW).values_list(
-            "customer__email", flat=True
-        )
+    addresses = proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW).values_list(
+        "customer__email", flat=True
     )
-    valid = [a for a in addresses if a and is_email_address(a)]
+    kinds = [kind for kind, _ in screen_addresses(dict(enumerate(addresses))).values()]
+    suppressed = kinds.count("suppressed")
+    return suppressed, len(kinds) - suppressed
+
+
+def screen_addresses(emails: dict) -> dict:
+    """Why each of these emails (by any key) would not be reached now, as (kind, reason):
+    "missing", "invalid" (no email address) or "suppressed" (with the suppression's
+    reason); none for one that would. One suppression query for the lot."""
+    valid = [e for e in emails.values() if e and is_email_address(e)]
     found = tracking.suppressions_for(valid, Channel.EMAIL)
-    return sum(1 for a in valid if a in found), len(addresses) - len(valid)
+    screened = {}
+    for key, email in emails.items():
+        if not email:
+            screened[key] = ("missing", "")
+        elif not is_email_address(email):
+            screened[key] = ("invalid", "")
+        elif email in found:
+            screened[key] = ("suppressed", found[email].get_reason_display())
+    return screened
 
 
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:

@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import get_valid_filename
 from django.views.decorators.http import require_POST
 
-from notifications import batch, breakers, tracking
+from notifications import batch, breakers
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
 from notifications.admin_records import KeptRecordAdmin
 from notifications.cohort import FILTER_FIELDS
@@ -28,7 +28,6 @@ from notifications.dispatch import provider_of
 from notifications.killswitches import active_switches, switch_for
 from notifications.models import (
     AuditEntry,
-    Channel,
     Customer,
     Delivery,
     ProposedAction,
@@ -665,21 +664,17 @@ class ReviewChangeList(ChangeList):
 
 def address_problems(proposals) -> dict[int, str]:
     """Why each review's message would not reach its customer's current email (the address
-    approving stages it to), by proposal id; none for one that would. Judged as
-    batch.build_preview screens a launch: batch.is_email_address, then one
-    tracking.suppressions_for query for the lot."""
+    approving stages it to), by proposal id; none for one that would (batch.screen_addresses,
+    as a launch's preview screens them)."""
     emails = {p.pk: p.customer.email for p in proposals if p.customer_id is not None}
-    valid = [e for e in emails.values() if e and batch.is_email_address(e)]
-    found = tracking.suppressions_for(valid, Channel.EMAIL)
-    problems = {}
-    for pk, email in emails.items():
-        if not email:
-            problems[pk] = "no email address: nothing can be sent; add one in Customers"
-        elif not batch.is_email_address(email):
-            problems[pk] = "not an email address: the send fails; correct it in Customers"
-        elif email in found:
-            problems[pk] = f"suppressed ({found[email].get_reason_display()}): skipped, not sent"
-    return problems
+    said = {
+        "missing": "no email address: nothing can be sent; add one in Customers",
+        "invalid": "not an email address: the send fails; correct it in Customers",
+    }
+    return {
+        pk: said.get(kind) or f"suppressed ({reason}): skipped, not sent"
+        for pk, (kind, reason) in batch.screen_addresses(emails).items()
+    }
 
 
 @admin.register(ProposedAction)
