@@ -276,7 +276,8 @@ def build_preview(
             "kill_switch",
             "block",
             not blockers,
-            f"The kill switch {', '.join(blockers)} is on: launches are blocked.",
+            f"The kill switch{'es' if len(blockers) > 1 else ''} {', '.join(blockers)} "
+            f"{'are' if len(blockers) > 1 else 'is'} on: launches are blocked.",
         ),
     ]
     if not recipients:

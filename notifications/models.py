@@ -1283,9 +1283,9 @@ class KillSwitch(models.Model):
     is_on = models.BooleanField(
         default=False,
         help_text=(
-            "On: matching deliveries stay scheduled (frozen) and launches"
-            " are blocked. Changed only with the Turn on / Turn off "
-            "actions (audited)."
+            "On: matching deliveries stay scheduled (frozen); a switch of the "
+            "high_risk_ops scope also blocks batch launches. Changed only with the "
+            "Turn on / Turn off actions (audited)."
         ),
     )
     reason = models.CharField(

@@ -405,9 +405,11 @@ def test_a_high_risk_switch_blocks_launches_whatever_its_name(admin_client):
     (check,) = [c for c in preview.checks if c.name == "kill_switch"]
     assert not check.passed
     assert check.message == "The kill switch stop risky work is on: launches are blocked."
-    switch = KillSwitch.objects.get(name="stop risky work")
-    url = reverse("admin:notifications_killswitch_change", args=[switch.pk])
-    assert 'name="name"' not in admin_client.get(url).content.decode()  # fixed once made
+    off = KillSwitch.objects.create(name="spare", scope="high_risk_ops")
+    url = reverse("admin:notifications_killswitch_change", args=[off.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'name="name"' not in page  # fixed once made, also while off
+    assert 'name="scope"' in page  # what an off switch covers may still be edited
 
 
 def test_delivery_actions_are_in_the_audit_trail(admin_client):
