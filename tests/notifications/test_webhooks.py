@@ -240,9 +240,7 @@ def test_an_esp_webhook_missing_its_signing_key_is_a_503_naming_the_setting(
     assert delivery.status == "sent"
 
 
-def test_an_event_posted_to_the_wrong_webhook_is_a_server_error_not_a_retry(
-    client, anymail_secret
-):
+def test_an_event_posted_to_the_wrong_webhook_is_a_server_error_not_a_retry(client, anymail_secret):
     """anymail calls an inbound email posted to a tracking URL a configuration error too; no
     setting can make it succeed, so it is not answered 503 (which the ESP would retry for a
     day, logged as a warning): it is raised, a 500 logged at ERROR."""
