@@ -740,21 +740,31 @@ def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retr
     assert Delivery.objects.get(id=lost.id).status == "sent"
 
 
-def test_an_email_corrected_while_its_delivery_was_sent_is_used_by_the_automatic_retry(
-    mike, settings
-):
+# Postmark's answer to a send it cannot take now: a temporary error, retried.
+TRY_AGAIN_LATER = 503, {}, json.dumps({"ErrorCode": 100, "Message": "Try again later."})
+
+
+def _one_approved_through_postmark(user, settings):
+    """One customer's batch email approved and due, to go by Postmark (answers faked by
+    the test); the customer."""
     settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
     settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
     (customer,) = _customers("o")
-    run = _launch(mike)
-    _approve_all(run, mike)
+    _approve_all(_launch(user), user)
+    return customer
+
+
+def test_an_email_corrected_while_its_delivery_was_sent_is_used_by_the_automatic_retry(
+    mike, settings
+):
+    customer = _one_approved_through_postmark(mike, settings)
     notes = []
 
     def answer(request):
         to = json.loads(request.body)["To"]
         if not notes:  # the first try: corrected in the admin meanwhile, then a 503
             notes.extend(_change_customer_email(mike, customer, "fixed@school.example.org"))
-            return 503, {}, json.dumps({"ErrorCode": 100, "Message": "Try again later."})
+            return TRY_AGAIN_LATER
         return 200, {}, json.dumps({"To": to, "MessageID": "pm-1", "ErrorCode": 0, "Message": ""})
 
     with responses.RequestsMock() as mock:
@@ -779,15 +789,11 @@ def test_an_email_corrected_while_its_delivery_was_sent_is_used_by_the_automatic
 def test_an_email_removed_while_its_delivery_was_sent_is_not_retried_to_the_old_address(
     mike, settings
 ):
-    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
-    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
-    (customer,) = _customers("o")
-    run = _launch(mike)
-    _approve_all(run, mike)
+    customer = _one_approved_through_postmark(mike, settings)
 
     def answer(request):  # removed in the admin meanwhile, then a 503
         _change_customer_email(mike, customer, "")
-        return 503, {}, json.dumps({"ErrorCode": 100, "Message": "Try again later."})
+        return TRY_AGAIN_LATER
 
     with responses.RequestsMock() as mock:
         mock.add_callback(responses.POST, POSTMARK_URL, callback=answer)
