@@ -4,9 +4,10 @@ They refuse what a real provider would refuse (a malformed number, a template-le
 message, an invalid email address), so a flow that works against them does not first fail
 in production.
 
-To try retries and the circuit breakers without a provider, the email backend fails on
-purpose for addresses whose local part ends in `+fail` or `+reject`, the way a mail server
-does (see `simulated_refusal`), and records nothing for them.
+To try retries, fallbacks and the circuit breakers without a provider, the email backend
+fails on purpose for addresses whose local part ends in `+fail` or `+reject`, the way a
+mail server does (see `simulated_refusal`), and the SMS and WhatsApp channels for three of
+Twilio's test numbers (see `simulated_phone_refusal`); nothing is recorded for them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.validators import validate_email
 
-from .base import Channel, OutgoingMessage, PermanentError
+from .base import Channel, ChannelError, OutgoingMessage, PermanentError, TransientError
 from .whatsapp import template_request
 
 
@@ -60,6 +61,28 @@ def simulated_refusal(address: str) -> tuple[int, bytes] | None:
         if local.endswith(ending):
             return reply
     return None
+
+
+# Twilio's magic test numbers (500-555-xxxx: never a subscriber's), refused as the providers
+# would refuse a real number: Twilio's own answers to its test credentials for the first two,
+# a busy provider (HTTP 503, tried again later) for the third.
+SIMULATED_PHONE_REFUSALS = {
+    "+15005550001": (False, "21211", "invalid 'To' number"),
+    "+15005550009": (False, "21614", "'To' number is not a mobile number"),
+    "+15005550008": (True, "503", "provider busy, try again later"),
+}
+
+
+def simulated_phone_refusal(channel: str, number: str) -> ChannelError | None:
+    """The error for one of Twilio's test numbers: +15005550001 (invalid number) and
+    +15005550009 (not a mobile) fail at once, +15005550008 is refused for now (retried,
+    then failed; five in a row trip the provider breaker); None for every other number."""
+    if number not in SIMULATED_PHONE_REFUSALS:
+        return None
+    transient, code, reason = SIMULATED_PHONE_REFUSALS[number]
+    kind = "temporary" if transient else "permanent"
+    message = f"Simulated {kind} {channel} failure ({number}, code {code}): {reason}"
+    return (TransientError if transient else PermanentError)(message, code=code)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -121,6 +144,8 @@ class SMSChannel(Channel):
 
     def send(self, message: OutgoingMessage) -> str:
         check_e164(message.to)
+        if refusal := simulated_phone_refusal(self.name, message.to):
+            raise refusal
         if not message.body:
             raise PermanentError("SMS body is empty", code="empty_body")  # Twilio 21602
         return record(self.name, message)
@@ -133,6 +158,8 @@ class WhatsAppChannel(Channel):
     def send(self, message: OutgoingMessage) -> str:
         check_e164(message.to)
         template_request(message)  # raises for what the Cloud API would refuse to build
+        if refusal := simulated_phone_refusal(self.name, message.to):
+            raise refusal
         return record(self.name, message)
 
 

@@ -924,3 +924,71 @@ def test_five_plus_fail_customers_in_a_row_trip_the_batch_breaker_and_resume_goe
     assert RecordedMessage.objects.count() == 4  # the three good ones went after the resume
     # ... and the five +fail ones, tried a second time, failed in a row again.
     assert (run.status, run.consecutive_failures) == ("aborted", 5)
+
+
+# --- Recording SMS and WhatsApp: simulated failures (Twilio's test numbers) ------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("channel", "message"),
+    [("sms", sms), ("whatsapp", whatsapp)],
+)
+def test_recording_phone_channels_refuse_twilios_test_numbers_as_providers_would(
+    settings, channel, message
+):
+    from notifications.models import RecordedMessage
+
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+    settings.WHATSAPP_BACKEND = "notifications.channels.recording.WhatsAppChannel"
+    sender = get_channel(channel)
+
+    with pytest.raises(PermanentError) as invalid:
+        sender.send(message(to="+15005550001"))
+    with pytest.raises(PermanentError) as landline:
+        sender.send(message(to="+15005550009"))
+    with pytest.raises(TransientError) as busy:
+        sender.send(message(to="+15005550008"))
+
+    assert (invalid.value.code, landline.value.code, busy.value.code) == ("21211", "21614", "503")
+    assert f"Simulated permanent {channel} failure" in invalid.value.message
+    assert not RecordedMessage.objects.exists()
+    # Their neighbours are ordinary numbers.
+    sender.send(message(to="+15005550006"))
+    assert RecordedMessage.objects.get().to == "+15005550006"
+
+
+@pytest.mark.django_db
+def test_an_sms_to_the_busy_test_number_is_retried_then_given_up_on(settings):
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+    settings.DISPATCH_RETRY_JITTER = 0
+    delivery = DeliveryFactory(channel="sms", address="+15005550008", subject="", send_at=NOW)
+
+    now, outcomes = NOW, []
+    for _ in range(3):
+        report = _dispatch(now)
+        outcomes.append((report.retried, report.failed))
+        delivery.refresh_from_db()
+        now = delivery.send_at
+
+    assert outcomes == [(1, 0), (1, 0), (0, 1)]
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert "Simulated temporary sms failure" in delivery.last_error
+    assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_five_sms_to_the_busy_test_number_open_the_provider_breaker(settings):
+    from notifications.models import ProviderBreaker
+
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+    for _ in range(5):
+        DeliveryFactory(channel="sms", address="+15005550008", subject="", send_at=NOW)
+    later = DeliveryFactory(channel="sms", address="+15005550006", subject="", send_at=NOW)
+
+    report = _dispatch(NOW)
+
+    assert report.retried == 5
+    assert ProviderBreaker.objects.get(provider="sms:recording").state == "open"
+    later.refresh_from_db()
+    assert later.status == "scheduled"  # held by the open breaker, not sent
