@@ -4,6 +4,7 @@ report a count."""
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -11,6 +12,7 @@ from django.utils.html import escape, format_html, format_html_join
 
 from notifications import batch, operations, pacing
 from notifications.admin_confirm import confirm_page, confirmed
+from notifications.admin_filters import WorkflowRunFilter
 from notifications.admin_records import KeptRecordAdmin
 from notifications.holds import HoldContext, explain
 from notifications.killswitches import blocks_launches, frozen_filter, killswitch_set
@@ -82,6 +84,14 @@ class DeliveryEventInline(ReadOnlyInline):
     verbose_name_plural = "Timeline (every state change and provider event)"
 
 
+class DeliveryChangeList(ChangeList):
+    """Reads the suppressions of the page's addresses at once (a query per row before)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        request.hold_context.read_suppressions(self.result_list)  # evaluates the page
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
     list_display = (
@@ -102,7 +112,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         "provider",
         ("send_at", admin.DateFieldListFilter),
         ("fallback_of", admin.EmptyFieldListFilter),
-        ("workflow_run", admin.RelatedOnlyFieldListFilter),
+        ("workflow_run", WorkflowRunFilter),
     )
     date_hierarchy = "send_at"
     search_fields = (
@@ -172,6 +182,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         # Read the switches, breakers and pauses once for the whole page.
         request.hold_context = HoldContext.load()
         return super().changelist_view(request, extra_context)
+
+    def get_changelist(self, request, **kwargs):
+        return DeliveryChangeList
 
     def get_queryset(self, request):
         self._request = request

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 
 from notifications import batch, breakers
 from notifications.admin_confirm import confirm_form, confirm_page, confirmed
+from notifications.admin_filters import WorkflowRunFilter
 from notifications.admin_records import KeptRecordAdmin
 from notifications.cohort import FILTER_FIELDS
 from notifications.dispatch import provider_of
@@ -690,7 +691,13 @@ class ProposedActionAdmin(admin.ModelAdmin):
         "decided_by",
         "decided_at",
     )
-    list_filter = (DecisionFilter, "status", "action_type", "decided_by", "workflow_run")
+    list_filter = (
+        DecisionFilter,
+        "status",
+        "action_type",
+        "decided_by",
+        ("workflow_run", WorkflowRunFilter),
+    )
     search_fields = (
         "entity_ref",
         "customer__company_name",

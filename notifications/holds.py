@@ -1,6 +1,7 @@
 """Why a delivery has not been sent yet, and when it is expected to go: the answer staff
 look for on the delivery pages. Reads the same rules dispatch applies."""
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +25,9 @@ class HoldContext:
     breakers: dict[str, ProviderBreaker]
     paused: dict[str, datetime]
     halted_runs: frozenset[int] = frozenset()
+    # (address, channel) -> its suppression or None, for the deliveries `read_suppressions`
+    # was given; any other delivery's is read on its own.
+    suppressions: dict | None = None
 
     @classmethod
     def load(cls) -> "HoldContext":
@@ -37,6 +41,24 @@ class HoldContext:
                 s.key: s.paused_until for s in Sender.objects.filter(paused_until__isnull=False)
             },
         )
+
+    def read_suppressions(self, deliveries) -> None:
+        """Read the suppressions of these deliveries' addresses: one query per channel."""
+        by_channel = defaultdict(set)
+        for delivery in deliveries:
+            if delivery.status == Delivery.Status.SCHEDULED:
+                by_channel[delivery.channel].add(delivery.address)
+        self.suppressions = {}
+        for channel, addresses in by_channel.items():
+            found = tracking.suppressions_for(list(addresses), channel)
+            for address in addresses:
+                self.suppressions[(address, channel)] = found.get(address)
+
+    def suppression(self, delivery: Delivery):
+        key = (delivery.address, delivery.channel)
+        if self.suppressions is not None and key in self.suppressions:
+            return self.suppressions[key]
+        return tracking.is_suppressed(delivery.address, delivery.channel)
 
 
 def explain(
@@ -60,7 +82,7 @@ def explain(
         )
     if delivery.workflow_run_id in context.halted_runs:
         return Hold("halted", "its run was halted: resume or cancel it", None)
-    suppression = tracking.is_suppressed(delivery.address, delivery.channel)
+    suppression = context.suppression(delivery)
     if suppression:
         return Hold("suppressed", f"will be skipped: {suppression.get_reason_display()}", None)
     breaker = context.breakers.get(

@@ -130,6 +130,21 @@ def test_holds_name_a_suppression():
     )
 
 
+def test_the_delivery_list_names_suppressions_read_for_the_whole_page(admin_client):
+    Suppression.objects.create(address="x@example.com", channel="email", reason="unsubscribe")
+    Suppression.objects.create(address="+14155550100", channel="sms", reason="bounce")
+    DeliveryFactory(address="X@example.com")  # compared without case, as dispatch does
+    DeliveryFactory(channel="sms", address="+14155550100", send_at=timezone.now())
+    DeliveryFactory(address="x@example.com", status="sent")
+    DeliveryFactory.create_batch(3)
+
+    page = admin_client.get(reverse("admin:notifications_delivery_changelist")).content.decode()
+
+    assert page.count("will be skipped: Unsubscribed") == 1
+    assert page.count("will be skipped: Hard bounce") == 1
+    assert page.count("due now: the next dispatch round sends it") == 3
+
+
 def test_manual_suppression_in_the_admin_records_who(admin_client):
     admin_client.post(
         reverse("admin:notifications_suppression_add"),

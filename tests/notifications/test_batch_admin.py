@@ -17,7 +17,7 @@ from notifications.models import (
     Workflow,
     WorkflowRun,
 )
-from tests.notifications.factories import CustomerFactory
+from tests.notifications.factories import CustomerFactory, DeliveryFactory
 
 pytestmark = pytest.mark.django_db
 FORM = {
@@ -409,3 +409,48 @@ def test_run_actions_say_which_selected_runs_they_leave_alone_and_why(admin_clie
     (note,) = [str(m) for m in many.context["messages"]]
     assert note.startswith(f"Nothing to resume: run {finished[0].id} (completed), ")
     assert note.endswith(" and 1 more: only an aborted batch can be resumed.")
+
+
+def _listed_with_runs(client, url, count: int, make_row) -> tuple[int, str]:
+    """Queries of one page of a list whose rows belong to `count` more runs, and its page."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from notifications import batch
+
+    workflow = batch.batch_workflow()
+    for _ in range(count):
+        make_row(WorkflowRun.objects.create(workflow=workflow))
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(url)
+    assert page.status_code == 200
+    return len(queries), page.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "make_row"),
+    [
+        (
+            "admin:notifications_proposedaction_changelist",
+            lambda run: ProposedAction.objects.create(
+                action_type="hitl_review", entity_ref="review", workflow_run=run
+            ),
+        ),
+        (
+            "admin:notifications_delivery_changelist",
+            lambda run: DeliveryFactory(workflow_run=run),
+        ),
+    ],
+)
+def test_the_run_filter_names_its_runs_without_a_query_per_run(admin_client, url, make_row):
+    url = reverse(url)
+    few, _ = _listed_with_runs(admin_client, url, 2, make_row)
+    many, page = _listed_with_runs(admin_client, url, 6, make_row)
+
+    assert many == few
+    runs = WorkflowRun.objects.order_by("-pk")
+    assert [f"?workflow_run__id__exact={run.pk}" in page for run in runs] == [True] * 8
+    assert all(f"{run} </a>" in page or f"{run}</a>" in page for run in runs)
+    # A run with no rows in this list is not offered.
+    empty = WorkflowRun.objects.create(workflow=runs[0].workflow)
+    assert f"workflow_run__id__exact={empty.pk}" not in admin_client.get(url).content.decode()
