@@ -31,7 +31,7 @@ from notifications.channels.email import email_provider
 from notifications.events import record_event
 from notifications.killswitches import active_switches, frozen_filter
 from notifications.lookups import any_of_sql
-from notifications.models import Channel, Delivery, DeliveryEvent, WorkflowRun
+from notifications.models import Channel, Delivery, DeliveryEvent, ProviderBreaker, WorkflowRun
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
@@ -1115,11 +1115,33 @@ def fallback_create(original: Delivery, *, now: datetime, reason: str) -> int:
 
 
 def next_due_in(*, now: datetime) -> float | None:
-    """Seconds until the next scheduled delivery is due (None: nothing scheduled)."""
-    upcoming = (
-        Delivery.objects.filter(status=Status.SCHEDULED)
-        .order_by("send_at")
-        .values_list("send_at", flat=True)
-        .first()
-    )
-    return None if upcoming is None else max(0.0, (upcoming - now).total_seconds())
+    """Seconds until dispatch could next send a scheduled delivery (None: none it could).
+
+    Deliveries held by a kill switch or a halted run wait for a person and are left out
+    (counted, a delivery held for an hour woke the worker every second of it); a channel
+    behind an open provider breaker counts from its trial call. One indexed read of the
+    first waiting row per channel whose breaker is open, plus one."""
+    waiting = Delivery.objects.filter(status=Status.SCHEDULED)
+    halted = halted_run_ids()
+    if halted:
+        waiting = waiting.exclude(workflow_run_id__in=halted)
+    frozen = frozen_filter(active_switches())
+    if frozen is not None:
+        waiting = waiting.exclude(frozen)
+    held_until = {
+        breaker.provider: breakers.trial_at(breaker, now=now)
+        for breaker in ProviderBreaker.objects.exclude(state=ProviderBreaker.State.CLOSED)
+    }
+    earliest = None
+    while True:
+        first = waiting.order_by("send_at").values_list("channel", "send_at").first()
+        if first is None:
+            break
+        channel, send_at = first
+        trial = held_until.get(breakers.breaker_key(channel, provider_of(channel)))
+        at = send_at if trial is None else max(send_at, trial)
+        earliest = at if earliest is None else min(earliest, at)
+        if trial is None:
+            break
+        waiting = waiting.exclude(channel=channel)  # the others may go before its trial
+    return None if earliest is None else max(0.0, (earliest - now).total_seconds())

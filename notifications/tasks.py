@@ -1,6 +1,10 @@
 """Celery doors onto the engine. Tasks only say "look now"; the rows say what to do."""
 
+import time
+import uuid
+
 from celery import shared_task
+from django.core.cache import cache
 from django.utils import timezone
 
 from notifications.batch import finalize_ready_runs, run_verify_checks
@@ -11,10 +15,19 @@ from notifications.tracking import apply_pending_reports, match_pending
 
 # A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
 _HINT_HORIZON_SECONDS = 60
+# The pending hint, (token, due as a Unix time), in Django's cache: one per worker process
+# with the default local-memory cache, one in all with a shared one (e.g. Redis).
+_HINT_KEY = "herald:dispatch-hint"
+_HINT_GRACE_SECONDS = 30  # a hint lost with its worker blocks the next no longer than this
 
 
 @shared_task(name="herald.dispatch_due", ignore_result=True)
-def dispatch_due_task() -> dict:
+def dispatch_due_task(hint: str = "") -> dict:
+    """`hint`: the token of the "look again" this run answers (empty for beat's sweep and
+    for the nudges of newly staged deliveries)."""
+    pending = cache.get(_HINT_KEY)
+    if hint and pending and pending[0] == hint:
+        cache.delete(_HINT_KEY)  # answered: the next hint may be set
     report = dispatch_due(now=timezone.now())
     # Tracking reports a lost "look now" left waiting, then the ones that arrived before
     # their send recorded the provider id.
@@ -24,10 +37,22 @@ def dispatch_due_task() -> dict:
     finalize_ready_runs(now=timezone.now())
     wait = next_due_in(now=timezone.now())
     if wait is not None and wait < _HINT_HORIZON_SECONDS:
-        # A hint only (the beat sweep would find the row too); duplicates are harmless
-        # because every delivery is claimed before it is sent.
-        dispatch_due_task.apply_async(countdown=max(1.0, wait))
+        _hint(max(1.0, wait))
     return report.as_dict()
+
+
+def _hint(countdown: float) -> None:
+    """Ask for one more run when the next delivery is due, unless a hint due as soon is
+    pending. A hint only (the beat sweep finds the row too; every delivery is claimed
+    before it is sent, so a second run sends nothing twice), but each run of this task
+    (beat's, every nudge, every hint) used to add one, and the chains added up."""
+    due = time.time() + countdown
+    pending = cache.get(_HINT_KEY)
+    if pending and pending[1] <= due + 1:
+        return
+    token = uuid.uuid4().hex
+    cache.set(_HINT_KEY, (token, due), timeout=countdown + _HINT_GRACE_SECONDS)
+    dispatch_due_task.apply_async(kwargs={"hint": token}, countdown=countdown)
 
 
 @shared_task(name="herald.handle_events", ignore_result=True)

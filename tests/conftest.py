@@ -91,6 +91,15 @@ def in_memory_broker():
 
 
 @pytest.fixture(autouse=True)
+def empty_cache():
+    """Django's cache holds the pending dispatch hint; a test's hint must not hold back the
+    next test's."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def tracking_inline(settings):
     """Webhook tests check what a report does to its delivery in the same request; the
     flood test switches back to the production mode (stored, applied by a worker)."""

@@ -65,3 +65,92 @@ def test_a_task_redelivered_after_the_visibility_timeout_sends_nothing_twice():
         second = dispatch_due_task()
     assert (first["sent"], second["sent"]) == (1, 0)
     assert RecordedMessage.objects.count() == 1
+
+
+# --- "look again" hints: only for what dispatch could send, one pending at a time ------------
+
+
+@pytest.fixture
+def hints():
+    """The "look again" hints published: the token each carries."""
+    tokens = []
+
+    def record(sender=None, headers=None, body=None, **kwargs):
+        if sender == "herald.dispatch_due" and headers.get("eta"):
+            tokens.append(body[1]["hint"])
+
+    before_task_publish.connect(record, weak=False)
+    yield tokens
+    before_task_publish.disconnect(record)
+
+
+def _stage(key: str, *, at, **fields) -> Delivery:
+    stage_deliveries(
+        notification=NotificationFactory(),
+        recipients=[Recipient(f"customer:{key}", f"{key}@example.com", {"customer_name": key})],
+        now=at,
+        key_prefix=key,
+        send_at=at,
+    )
+    delivery = Delivery.objects.get(recipient_key=f"customer:{key}")
+    if fields:
+        Delivery.objects.filter(pk=delivery.pk).update(**fields)
+    return delivery
+
+
+def test_held_deliveries_ask_for_no_hint(hints):
+    """A delivery due but held by a kill switch, a halted run or an open provider breaker
+    waits for a person or the breaker's trial: each run asked to run again a second later,
+    and every new run started one more such chain (the worker crashed under them)."""
+    from notifications import batch
+    from notifications.dispatch import next_due_in
+    from notifications.models import KillSwitch, ProviderBreaker, WorkflowRun
+
+    now = timezone.now()
+    frozen = _stage("frozen", at=now, channel="sms", address="+14155550100")
+    KillSwitch.objects.create(name="stop sms", scope="channel", channel="sms", is_on=True)
+    run = WorkflowRun.objects.create(workflow=batch.batch_workflow(), status="aborted")
+    _stage("halted", at=now, workflow_run=run)
+    ProviderBreaker.objects.create(
+        provider="whatsapp:recording", state="open", opened_at=now, cooloff_seconds=300
+    )
+    _stage("behind-breaker", at=now, channel="whatsapp", address="+14155550101")
+
+    with time_machine.travel(now, tick=False):
+        report = dispatch_due_task()
+        assert next_due_in(now=now) == 300.0  # the breaker's trial call
+
+    assert (report["sent"], report["frozen"]) == (0, 1)
+    assert hints == []
+    frozen.refresh_from_db()
+    assert frozen.status == "scheduled"
+
+
+def test_runs_keep_one_hint_pending_not_one_each(hints):
+    now = timezone.now()
+    _stage("soon", at=now + timedelta(seconds=10))
+    with time_machine.travel(now, tick=False):
+        dispatch_due_task()  # beat's sweep
+        dispatch_due_task()  # a nudge
+        dispatch_due_task()  # another
+    assert len(hints) == 1
+
+    with time_machine.travel(now + timedelta(seconds=4), tick=False):
+        _stage("sooner", at=now + timedelta(seconds=6))
+        dispatch_due_task()  # a due time before the pending hint's: one more hint
+        dispatch_due_task()
+    assert len(hints) == 2
+
+
+def test_the_hinted_run_sends_and_hands_the_hint_on(hints):
+    now = timezone.now()
+    _stage("first", at=now + timedelta(seconds=5))
+    _stage("second", at=now + timedelta(seconds=20))
+    with time_machine.travel(now, tick=False):
+        dispatch_due_task()
+    assert len(hints) == 1
+    with time_machine.travel(now + timedelta(seconds=5), tick=False):
+        report = dispatch_due_task(hint=hints[0])
+    assert report["sent"] == 1
+    assert len(hints) == 2  # the second one's: the answered hint no longer holds it back
+    assert RecordedMessage.objects.count() == 1
