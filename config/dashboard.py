@@ -50,8 +50,14 @@ class Bar:
         return sum(count for _, count, _ in self.segments)
 
 
+def window_start(now: datetime, days: int = 7) -> datetime:
+    """The start of the panel's last `days` days: midnight, `days - 1` days before today,
+    so the chart's bars are whole days; the channel table counts from the same moment."""
+    return (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def deliveries_by_day(now: datetime, days: int = 7) -> list[Bar]:
-    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = window_start(now, days)
     rows = (
         Delivery.objects.filter(created_at__gte=start)
         .annotate(day=TruncDate("created_at"))
@@ -91,7 +97,7 @@ def by_channel(now: datetime, days: int = 7) -> list[dict]:
     counts it."""
     counted = [status for statuses in CHANNEL_COLUMNS.values() for status in statuses]
     return list(
-        Delivery.objects.filter(created_at__gte=now - timedelta(days=days))
+        Delivery.objects.filter(created_at__gte=window_start(now, days))
         .values("channel")
         .annotate(
             total=Count("id"),

@@ -66,3 +66,21 @@ def test_each_channels_columns_add_up_to_its_total():
         row["sent"] + row["failed"] + row["queued"] + row["other"] == row["total"] for row in rows
     )
     assert any(row["other"] for row in rows)  # the demo has expired and cancelled ones
+
+
+def test_the_channel_table_counts_the_same_days_as_the_chart(admin_client):
+    """The chart counts from midnight six days ago, the table counted the last 7 x 24 h:
+    their totals disagreed by the deliveries of that first morning."""
+    import time_machine
+
+    from config.dashboard import dashboard
+
+    now = timezone.now().replace(hour=15, minute=0)
+    with time_machine.travel(now, tick=False):
+        DeliveryFactory(created_at=now - timedelta(days=6, hours=10))  # in: 05:00, 6 days ago
+        DeliveryFactory(created_at=now - timedelta(days=6, hours=20))  # out: 19:00 the day before
+        DeliveryFactory(channel="sms", address="+14155550100", created_at=now)
+        board = dashboard(now)
+
+    assert board["week_total"] == 2
+    assert sum(row["total"] for row in board["channels"]) == 2
