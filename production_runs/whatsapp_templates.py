@@ -382,7 +382,7 @@ class PlanItem:
     platform: str
     template: str
     language: str
-    action: str  # create, exists, blocked, created, failed
+    action: str  # create, exists, blocked, created, failed, missing
     status: str = ""
     detail: str = ""
 
@@ -589,7 +589,9 @@ def sync(
     now: datetime,
 ) -> list[PlanItem]:
     """mode "upsert": read each WABA's templates, record their statuses and submit only the
-    missing variants. mode "refresh": read statuses back, submit nothing."""
+    missing variants. mode "refresh": read statuses back, submit nothing. In both modes a
+    variant absent from the list read is recorded MISSING, unless an upsert submits it
+    successfully (then it is recorded as Meta answered, usually PENDING)."""
     from production_runs.graph import GraphClient, GraphError
 
     if mode not in ("upsert", "refresh"):
@@ -620,38 +622,46 @@ def sync(
                 )
                 items.append(PlanItem(platform.label, spec.name, language, "exists", row.status))
                 continue
+            # Absent from the list just read: Meta does not have this variant, whatever was
+            # recorded before. Only a successful submission changes that (to what Meta
+            # answered); otherwise it is recorded MISSING, so the plan, the admin and the
+            # dispatcher stop taking it for sendable (record_status releases the messages
+            # held for it, to be cancelled). One record per variant: a submission that
+            # succeeds does not pass through MISSING and so keeps its held messages held.
             if mode == "refresh":
-                record_status(
-                    platform=platform,
-                    template=spec.name,
-                    language=language,
-                    status=TemplateStatus.MISSING,
-                    now=now,
+                missing = PlanItem(platform.label, spec.name, language, "missing", "MISSING")
+            elif blocker := _blocker(spec):
+                missing = PlanItem(
+                    platform.label, spec.name, language, "blocked", "MISSING", blocker
                 )
-                items.append(PlanItem(platform.label, spec.name, language, "missing", "MISSING"))
-                continue
-            blocker = _blocker(spec)
-            if blocker:
-                items.append(
-                    PlanItem(platform.label, spec.name, language, "blocked", "MISSING", blocker)
-                )
-                continue
-            try:
-                created = client.create_template(request_body(spec, language))
-            except GraphError as error:
-                items.append(
-                    PlanItem(platform.label, spec.name, language, "failed", "", str(error))
-                )
-                continue
-            row = record_status(
+            else:
+                try:
+                    created = client.create_template(request_body(spec, language))
+                except GraphError as error:
+                    missing = PlanItem(
+                        platform.label, spec.name, language, "failed", "MISSING", str(error)
+                    )
+                else:
+                    row = record_status(
+                        platform=platform,
+                        template=spec.name,
+                        language=language,
+                        status=created.get("status") or TemplateStatus.PENDING,
+                        meta_id=str(created.get("id", "")),
+                        now=now,
+                    )
+                    items.append(
+                        PlanItem(platform.label, spec.name, language, "created", row.status)
+                    )
+                    continue
+            record_status(
                 platform=platform,
                 template=spec.name,
                 language=language,
-                status=created.get("status") or TemplateStatus.PENDING,
-                meta_id=str(created.get("id", "")),
+                status=TemplateStatus.MISSING,
                 now=now,
             )
-            items.append(PlanItem(platform.label, spec.name, language, "created", row.status))
+            items.append(missing)
     logger.info(
         "whatsapp templates %s: %s",
         mode,

@@ -351,6 +351,79 @@ def test_an_approval_read_back_by_a_refresh_releases_the_held_messages_too(clock
     )
 
 
+def upsert_finding_only(graph, platform, *present):
+    """manage_whatsapp_templates --mode upsert of the pending reminder on the platform, with
+    Meta's list holding only the given languages of it."""
+    graph.get(
+        f"https://graph.facebook.com/v21.0/{platform.waba_id}/message_templates",
+        json={
+            "data": [
+                {"name": PENDING, "language": language, "status": "PENDING", "id": language}
+                for language in present
+            ]
+        },
+    )
+    call_command(
+        "manage_whatsapp_templates",
+        *("--mode", "upsert", "--platform-ids", platform.label, "--templates", PENDING),
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+
+
+def test_a_variant_an_upsert_finds_missing_and_cannot_resubmit_cancels_its_held_messages(
+    clock, held, graph
+):
+    india, _, messages = held
+    graph.post(
+        f"https://graph.facebook.com/v21.0/{india.waba_id}/message_templates",
+        status=400,
+        json={"error": {"message": "Invalid parameter"}},
+    )
+    clock.move_to(NOW + 5 * MINUTE)
+    with pytest.raises(CommandError, match="1 variant"):
+        upsert_finding_only(graph, india, "en")
+
+    due = Delivery.objects.get(pk=messages["pending_hi"].pk)
+    assert due.send_at == NOW + 5 * MINUTE
+    assert due.status_reason == (
+        f"template {PENDING} (hi) now MISSING on WhatsApp platform IN: due, to be cancelled"
+    )
+    send(NOW + 5 * MINUTE)
+    due.refresh_from_db()
+    assert (due.status, due.status_reason) == (
+        "cancelled",
+        f"template {PENDING} (hi) is MISSING on WhatsApp platform IN: not sent",
+    )
+    # Still in Meta's list, in review: held as it was.
+    assert Delivery.objects.get(pk=messages["pending_en"].pk).send_at == (
+        NOW + TEMPLATE_REVIEW_RETRY
+    )
+
+
+def test_a_variant_an_upsert_resubmits_keeps_its_messages_held(clock, held, graph):
+    india, _, messages = held
+    graph.post(
+        f"https://graph.facebook.com/v21.0/{india.waba_id}/message_templates",
+        json={"id": "960", "status": "PENDING"},
+    )
+    clock.move_to(NOW + 5 * MINUTE)
+    upsert_finding_only(graph, india, "en")
+
+    assert (
+        TemplateVariantStatus.objects.get(
+            platform=india, template_name=PENDING, language="hi"
+        ).status
+        == "PENDING"
+    )
+    still = Delivery.objects.get(pk=messages["pending_hi"].pk)
+    assert (still.status, still.send_at, still.status_reason) == (
+        "scheduled",
+        NOW + TEMPLATE_REVIEW_RETRY,
+        messages["pending_hi"].status_reason,
+    )
+
+
 def test_a_status_still_in_review_keeps_the_messages_held(clock, held):
     india, _, messages = held
     clock.move_to(NOW + 5 * MINUTE)

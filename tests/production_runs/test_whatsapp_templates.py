@@ -18,7 +18,7 @@ from production_runs.whatsapp_templates import (
     request_body,
     validate_spec,
 )
-from tests.production_runs.factories import PlatformFactory
+from tests.production_runs.factories import PlatformFactory, approve_all
 
 pytestmark = pytest.mark.django_db
 GRAPH = "https://graph.facebook.com/v21.0"
@@ -306,7 +306,79 @@ def test_a_refusal_from_meta_is_reported_and_fails_the_command(graph, platforms)
     )
     with pytest.raises(CommandError, match="Graph API HTTP 400: Invalid parameter"):
         run("--mode", "upsert", "--templates", REMINDERS, "--platform-ids", "IN")
-    assert not TemplateVariantStatus.objects.exists()
+    # Absent from Meta's list and refused: recorded MISSING, as a refresh would.
+    assert set(TemplateVariantStatus.objects.values_list("status", flat=True)) == {"MISSING"}
+    assert TemplateVariantStatus.objects.count() == 6
+
+
+COMPLETED = "jyt_production_run_completed_v1"
+
+
+def meta_has_all_but_completed(graph, platform):
+    graph.get(
+        templates_url(platform),
+        json={
+            "data": [
+                {"name": name, "language": "en", "status": "APPROVED", "id": str(i)}
+                for i, name in enumerate(SPECS)
+                if name != COMPLETED
+            ]
+        },
+    )
+
+
+def test_upsert_records_a_variant_missing_from_meta_as_missing_when_its_submission_fails(
+    graph, platforms
+):
+    _, australia = platforms
+    approve_all(australia)  # recorded APPROVED earlier; Meta has since lost the completed one
+    meta_has_all_but_completed(graph, australia)
+    graph.post(
+        templates_url(australia),
+        status=400,
+        json={"error": {"message": "Invalid parameter"}},
+    )
+
+    with pytest.raises(CommandError, match="1 variant\\(s\\) failed: Graph API HTTP 400"):
+        run("--mode", "upsert", "--platform-ids", "AU")
+
+    row = TemplateVariantStatus.objects.get(platform=australia, template_name=COMPLETED)
+    assert row.status == "MISSING"
+    assert len(posted(graph)) == 1
+    # The plan, and so the admin's "Show plan" and its approved count, no longer say approved.
+    planned = json.loads(run("--mode", "dry-run", "--platform-ids", "AU", "--json"))["items"]
+    actions = {i["template"]: (i["action"], i["status"]) for i in planned}
+    assert actions[COMPLETED] == ("create", "MISSING")
+    assert sum(1 for i in planned if i["status"] == "APPROVED") == len(SPECS) - 1
+
+
+def test_upsert_records_what_meta_answered_when_it_resubmits_a_variant_missing_from_meta(
+    graph, platforms
+):
+    _, australia = platforms
+    approve_all(australia)
+    meta_has_all_but_completed(graph, australia)
+    graph.post(templates_url(australia), json={"id": "950", "status": "PENDING"})
+
+    run("--mode", "upsert", "--platform-ids", "AU")
+
+    row = TemplateVariantStatus.objects.get(platform=australia, template_name=COMPLETED)
+    assert (row.status, row.meta_id) == ("PENDING", "950")
+
+
+def test_upsert_records_a_variant_missing_from_meta_it_cannot_submit_as_missing(graph, platforms):
+    india, _ = platforms
+    approve_all(india)
+    graph.get(templates_url(india), json={"data": []})
+    out = run(
+        "--mode", "upsert", "--templates", "jyt_production_run_design_v1", "--platform-ids", "IN"
+    )
+    assert posted(graph) == []
+    assert "blocked" in out
+    row = TemplateVariantStatus.objects.get(
+        platform=india, template_name="jyt_production_run_design_v1", language="en"
+    )
+    assert row.status == "MISSING"
 
 
 def test_a_platform_without_a_token_is_named(graph, platforms, settings):

@@ -32,8 +32,9 @@ class Command(BaseCommand):
     help = (
         "Keep the production-run WhatsApp templates on every platform (WABA). dry-run: print "
         "the plan from the recorded statuses, no network call. upsert: read each WABA's "
-        "templates and submit only the missing variants. refresh: read statuses back. Progress "
-        "per platform goes to stderr."
+        "templates and submit only the missing variants. refresh: read statuses back. Both "
+        "record a variant absent from Meta's list as MISSING, unless upsert submits it "
+        "successfully (then as Meta answered). Progress per platform goes to stderr."
     )
 
     def add_arguments(self, parser):
