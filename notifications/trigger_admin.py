@@ -23,6 +23,7 @@ from notifications.triggers import (
     active_trigger_workflows,
     evaluate_triggers,
     registered_evaluators,
+    tick_summary,
 )
 
 
@@ -213,12 +214,7 @@ class TriggerWorkflowAdmin(admin.ModelAdmin):
                 confirm_label="Yes, evaluate now",
             )
         report = evaluate_triggers(now=timezone.now())
-        self.message_user(
-            request,
-            f"{report['contexts_fired']} contexts fired, {report['contexts_skipped_cooldown']} "
-            f"skipped by cooldown; {report['deliveries_now']} deliveries now, "
-            f"{report['deliveries_queued']} queued by cadence.",
-        )
+        self.message_user(request, tick_summary(report))
 
 
 def _setup_problems(workflow) -> list[str]:

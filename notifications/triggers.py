@@ -154,6 +154,21 @@ class TickReport:
         return asdict(self)
 
 
+def tick_summary(report: dict) -> str:
+    """A tick's counts in words, for the command and the admin. A context is found once and
+    judged by each workflow whose event reports it: the other context counts are per
+    workflow, so they may add up to more than were found."""
+    return (
+        f"{report['contexts_found']} context(s) found; judged by {report['workflows']} "
+        f"workflow(s), each counted per workflow: {report['contexts_fired']} fired, "
+        f"{report['contexts_skipped_cooldown']} held by a cooldown, "
+        f"{report['contexts_not_watched']} not watched, {report['contexts_without_audience']} "
+        f"without anyone to tell. Deliveries: {report['deliveries_now']} now, "
+        f"{report['deliveries_queued']} queued by cadence, {report['deliveries_expired']} "
+        f"expired (held past the workflow's expiry on every channel)."
+    )
+
+
 @dataclass
 class Timeline:
     """Everyone's cadence history for this tick, from one query, plus what the tick adds.
@@ -542,34 +557,50 @@ def _stage(workflow, run, messages, stakeholders, timeline, now, report) -> None
                 logger.warning("stakeholder %s has no address for %s", person, message.origin)
                 continue
             channel, address, fallback_channel, fallback_address = route
-            recipient = Recipient(
-                key=person.recipient_key,
-                address=address,
-                context={"stakeholder_name": person.name},
-                channel=channel,
-                fallback_channel=fallback_channel,
-                fallback_address=fallback_address,
-            )
-            recipients.append(recipient)
-            tz = person.tz
-            decision = decide(
-                person.rules(), timeline.of(person.pk, channel), message_type, now, tz
+            tz, key = person.tz, f"{prefix}:{person.recipient_key}"
+            rules = person.rules()
+            decision = decide(rules, timeline.of(person.pk, channel), message_type, now, tz)
+            past_expiry = "" if decision.allowed else _past_expiry(decision, expires_at, tz)
+            note = ""
+            if past_expiry and fallback_channel:
+                # Held on its channel until after it expires: its fallback channel, if the
+                # person's cadence there lets it go in time (as the send-time check does).
+                other = decide(
+                    rules, timeline.of(person.pk, fallback_channel), message_type, now, tz
+                )
+                if other.allowed or not _past_expiry(other, expires_at, tz):
+                    note = f"on its fallback channel: {channel} is held ({past_expiry})"
+                    channel, address, decision = fallback_channel, fallback_address, other
+                    fallback_channel = fallback_address = past_expiry = ""
+                else:
+                    past_expiry += f"; {fallback_channel} is held too ({other.label})"
+            recipients.append(
+                Recipient(
+                    key=person.recipient_key,
+                    address=address,
+                    context={"stakeholder_name": person.name},
+                    channel=channel,
+                    fallback_channel=fallback_channel,
+                    fallback_address=fallback_address,
+                )
             )
             if decision.allowed:
                 timeline.add(person.pk, channel, Sent(now, message_type))
+                if note:
+                    held[key] = (now, note, Delivery.Status.SCHEDULED)
                 report.deliveries_now += 1
                 continue
-            key = f"{prefix}:{recipient.key}"
-            if expires_at is not None and decision.not_before >= expires_at:
-                reason = (
-                    f"expired: {decision.reason(tz)}, after its expiry "
-                    f"{expires_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+            if past_expiry:
+                held[key] = (
+                    decision.not_before,
+                    f"expired: {past_expiry}",
+                    Delivery.Status.EXPIRED,
                 )
-                held[key] = (decision.not_before, reason, Delivery.Status.EXPIRED)
                 report.deliveries_expired += 1
                 continue
             timeline.add(person.pk, channel, Sent(decision.not_before, message_type))
-            held[key] = (decision.not_before, decision.reason(tz), Delivery.Status.SCHEDULED)
+            reason = decision.reason(tz) + (f"; {note}" if note else "")
+            held[key] = (decision.not_before, reason, Delivery.Status.SCHEDULED)
             report.deliveries_queued += 1
         stage_deliveries(
             notification=notification,
@@ -589,6 +620,13 @@ def _stage(workflow, run, messages, stakeholders, timeline, now, report) -> None
             ),
             status=Case(*[When(idempotency_key=k, then=Value(v[2])) for k, v in held.items()]),
         )
+
+
+def _past_expiry(decision, expires_at: datetime | None, tz) -> str:
+    """Why a held message would wait until after it expires; "" when it would not."""
+    if expires_at is None or decision.not_before < expires_at:
+        return ""
+    return f"{decision.reason(tz)}, after its expiry {expires_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
 
 
 def _route(setup, person: Stakeholder) -> tuple[str, str, str, str] | None:

@@ -116,3 +116,27 @@ def test_evaluate_triggers_at_says_it_really_fires_and_stamps_cooldowns():
     assert "really fires" in text
     assert "cooldowns" in text and "future" in text
     assert "later real fires" in text
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in herald_commands() if any("--at" in a.option_strings for a in options(n)[1])]
+)
+def test_every_at_option_says_how_a_time_without_an_offset_is_read(name, settings):
+    assert _help(name, "--at").startswith("ISO 8601 time ")
+    assert "without an offset it is read as UTC (settings.TIME_ZONE)" in _help(name, "--at")
+    settings.TIME_ZONE = "Asia/Kolkata"
+    assert "read as Asia/Kolkata (settings.TIME_ZONE)" in _help(name, "--at")
+    assert options(name)[0].parse_args(["--at", "2026-11-23T10:00"]).at == datetime(
+        2026, 11, 23, 4, 30, tzinfo=UTC
+    )
+
+
+def test_the_commands_with_an_at_option_are_found():
+    names = {n for n in herald_commands() if any("--at" in a.option_strings for a in options(n)[1])}
+    assert names == {
+        "discover_reminders",
+        "dispatch_due",
+        "evaluate_triggers",
+        "run_verify_checks",
+        "seed_demo",
+    }

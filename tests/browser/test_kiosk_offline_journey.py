@@ -65,7 +65,8 @@ def test_a_kiosk_goes_offline_and_the_alerts_go_or_wait_with_their_reason(
     expect(page.locator("#confirm-action")).to_contain_text("every active trigger workflow (1)")
     page.click("#confirm-button")
     expect(page.locator(".messagelist")).to_contain_text(
-        "1 contexts fired, 0 skipped by cooldown; 1 deliveries now, 1 queued by cadence."
+        "1 fired, 0 held by a cooldown, 0 not watched, 0 without anyone to tell. "
+        "Deliveries: 1 now, 1 queued by cadence, 0 expired"
     )
     now = timezone.now()
     dispatch_due(now=now, clock=ManualClock(now))  # what the worker does next

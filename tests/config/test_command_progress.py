@@ -78,3 +78,16 @@ def test_dispatch_due_does_not_count_more_handled_than_were_due(settings):
     assert Delivery.objects.filter(channel="sms", status="sent").count() == 2
     assert "handled of 2 due" not in err
     assert "… 4 handled (2 were due at the start; the others are fallbacks made, or rows " in err
+
+
+def test_dispatch_due_progress_names_what_a_kill_switch_holds(settings):
+    from notifications.models import KillSwitch
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
+    DeliveryFactory.create_batch(3, send_at=NOW)
+
+    out, err = run("dispatch_due", "--at", NOW.isoformat(), "--json")
+
+    assert json.loads(out)["frozen"] == 3
+    assert "… 0 handled of 3 due: 0 sent, 0 failed, 0 retried, 0 deferred, 3 held by a kill " in err

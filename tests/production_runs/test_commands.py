@@ -4,7 +4,9 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from config.schedules import SCHEDULES
 from notifications.models import Event
+from production_runs.management.commands.discover_reminders import Command as DiscoverCommand
 from tests.production_runs.factories import NOW, RunFactory, idle_run, pending_run
 
 pytestmark = pytest.mark.django_db
@@ -39,3 +41,25 @@ def test_discover_reminders_dry_run_json_emits_nothing():
 def test_a_bad_at_is_refused_where_it_was_given():
     with pytest.raises(CommandError, match="ISO 8601"):
         discover("--at", "tomorrow")
+
+
+def test_an_at_without_an_offset_is_read_in_the_project_time_zone(settings):
+    pending_run()
+    out, _ = discover("--at", "2026-11-23T10:00:00", "--dry-run", "--json")
+    assert json.loads(out)["at"] == "2026-11-23T10:00:00+00:00"  # TIME_ZONE is UTC
+    settings.TIME_ZONE = "Asia/Kolkata"
+    out, _ = discover("--at", "2026-11-23T10:00:00", "--dry-run", "--json")
+    assert json.loads(out)["at"] == "2026-11-23T10:00:00+05:30"
+
+
+def test_discover_reminders_help_says_it_runs_any_day_by_hand_and_beat_keeps_to_weekdays():
+    schedule = next(s for s in SCHEDULES if s.task == "herald.discover_reminders")
+    assert (schedule.crontab["day_of_week"], schedule.crontab["timezone"]) == (
+        "1-5",
+        "Asia/Kolkata",
+    )
+    text = " ".join(
+        DiscoverCommand().create_parser("manage.py", "discover_reminders").description.split()
+    )
+    assert "Run by hand, it runs on whatever day it is given, weekends included" in text
+    assert "10:00 Asia/Kolkata, Mon-Fri, crontab day_of_week 1-5" in text

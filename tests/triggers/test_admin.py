@@ -141,7 +141,11 @@ def test_trigger_workflow_list_and_evaluate_now_action(admin_client):
         assert "every active trigger workflow (1)" in asked and workflow.name in asked
         assert not Delivery.objects.exists()  # nothing happens before the confirmation
         response = admin_client.post(url, {**chosen, "post": "yes"}, follow=True)
-    assert "1 contexts fired, 0 skipped by cooldown; 1 deliveries now" in response.content.decode()
+    assert (
+        "1 context(s) found; judged by 1 workflow(s), each counted per workflow: 1 fired, "
+        "0 held by a cooldown, 0 not watched, 0 without anyone to tell. Deliveries: 1 now, "
+        "0 queued by cadence, 0 expired" in response.content.decode()
+    )
     assert Delivery.objects.count() == 1
 
 
@@ -158,7 +162,7 @@ def test_evaluate_now_needs_no_selected_workflow(admin_client):
         assert "Items must be selected" not in asked
         assert "every active trigger workflow (1)" in asked
         response = admin_client.post(url, {"action": "evaluate_now", "post": "yes"}, follow=True)
-    assert "1 contexts fired" in response.content.decode()
+    assert "1 fired, 0 held by a cooldown" in response.content.decode()
     assert Delivery.objects.count() == 1
 
 

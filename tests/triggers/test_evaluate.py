@@ -330,6 +330,54 @@ def test_a_queued_delivery_past_the_workflows_expiry_is_recorded_expired(clock):
     assert expired.status_reason.startswith("expired: cadence: daily limit")
 
 
+def test_a_delivery_held_past_its_expiry_goes_now_on_its_fallback_channel(clock):
+    persona = relaxed(name="Manager", max_per_day=1)
+    person = StakeholderFactory(persona=persona, fallback_channel="sms")
+    trigger_workflow(personas=[persona], expires_after_hours=2)
+    site = project(45)
+    unhealthy(site, 1)
+    tick()
+    unhealthy(site, 2)
+    clock.move_to(T + timedelta(minutes=5))
+
+    report = tick()
+
+    assert (report["deliveries_expired"], report["deliveries_now"]) == (0, 1)
+    second = deliveries_of(person).get(context_key__contains=":2:")
+    assert (second.status, second.channel, second.address) == ("scheduled", "sms", person.phone)
+    assert (second.fallback_channel, second.fallback_address) == ("", "")
+    assert second.send_at == T + timedelta(minutes=5)
+    assert second.status_reason.startswith(
+        "on its fallback channel: email is held (cadence: daily limit"
+    )
+    assert dispatch_now().sent == 2  # the first by email; the send-time re-check lets it go
+    second.refresh_from_db()
+    assert second.status == "sent"
+
+
+def test_a_delivery_held_past_its_expiry_on_both_channels_is_recorded_expired(clock):
+    persona = relaxed(name="Manager", max_per_day=1)
+    person = StakeholderFactory(persona=persona, fallback_channel="sms")
+    trigger_workflow(personas=[persona], expires_after_hours=2)
+    site = project(45)
+    for pk in (1, 2, 3):
+        unhealthy(site, pk)
+
+    report = tick()
+
+    # The first alert by email, the second by sms (email's daily limit used), the third
+    # has neither.
+    assert (report["deliveries_now"], report["deliveries_expired"]) == (2, 1)
+    assert sorted(deliveries_of(person).values_list("channel", "status")) == [
+        ("email", "expired"),
+        ("email", "scheduled"),
+        ("sms", "scheduled"),
+    ]
+    expired = deliveries_of(person, status="expired").get()
+    assert expired.status_reason.startswith("expired: cadence: daily limit")
+    assert expired.status_reason.endswith("; sms is held too (daily limit)")
+
+
 def test_one_broken_workflow_does_not_stop_the_others(clock, monkeypatch):
     persona = relaxed(name="Manager")
     StakeholderFactory(persona=persona)
@@ -600,6 +648,22 @@ def test_the_command_prints_the_counts_as_json(capsys):
     assert (report["deliveries_now"], report["deliveries_queued"]) == (2, 0)
     call_command("evaluate_triggers", "--at", "2026-11-23T10:05:00+00:00")
     assert "contexts_skipped_cooldown=1" in capsys.readouterr().out
+
+
+def test_the_command_says_its_context_counts_are_per_workflow(capsys):
+    """Two workflows judging one context: 1 found, 2 fired (it said "1 found, 2 fired")."""
+    persona = relaxed(name="Manager")
+    StakeholderFactory(persona=persona)
+    trigger_workflow(name="Day shift", personas=[persona])
+    trigger_workflow(name="Night shift", personas=[persona])
+    with time_machine.travel(T, tick=False):
+        unhealthy(project(45), 1)
+    call_command("evaluate_triggers", "--at", "2026-11-23T10:00:00+00:00")
+    assert (
+        "1 context(s) found; judged by 2 workflow(s), each counted per workflow: 2 fired, "
+        "0 held by a cooldown, 0 not watched, 0 without anyone to tell. Deliveries: 2 now, "
+        "0 queued by cadence, 0 expired"
+    ) in capsys.readouterr().err
 
 
 def test_the_command_refuses_a_bad_time():

@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.demo import STEPS
-from notifications.cli import parse_at
+from notifications.cli import at_help, parse_at
 
 
 class Command(BaseCommand):
@@ -24,9 +24,7 @@ class Command(BaseCommand):
             action="store_true",
             help="do nothing when the database already holds data (used by make run)",
         )
-        parser.add_argument(
-            "--at", type=parse_at, help="ISO 8601 time to seed around (default: the current time)"
-        )
+        parser.add_argument("--at", type=parse_at, help=at_help("to seed around"))
 
     def handle(self, *args, if_empty, at, **options):
         if if_empty and get_user_model().objects.exists():

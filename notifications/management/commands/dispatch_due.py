@@ -4,7 +4,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from notifications.cli import parse_at
+from notifications.cli import at_help, parse_at
 from notifications.dispatch import DispatchReport, dispatch_due
 from notifications.models import Delivery
 
@@ -27,8 +27,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--at",
             type=parse_at,
-            help=(
-                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+            help=at_help("to act as 'now'")
+            + (
+                ". Not a preview: "
                 "the command really sends what is due by then (and expires and sweeps rows as "
                 "of then) and records the sends at that time, so a time ahead of the clock "
                 "stamps the senders' pace cursors in the future and holds later real sends by "
@@ -81,9 +82,11 @@ class Command(BaseCommand):
                 else f"{handled} handled ({due} were due at the start; the others are "
                 "fallbacks made, or rows that fell due, since)"
             )
+            held = f", {total.frozen} held by a kill switch" if total.frozen else ""
             self.stderr.write(
                 f"  … {so_far}: {total.sent} sent, {total.failed} failed, {total.retried} "
-                f"retried, {total.deferred} deferred ({time.monotonic() - started:.1f} s)"
+                f"retried, {total.deferred} deferred{held} "
+                f"({time.monotonic() - started:.1f} s)"
             )
             if moved < size:
                 break  # nothing more is due (or what is left is held)

@@ -4,9 +4,9 @@ import time
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from notifications.cli import parse_at
+from notifications.cli import at_help, parse_at
 from notifications.trigger_models import TriggerWorkflow
-from notifications.triggers import evaluate_triggers
+from notifications.triggers import evaluate_triggers, tick_summary
 
 
 class Command(BaseCommand):
@@ -14,8 +14,9 @@ class Command(BaseCommand):
         "Run every active trigger workflow once (what beat does every 5 minutes): each "
         "context an evaluator reports fires unless its Layer 1 cooldown holds it; each "
         "stakeholder's delivery goes now or, when their cadence holds it, at the earliest "
-        "allowed time. Prints contexts fired, contexts skipped by cooldown, deliveries "
-        "created now and deliveries queued (and the other counts). Progress goes to stderr, "
+        "allowed time. Prints contexts found, then per workflow contexts fired, held by a "
+        "cooldown or not watched, and deliveries created now, queued or expired (and the "
+        "other counts). Progress goes to stderr, "
         "so --json output stays clean."
     )
 
@@ -23,8 +24,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--at",
             type=parse_at,
-            help=(
-                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+            help=at_help("to act as 'now'")
+            + (
+                ". Not a preview: "
                 "the command really fires the contexts found, creates their deliveries and "
                 "records the fires at that time, so a time ahead of the clock stamps the "
                 "workflows' cooldowns in the future and holds later real fires of those "
@@ -47,12 +49,7 @@ class Command(BaseCommand):
                 f"{report['workflows_refused_high_risk']} of them not run: risk 3 or more needs "
                 "an approved proposed action per side effect; lower its risk to 1 or 2"
             )
-        self.stderr.write(
-            f"done in {time.monotonic() - started:.1f} s: {report['contexts_found']} context(s) "
-            f"found, {report['contexts_fired']} fired, {report['contexts_skipped_cooldown']} "
-            f"held by a cooldown, {report['contexts_not_watched']} not watched, "
-            f"{report['contexts_without_audience']} without anyone to tell"
-        )
+        self.stderr.write(f"done in {time.monotonic() - started:.1f} s: {tick_summary(report)}")
         if as_json:
             self.stdout.write(json.dumps(report, sort_keys=True))
         else:

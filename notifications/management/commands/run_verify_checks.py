@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from notifications.batch import run_verify_checks
-from notifications.cli import parse_at
+from notifications.cli import at_help, parse_at
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--at",
             type=parse_at,
-            help="ISO 8601 time to act as 'now' (default: the current time)",
+            help=at_help("to act as 'now'"),
         )
         parser.add_argument(
             "--json", dest="as_json", action="store_true", help="print the counts as JSON"

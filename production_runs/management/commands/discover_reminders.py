@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from notifications.cli import parse_at
+from notifications.cli import at_help, parse_at
 from production_runs.discoverer import KINDS, discover_reminders
 from production_runs.models import ACTIVE_STATUSES, ProductionRun
 
@@ -34,15 +34,19 @@ class Command(BaseCommand):
     help = (
         "Find stalled production runs and emit one reminder event per run (seed 002's daily "
         "discoverer; the dispatcher sends the WhatsApp messages). --dry-run classifies and "
-        "reports without emitting anything."
+        "reports without emitting anything. Run by hand, it runs on whatever day it is "
+        "given, weekends included: the discoverer does not look at the weekday. Only beat's "
+        "schedule keeps to weekdays (as set up by setup_schedules: 10:00 Asia/Kolkata, "
+        "Mon-Fri, crontab day_of_week 1-5; it starts disabled and can be edited in the admin)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--at",
             type=parse_at,
-            help=(
-                "ISO 8601 time to act as 'now' (default: the current time). Not a preview: "
+            help=at_help("to act as 'now'")
+            + (
+                ". Not a preview: "
                 "the command really emits the reminder events due at that time (keyed by "
                 "that day in Asia/Kolkata, for the dispatcher to send) and records those "
                 "reminders as escalation steps and any ops flags at that time, so a time "
