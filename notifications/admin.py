@@ -36,7 +36,7 @@ from notifications.models import (
     WorkflowRun,
 )
 from notifications.templating import TemplateProblem, compile_template
-from notifications.tracking import suppress
+from notifications.tracking import suppress, unsuppress
 
 STATUS_COLOURS = {
     "scheduled": "#2563eb",
@@ -823,6 +823,10 @@ class ProviderBreakerAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting one took its history of trips with it; dispatch makes it again anyway.
+        return False
+
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj):
         colour = {"closed": "sent", "open": "failed", "half_open": "unknown"}[obj.state]
@@ -839,6 +843,13 @@ class SuppressionAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return self.fields if obj else ()
+
+    # Deleting lifts the suppression: audited, with what it was (Admin → Audit entries).
+    def delete_model(self, request, obj):
+        unsuppress([obj], by=request.user.username, now=timezone.now())
+
+    def delete_queryset(self, request, queryset):
+        unsuppress(queryset, by=request.user.username, now=timezone.now())
 
     def save_model(self, request, obj, form, change):
         if change:

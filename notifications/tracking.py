@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from notifications.models import (
     HAS_MESSAGE_ID,
+    AuditEntry,
     Channel,
     Delivery,
     DeliveryEvent,
@@ -352,6 +353,32 @@ def suppress(
         defaults={"reason": reason, "source": source[:300], "created_by": by, "created_at": now},
     )
     return suppression
+
+
+def unsuppress(suppressions, *, by: str, now: datetime) -> int:
+    """Lift suppressions (a person who asked again, a mailbox that works again), each with
+    an audit entry saying who lifted it and what it was. Returns how many."""
+    with transaction.atomic():
+        lifted = list(suppressions)
+        AuditEntry.objects.bulk_create(
+            [
+                AuditEntry(
+                    at=now,
+                    by=by,
+                    action="suppression_lifted",
+                    target=f"suppression:{s.channel}:{s.address}"[:200],
+                    detail={
+                        "reason": s.reason,
+                        "source": s.source,
+                        "created_by": s.created_by,
+                        "created_at": s.created_at.isoformat(),
+                    },
+                )
+                for s in lifted
+            ]
+        )
+        Suppression.objects.filter(pk__in=[s.pk for s in lifted]).delete()
+    return len(lifted)
 
 
 def is_suppressed(address: str, channel: str) -> Suppression | None:

@@ -89,6 +89,15 @@ WHATSAPP_NO_SECRET = (
 )
 
 
+def _unreadable_reason(error: Exception) -> str:
+    """Why anymail could not read an email webhook's body, for the sender: the decoder's
+    message, or what the ESP's parser tripped on (its error type alone said little)."""
+    detail = str(error).strip() or type(error).__name__
+    if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
+        return f"not JSON ({detail})"[:300]
+    return f"not the shape this ESP's webhook sends ({type(error).__name__}: {detail})"[:300]
+
+
 def _raised_reading_the_body(error: Exception) -> bool:
     """Whether anymail's parsing of the request raised `error` (the JSON decoder, or anymail's
     own webhook code taking the body apart), rather than Herald's receiver, a signal
@@ -170,7 +179,7 @@ def requires_anymail_secret(view):
                 raise  # Herald's, a library's or a setting's fault: 500, the ESP sends again
             logger.warning("unreadable email webhook at %s: %r", request.path, error)
             return HttpResponseBadRequest(
-                f"unreadable body: {type(error).__name__}", content_type="text/plain"
+                f"unreadable body: {_unreadable_reason(error)}", content_type="text/plain"
             )
 
     return guarded

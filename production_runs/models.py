@@ -466,7 +466,9 @@ class EventTemplateMapping(models.Model):
 
         if not self.event_name.startswith("production_run."):
             raise ValidationError({"event_name": "Production-run events start production_run."})
-        if self.template_name not in SPECS:
+        # An empty name is the field's own error (required), or one the form already gave
+        # (a template the event cannot fill leaves the name unset on the instance).
+        if self.template_name and self.template_name not in SPECS:
             raise ValidationError(
                 {
                     "template_name": f"No template {self.template_name!r} in code; known: "

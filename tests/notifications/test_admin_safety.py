@@ -464,3 +464,36 @@ def test_the_audit_list_cuts_a_long_list_of_deliveries_the_entry_s_page_shows_al
         reverse("admin:notifications_auditentry_change", args=[entry.pk])
     ).content
     assert b"9999" in detail
+
+
+def test_lifting_suppressions_in_the_admin_is_audited(admin_client):
+    from notifications.models import AuditEntry
+
+    one = Suppression.objects.create(address="a@example.com", channel="email", reason="bounce")
+    two = Suppression.objects.create(address="b@example.com", channel="email", reason="complaint")
+    kept = Suppression.objects.create(address="c@example.com", channel="email", reason="manual")
+    admin_client.post(
+        reverse("admin:notifications_suppression_delete", args=[one.pk]), {"post": "yes"}
+    )
+    admin_client.post(
+        reverse("admin:notifications_suppression_changelist"),
+        {"action": "delete_selected", "_selected_action": [two.pk], "post": "yes"},
+    )
+
+    assert list(Suppression.objects.all()) == [kept]
+    entries = AuditEntry.objects.filter(action="suppression_lifted").order_by("id")
+    assert [(e.by, e.target, e.detail["reason"]) for e in entries] == [
+        ("admin", "suppression:email:a@example.com", "bounce"),
+        ("admin", "suppression:email:b@example.com", "complaint"),
+    ]
+
+
+def test_a_provider_breaker_and_its_history_cannot_be_deleted(admin_client):
+    breaker = ProviderBreaker.objects.create(provider="email:recording", state="open")
+    page = admin_client.get(reverse("admin:notifications_providerbreaker_changelist"))
+    assert "delete_selected" not in page.content.decode()
+    response = admin_client.post(
+        reverse("admin:notifications_providerbreaker_delete", args=[breaker.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 403
+    assert ProviderBreaker.objects.filter(pk=breaker.pk).exists()

@@ -886,20 +886,26 @@ def test_a_whatsapp_post_says_when_no_app_secret_is_configured(client, meta, set
 
 
 @pytest.mark.parametrize(
-    ("url", "body"),
+    ("url", "body", "reason"),
     [
-        (POSTMARK_URL, "garbage"),
-        (POSTMARK_URL, "[]"),
-        ("/webhooks/anymail/sendgrid/tracking/", '{"a": 1}'),
+        (POSTMARK_URL, "garbage", "not JSON (Expecting value: line 1 column 1 (char 0))"),
+        (POSTMARK_URL, "[]", "not the shape this ESP's webhook sends ("),
+        (
+            "/webhooks/anymail/sendgrid/tracking/",
+            '{"a": 1}',
+            "not the shape this ESP's webhook sends (TypeError: string indices must be",
+        ),
     ],
 )
-def test_an_unreadable_email_webhook_body_is_a_bad_request(client, anymail_secret, url, body):
+def test_an_unreadable_email_webhook_body_is_a_bad_request(
+    client, anymail_secret, url, body, reason
+):
     delivery = _email(POSTMARK_DELIVERY["MessageID"])
     response = client.post(
         url, body, content_type="application/json", HTTP_AUTHORIZATION=anymail_secret
     )
     assert response.status_code == 400
-    assert response.content.decode().startswith("unreadable body: ")
+    assert response.content.decode().startswith(f"unreadable body: {reason}")
     delivery.refresh_from_db()
     assert delivery.status == "sent" and not delivery.events.exists()
 

@@ -152,3 +152,19 @@ def test_a_mapping_to_a_template_not_in_code_is_refused(admin_client):
         },
     ).content.decode()
     assert "No template &#x27;typo_v1&#x27; in code" in page
+
+
+def test_a_mapping_to_a_template_its_event_cannot_fill_names_only_that(admin_client):
+    page = admin_client.post(
+        "/admin/production_runs/eventtemplatemapping/add/",
+        {
+            "event_name": "production_run.reminder_foo",
+            "template_name": "jyt_production_run_digest_idle_v1",
+            "is_live": "on",
+        },
+    )
+    errors = page.context["adminform"].form.errors
+    assert list(errors) == ["template_name"]
+    assert len(errors["template_name"]) == 1
+    assert "Pick a template whose variables the event provides" in errors["template_name"][0]
+    assert "No template" not in page.content.decode()
