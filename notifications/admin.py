@@ -674,7 +674,12 @@ class KillSwitchAdmin(admin.ModelAdmin):
         if not request.user.has_perm("notifications.toggle_killswitch"):
             self.message_user(request, "You may not turn kill switches on or off.", messages.ERROR)
             return None
+        state = "on" if on else "off"
         targets = queryset.filter(is_on=not on)
+        if not targets.exists():
+            names = ", ".join(s.name for s in queryset)
+            self.message_user(request, f"Nothing to do: already {state}: {names}.")
+            return None
         if not confirmed(request):
             switches = list(targets.select_related("workflow"))
             matching = frozen_filter(switches)
@@ -714,13 +719,18 @@ class KillSwitchAdmin(admin.ModelAdmin):
                 messages.ERROR,
             )
             return None
-        count = sum(
-            killswitch_set(
+        changed = [
+            s.pk
+            for s in targets
+            if killswitch_set(
                 switch=s, on=on, by=request.user.username, reason=reason, now=timezone.now()
             )
-            for s in targets
-        )
-        self.message_user(request, f"{count} kill switch(es) turned {'on' if on else 'off'}.")
+        ]
+        said = f"{len(changed)} kill switch(es) turned {state}."
+        left = [s.name for s in queryset.exclude(pk__in=changed)]
+        if left:  # already so when chosen, or turned by someone else meanwhile
+            said += f" Already {state}: {', '.join(left)}."
+        self.message_user(request, said)
         return None
 
     @admin.action(description="Turn on (freeze matching deliveries)")

@@ -56,6 +56,23 @@ def test_turning_a_switch_on_shows_a_confirmation_then_audits(admin_client, swit
     assert entry.detail["reason"] == "bad copy"
 
 
+def test_turning_on_switches_that_are_on_says_so(admin_client, switch):
+    other = KillSwitch.objects.create(name="stop sms", scope="channel", channel="sms", is_on=True)
+    url = reverse(CHANGELIST)
+    nothing = admin_client.post(url, {"action": "turn_on", "_selected_action": [other.pk]})
+    assert [str(m) for m in nothing.wsgi_request._messages] == [
+        "Nothing to do: already on: stop sms."
+    ]
+    both = [switch.pk, other.pk]
+    done = admin_client.post(
+        url, {"action": "turn_on", "_selected_action": both, "post": "yes", "reason": "audit"}
+    )
+    assert [str(m) for m in done.wsgi_request._messages][-1] == (
+        "1 kill switch(es) turned on. Already on: stop sms."
+    )
+    assert KillSwitchChange.objects.count() == 1
+
+
 @pytest.mark.parametrize("reason", [None, "", "   "])
 def test_a_switch_is_not_turned_on_without_a_reason(admin_client, switch, reason):
     data = {"action": "turn_on", "_selected_action": [switch.pk], "post": "yes"}
