@@ -16,11 +16,12 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import CharField, Count, Exists, F, Max, OuterRef, Q, Value
+from django.db.models.functions import Cast, Concat
 
 from notifications import tracking
 from notifications.bulk import insert_rows
-from notifications.cohort import cohort
+from notifications.cohort import canonical_filter, cohort
 from notifications.events import record_event
 from notifications.killswitches import launch_blockers
 from notifications.models import (
@@ -296,19 +297,39 @@ def build_preview(
 def unfinished_twin(*, cohort_filter: str, subject: str, body_template: str) -> WorkflowRun | None:
     """A batch run with the same cohort filter, subject and body that has not finished
     (awaiting approval, sending, or aborted): launching it again would send everyone the
-    same message twice (a confirmation page submitted twice, a double click)."""
+    same message twice (a confirmation page submitted twice, a double click, or the same
+    batch typed again). The same as the cohort reads the filter (its conditions in any
+    order, spaced or %-encoded, a value in any case where its lookup ignores case) and as
+    the texts read (any line endings, whitespace around them)."""
+    wanted = _batch_identity(cohort_filter, subject, body_template)
     runs = WorkflowRun.objects.filter(workflow=batch_workflow()).exclude(
         status__in=WorkflowRun.FINISHED
     )
     for run in runs.order_by("id").only("id", "inputs", "status"):
         inputs = run.inputs or {}
         if (
-            inputs.get("customer_cohort_filter"),
-            inputs.get("subject"),
-            inputs.get("body_template"),
-        ) == (cohort_filter, subject, body_template):
+            _batch_identity(
+                inputs.get("customer_cohort_filter") or "",
+                inputs.get("subject") or "",
+                inputs.get("body_template") or "",
+            )
+            == wanted
+        ):
             return run
     return None
+
+
+def _batch_identity(cohort_filter: str, subject: str, body_template: str) -> tuple:
+    try:
+        conditions = canonical_filter(cohort_filter)
+    except ValidationError:  # a stored filter the parser refuses now: compared as written
+        conditions = cohort_filter.strip()
+    return conditions, _same_text(subject), _same_text(body_template)
+
+
+def _same_text(text: str) -> str:
+    """A text as it reads: CRLF (a browser's form) and LF (a command) are one message."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 def _twin_message(run: WorkflowRun) -> str:
@@ -443,11 +464,34 @@ def require_decider(user) -> None:
 
 def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
     """Approve the HITL gate: personalize per recipient and stage one review each.
-    Returns how many reviews were staged (0 when the envelope was already decided)."""
+    Returns how many reviews were staged (0 when the envelope was already decided).
+
+    The gate's approval, its reviews and the run's move to awaiting review are committed
+    together, with the run locked: a cancel (or a crash) between them left an approved
+    gate whose reviews were then staged, pending, in a cancelled run (or never staged)."""
     require_decider(user)
-    if not _claim([envelope.id], status=ProposedAction.Status.APPROVED, user=user, now=now):
+    if not ProposedAction.objects.filter(
+        id=envelope.id, status=ProposedAction.Status.PENDING
+    ).exists():
+        logger.info("proposal %s already decided: approved is a no-op", envelope.id)
         return 0
     run = envelope.workflow_run
+    # Rendered before the transaction: personalizing 10,000 messages need not hold the
+    # run's lock (nor, on SQLite, the database's write lock).
+    reviews = _personalized_reviews(run, now=now)
+    with transaction.atomic():
+        _lock_runs([run.id])
+        if not _claim([envelope.id], status=ProposedAction.Status.APPROVED, user=user, now=now):
+            return 0
+        staged = insert_rows(ProposedAction, reviews, ignore_conflicts=True)
+        WorkflowRun.objects.filter(id=run.id, status=Status.AWAITING_APPROVAL).update(
+            status=Status.AWAITING_REVIEW
+        )
+    return staged
+
+
+def _personalized_reviews(run: WorkflowRun, *, now: datetime) -> list[dict]:
+    """One `hitl_review` row per recipient of the run, its message personalized."""
     compiled = compile_message(run.inputs["subject"], run.inputs["body_template"])
     fields = ("id", *CUSTOMER_CONTEXT_FIELDS)
     customers = (
@@ -471,36 +515,54 @@ def envelope_approve(*, envelope: ProposedAction, user, now: datetime) -> int:
                 "created_at": now,
             }
         )
-    with transaction.atomic():
-        staged = insert_rows(ProposedAction, reviews, ignore_conflicts=True)
-        WorkflowRun.objects.filter(id=run.id, status=Status.AWAITING_APPROVAL).update(
-            status=Status.AWAITING_REVIEW
-        )
-    return staged
+    return reviews
+
+
+def _lock_runs(run_ids) -> list[int]:
+    """Lock these runs (in id order, so two deciders never wait on each other) until the
+    transaction ends, as `finalize_if_done` and `operations.delivery_retry` lock theirs.
+    On SQLite the transaction's write lock (BEGIN IMMEDIATE) already serializes them."""
+    return list(
+        WorkflowRun.objects.select_for_update()
+        .filter(id__in=run_ids)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
 
 
 def unreachable_reviews(proposals) -> tuple[int, int]:
-    """Of these reviews' customers: how many are suppressed for email now (unsubscribed,
-    bounced or complained since the launch: dispatch skips them), and how many have an
-    email that is no email address now (an import changed it since the launch: the send
+    """Of these reviews' customers: how many would be skipped now, not sent (suppressed for
+    email: unsubscribed, bounced or complained since the launch, which dispatch skips; or
+    marked inactive since the launch, skipped when approved), and how many have an email
+    that is no email address now, or none (an import changed it since the launch: the send
     fails, and counts towards the batch's breaker)."""
-    addresses = proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW).values_list(
-        "customer__email", flat=True
+    customers = proposals.filter(action_type=ProposedAction.Type.HITL_REVIEW).values_list(
+        "customer__email", "customer__is_inactive"
     )
-    kinds = [kind for kind, _ in screen_addresses(dict(enumerate(addresses))).values()]
-    suppressed = kinds.count("suppressed")
-    return suppressed, len(kinds) - suppressed
+    emails, inactive = {}, set()
+    for key, (email, is_inactive) in enumerate(customers):
+        emails[key] = email
+        if is_inactive:
+            inactive.add(key)
+    kinds = [kind for kind, _ in screen_addresses(emails, inactive=inactive).values()]
+    skipped = kinds.count("suppressed") + kinds.count("inactive")
+    return skipped, len(kinds) - skipped
 
 
-def screen_addresses(emails: dict) -> dict:
+def screen_addresses(emails: dict, *, inactive=()) -> dict:
     """Why each of these emails (by any key) would not be reached now, as (kind, reason):
-    "missing", "invalid" (no email address) or "suppressed" (with the suppression's
-    reason); none for one that would. One suppression query for the lot."""
-    valid = [e for e in emails.values() if e and is_email_address(e)]
+    "inactive" (the keys in `inactive`: their customer is marked inactive, so approving
+    skips them, whatever their email), "missing", "invalid" (no email address) or
+    "suppressed" (with the suppression's reason); none for one that would. One
+    suppression query for the lot."""
+    inactive = set(inactive)
+    valid = [e for k, e in emails.items() if k not in inactive and e and is_email_address(e)]
     found = tracking.suppressions_for(valid, Channel.EMAIL)
     screened = {}
     for key, email in emails.items():
-        if not email:
+        if key in inactive:
+            screened[key] = ("inactive", "customer marked inactive")
+        elif not email:
             screened[key] = ("missing", "")
         elif not is_email_address(email):
             screened[key] = ("invalid", "")
@@ -523,37 +585,55 @@ def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:
 class Decided:
     decided: int
     already_decided: int
-    deliveries: int
+    deliveries: int  # staged to be sent
+    skipped_inactive: int = 0  # staged skipped: the customer was marked inactive
 
 
 def reviews_decide(*, ids, approve: bool, user, now: datetime) -> Decided:
     """Approve or reject per-recipient reviews (one row, a selection or a whole cohort).
-    Approved recipients become deliveries keyed `<run id>:<customer id>`."""
+    Approved recipients become deliveries keyed `<run id>:<customer id>`.
+
+    The decisions and the deliveries are committed together, with the runs locked: a
+    finalize between them (a second click's, or any dispatch's sweep) found nothing
+    awaiting and nothing to send and closed the run "completed, 0 sent"."""
     require_decider(user)
     ids = list(ids)
     status = ProposedAction.Status.APPROVED if approve else ProposedAction.Status.REJECTED
-    moved = _claim(ids, status=status, user=user, now=now)
-    created = 0
-    if approve and moved:
-        created = _stage_approved(ProposedAction.objects.filter(id__in=moved), now=now)
-    runs = set(ProposedAction.objects.filter(id__in=ids).values_list("workflow_run_id", flat=True))
-    for run_id in runs:
-        WorkflowRun.objects.filter(id=run_id, status=Status.AWAITING_REVIEW).update(
+    created = skipped = 0
+    with transaction.atomic():
+        runs = _lock_runs(ProposedAction.objects.filter(id__in=ids).values("workflow_run_id"))
+        moved = _claim(ids, status=status, user=user, now=now)
+        if approve and moved:
+            created, skipped = _stage_approved(ProposedAction.objects.filter(id__in=moved), now=now)
+        WorkflowRun.objects.filter(id__in=runs, status=Status.AWAITING_REVIEW).update(
             status=Status.RUNNING
         )
+    for run_id in runs:
         finalize_if_done(run_id, now=now)
-    return Decided(len(moved), len(ids) - len(moved), created)
+    return Decided(len(moved), len(ids) - len(moved), created - skipped, skipped)
 
 
-def _stage_approved(reviews, *, now: datetime) -> int:
+INACTIVE_REASON = "the customer is marked inactive (since the launch): not sent"
+
+
+def _stage_approved(reviews, *, now: datetime) -> tuple[int, int]:
+    """Stage a delivery per approved review; returns how many were new, and how many of
+    those were skipped at once: their customer was marked inactive after the launch (the
+    seed's recipients are active customers only)."""
     created = 0
     by_run: dict[int, list[SimpleNamespace]] = {}
+    inactive: set[str] = set()
     # Read as plain values (two model instances per recipient cost more than rendering),
     # and without the run: joined, every review would carry its own parsed copy of the
     # run's inputs (the cohort's customer ids), 10,000 lists for a 10,000 batch.
     fields = ("email", *CUSTOMER_CONTEXT_FIELDS)
     for row in reviews.values(
-        "workflow_run_id", "customer_id", "subject", "body", *(f"customer__{f}" for f in fields)
+        "workflow_run_id",
+        "customer_id",
+        "subject",
+        "body",
+        "customer__is_inactive",
+        *(f"customer__{f}" for f in fields),
     ):
         review = SimpleNamespace(
             customer_id=row["customer_id"],
@@ -562,36 +642,56 @@ def _stage_approved(reviews, *, now: datetime) -> int:
             customer=SimpleNamespace(**{f: row[f"customer__{f}"] for f in fields}),
         )
         by_run.setdefault(row["workflow_run_id"], []).append(review)
+        if row["customer__is_inactive"]:
+            inactive.add(f"{row['workflow_run_id']}:{row['customer_id']}")
     runs = WorkflowRun.objects.in_bulk(list(by_run))
-    for run_id, group in by_run.items():
-        run = runs[run_id]
-        attachments = [
-            {"filename": a.name, "path": a.file.path, "mimetype": a.mimetype}
-            for a in run.attachments.all()
-        ]
-        notification, _ = Notification.objects.get_or_create(
-            workflow_run=run,
-            origin=f"batch_notify:run_{run.id}",
-            defaults={"template_id": run.inputs["template_id"], "created_at": now},
-        )
-        created += stage_deliveries(
-            notification=notification,
-            recipients=[
-                Recipient(
-                    key=f"customer:{r.customer_id}",
-                    address=r.customer.email,
-                    context=customer_context(r.customer),
-                    approved_text=(r.subject, r.body),
-                    # The seed's key: `${workflow_run_id}:${customer_id}`.
-                    idempotency_key=f"{run.id}:{r.customer_id}",
-                )
-                for r in group
-            ],
-            now=now,
-            key_prefix=str(run.id),
-            payload={"attachments": attachments} if attachments else None,
-        )
-    return created
+    with transaction.atomic():  # the inactive ones are never seen scheduled by a dispatcher
+        for run_id, group in by_run.items():
+            run = runs[run_id]
+            attachments = [
+                {"filename": a.name, "path": a.file.path, "mimetype": a.mimetype}
+                for a in run.attachments.all()
+            ]
+            notification, _ = Notification.objects.get_or_create(
+                workflow_run=run,
+                origin=f"batch_notify:run_{run.id}",
+                defaults={"template_id": run.inputs["template_id"], "created_at": now},
+            )
+            created += stage_deliveries(
+                notification=notification,
+                recipients=[
+                    Recipient(
+                        key=f"customer:{r.customer_id}",
+                        address=r.customer.email,
+                        context=customer_context(r.customer),
+                        approved_text=(r.subject, r.body),
+                        # The seed's key: `${workflow_run_id}:${customer_id}`.
+                        idempotency_key=f"{run.id}:{r.customer_id}",
+                    )
+                    for r in group
+                ],
+                now=now,
+                key_prefix=str(run.id),
+                payload={"attachments": attachments} if attachments else None,
+            )
+        skipped = _skip_inactive(inactive, now=now)
+    return created, skipped
+
+
+def _skip_inactive(keys: set[str], *, now: datetime) -> int:
+    """Skip the just-staged deliveries (by idempotency key) of customers marked inactive,
+    each with an event saying why."""
+    if not keys:
+        return 0
+    rows = Delivery.objects.filter(idempotency_key__in=keys, status=Delivery.Status.SCHEDULED)
+    ids = list(rows.values_list("id", flat=True))
+    Delivery.objects.filter(id__in=ids, status=Delivery.Status.SCHEDULED).update(
+        status=Delivery.Status.SKIPPED, status_reason=INACTIVE_REASON, updated_at=now
+    )
+    DeliveryEvent.objects.bulk_create(
+        [DeliveryEvent(delivery_id=i, kind="skipped", at=now, reason=INACTIVE_REASON) for i in ids]
+    )
+    return len(ids)
 
 
 def on_send_outcome(delivery: Delivery, outcome: str, now: datetime) -> bool:
@@ -780,6 +880,40 @@ def customer_email_changed(
     return result
 
 
+def customer_deactivated(*, customer_id: int, by: str, now: datetime) -> int:
+    """A customer marked inactive after a batch message was staged for them: their batch
+    deliveries still scheduled are cancelled, each with an event saying who did it, as a
+    cohort leaves inactive customers out and approving skips them. Returns how many."""
+    reason = f"the customer was marked inactive by {by}"[:300]
+    rows = Delivery.objects.filter(
+        recipient_key=f"customer:{customer_id}",
+        status=Delivery.Status.SCHEDULED,
+        workflow_run__workflow__type=Workflow.Type.BATCH_NOTIFY,
+    )
+    with transaction.atomic():
+        ids = list(rows.select_for_update(of=("self",)).values_list("id", flat=True))
+        Delivery.objects.filter(id__in=ids, status=Delivery.Status.SCHEDULED).update(
+            status=Delivery.Status.CANCELLED, status_reason=reason, updated_at=now
+        )
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=i, kind=DeliveryEvent.Kind.CANCELLED, at=now, reason=reason
+                )
+                for i in ids
+            ]
+        )
+        if ids:
+            AuditEntry.objects.create(
+                at=now,
+                by=by,
+                action="customer_deactivated",
+                target=f"customer:{customer_id}",
+                detail={"deliveries": ids},
+            )
+    return len(ids)
+
+
 @dataclass
 class RetryAddresses:
     """What re-addressing before a retry did: how many go to the customer's corrected
@@ -889,28 +1023,61 @@ def run_progress(run: WorkflowRun) -> dict:
 
 
 def finalize_if_done(run_id: int, *, now: datetime) -> str | None:
-    """Close a running batch once nothing is left to decide or send."""
-    progress = run_progress(WorkflowRun.objects.get(id=run_id))
-    if progress["pending"] or progress["awaiting"]:
-        return None
-    if progress["sent"] and not (progress["failed"] or progress["skipped"] or progress["rejected"]):
-        status = Status.COMPLETED
-    elif progress["sent"]:
-        status = Status.PARTIAL
-    elif progress["failed"] or progress["skipped"]:
-        status = Status.FAILED
-    else:
-        status = Status.COMPLETED  # every recipient was rejected: nothing to send, nothing failed
-    reason = (  # not what it was while running ("resumed by ..."), but how it ended
-        f"ended {status}: {progress['sent']} sent, {progress['failed']} failed, "
-        f"{progress['skipped']} skipped, {progress['rejected']} rejected of {progress['total']}"
-    )
-    if not WorkflowRun.objects.filter(id=run_id, status=Status.RUNNING).update(
-        status=status, status_reason=reason, completed_at=now, summary=progress
-    ):
-        return None
+    """Close a running batch once nothing is left to decide, stage or send."""
+    if _left_to_do(run_progress(WorkflowRun.objects.get(id=run_id))):
+        return None  # the usual answer, given without taking the run's lock
+    with transaction.atomic():
+        # Locked, and read again: reviews_decide holds this lock from its approvals until
+        # their deliveries are staged, so a run is never read with the one and not the other.
+        if not _lock_runs([run_id]) or _approved_unstaged(run_id):
+            return None
+        progress = run_progress(WorkflowRun.objects.get(id=run_id))
+        if _left_to_do(progress):
+            return None
+        status = _ending(progress)
+        reason = (  # not what it was while running ("resumed by ..."), but how it ended
+            f"ended {status}: {progress['sent']} sent, {progress['failed']} failed, "
+            f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
+            f"{progress['total']}"
+        )
+        if not WorkflowRun.objects.filter(id=run_id, status=Status.RUNNING).update(
+            status=status, status_reason=reason, completed_at=now, summary=progress
+        ):
+            return None
     _post_actions(WorkflowRun.objects.get(id=run_id), now=now)
     return status
+
+
+def _left_to_do(progress: dict) -> bool:
+    return bool(progress["pending"] or progress["awaiting"])
+
+
+def _approved_unstaged(run_id: int) -> bool:
+    """Whether a review of the run is approved but has no delivery yet: still to be staged
+    (by a decision in progress elsewhere, or one that failed part way), so not done."""
+    staged = Delivery.objects.filter(
+        workflow_run_id=run_id,
+        idempotency_key=Concat(Value(f"{run_id}:"), Cast(OuterRef("customer_id"), CharField())),
+    )
+    return (
+        ProposedAction.objects.filter(
+            workflow_run_id=run_id,
+            action_type=ProposedAction.Type.HITL_REVIEW,
+            status=ProposedAction.Status.APPROVED,
+        )
+        .exclude(Exists(staged))
+        .exists()
+    )
+
+
+def _ending(progress: dict) -> str:
+    if progress["sent"] and not (progress["failed"] or progress["skipped"] or progress["rejected"]):
+        return Status.COMPLETED
+    if progress["sent"]:
+        return Status.PARTIAL
+    if progress["failed"] or progress["skipped"]:
+        return Status.FAILED
+    return Status.COMPLETED  # every recipient was rejected: nothing to send, nothing failed
 
 
 def _post_actions(run: WorkflowRun, *, now: datetime) -> None:

@@ -6,7 +6,9 @@ happened."""
 from datetime import datetime
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -60,8 +62,11 @@ class MultipleFileField(forms.FileField):
 
 class BatchForm(forms.Form):
     customer_cohort_filter = forms.CharField(
-        help_text="Which customers, as field=value pairs joined by &, e.g. "
-        "bid=B5875&region=NYC DOE. Fields: " + ", ".join(FILTER_FIELDS) + ".",
+        help_text="Which customers, as field=value conditions separated by & (not ;), e.g. "
+        "bid=B5875&region=NYC DOE; all must match. A value is taken as typed (a + is a plus); "
+        "write %26 for a literal & in it (company=Smith %26 Sons). Fields: "
+        + ", ".join(FILTER_FIELDS)
+        + ".",
         widget=forms.TextInput(attrs={"size": 70}),
     )
     subject = forms.CharField(
@@ -72,10 +77,7 @@ class BatchForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 8, "cols": 70}),
         help_text="Variables: " + ", ".join(f"{{{{ {v} }}}}" for v in batch.VARIABLES) + ".",
     )
-    max_recipients = forms.IntegerField(
-        required=False,
-        help_text="Optional. The cap is 50; a higher value needs its permission and is audited.",
-    )
+    max_recipients = forms.IntegerField(required=False)  # help text: __init__ (a setting)
     attachments = MultipleFileField(
         required=False,
         widget=MultipleFileInput(),
@@ -84,6 +86,29 @@ class BatchForm(forms.Form):
     confirm_recent = forms.BooleanField(
         required=False,
         label="Send anyway to recipients emailed in the last 48 hours",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The limits batch.clean_max_recipients enforces, said where the value is typed.
+        self.fields["max_recipients"].help_text = (
+            f"Optional, a whole number from 1 to {settings.BATCH_MAX_RECIPIENTS_CEILING:,}. "
+            f"Without it the cap is {batch.DEFAULT_CAP}; a higher value needs the cap-override "
+            "permission and is audited."
+        )
+
+
+def _launched_twin(form: BatchForm) -> WorkflowRun | None:
+    """The unfinished run a posted launch would repeat (batch.unfinished_twin), read from the
+    posted filter, subject and body as the form cleans them."""
+    form.is_valid()
+    data = form.cleaned_data
+    if not all(data.get(name) for name in ("customer_cohort_filter", "subject", "body_template")):
+        return None
+    return batch.unfinished_twin(
+        cohort_filter=data["customer_cohort_filter"],
+        subject=data["subject"],
+        body_template=data["body_template"],
     )
 
 
@@ -203,6 +228,25 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         form = BatchForm(request.POST or None, request.FILES or None)
         preview = None
         staged: list[str] = []
+        if request.method == "POST" and "_launch" in request.POST and confirmed(request):
+            # A confirmation posted again (the browser's back button, a double click) names a
+            # batch already launched: say so before anything else (its files were dropped at
+            # launch, and "choose it again" would launch it twice).
+            twin = _launched_twin(form)
+            if twin is not None:
+                change = reverse("admin:notifications_workflowrun_change", args=[twin.id])
+                self.message_user(
+                    request,
+                    format_html(
+                        'This batch was already launched: <a href="{}">run {}</a>, {}, has the '
+                        "same filter, subject and body. It was not launched again.",
+                        change,
+                        twin.id,
+                        _status_words(twin),
+                    ),
+                    messages.WARNING,
+                )
+                return HttpResponseRedirect(change)
         if request.method == "POST":
             # Browsers do not post a chosen file again (after a preview, an error, or on the
             # confirmation page): what was chosen is kept on the server and carried by name.
@@ -384,14 +428,13 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             counts = Delivery.objects.filter(workflow_run=run).aggregate(
                 unsent=Count("id", filter=Q(status=Delivery.Status.SCHEDULED)),
             )
-            reviews = run.proposed_actions.filter(status=ProposedAction.Status.PENDING).count()
             return confirm_form(
                 self,
                 request,
                 title=f"Cancel run {run.id}",
                 summary=(
                     f"Cancelling run {run.id} stops it for good: {counts['unsent']} scheduled "
-                    f"deliveries are cancelled and {reviews} pending review(s) rejected. "
+                    f"deliveries are cancelled and {_pending_rejected(run.proposed_actions)}. "
                     "What was already sent stays sent."
                 ),
                 confirm_label=f"Yes, cancel run {run.id}",
@@ -476,14 +519,14 @@ class WorkflowRunAdmin(KeptRecordAdmin):
                 action="cancel_runs",
                 title=f"Cancel {len(runs)} batch(es)",
                 summary=f"Cancelling stops {len(runs)} run(s) for good: their "
-                f"{_unsent(runs)} scheduled deliveries and pending reviews are cancelled."
+                f"{_unsent(runs)} scheduled deliveries are cancelled and "
+                + _pending_rejected(ProposedAction.objects.filter(workflow_run__in=runs))
+                + "."
                 + (f" Left alone: {left}" if left else ""),
                 items=[str(r) for r in runs],
                 confirm_label="Yes, cancel",
             )
-        reviews = ProposedAction.objects.filter(
-            workflow_run__in=runs, status=ProposedAction.Status.PENDING
-        ).count()
+        rejected = _pending_rejected(ProposedAction.objects.filter(workflow_run__in=runs))
         try:
             count = sum(
                 batch.run_cancel(run=r, user=request.user, now=timezone.now()) for r in runs
@@ -493,8 +536,8 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             return None
         self.message_user(
             request,
-            f"{len(runs)} run(s) cancelled; {count} deliveries will not go; {reviews} pending "
-            "review(s) rejected." + (f" Left alone: {left}" if left else ""),
+            f"{len(runs)} run(s) cancelled; {count} deliveries will not go; {rejected}."
+            + (f" Left alone: {left}" if left else ""),
         )
         return None
 
@@ -629,6 +672,21 @@ def _frozen_by_switches(runs) -> str:
     )
 
 
+def _pending_rejected(proposals) -> str:
+    """What cancelling rejects among these proposed actions, the HITL gate (the envelope)
+    called a gate, not a review: "1 pending gate(s) and 3 pending review(s) rejected"."""
+    counts = proposals.filter(status=ProposedAction.Status.PENDING).aggregate(
+        gates=Count("id", filter=Q(action_type=ProposedAction.Type.BATCH_ENVELOPE)),
+        reviews=Count("id", filter=~Q(action_type=ProposedAction.Type.BATCH_ENVELOPE)),
+    )
+    parts = []
+    if counts["gates"]:
+        parts.append(f"{counts['gates']} pending gate(s)")
+    if counts["reviews"] or not counts["gates"]:
+        parts.append(f"{counts['reviews']} pending review(s)")
+    return " and ".join(parts) + " rejected"
+
+
 def _unsent(runs) -> int:
     return Delivery.objects.filter(
         workflow_run__in=[r.id for r in runs], status=Delivery.Status.SCHEDULED
@@ -668,13 +726,16 @@ def address_problems(proposals) -> dict[int, str]:
     approving stages it to), by proposal id; none for one that would (batch.screen_addresses,
     as a launch's preview screens them)."""
     emails = {p.pk: p.customer.email for p in proposals if p.customer_id is not None}
+    inactive = {p.pk for p in proposals if p.customer_id is not None and p.customer.is_inactive}
     said = {
         "missing": "no email address: nothing can be sent; add one in Customers",
         "invalid": "not an email address: the send fails; correct it in Customers",
+        "inactive": "customer marked inactive: skipped, not sent; reactivate them in Customers "
+        "to send",
     }
     return {
         pk: said.get(kind) or f"suppressed ({reason}): skipped, not sent"
-        for pk, (kind, reason) in batch.screen_addresses(emails).items()
+        for pk, (kind, reason) in batch.screen_addresses(emails, inactive=inactive).items()
     }
 
 
@@ -721,12 +782,37 @@ class ProposedActionAdmin(admin.ModelAdmin):
         "created_at",
     )
     actions = ["approve_selected", "reject_selected"]
+    change_form_template = "admin/notifications/proposedaction/change_form.html"
 
     def has_add_permission(self, request):
         return False
 
     def get_changelist(self, request, **kwargs):
         return ReviewChangeList
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """Read-only: no Save. A pending one is decided by Approve or Reject, which post this
+        one id to the list's approve_selected / reject_selected (their confirmation page
+        first)."""
+        if request.method == "POST":  # a Save from a page served before this had none
+            self.message_user(
+                request,
+                "Nothing on this page is edited: approve or reject it with its buttons.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(request.get_full_path())
+        proposal = self.get_object(request, object_id)
+        pending = proposal is not None and proposal.status == ProposedAction.Status.PENDING
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "decide": pending,
+            "may_decide": request.user.has_perm("notifications.decide_proposedaction"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="sends to (current email)", ordering="customer__email")
     def sends_to(self, obj):
@@ -773,9 +859,9 @@ class ProposedActionAdmin(admin.ModelAdmin):
                 )
             if suppressed:
                 what.append(
-                    f"{suppressed} recipient(s) are suppressed now (unsubscribed, bounced or "
-                    "complained, or suppressed by hand, since the launch): approved, they are "
-                    "skipped, not sent"
+                    f"{suppressed} recipient(s) are suppressed or inactive now (unsubscribed, "
+                    "bounced or complained, suppressed by hand, or marked inactive, since the "
+                    "launch): approved, they are skipped, not sent"
                 )
             if invalid:
                 what.append(
@@ -815,12 +901,15 @@ class ProposedActionAdmin(admin.ModelAdmin):
         )
         try:
             staged = gates_rejected = 0
+            gates_taken = []  # decided by someone else since this page was shown
             for envelope in pending.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
                 if approve:
                     staged += batch.envelope_approve(envelope=envelope, user=request.user, now=now)
-                else:
-                    batch.envelope_reject(envelope=envelope, user=request.user, now=now)
+                elif batch.envelope_reject(envelope=envelope, user=request.user, now=now):
                     gates_rejected += 1
+                envelope.refresh_from_db()
+                if envelope.decided_at != now:
+                    gates_taken.append(envelope)
             reviews = queryset.filter(action_type=ProposedAction.Type.HITL_REVIEW)
             decided = batch.reviews_decide(
                 ids=reviews.values_list("id", flat=True),
@@ -833,9 +922,19 @@ class ProposedActionAdmin(admin.ModelAdmin):
             return None
         parts = []
         if decided.decided or decided.already_decided or not (staged or gates_rejected):
-            parts.append(f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}")
-            if approve:
-                parts.append(f"{decided.deliveries} deliveries staged")
+            if decided.decided or not gates_taken:
+                parts.append(
+                    f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}"
+                )
+                if approve:
+                    parts.append(f"{decided.deliveries} deliveries staged")
+            if decided.skipped_inactive:
+                parts.append(f"{decided.skipped_inactive} skipped: customer marked inactive")
+        for gate in gates_taken:
+            parts.append(
+                f"the batch gate of run {gate.workflow_run_id} was already {gate.status} by "
+                f"{gate.decided_by or 'someone'} meanwhile (no-op)"
+            )
         if gates_rejected:
             parts.append(f"{gates_rejected} batch gate(s) rejected: their runs are cancelled")
         if staged:
@@ -889,6 +988,17 @@ class CustomerAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        if change and obj.is_inactive and "is_inactive" in form.changed_data:
+            cancelled = batch.customer_deactivated(
+                customer_id=obj.id, by=request.user.get_username(), now=timezone.now()
+            )
+            if cancelled:
+                self.message_user(
+                    request,
+                    f"{cancelled} scheduled batch delivery(ies) to {obj} were cancelled: the "
+                    "customer is marked inactive.",
+                    messages.WARNING,
+                )
         if not change or "email" not in form.changed_data:
             return
         old = form.initial.get("email") or ""

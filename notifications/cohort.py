@@ -2,7 +2,7 @@
 query string (never raw SQL, unlike the seed's `WHERE __filter__`)."""
 
 import re
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 import django_filters
 from django import forms
@@ -59,18 +59,7 @@ def cohort(query: str, *, base=None):
     Example: "bid=B5875&region=NYC DOE". An empty filter is refused: a cohort is never
     "everyone" by accident.
     """
-    query = (query or "").strip().lstrip("?")
-    if not query:
-        raise ValidationError(
-            {"customer_cohort_filter": f"Give a filter, e.g. bid=B5875 (fields: {_fields()})."}
-        )
-    # Spaces around a name or a value are the typing's, not the filter's: "bid=B5875 &
-    # region=NYC DOE" means bid B5875 and region NYC DOE.
-    pairs = [
-        (key.strip(), value.strip()) for key, value in parse_qsl(query, keep_blank_values=True)
-    ]
-    if not pairs:
-        raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
+    pairs = filter_conditions(query)
     problems = _problems(pairs)
     if problems:
         raise ValidationError({"customer_cohort_filter": problems})
@@ -84,6 +73,71 @@ def cohort(query: str, *, base=None):
         )
         raise ValidationError({"customer_cohort_filter": f"Invalid filter: {invalid}"})
     return filterset.qs.order_by("id")
+
+
+def filter_conditions(query: str) -> list[tuple[str, str]]:
+    """A cohort filter's (field, value) conditions, decoded and stripped, in the order
+    written; ValidationError if it has none or joins them with ";". The fields and values
+    are checked by `cohort`."""
+    query = (query or "").strip().lstrip("?")
+    if not query:
+        raise ValidationError(
+            {"customer_cohort_filter": f"Give a filter, e.g. bid=B5875 (fields: {_fields()})."}
+        )
+    # Conditions are joined by & only. A ";" written where a & belongs ("bid=B5875;region=
+    # NYC DOE") would otherwise make the rest part of the value and select nobody. A value
+    # may hold a ";" (a company name can), but not one followed by field=: that is a
+    # separator. %3B writes it literally (checked before decoding).
+    separator = re.compile(r";\s*[A-Za-z_]\w*\s*=")  # ";" then field=, in one part
+    parts = [part for part in query.split("&") if part]
+    separated = [part for part in parts if separator.search(part)]
+    if separated:
+        raise ValidationError(
+            {
+                "customer_cohort_filter": (
+                    f"The filter part {separated[0]!r} uses ';' between conditions: separate "
+                    "them with &, e.g. "
+                    f"{separator.sub(lambda m: '&' + m[0][1:], separated[0])!r} "
+                    "(%3B writes a literal ';')."
+                )
+            }
+        )
+    # Decoded with unquote, not unquote_plus: a "+" is a plus ("email_domain=+fail@…"), as
+    # typed; %26 writes a literal &. Spaces around a name or a value are the typing's, not
+    # the filter's: "bid=B5875 & region=NYC DOE" means bid B5875 and region NYC DOE.
+    pairs = [
+        (unquote(key, errors="replace").strip(), unquote(value, errors="replace").strip())
+        for key, _, value in (part.partition("=") for part in parts)
+    ]
+    if not pairs:
+        raise ValidationError({"customer_cohort_filter": f"Cannot read the filter {query!r}."})
+    return pairs
+
+
+# Lookups that ignore case (and the tag filter, an iregex): a value in one of them is the
+# same value in any case. ASCII letters only: SQLite's LIKE folds no others.
+CASELESS_LOOKUPS = frozenset({"iexact", "icontains", "istartswith", "iendswith", "iregex"})
+CASELESS_METHODS = frozenset({"tag"})
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def canonical_filter(query: str) -> tuple[tuple[str, str], ...]:
+    """A cohort filter as the cohort reads it, whatever its typing: its conditions sorted
+    by field, a value lowercased where its field ignores case, a list's items (account_ref,
+    id) sorted. "bid=B5875&region=NYC DOE" and "region=nyc%20doe & bid=b5875" are the same
+    filter. ValidationError as `filter_conditions`."""
+    canonical = []
+    for key, value in filter_conditions(query):
+        spec = CustomerFilter.base_filters.get(key)
+        if isinstance(spec, django_filters.BaseInFilter):
+            items = {item.strip() for item in value.split(",")}
+            if isinstance(spec, IdInFilter):
+                items = {str(int(item)) if item.isdigit() else item for item in items}
+            value = ",".join(sorted(items))
+        elif spec is not None and (spec.lookup_expr in CASELESS_LOOKUPS or key in CASELESS_METHODS):
+            value = value.translate(_ASCII_LOWER)
+        canonical.append((key, value))
+    return tuple(sorted(canonical))
 
 
 def _problems(pairs: list[tuple[str, str]]) -> list[str]:

@@ -97,8 +97,8 @@ def _expressions(value) -> Iterator[FilterExpression]:
             yield from _expressions(item)
 
 
-def _names_used(expression: FilterExpression) -> Iterator[str]:
-    if isinstance(expression.var, Variable) and expression.var.lookups:
+def _names_used(expression: FilterExpression, *, own_var: bool = True) -> Iterator[str]:
+    if own_var and isinstance(expression.var, Variable) and expression.var.lookups:
         yield expression.var.lookups[0]
     for _, args in expression.filters:
         for is_variable, arg in args:
@@ -106,12 +106,46 @@ def _names_used(expression: FilterExpression) -> Iterator[str]:
                 yield arg.lookups[0]
 
 
-def _bound_names(node: Node) -> set[str]:
-    if isinstance(node, tags.ForNode):
-        return {*node.loopvars, "forloop"}
-    if isinstance(node, tags.WithNode):
-        return set(node.extra_context)
-    return set()
+def _free_names(nodelist: NodeList, bound: set[str]) -> set[str]:
+    """The variables the nodes read that are not bound where they read them: what the
+    template needs from its context.
+
+    {% for %} binds its loop variables and `forloop`, {% with %} its names, for their own
+    body only (Django pushes a context for them). `{% firstof/cycle/now … as name %}` sets
+    `name` for what follows until the enclosing push ends, so `bound` grows as siblings are
+    read and is shared with bodies that push nothing ({% if %}, {% filter %}, …).
+    {% filter f %} reads only its filters' arguments: the `var` Django filters the body
+    through is internal to the tag, not a variable the author wrote."""
+    free: set[str] = set()
+    for node in nodelist:
+        if isinstance(node, tags.ForNode):
+            free |= set(_names_used(node.sequence)) - bound
+            free |= _free_names(node.nodelist_loop, {*bound, *node.loopvars, "forloop"})
+            free |= _free_names(node.nodelist_empty, bound)  # rendered without a push
+            continue
+        if isinstance(node, tags.WithNode):
+            for expression in node.extra_context.values():
+                free |= set(_names_used(expression)) - bound
+            free |= _free_names(node.nodelist, {*bound, *node.extra_context})
+            continue
+        if isinstance(node, tags.FilterNode):
+            free |= set(_names_used(node.filter_expr, own_var=False)) - bound
+            free |= _free_names(node.nodelist, bound)
+            continue
+        for value in vars(node).values():
+            for expression in _expressions(value):
+                free |= set(_names_used(expression)) - bound
+        if isinstance(node, tags.IfNode):
+            for _, branch in node.conditions_nodelists:
+                free |= _free_names(branch, bound)
+        else:
+            for attr in node.child_nodelists:
+                free |= _free_names(getattr(node, attr, None) or NodeList(), bound)
+        if isinstance(node, tags.CycleNode) and node.variable_name:
+            bound.add(node.variable_name)
+        if isinstance(node, tags.FirstOfNode | tags.NowNode) and node.asvar:
+            bound.add(node.asvar)
+    return free
 
 
 UNCLOSED = (("{{", "}}"), ("{%", "%}"), ("{#", "#}"))
@@ -149,16 +183,11 @@ def check_source(
                     raise TemplateProblem(
                         field, f"Unclosed {opener} in {label}: {near!r} needs its {closer}."
                     )
-    bound = set().union(*(_bound_names(node) for node in nodes))
-    used: set[str] = set()
     for node in nodes:
         if not isinstance(node, _ALLOWED_NODES):
             tag = node.token.contents.split()[0] if getattr(node, "token", None) else node
             raise TemplateProblem(field, f"The tag {{% {tag} %}} is not allowed in {label}.")
-        for value in vars(node).values():
-            for expression in _expressions(value):
-                used.update(_names_used(expression))
-    unknown = sorted(used - declared - bound)
+    unknown = sorted(_free_names(template.nodelist, set()) - declared)
     if unknown:
         many = len(unknown) > 1
         known = ", ".join(sorted(declared))

@@ -631,6 +631,43 @@ def test_removing_a_customers_email_cancels_what_was_scheduled_for_them(mike, po
     )
 
 
+def test_marking_a_customer_inactive_cancels_their_scheduled_batch_emails(mike, postmark):
+    customers = _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()  # 1 sent, 5 failed: the breaker halts the run with 3 scheduled
+    waiting, sent = customers[7], customers[0]
+    client = Client()
+    client.force_login(mike)
+    fields = ("company_name", "email", "phone", "account_ref", "bid", "region", "school_year")
+    for customer in (waiting, sent):
+        form = {name: getattr(customer, name) for name in fields}
+        response = client.post(
+            f"/admin/notifications/customer/{customer.id}/change/",
+            {**form, "tags": customer.tags, "is_inactive": "on"},
+            follow=True,
+        )
+        notes = [str(m) for m in response.context["messages"]]
+        if customer is waiting:
+            assert (
+                f"1 scheduled batch delivery(ies) to {waiting} were cancelled: the customer is "
+                "marked inactive."
+            ) in notes
+        else:
+            assert not any("cancelled" in note for note in notes)
+
+    cancelled = Delivery.objects.get(recipient_key=f"customer:{waiting.id}")
+    assert (cancelled.status, cancelled.status_reason) == (
+        "cancelled",
+        "the customer was marked inactive by mike",
+    )
+    assert cancelled.events.get(kind="cancelled").reason == cancelled.status_reason
+    assert Delivery.objects.get(recipient_key=f"customer:{sent.id}").status == "sent"
+    assert Delivery.objects.filter(workflow_run=run, status="scheduled").count() == 2
+    entry = AuditEntry.objects.get(action="customer_deactivated")
+    assert (entry.by, entry.detail) == ("mike", {"deliveries": [cancelled.id]})
+
+
 def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_outcome(
     mike, postmark
 ):

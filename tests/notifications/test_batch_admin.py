@@ -307,8 +307,8 @@ def test_approving_reviews_says_how_many_recipients_were_suppressed_since_the_la
     ).content.decode()
     assert (
         "Approve: 2 recipient(s) will each get the message shown; 1 recipient(s) are "
-        "suppressed now (unsubscribed, bounced or complained, or suppressed by hand, since the "
-        "launch): approved, they are skipped, not sent." in confirm
+        "suppressed or inactive now (unsubscribed, bounced or complained, suppressed by hand, "
+        "or marked inactive, since the launch): approved, they are skipped, not sent." in confirm
     )
     Customer.objects.filter(id=customers[2].id).update(email="broken,example.org")  # an import
     confirm = html.unescape(

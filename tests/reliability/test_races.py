@@ -159,3 +159,53 @@ def test_two_discoverer_processes_at_once_on_postgresql_emit_one_reminder_per_ru
         for s in summaries
     )
     assert not any(s["failed"] for s in summaries)
+
+
+def _post_gate_approval(username, envelope_id, barrier, said):
+    from django.test import Client
+    from django.urls import reverse
+
+    try:
+        client = Client()
+        client.force_login(User.objects.get(username=username))
+        barrier.wait()
+        response = client.post(
+            reverse("admin:notifications_proposedaction_changelist"),
+            {"action": "approve_selected", "_selected_action": [envelope_id], "post": "yes"},
+        )
+        said.append([str(m) for m in response.wsgi_request._messages][-1])
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_staff_approving_one_gate_at_once_are_told_who_did_it():
+    """The second said "0 recipient(s) approved; 0 deliveries staged." without a word on
+    the gate."""
+    mike = User.objects.create_superuser("mike", "m@example.com", "pw")
+    User.objects.create_superuser("anna", "a@example.com", "pw")
+    CustomerFactory.create_batch(3)
+    run = batch.batch_launch(
+        user=mike, cohort_filter="bid=B5875", subject="s", body_template="b", now=timezone.now()
+    )
+    envelope = run.proposed_actions.get()
+    barrier, said = threading.Barrier(2), []
+    threads = [
+        threading.Thread(target=_post_gate_approval, args=(name, envelope.id, barrier, said))
+        for name in ("mike", "anna")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    envelope.refresh_from_db()
+    first = next(m for m in said if m.startswith("3 review(s) staged from the batch gate"))
+    second = next(m for m in said if m is not first)
+    assert "already" in second and "0 recipient(s) approved" not in second
+    if "meanwhile" in second:  # both saw it pending; the other approved it first
+        assert second == (
+            f"the batch gate of run {run.id} was already approved by {envelope.decided_by} "
+            "meanwhile (no-op)."
+        )
+    assert run.proposed_actions.filter(action_type="hitl_review").count() == 3
