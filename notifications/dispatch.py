@@ -514,6 +514,17 @@ def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -
             "permanent error" if error.permanent else f"gave up after {delivery.attempts} attempts"
         )
         reason = f"{why}: {error}"
+        suppress = getattr(error, "suppress", "")
+        if suppress:  # the address itself will never take a message: as a bounce report
+            tracking.suppress(
+                address=delivery.address,
+                channel=delivery.channel,
+                reason=suppress,
+                source=f"refused when sent (delivery {delivery.id}): {error}",
+                by="dispatch",
+                now=now,
+            )
+            reason = f"{reason} (address suppressed)"
         _finish(
             delivery,
             now=now,

@@ -63,10 +63,15 @@ class TransientError(ChannelError):
 
 
 class PermanentError(ChannelError):
-    """The provider refused this message for good (bad address, opted out, bad template)."""
+    """The provider refused this message for good (bad address, opted out, bad template).
+    `suppress`: the suppression reason ("bounce", "unsubscribe") when the provider said the
+    address itself will never take a message (no such mailbox, not a mobile number, the
+    person replied STOP), so dispatch puts it on the suppression list as a bounce report
+    would; empty when the refusal was about this message or is not certain."""
 
-    def __init__(self, message: str, *, code: str = "") -> None:
+    def __init__(self, message: str, *, code: str = "", suppress: str = "") -> None:
         super().__init__(message, permanent=True, code=code)
+        self.suppress = suppress
 
 
 class Channel:

@@ -143,12 +143,22 @@ def _domain_of(from_email: str) -> str | None:
     return parseaddr(from_email)[1].rpartition("@")[2] or None
 
 
+def _enhanced_status(reply) -> str:
+    """The RFC 3463 status at the start of an SMTP reply (b"5.1.1 no such user" -> "5.1.1")."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return text.strip().split(" ", 1)[0]
+
+
 def classify_email_error(exc: Exception) -> ChannelError | None:
     """Map anymail/SMTP/socket failures to transient or permanent; None if not a send error.
 
     Order matters: anymail's requests errors and every smtplib error are also OSErrors.
     """
-    if isinstance(exc, AnymailRecipientsRefused | AnymailInvalidAddress):
+    if isinstance(exc, AnymailRecipientsRefused):  # the ESP: invalid, bounced or suppressed
+        return PermanentError(
+            f"recipient refused: {exc}", code="recipient_refused", suppress="bounce"
+        )
+    if isinstance(exc, AnymailInvalidAddress):  # not an address: correct it, nothing to suppress
         return PermanentError(f"recipient refused: {exc}", code="recipient_refused")
     if isinstance(exc, AnymailAPIError):
         if isinstance(exc, requests.Timeout | requests.ConnectionError):
@@ -172,8 +182,16 @@ def classify_email_error(exc: Exception) -> ChannelError | None:
         codes = [code for code, _ in exc.recipients.values()]
         if codes and all(400 <= code < 500 for code in codes):  # greylisting, mailbox busy
             return TransientError(f"recipient deferred: {exc.recipients}", code=str(codes[0]))
+        # 5.1.x: the mailbox or its domain does not exist (RFC 3463); other refusals may be
+        # about this message (policy, content) and leave the address alone.
+        no_mailbox = codes and all(
+            code >= 500 and _enhanced_status(reply).startswith("5.1.")
+            for code, reply in exc.recipients.values()
+        )
         return PermanentError(
-            f"recipient refused: {exc.recipients}", code=str(codes[0] if codes else "")
+            f"recipient refused: {exc.recipients}",
+            code=str(codes[0] if codes else ""),
+            suppress="bounce" if no_mailbox else "",
         )
     if isinstance(exc, smtplib.SMTPResponseException):
         code = str(exc.smtp_code)

@@ -75,14 +75,17 @@ SIMULATED_PHONE_REFUSALS = {
 
 def simulated_phone_refusal(channel: str, number: str) -> ChannelError | None:
     """The error for one of Twilio's test numbers: +15005550001 (invalid number) and
-    +15005550009 (not a mobile) fail at once, +15005550008 is refused for now (retried,
-    then failed; five in a row trip the provider breaker); None for every other number."""
+    +15005550009 (not a mobile) fail at once (and dispatch suppresses them), +15005550008
+    is refused for now (retried, then failed; five in a row trip the provider breaker);
+    None for every other number."""
     if number not in SIMULATED_PHONE_REFUSALS:
         return None
     transient, code, reason = SIMULATED_PHONE_REFUSALS[number]
     kind = "temporary" if transient else "permanent"
     message = f"Simulated {kind} {channel} failure ({number}, code {code}): {reason}"
-    return (TransientError if transient else PermanentError)(message, code=code)
+    if transient:
+        return TransientError(message, code=code)
+    return PermanentError(message, code=code, suppress="bounce")  # as Twilio's codes do
 
 
 class EmailBackend(BaseEmailBackend):

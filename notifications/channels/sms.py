@@ -31,6 +31,8 @@ PERMANENT_CODES = {
     21612: "'To' number not reachable from this sender",
     21614: "'To' number is not a mobile number",
 }
+# Of those, the ones about the number itself, whoever sends: it goes on the suppression list.
+SUPPRESSING_CODES = {21211: "bounce", 21610: "unsubscribe", 21614: "bounce"}
 
 
 class TwilioSMSChannel(Channel):
@@ -80,7 +82,11 @@ def classify_twilio_error(exc: Exception) -> ChannelError:
     code = getattr(exc, "code", None)
     detail = getattr(exc, "msg", "") or getattr(exc, "detail", "") or ""
     if code in PERMANENT_CODES:
-        return PermanentError(f"Twilio {code}: {PERMANENT_CODES[code]} ({detail})", code=str(code))
+        return PermanentError(
+            f"Twilio {code}: {PERMANENT_CODES[code]} ({detail})",
+            code=str(code),
+            suppress=SUPPRESSING_CODES.get(code, ""),
+        )
     if status is not None:
         return http_status_error(
             int(status), f"Twilio HTTP {status}: {detail}", code=str(code or "")

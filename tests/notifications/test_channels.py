@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import pytest
 import responses
 from anymail.backends.base_requests import AnymailRequestsBackend
+from anymail.exceptions import AnymailInvalidAddress, AnymailRecipientsRefused
 from django.contrib.auth.models import User
 from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
@@ -197,14 +198,19 @@ def test_twilio_sender_override_in_payload_wins(twilio_settings, provider_http):
     }
 
 
-@pytest.mark.parametrize("code", [21211, 21408, 21610, 21612, 21614])
-def test_twilio_recipient_codes_are_permanent(twilio_settings, provider_http, code):
+@pytest.mark.parametrize(
+    ("code", "suppress"),
+    [(21211, "bounce"), (21408, ""), (21610, "unsubscribe"), (21612, ""), (21614, "bounce")],
+)
+def test_twilio_recipient_codes_are_permanent(twilio_settings, provider_http, code, suppress):
     provider_http.post(TWILIO_URL, json=twilio_error(400, code), status=400)
 
     with pytest.raises(PermanentError) as caught:
         get_channel("sms").send(sms())
 
     assert caught.value.code == str(code)
+    # Only a verdict on the number itself (not on this sender or region) suppresses it.
+    assert caught.value.suppress == suppress
 
 
 def test_twilio_21211_invalid_number_is_permanent(twilio_settings, provider_http):
@@ -674,6 +680,21 @@ def test_email_smtp_errors_are_classified_by_reply_code(exc, permanent):
     assert classify_email_error(exc).permanent is permanent
 
 
+@pytest.mark.parametrize(
+    ("exc", "suppress"),
+    [
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"5.1.1 no such user")}), "bounce"),
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"5.7.1 policy")}), ""),
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"no such user")}), ""),
+        (AnymailRecipientsRefused("rejected by the ESP"), "bounce"),
+        (AnymailInvalidAddress("not an address"), ""),
+        (smtplib.SMTPDataError(554, b"5.1.1 but about the data"), ""),
+    ],
+)
+def test_only_a_refusal_of_the_mailbox_itself_suppresses_the_address(exc, suppress):
+    assert getattr(classify_email_error(exc), "suppress", "") == suppress
+
+
 # --- Recording backends ---------------------------------------------------------------------
 
 
@@ -870,6 +891,46 @@ def test_a_plus_fail_address_is_retried_then_given_up_on(settings):
     assert "451" in delivery.last_error
     assert [e.kind for e in delivery.events.all()] == ["retry", "retry", "failed"]
     assert not RecordedMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_refused_mailbox_is_suppressed_and_its_next_message_skipped(settings):
+    from notifications.models import Suppression
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    first = DeliveryFactory(address="x+reject@example.org", send_at=NOW)
+
+    assert _dispatch(NOW).failed == 1
+
+    first.refresh_from_db()
+    assert first.status_reason.endswith("(address suppressed)")
+    suppression = Suppression.objects.get()
+    assert (suppression.address, suppression.channel, suppression.reason) == (
+        "x+reject@example.org",
+        "email",
+        "bounce",
+    )
+    assert suppression.source.startswith(f"refused when sent (delivery {first.id}): ")
+    later = DeliveryFactory(address="X+Reject@example.org", send_at=NOW + timedelta(minutes=1))
+    report = _dispatch(NOW + timedelta(minutes=1))
+    assert (report.skipped, report.failed) == (1, 0)  # not tried again
+    later.refresh_from_db()
+    assert later.status == "skipped"
+
+
+@pytest.mark.django_db
+def test_an_sms_to_an_invalid_test_number_suppresses_it_a_busy_one_does_not(settings):
+    from notifications.models import Suppression
+
+    settings.SMS_BACKEND = "notifications.channels.recording.SMSChannel"
+    DeliveryFactory(channel="sms", address="+15005550001", subject="", send_at=NOW)
+    DeliveryFactory(channel="sms", address="+15005550008", subject="", send_at=NOW)
+
+    _dispatch(NOW)
+
+    assert list(Suppression.objects.values_list("address", "channel", "reason")) == [
+        ("+15005550001", "sms", "bounce")
+    ]
 
 
 @pytest.mark.django_db
