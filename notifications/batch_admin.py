@@ -183,8 +183,9 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             '<span style="width:{}%;background:#059669"></span>'
             '<span style="width:{}%;background:#dc2626"></span>'
             '<span style="width:{}%;background:#9ca3af"></span></div>'
-            '<small class="herald-progress-text">{} sent · {} failed · {} skipped · '
-            "{} pending · {} awaiting review · {} rejected — of {} ({}%)</small>",
+            '<small class="herald-progress-text">{} sent · {} failed · '
+            "{} not sent (skipped, expired or cancelled) · {} pending · {} awaiting review · "
+            "{} rejected — of {} ({}%)</small>",
             p["percent"],
             _share(p["sent"], p["total"]),
             _share(p["failed"], p["total"]),

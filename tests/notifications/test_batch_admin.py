@@ -170,8 +170,8 @@ def test_launch_gate_bulk_approve_dispatch_progress(admin_client):
         reverse("admin:notifications_workflowrun_change", args=[run.id])
     ).content.decode()
     assert (
-        "3 sent · 0 failed · 0 skipped · 0 pending · 0 awaiting review · 0 rejected — of 3 (100%)"
-        in page
+        "3 sent · 0 failed · 0 not sent (skipped, expired or cancelled) · 0 pending · "
+        "0 awaiting review · 0 rejected — of 3 (100%)" in page
     )
     assert Delivery.objects.filter(status="sent").count() == 3
     run.refresh_from_db()
