@@ -17,8 +17,19 @@ from production_runs.models import WhatsAppPlatform
 MAX_PAGES = 50
 
 
+# Meta's subcode for a template name and language it already has (a submission it took
+# before the list was read, or one the list left out).
+ALREADY_EXISTS_SUBCODE = 2388024
+
+
 class GraphError(Exception):
-    pass
+    """A Graph API call that did not do what was asked. `unsure`: whether Meta may still
+    have (or may take) what was asked for: it was unreachable, busy (429, 5xx) or answered
+    that the template already exists."""
+
+    def __init__(self, message: str, *, unsure: bool = False) -> None:
+        super().__init__(message)
+        self.unsure = unsure
 
 
 def parse_tokens(value: str) -> dict[str, str]:
@@ -62,20 +73,24 @@ class GraphClient:
                 **kwargs,
             )
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise GraphError(f"Graph API unreachable: {exc}") from exc
+            raise GraphError(f"Graph API unreachable: {exc}", unsure=True) from exc
         try:
             body = response.json()
         except ValueError:
             body = {}
         if response.status_code >= 400:
             error = body.get("error") if isinstance(body, dict) else None
-            detail = ""
+            detail, exists = "", False
             if isinstance(error, dict):
                 detail = f": {error.get('message', '')}"
                 user_msg = error.get("error_user_msg")
                 if user_msg:
                     detail += f" ({user_msg})"
-            raise GraphError(f"Graph API HTTP {response.status_code}{detail}")
+                exists = error.get("error_subcode") == ALREADY_EXISTS_SUBCODE
+            busy = response.status_code == 429 or response.status_code >= 500
+            raise GraphError(
+                f"Graph API HTTP {response.status_code}{detail}", unsure=busy or exists
+            )
         if not isinstance(body, dict):
             raise GraphError(f"Graph API answered {response.text[:200]!r}")
         return body

@@ -638,6 +638,28 @@ def sync(
                 try:
                     created = client.create_template(request_body(spec, language))
                 except GraphError as error:
+                    if error.unsure:
+                        # Meta was busy or unreachable, or says it has it: it may have taken
+                        # it. Recorded in review (its messages stay held, not cancelled)
+                        # until a refresh or the next upsert reads Meta's list again.
+                        row = record_status(
+                            platform=platform,
+                            template=spec.name,
+                            language=language,
+                            status=TemplateStatus.PENDING,
+                            now=now,
+                        )
+                        items.append(
+                            PlanItem(
+                                platform.label,
+                                spec.name,
+                                language,
+                                "failed",
+                                row.status,
+                                f"{error}; recorded in review until a refresh",
+                            )
+                        )
+                        continue
                     missing = PlanItem(
                         platform.label, spec.name, language, "failed", "MISSING", str(error)
                     )

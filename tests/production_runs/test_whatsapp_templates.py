@@ -352,6 +352,30 @@ def test_upsert_records_a_variant_missing_from_meta_as_missing_when_its_submissi
     assert sum(1 for i in planned if i["status"] == "APPROVED") == len(SPECS) - 1
 
 
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (503, {"message": "Service temporarily unavailable"}),
+        (429, {"message": "Too many calls"}),
+        (400, {"message": "Content in this language already exists", "error_subcode": 2388024}),
+    ],
+    ids=["busy", "rate-limited", "already-exists"],
+)
+def test_upsert_records_in_review_a_variant_meta_may_have_taken(graph, platforms, status, error):
+    """A busy Meta, or one that says it has the template, may have it: recorded MISSING,
+    its held reminders were cancelled for good."""
+    _, australia = platforms
+    approve_all(australia)
+    meta_has_all_but_completed(graph, australia)
+    graph.post(templates_url(australia), status=status, json={"error": error})
+
+    with pytest.raises(CommandError, match="1 variant\\(s\\) failed"):
+        run("--mode", "upsert", "--platform-ids", "AU")
+
+    row = TemplateVariantStatus.objects.get(platform=australia, template_name=COMPLETED)
+    assert row.status == "PENDING"
+
+
 def test_upsert_records_what_meta_answered_when_it_resubmits_a_variant_missing_from_meta(
     graph, platforms
 ):
