@@ -77,6 +77,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": database_config(env("DATABASE_URL", default=""), var_dir=VAR_DIR)}
+# Django's cache: it keeps dispatch's pending "look again" hint. Each process has its own by
+# default; with a shared one (e.g. redis://localhost:6379/1) all workers share one hint.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1130,8 +1130,9 @@ def next_due_in(*, now: datetime) -> float | None:
 
     Deliveries held by a kill switch or a halted run wait for a person and are left out
     (counted, a delivery held for an hour woke the worker every second of it); a channel
-    behind an open provider breaker counts from its trial call. One indexed read of the
-    first waiting row per channel whose breaker is open, plus one."""
+    behind an open provider breaker counts from its trial call, except its rows with a
+    fallback channel that may send (they are moved there when due). One indexed read of the
+    first waiting row, and two per channel whose breaker is open."""
     waiting = Delivery.objects.filter(status=Status.SCHEDULED)
     halted = halted_run_ids()
     if halted:
@@ -1143,16 +1144,23 @@ def next_due_in(*, now: datetime) -> float | None:
         breaker.provider: breakers.trial_at(breaker, now=now)
         for breaker in ProviderBreaker.objects.exclude(state=ProviderBreaker.State.CLOSED)
     }
-    earliest = None
-    while True:
-        first = waiting.order_by("send_at").values_list("channel", "send_at").first()
-        if first is None:
-            break
-        channel, send_at = first
-        trial = held_until.get(breakers.breaker_key(channel, provider_of(channel)))
-        at = send_at if trial is None else max(send_at, trial)
-        earliest = at if earliest is None else min(earliest, at)
-        if trial is None:
-            break
-        waiting = waiting.exclude(channel=channel)  # the others may go before its trial
-    return None if earliest is None else max(0.0, (earliest - now).total_seconds())
+
+    def trial_of(channel: str):
+        return held_until.get(breakers.breaker_key(channel, provider_of(channel)))
+
+    held = [channel for channel in Channel.values if trial_of(channel) is not None]
+    times = []
+    # Channels whose breaker is closed: their first waiting row.
+    first = waiting.exclude(channel__in=held).order_by("send_at")
+    times.append(first.values_list("send_at", flat=True).first())
+    for channel in held:
+        on_it = waiting.filter(channel=channel).order_by("send_at")
+        # Its first row waits for the trial call; a row with a fallback whose breaker is
+        # closed goes there when due (reroute_to_fallback).
+        first_time = on_it.values_list("send_at", flat=True).first()
+        if first_time is not None:
+            times.append(max(first_time, trial_of(channel)))
+        rerouted = on_it.exclude(fallback_channel="").exclude(fallback_channel__in=held)
+        times.append(rerouted.values_list("send_at", flat=True).first())
+    times = [t for t in times if t is not None]
+    return max(0.0, (min(times) - now).total_seconds()) if times else None

@@ -16,7 +16,7 @@ from notifications.tracking import apply_pending_reports, match_pending
 # A retry due sooner than this is worth a hint; later ones wait for the minute sweep.
 _HINT_HORIZON_SECONDS = 60
 # The pending hint, (token, due as a Unix time), in Django's cache: one per worker process
-# with the default local-memory cache, one in all with a shared one (e.g. Redis).
+# with the default local-memory cache, one in all with a shared one (CACHE_URL, e.g. Redis).
 _HINT_KEY = "herald:dispatch-hint"
 _HINT_GRACE_SECONDS = 30  # a hint lost with its worker blocks the next no longer than this
 
@@ -46,9 +46,12 @@ def _hint(countdown: float) -> None:
     pending. A hint only (the beat sweep finds the row too; every delivery is claimed
     before it is sent, so a second run sends nothing twice), but each run of this task
     (beat's, every nudge, every hint) used to add one, and the chains added up."""
-    due = time.time() + countdown
+    now = time.time()
+    due = now + countdown
     pending = cache.get(_HINT_KEY)
-    if pending and pending[1] <= due + 1:
+    # A pending hint whose time has passed was answered (by another process, with a cache
+    # of its own) or lost: it holds nothing back.
+    if pending and now < pending[1] <= due + 1:
         return
     token = uuid.uuid4().hex
     cache.set(_HINT_KEY, (token, due), timeout=countdown + _HINT_GRACE_SECONDS)

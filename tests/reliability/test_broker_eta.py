@@ -154,3 +154,41 @@ def test_the_hinted_run_sends_and_hands_the_hint_on(hints):
     assert report["sent"] == 1
     assert len(hints) == 2  # the second one's: the answered hint no longer holds it back
     assert RecordedMessage.objects.count() == 1
+
+
+def test_a_hint_answered_by_another_process_holds_nothing_back(hints):
+    """With a cache per process, a hint answered by another worker stays in this one's
+    cache: past its time it must not hold the next hint back."""
+    now = timezone.now()
+    _stage("soon", at=now + timedelta(seconds=10))
+    with time_machine.travel(now, tick=False):
+        dispatch_due_task()
+    _stage("later", at=now + timedelta(seconds=20))
+    with time_machine.travel(now + timedelta(seconds=12), tick=False):
+        report = dispatch_due_task()  # not the hinted run: that one went to another process
+    assert report["sent"] == 1
+    assert len(hints) == 2
+
+
+def test_a_row_that_goes_by_its_fallback_while_the_breaker_is_open_is_hinted(hints):
+    from notifications.dispatch import next_due_in
+    from notifications.models import ProviderBreaker
+
+    now = timezone.now()
+    ProviderBreaker.objects.create(
+        provider="email:recording", state="open", opened_at=now, cooloff_seconds=300
+    )
+    _stage("no-fallback", at=now + timedelta(seconds=2))
+    _stage(
+        "fallback",
+        at=now + timedelta(seconds=5),
+        fallback_channel="sms",
+        fallback_address="+14155550100",
+    )
+    assert next_due_in(now=now) == 5.0  # rerouted to sms when due, not held until the trial
+    ProviderBreaker.objects.create(
+        provider="sms:recording", state="open", opened_at=now, cooloff_seconds=120
+    )
+    # Both open: the fallback is not taken (reroute_to_fallback skips an open one), and
+    # nothing waits on sms itself: email's trial call is the next chance.
+    assert next_due_in(now=now) == 300.0
