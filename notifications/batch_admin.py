@@ -895,22 +895,24 @@ class ProposedActionAdmin(admin.ModelAdmin):
                 confirm_label=f"Yes, {verb} {pending.count()}",
             )
         now = timezone.now()
-        gates_decided_before = (
-            queryset.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE)
-            .exclude(status=ProposedAction.Status.PENDING)
-            .count()
-        )
         try:
             staged = gates_rejected = 0
-            gates_taken = []  # decided by someone else since this page was shown
-            for envelope in pending.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
-                if approve:
-                    staged += batch.envelope_approve(envelope=envelope, user=request.user, now=now)
-                elif batch.envelope_reject(envelope=envelope, user=request.user, now=now):
-                    gates_rejected += 1
-                envelope.refresh_from_db()
-                if envelope.decided_at != now:
-                    gates_taken.append(envelope)
+            # Each gate read once: decided already (a second click, or someone else), or
+            # decided here unless someone else does it meanwhile. Those not decided here are
+            # named with their decision and who made it.
+            gates_taken = []
+            for envelope in queryset.filter(action_type=ProposedAction.Type.BATCH_ENVELOPE):
+                if envelope.status == ProposedAction.Status.PENDING:
+                    if approve:
+                        staged += batch.envelope_approve(
+                            envelope=envelope, user=request.user, now=now
+                        )
+                    elif batch.envelope_reject(envelope=envelope, user=request.user, now=now):
+                        gates_rejected += 1
+                    envelope.refresh_from_db()
+                    if envelope.decided_at == now:
+                        continue
+                gates_taken.append(envelope)
             reviews = queryset.filter(action_type=ProposedAction.Type.HITL_REVIEW)
             decided = batch.reviews_decide(
                 ids=reviews.values_list("id", flat=True),
@@ -923,7 +925,7 @@ class ProposedActionAdmin(admin.ModelAdmin):
             return None
         parts = []
         if decided.decided or decided.already_decided or not (staged or gates_rejected):
-            if decided.decided or not gates_taken:
+            if decided.decided or decided.already_decided or not gates_taken:
                 parts.append(
                     f"{decided.decided} recipient(s) {'approved' if approve else 'rejected'}"
                 )
@@ -934,16 +936,14 @@ class ProposedActionAdmin(admin.ModelAdmin):
         for gate in gates_taken:
             parts.append(
                 f"the batch gate of run {gate.workflow_run_id} was already {gate.status} by "
-                f"{gate.decided_by or 'someone'} meanwhile (no-op)"
+                f"{gate.decided_by or 'someone'} (no-op)"
             )
         if gates_rejected:
             parts.append(f"{gates_rejected} batch gate(s) rejected: their runs are cancelled")
         if staged:
             parts.append(f"{staged} review(s) staged from the batch gate")
-        if decided.already_decided or gates_decided_before:
-            parts.append(
-                f"{decided.already_decided + gates_decided_before} already decided (no-op)"
-            )
+        if decided.already_decided:
+            parts.append(f"{decided.already_decided} already decided (no-op)")
         message = "; ".join(parts) + "."
         if staged:  # the list still shows the gate: say where the new reviews are
             runs = sorted(

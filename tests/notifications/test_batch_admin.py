@@ -217,9 +217,10 @@ def test_a_second_bulk_approve_is_a_logged_no_op(admin_client):
         follow=True,
     )
     assert (
-        "0 recipient(s) approved; 0 deliveries staged; 1 already decided (no-op)."
+        f"The batch gate of run {run.id} was already approved by admin (no-op)."
         in gate_again.content.decode()
     )
+    assert "0 recipient(s) approved" not in gate_again.content.decode()
     assert ProposedAction.objects.filter(action_type="hitl_review").count() == 2
 
 

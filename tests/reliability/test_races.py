@@ -202,10 +202,8 @@ def test_two_staff_approving_one_gate_at_once_are_told_who_did_it():
     envelope.refresh_from_db()
     first = next(m for m in said if m.startswith("3 review(s) staged from the batch gate"))
     second = next(m for m in said if m is not first)
-    assert "already" in second and "0 recipient(s) approved" not in second
-    if "meanwhile" in second:  # both saw it pending; the other approved it first
-        assert second == (
-            f"the batch gate of run {run.id} was already approved by {envelope.decided_by} "
-            "meanwhile (no-op)."
-        )
+    # Whether it saw the gate pending (the other approved it meanwhile) or decided.
+    assert second == (
+        f"the batch gate of run {run.id} was already approved by {envelope.decided_by} (no-op)."
+    )
     assert run.proposed_actions.filter(action_type="hitl_review").count() == 3
