@@ -52,8 +52,10 @@ class Bar:
 
 def window_start(now: datetime, days: int = 7) -> datetime:
     """The start of the panel's last `days` days: midnight, `days - 1` days before today,
-    so the chart's bars are whole days; the channel table counts from the same moment."""
-    return (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    in TIME_ZONE (the days the chart's bars group by), so the bars are whole days; the
+    channel table counts from the same moment."""
+    local = timezone.localtime(now) - timedelta(days=days - 1)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def deliveries_by_day(now: datetime, days: int = 7) -> list[Bar]:

@@ -84,3 +84,20 @@ def test_the_channel_table_counts_the_same_days_as_the_chart(admin_client):
 
     assert board["week_total"] == 2
     assert sum(row["total"] for row in board["channels"]) == 2
+
+
+def test_the_chart_and_the_table_count_the_same_days_in_another_time_zone(settings):
+    import time_machine
+
+    from config.dashboard import dashboard
+
+    settings.TIME_ZONE = "Asia/Kolkata"
+    now = timezone.now().replace(hour=20, minute=30)  # 02:00 the next day in Kolkata
+    with time_machine.travel(now, tick=False):
+        DeliveryFactory(created_at=now)
+        DeliveryFactory(created_at=now - timedelta(days=6, hours=2))  # 00:00 IST: the first day
+        DeliveryFactory(created_at=now - timedelta(days=6, hours=3))  # 23:00 IST the day before
+        board = dashboard(now)
+
+    assert board["week_total"] == 2
+    assert sum(row["total"] for row in board["channels"]) == 2
