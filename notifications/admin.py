@@ -265,7 +265,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
         now, by = timezone.now(), request.user.username
         addresses = batch.readdress_before_retry(ids=ids, by=by, now=now)
-        kept = set(addresses.no_email)
+        kept = set(addresses.no_email) | set(addresses.inactive)
         count = operations.delivery_retry(ids=[i for i in ids if i not in kept], now=now, by=by)
         self._report(
             request,
@@ -279,11 +279,18 @@ class DeliveryAdmin(admin.ModelAdmin):
                 f"{addresses.readdressed} went to a customer whose email was corrected while "
                 "they were being sent: they go to the customer's email as it is now.",
             )
-        if kept:
+        if addresses.no_email:
             self.message_user(
                 request,
-                f"{len(kept)} stay failed: their customer's email was removed while they were "
-                "being sent, so there is nowhere to send them.",
+                f"{len(addresses.no_email)} stay failed: their customer's email was removed "
+                "while they were being sent, so there is nowhere to send them.",
+                messages.WARNING,
+            )
+        if addresses.inactive:
+            self.message_user(
+                request,
+                f"{len(addresses.inactive)} stay failed: their customer is marked inactive "
+                "(reactivate them in Customers to send).",
                 messages.WARNING,
             )
         if cancelled:

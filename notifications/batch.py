@@ -880,11 +880,11 @@ def customer_email_changed(
     return result
 
 
-def customer_deactivated(*, customer_id: int, by: str, now: datetime) -> int:
+def customer_deactivated(*, customer_id: int, by: str, now: datetime, reason: str = "") -> int:
     """A customer marked inactive after a batch message was staged for them: their batch
     deliveries still scheduled are cancelled, each with an event saying who did it, as a
     cohort leaves inactive customers out and approving skips them. Returns how many."""
-    reason = f"the customer was marked inactive by {by}"[:300]
+    reason = (reason or f"the customer was marked inactive by {by}")[:300]
     rows = Delivery.objects.filter(
         recipient_key=f"customer:{customer_id}",
         status=Delivery.Status.SCHEDULED,
@@ -921,6 +921,7 @@ class RetryAddresses:
 
     readdressed: int = 0
     no_email: list[int] = field(default_factory=list)
+    inactive: list[int] = field(default_factory=list)  # their customer is marked inactive now
 
 
 def readdress_before_retry(*, ids, by: str, now: datetime) -> RetryAddresses:
@@ -940,7 +941,8 @@ def _readdress_corrected(
     person, or scheduled ones put back for an automatic retry) whose customer's email was
     corrected while they were being sent, so the correction missed them; `retry` says which
     retry in their events. Where the email was removed, a scheduled one is cancelled and a
-    failed one left failed; both are named in `no_email`."""
+    failed one left failed; both are named in `no_email`. Where the customer is marked
+    inactive now, the same, named in `inactive`."""
     result = RetryAddresses()
     rows = Delivery.objects.filter(
         id__in=list(ids),
@@ -953,13 +955,29 @@ def _readdress_corrected(
         for row_id, key, _ in rows
         if key.split(":", 1)[1].isdigit()
     }
-    emails = dict(Customer.objects.filter(id__in=customer_of.values()).values_list("id", "email"))
+    customers = Customer.objects.filter(id__in=customer_of.values())
+    emails, inactive = {}, set()
+    for customer_id, email, is_inactive in customers.values_list("id", "email", "is_inactive"):
+        emails[customer_id] = email
+        if is_inactive:
+            inactive.add(customer_id)
     for row_id, _, address in rows:
         if row_id not in customer_of:
             continue
         customer_id = customer_of[row_id]
         if customer_id not in emails:
             continue  # no such customer (any more): nothing to go by
+        if customer_id in inactive:
+            # Marked inactive while this was being sent (or since it failed): not retried.
+            # A scheduled one is cancelled with the customer's other scheduled emails.
+            result.inactive.append(row_id)
+            if status == Delivery.Status.SCHEDULED:
+                why = (
+                    "the customer was marked inactive while this was being sent; not sent by "
+                    f"{retry}"
+                )
+                customer_deactivated(customer_id=customer_id, by=by, now=now, reason=why)
+            continue
         current = emails[customer_id]
         if current == address:
             continue

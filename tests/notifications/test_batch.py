@@ -865,6 +865,45 @@ def test_a_person_s_retry_leaves_failed_what_has_no_email_now(mike, postmark):
     assert len(postmark.calls) == 2  # the first round's two sends only
 
 
+def test_a_customer_marked_inactive_while_their_email_was_sent_is_not_retried(mike, settings):
+    from notifications.models import Customer
+
+    customer = _one_approved_through_postmark(mike, settings)
+
+    def answer(request):  # marked inactive meanwhile (the admin's cancel finds it sending)
+        Customer.objects.filter(id=customer.id).update(is_inactive=True)
+        assert batch.customer_deactivated(customer_id=customer.id, by="mike", now=NOW) == 0
+        return TRY_AGAIN_LATER
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, POSTMARK_URL, callback=answer)
+        _dispatch()
+        _dispatch(NOW + timedelta(hours=1))
+        assert len(mock.calls) == 1
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.status_reason) == (
+        "cancelled",
+        "the customer was marked inactive while this was being sent; not sent by its "
+        "automatic retry",
+    )
+
+
+def test_a_person_s_retry_leaves_failed_what_an_inactive_customer_would_get(mike, postmark):
+    from notifications.models import Customer
+
+    customers = _customers("ox")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    failed = Delivery.objects.get(status="failed")
+    Customer.objects.filter(id=customers[1].id).update(is_inactive=True)
+    assert _retry_in_the_admin(mike, [failed.id]) == [
+        "0 failed deliveries scheduled again.",
+        "1 stay failed: their customer is marked inactive (reactivate them in Customers to send).",
+    ]
+    assert Delivery.objects.get(id=failed.id).status == "failed"
+
+
 def test_an_email_removed_before_its_review_is_approved_fails_and_is_not_counted_sent(mike):
     from notifications.models import RecordedMessage
 
