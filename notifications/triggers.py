@@ -159,7 +159,7 @@ def tick_summary(report: dict) -> str:
     judged by each workflow whose event reports it: the other context counts are per
     workflow, so they may add up to more than were found."""
     return (
-        f"{report['contexts_found']} context(s) found; judged by {report['workflows']} "
+        f"{report['contexts_found']} context(s) found; over {report['workflows']} active "
         f"workflow(s), each counted per workflow: {report['contexts_fired']} fired, "
         f"{report['contexts_skipped_cooldown']} held by a cooldown, "
         f"{report['contexts_not_watched']} not watched, {report['contexts_without_audience']} "

@@ -142,7 +142,7 @@ def test_trigger_workflow_list_and_evaluate_now_action(admin_client):
         assert not Delivery.objects.exists()  # nothing happens before the confirmation
         response = admin_client.post(url, {**chosen, "post": "yes"}, follow=True)
     assert (
-        "1 context(s) found; judged by 1 workflow(s), each counted per workflow: 1 fired, "
+        "1 context(s) found; over 1 active workflow(s), each counted per workflow: 1 fired, "
         "0 held by a cooldown, 0 not watched, 0 without anyone to tell. Deliveries: 1 now, "
         "0 queued by cadence, 0 expired" in response.content.decode()
     )

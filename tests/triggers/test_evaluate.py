@@ -660,7 +660,7 @@ def test_the_command_says_its_context_counts_are_per_workflow(capsys):
         unhealthy(project(45), 1)
     call_command("evaluate_triggers", "--at", "2026-11-23T10:00:00+00:00")
     assert (
-        "1 context(s) found; judged by 2 workflow(s), each counted per workflow: 2 fired, "
+        "1 context(s) found; over 2 active workflow(s), each counted per workflow: 2 fired, "
         "0 held by a cooldown, 0 not watched, 0 without anyone to tell. Deliveries: 2 now, "
         "0 queued by cadence, 0 expired"
     ) in capsys.readouterr().err
