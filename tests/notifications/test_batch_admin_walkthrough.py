@@ -34,11 +34,6 @@ def recording_email(settings):
     settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
 
 
-@pytest.fixture
-def mike(db):
-    return User.objects.create_superuser("mike", "mike@example.com", "pw")
-
-
 def _staff(*codenames) -> Client:
     """Staff who see every batch screen but hold only the given specific permissions."""
     user = User.objects.create_user("clerk", password="pw", is_staff=True)

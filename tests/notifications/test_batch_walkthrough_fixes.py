@@ -35,11 +35,6 @@ def recording_email(settings):
     settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
 
 
-@pytest.fixture
-def mike(db):
-    return User.objects.create_superuser("mike", "mike@example.com", "pw")
-
-
 def _launch(user, *, query="bid=B5875", size=None, now=NOW, **texts):
     return batch.batch_launch(
         user=user,
