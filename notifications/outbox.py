@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.core.cache import cache
 from django.db import transaction
 
 from notifications.bulk import insert_rows
@@ -131,12 +132,23 @@ def kick_dispatch_on_commit() -> None:
     transaction.on_commit(kick_dispatch)
 
 
+# At most one "look now" a second from a process, and one more a second later for what was
+# staged meanwhile (in Django's cache: each process's own unless CACHE_URL is shared).
+_KICK_KEY = "herald:dispatch-kick"
+_KICK_GAP_SECONDS = 1
+
+
 def kick_dispatch() -> None:
     """Ask a worker to look at the outbox now. Only a hint: the every-minute sweep finds the
-    rows anyway, so a broker that is down delays the send but loses nothing."""
+    rows anyway, so a broker that is down delays the send but loses nothing. Kicks closer
+    than a second are merged: staging deliveries one call at a time (144 reminders) sent
+    144 kicks, each a dispatch run that found nothing more to do."""
     from notifications.tasks import dispatch_due_task
 
     try:
-        dispatch_due_task.delay()
+        if cache.add(_KICK_KEY, 1, timeout=_KICK_GAP_SECONDS):
+            dispatch_due_task.delay()
+        elif cache.add(f"{_KICK_KEY}:next", 1, timeout=_KICK_GAP_SECONDS):
+            dispatch_due_task.apply_async(countdown=_KICK_GAP_SECONDS)
     except Exception as error:  # the broker is down; the beat sweep will find the rows
         logger.warning("could not kick the dispatcher (%s); the sweep will send", error)

@@ -192,3 +192,26 @@ def test_a_row_that_goes_by_its_fallback_while_the_breaker_is_open_is_hinted(hin
     # Both open: the fallback is not taken (reroute_to_fallback skips an open one), and
     # nothing waits on sms itself: email's trial call is the next chance.
     assert next_due_in(now=now) == 300.0
+
+
+def test_kicks_closer_than_a_second_are_merged_into_two(
+    published, django_capture_on_commit_callbacks
+):
+    """Staging one delivery per call (the reminders' dispatcher: 144 in a row) kicked the
+    dispatcher once per call: 144 dispatch runs, all but the first finding nothing."""
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        for n in range(20):
+            with django_capture_on_commit_callbacks(execute=True):
+                _stage(f"r{n}", at=now)
+    # One at once, one a second later for what was staged meanwhile.
+    assert [(sender, eta is not None) for sender, eta, _ in published] == [
+        ("herald.dispatch_due", False),
+        ("herald.dispatch_due", True),
+    ]
+    with (
+        time_machine.travel(now + timedelta(seconds=2), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        _stage("later", at=now)
+    assert len(published) == 3  # a second on: kicked at once again
