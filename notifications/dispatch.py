@@ -51,7 +51,8 @@ class DispatchReport:
     unknown: int = 0
     skipped: int = 0
     cancelled: int = 0
-    frozen: int = 0
+    frozen: int = 0  # due, held by a kill switch (a count of rows held, not of work done)
+    breaker_held: int = 0  # due, waiting for their provider breaker's trial call (likewise)
 
     def add(self, outcome: str, count: int = 1) -> None:
         setattr(self, outcome, getattr(self, outcome) + count)
@@ -1034,6 +1035,7 @@ def _dispatch_channels(
         gate = breakers.gate(breaker, now=now)
         if gate == "open":
             report.add("deferred", reroute_to_fallback(channel=channel, now=now, frozen=frozen))
+            report.add("breaker_held", _due(now=now, frozen=frozen).filter(channel=channel).count())
             continue
         look_first = True  # a channel's first claim; after a full one, more is likely due
         claim_size = settings.DISPATCH_BATCH_SIZE

@@ -91,3 +91,21 @@ def test_dispatch_due_progress_names_what_a_kill_switch_holds(settings):
 
     assert json.loads(out)["frozen"] == 3
     assert "… 0 handled of 3 due: 0 sent, 0 failed, 0 retried, 0 deferred, 3 held by a kill " in err
+
+
+def test_dispatch_due_progress_names_what_an_open_breaker_holds(settings):
+    from notifications.models import KillSwitch, ProviderBreaker
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    ProviderBreaker.objects.create(
+        provider="sms:recording", state="open", opened_at=NOW, cooloff_seconds=300
+    )
+    KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
+    DeliveryFactory.create_batch(2, send_at=NOW)
+    DeliveryFactory.create_batch(3, channel="sms", address="+14155550100", send_at=NOW)
+
+    out, err = run("dispatch_due", "--at", NOW.isoformat(), "--json")
+
+    assert (json.loads(out)["frozen"], json.loads(out)["breaker_held"]) == (2, 3)
+    assert "… 0 handled of 5 due: 0 sent, 0 failed, 0 retried, 0 deferred, 2 held by a kill " in err
+    assert "switch, 3 waiting for an open provider breaker (" in err

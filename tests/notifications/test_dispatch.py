@@ -214,6 +214,7 @@ def test_dispatch_due_command_prints_json_counts():
         "skipped": 0,
         "cancelled": 0,
         "frozen": 0,
+        "breaker_held": 0,
     }
 
 

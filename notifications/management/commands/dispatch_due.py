@@ -11,16 +11,18 @@ from notifications.models import Delivery
 # Outcomes of deliveries a round claimed or moved (the sweeps' unknown/expired and the
 # frozen count are not work a round did on due rows).
 ROUND_OUTCOMES = ("sent", "failed", "retried", "deferred", "skipped", "cancelled")
+HELD = ("frozen", "breaker_held")
 
 
 class Command(BaseCommand):
     help = (
         "Send every delivery that is due: marks rows stuck in 'sending' as unknown, expires "
         "overdue rows, claims and sends the rest at each sender's pace, schedules retries. "
-        "Prints the counts: sent, failed, retried, expired, deferred (paced, breaker open or "
-        "moved to a fallback channel), unknown (to reconcile), skipped (suppressed), cancelled "
-        "(by a check at send time), frozen (held by a kill switch). Works in rounds and "
-        "reports each round's progress on stderr, so --json output stays clean."
+        "Prints the counts: sent, failed, retried, expired, deferred (paced, or moved to a "
+        "fallback channel while its breaker is open), unknown (to reconcile), skipped "
+        "(suppressed), cancelled (by a check at send time), frozen (held by a kill switch), "
+        "breaker_held (due, waiting for an open provider breaker's trial call). Works in "
+        "rounds and reports each round's progress on stderr, so --json output stays clean."
     )
 
     def add_arguments(self, parser):
@@ -69,9 +71,10 @@ class Command(BaseCommand):
             # With --at every round acts at that moment; otherwise at the real time.
             report = dispatch_due(now=at or timezone.now(), limit=size)
             for name, count in report.as_dict().items():
-                if name != "frozen":
+                if name not in HELD:
                     total.add(name, count)
-            total.frozen = report.frozen  # a count of rows held, not of work done
+            for name in HELD:  # counts of rows held, not of work done: the last round's
+                setattr(total, name, getattr(report, name))
             moved = sum(getattr(report, name) for name in ROUND_OUTCOMES)
             handled += moved
             # A delivery moved to its fallback channel is counted, and so is the fallback
@@ -83,6 +86,8 @@ class Command(BaseCommand):
                 "fallbacks made, or rows that fell due, since)"
             )
             held = f", {total.frozen} held by a kill switch" if total.frozen else ""
+            if total.breaker_held:
+                held += f", {total.breaker_held} waiting for an open provider breaker"
             self.stderr.write(
                 f"  … {so_far}: {total.sent} sent, {total.failed} failed, {total.retried} "
                 f"retried, {total.deferred} deferred{held} "
