@@ -150,23 +150,18 @@ def svg_stacked_bars(bars: list[Bar], *, width: int = 560, height: int = 180) ->
 
 
 def queued_reasons(now: datetime) -> list[tuple[str, int]]:
-    """Scheduled deliveries grouped by why they wait (the first words of their reason)."""
-    context = HoldContext.load()
-    frozen = 0
-    if context.switches:
-        from notifications.killswitches import frozen_filter
+    """Scheduled deliveries grouped by why they wait (the first words of their reason),
+    each counted once: those a kill switch holds under it, the others by their reason."""
+    from notifications.killswitches import frozen_filter
 
-        frozen = (
-            Delivery.objects.filter(status="scheduled")
-            .filter(frozen_filter(context.switches))
-            .count()
-        )
-    rows = (
-        Delivery.objects.filter(status="scheduled")
-        .values("status_reason")
-        .annotate(n=Count("id"))
-        .order_by("-n")
-    )
+    context = HoldContext.load()
+    scheduled = Delivery.objects.filter(status="scheduled")
+    frozen = 0
+    held = frozen_filter(context.switches) if context.switches else None
+    if held is not None:
+        frozen = scheduled.filter(held).count()
+        scheduled = scheduled.exclude(held)
+    rows = scheduled.values("status_reason").annotate(n=Count("id")).order_by("-n")
     reasons: dict[str, int] = defaultdict(int)
     for row in rows:
         reason = row["status_reason"] or "due or scheduled for later"
@@ -219,8 +214,9 @@ def dashboard(now: datetime | None = None) -> dict:
         "channels": by_channel(now),
         "queued": queued_reasons(now),
         "breakers_open": list(ProviderBreaker.objects.exclude(state="closed")),
+        # Trips: a closed breaker opening (not a failed trial call opening it again).
         "breaker_trips": BreakerTransition.objects.filter(
-            to_state="open", at__gte=now - timedelta(days=7)
+            from_state="closed", to_state="open", at__gte=now - timedelta(days=7)
         ).count(),
         "runs_to_resume": list(
             WorkflowRun.objects.filter(status="aborted").select_related("workflow")

@@ -101,3 +101,44 @@ def test_the_chart_and_the_table_count_the_same_days_in_another_time_zone(settin
 
     assert board["week_total"] == 2
     assert sum(row["total"] for row in board["channels"]) == 2
+
+
+def test_queued_deliveries_are_each_counted_once():
+    """Frozen ones were counted under the kill switch and again under their own reason."""
+    from config.dashboard import queued_reasons
+
+    KillSwitch.objects.create(
+        name="stop email", scope="channel", channel="email", is_on=True, reason="audit"
+    )
+    DeliveryFactory.create_batch(2, status_reason="cadence: daily limit — queued")
+    DeliveryFactory(channel="sms", address="+14155550100", status_reason="cadence: cooldown")
+    DeliveryFactory(channel="sms", address="+14155550101")
+
+    reasons = dict(queued_reasons(timezone.now()))
+
+    assert reasons == {
+        "frozen by a kill switch": 2,
+        "cadence": 1,
+        "due or scheduled for later": 1,
+    }
+    assert sum(reasons.values()) == Delivery.objects.filter(status="scheduled").count()
+
+
+def test_breaker_trips_count_a_closed_breaker_opening_not_failed_trials():
+    from config.dashboard import dashboard
+    from notifications.models import BreakerTransition, ProviderBreaker
+
+    now = timezone.now()
+    breaker = ProviderBreaker.objects.create(provider="email:recording", state="open")
+    for from_state, to_state in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),  # its trial call failed: the same outage
+        ("open", "half_open"),
+        ("half_open", "closed"),
+        ("closed", "open"),
+    ]:
+        BreakerTransition.objects.create(
+            breaker=breaker, at=now, from_state=from_state, to_state=to_state, reason="x"
+        )
+    assert dashboard(now)["breaker_trips"] == 2
