@@ -8,6 +8,7 @@ launch (inputs → preconditions → HITL envelope) → approve the envelope (pe
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -327,9 +328,17 @@ def _batch_identity(cohort_filter: str, subject: str, body_template: str) -> tup
     return conditions, _same_text(subject), _same_text(body_template)
 
 
+# A template tag or variable with the spaces inside its braces as written: {{name}} and
+# {{ name }} render the same.
+_TAG = re.compile(r"(\{\{|\{%)\s*(.*?)\s*(\}\}|%\})", re.DOTALL)
+
+
 def _same_text(text: str) -> str:
-    """A text as it reads: CRLF (a browser's form) and LF (a command) are one message."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    """A text as it reads: CRLF (a browser's form) and LF (a command) are one message, as
+    are lines with or without trailing spaces and tags with or without inner spaces."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _TAG.sub(r"\1 \2 \3", text).strip()
 
 
 def _twin_message(run: WorkflowRun) -> str:

@@ -723,11 +723,17 @@ class ReviewChangeList(ChangeList):
 
 
 def address_problems(proposals) -> dict[int, str]:
-    """Why each review's message would not reach its customer's current email (the address
-    approving stages it to), by proposal id; none for one that would (batch.screen_addresses,
-    as a launch's preview screens them)."""
-    emails = {p.pk: p.customer.email for p in proposals if p.customer_id is not None}
-    inactive = {p.pk for p in proposals if p.customer_id is not None and p.customer.is_inactive}
+    """Why each pending review's message would not reach its customer's current email (the
+    address approving stages it to), by proposal id; none for one that would, or that is
+    decided (batch.screen_addresses, as a launch's preview screens them)."""
+    # Only reviews still to decide: a decided one's message went (or did not) as it was.
+    waiting = [
+        p
+        for p in proposals
+        if p.customer_id is not None and p.status == ProposedAction.Status.PENDING
+    ]
+    emails = {p.pk: p.customer.email for p in waiting}
+    inactive = {p.pk for p in waiting if p.customer.is_inactive}
     said = {
         "missing": "no email address: nothing can be sent; add one in Customers",
         "invalid": "not an email address: the send fails; correct it in Customers",

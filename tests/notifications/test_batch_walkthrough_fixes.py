@@ -225,6 +225,11 @@ def test_three_simultaneous_approval_processes_on_postgresql_leave_the_run_runni
         ("bid=B5875&region=NYC%20DOE", SUBJECT, BODY),  # %-encoded
         ("?region=nyc doe&bid=b5875", SUBJECT, BODY),  # case: both lookups ignore it
         ("bid=B5875&region=NYC DOE", f"  {SUBJECT} ", BODY.replace("\n", "\r\n") + "\r\n"),
+        (  # spaces inside the tags' braces, and before a line's end
+            "bid=B5875&region=NYC DOE",
+            SUBJECT.replace("{{ customer_name }}", "{{customer_name}}"),
+            BODY.replace("\n", "  \n"),
+        ),
     ],
 )
 def test_the_same_batch_in_another_typing_is_refused_while_the_first_is_unfinished(
@@ -284,3 +289,22 @@ def test_a_customer_marked_inactive_after_launch_is_flagged_and_skipped_not_sent
     assert list(RecordedMessage.objects.values_list("to", flat=True)) == [open_.email]
     run.refresh_from_db()
     assert run.status_reason == "ended partial: 1 sent, 0 failed, 1 skipped, 0 rejected of 2"
+
+
+def test_the_review_list_flags_only_reviews_still_to_decide(mike, admin_client):
+    from django.urls import reverse
+
+    closed, _ = CustomerFactory.create_batch(2)
+    ids = _open_gate(_launch(mike), mike)
+    closed.is_inactive = True
+    closed.save()
+    url = reverse("admin:notifications_proposedaction_changelist")
+    flag = "customer marked inactive: skipped, not sent"
+
+    assert admin_client.get(url).content.decode().count(flag) == 1
+    batch.reviews_decide(ids=ids, approve=True, user=mike, now=NOW)
+    # Decided: its delivery was skipped; reactivating the customer would not send it.
+    assert flag not in admin_client.get(url).content.decode()
+    review = ProposedAction.objects.get(customer=closed)
+    page = admin_client.get(reverse("admin:notifications_proposedaction_change", args=[review.pk]))
+    assert flag not in page.content.decode()
