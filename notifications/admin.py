@@ -246,6 +246,18 @@ class DeliveryAdmin(admin.ModelAdmin):
                     f"{aborted} belong to a batch its breaker aborted: they wait until the "
                     "batch is resumed."
                 )
+            suppressed = len(
+                operations.suppressed_among(
+                    failed.exclude(workflow_run__status=WorkflowRun.Status.CANCELLED).values_list(
+                        "id", flat=True
+                    )
+                )
+            )
+            if suppressed:
+                notes.append(
+                    f"{suppressed} go to an address suppressed now: they stay failed (lift "
+                    "the suppression first to send them)."
+                )
             return confirm_page(
                 self,
                 request,
@@ -266,6 +278,12 @@ class DeliveryAdmin(admin.ModelAdmin):
         now, by = timezone.now(), request.user.username
         addresses = batch.readdress_before_retry(ids=ids, by=by, now=now)
         kept = set(addresses.no_email) | set(addresses.inactive)
+        suppressed = operations.suppressed_among(
+            failed.exclude(id__in=kept)
+            .exclude(workflow_run__status=WorkflowRun.Status.CANCELLED)  # counted as such
+            .values_list("id", flat=True)
+        )
+        kept |= set(suppressed)
         count = operations.delivery_retry(ids=[i for i in ids if i not in kept], now=now, by=by)
         self._report(
             request,
@@ -284,6 +302,13 @@ class DeliveryAdmin(admin.ModelAdmin):
                 request,
                 f"{len(addresses.no_email)} stay failed: their customer's email was removed "
                 "while they were being sent, so there is nowhere to send them.",
+                messages.WARNING,
+            )
+        if suppressed:
+            self.message_user(
+                request,
+                f"{len(suppressed)} stay failed: their address is suppressed now (a bounce, "
+                "an unsubscribe or a complaint; lift it in Suppressions to send).",
                 messages.WARNING,
             )
         if addresses.inactive:

@@ -52,6 +52,21 @@ def _transition(
     return len(moved)
 
 
+def suppressed_among(ids) -> list[int]:
+    """The ids of these deliveries whose address is suppressed now (a retry would only be
+    skipped at send): one suppression query per channel."""
+    by_channel: dict[str, dict[int, str]] = {}
+    for pk, channel, address in Delivery.objects.filter(id__in=list(ids)).values_list(
+        "id", "channel", "address"
+    ):
+        by_channel.setdefault(channel, {})[pk] = address
+    found = []
+    for channel, addresses in by_channel.items():
+        suppressed = tracking.suppressions_for(list(set(addresses.values())), channel)
+        found += [pk for pk, address in addresses.items() if address in suppressed]
+    return sorted(found)
+
+
 def delivery_retry(*, ids, now: datetime, by: str) -> int:
     """Failed deliveries get a fresh set of attempts, due now. One whose batch was cancelled
     is left alone: a cancelled batch sends nothing more. A batch that had ended (completed,

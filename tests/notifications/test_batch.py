@@ -899,6 +899,33 @@ def test_a_person_s_retry_leaves_failed_what_an_inactive_customer_would_get(mike
     assert Delivery.objects.get(id=failed.id).status == "failed"
 
 
+def test_a_person_s_retry_leaves_failed_what_goes_to_a_suppressed_address(mike):
+    """It was scheduled, skipped at once as suppressed, and its ended run reopened and
+    ended again for nothing (a second reflexion and event)."""
+    from notifications.models import RecordedMessage
+
+    _customers("o")
+    rejected = CustomerFactory(email="gone+reject@school.example.org")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    run.refresh_from_db()
+    ended = run.status_reason
+    failed = Delivery.objects.get(recipient_key=f"customer:{rejected.id}")
+    assert failed.status == "failed"  # refused as no such mailbox: suppressed
+
+    assert _retry_in_the_admin(mike, [failed.id]) == [
+        "0 failed deliveries scheduled again.",
+        "1 stay failed: their address is suppressed now (a bounce, an unsubscribe or a "
+        "complaint; lift it in Suppressions to send).",
+    ]
+    failed.refresh_from_db()
+    run.refresh_from_db()
+    assert (failed.status, run.status_reason) == ("failed", ended)
+    assert ReflexionEntry.objects.filter(workflow_run=run).count() == 1
+    assert RecordedMessage.objects.count() == 1
+
+
 def test_an_email_removed_before_its_review_is_approved_fails_and_is_not_counted_sent(mike):
     from notifications.models import RecordedMessage
 
