@@ -25,7 +25,9 @@ def frozen_filter(switches: list[KillSwitch]) -> Q | None:
     frozen = Q(pk__in=[])
     for switch in switches:
         if switch.scope == KillSwitch.Scope.EVERYTHING:
-            return Q()
+            # Every row: an empty Q() would match all in a filter but exclude nothing, and
+            # dispatch excludes what is frozen (an "everything" switch held nothing).
+            return Q(pk__isnull=False)
         if switch.scope == KillSwitch.Scope.CHANNEL:
             frozen |= Q(channel=switch.channel)
         elif switch.scope == KillSwitch.Scope.WORKFLOW:

@@ -327,3 +327,22 @@ def test_a_pace_left_ahead_by_a_later_at_is_restarted_and_the_held_go_at_the_rat
     assert [d.id for d in sent] == [d.id for d in held]  # in the order they were held
     assert _max_in_any_window([d.sent_at for d in sent]) <= 3
     assert finished < NOW + timedelta(seconds=6)  # now, not two hours on
+
+
+def test_an_everything_switch_holds_every_due_delivery():
+    """frozen_filter gave Q() for it: a filter of it matched every row, but dispatch
+    excludes what is frozen, and excluding Q() excludes nothing: all were sent."""
+    from config.dashboard import queued_reasons
+    from notifications.dispatch import next_due_in
+    from notifications.models import KillSwitch, RecordedMessage
+
+    KillSwitch.objects.create(name="stop all", scope="everything", is_on=True, reason="incident")
+    DeliveryFactory.create_batch(2, send_at=NOW)
+    DeliveryFactory(channel="sms", address="+14155550100", send_at=NOW)
+
+    report = dispatch.dispatch_due(now=NOW, clock=ManualClock(NOW))
+
+    assert (report.sent, report.frozen) == (0, 3)
+    assert not RecordedMessage.objects.exists()
+    assert next_due_in(now=NOW) is None
+    assert queued_reasons(NOW) == [("frozen by a kill switch", 3)]
