@@ -143,6 +143,9 @@ def _domain_of(from_email: str) -> str | None:
     return parseaddr(from_email)[1].rpartition("@")[2] or None
 
 
+NO_MAILBOX_STATUSES = {"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"}
+
+
 def _enhanced_status(reply) -> str:
     """The RFC 3463 status at the start of an SMTP reply (b"5.1.1 no such user" -> "5.1.1")."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
@@ -182,10 +185,15 @@ def classify_email_error(exc: Exception) -> ChannelError | None:
         codes = [code for code, _ in exc.recipients.values()]
         if codes and all(400 <= code < 500 for code in codes):  # greylisting, mailbox busy
             return TransientError(f"recipient deferred: {exc.recipients}", code=str(codes[0]))
-        # 5.1.x: the mailbox or its domain does not exist (RFC 3463); other refusals may be
-        # about this message (policy, content) and leave the address alone.
+        # The destination mailbox or its domain does not exist or cannot be (RFC 3463: 5.1.1
+        # bad mailbox, 5.1.2 bad system, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX).
+        # Other refusals may be about this message, or about the sender (5.1.7, 5.1.8, or a
+        # "Sender address rejected" a server gives at RCPT): the address is left alone.
         no_mailbox = codes and all(
-            code >= 500 and _enhanced_status(reply).startswith("5.1.")
+            code >= 500
+            and _enhanced_status(reply) in NO_MAILBOX_STATUSES
+            and b"sender"
+            not in (reply if isinstance(reply, bytes) else str(reply).encode()).lower()
             for code, reply in exc.recipients.values()
         )
         return PermanentError(

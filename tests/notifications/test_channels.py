@@ -685,6 +685,19 @@ def test_email_smtp_errors_are_classified_by_reply_code(exc, permanent):
     [
         (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"5.1.1 no such user")}), "bounce"),
         (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"5.7.1 policy")}), ""),
+        (  # about the sender, refused at RCPT (Postfix's smtpd_delay_reject)
+            smtplib.SMTPRecipientsRefused(
+                {"a@example.com": (550, b"5.1.0 <noreply@x>: Sender address rejected")}
+            ),
+            "",
+        ),
+        (
+            smtplib.SMTPRecipientsRefused(
+                {"a@example.com": (554, b"5.1.8 Sender address rejected: Domain not found")}
+            ),
+            "",
+        ),
+        (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"5.1.10 null MX")}), "bounce"),
         (smtplib.SMTPRecipientsRefused({"a@example.com": (550, b"no such user")}), ""),
         (AnymailRecipientsRefused("rejected by the ESP"), "bounce"),
         (AnymailInvalidAddress("not an address"), ""),
