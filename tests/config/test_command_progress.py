@@ -109,3 +109,24 @@ def test_dispatch_due_progress_names_what_an_open_breaker_holds(settings):
     assert (json.loads(out)["frozen"], json.loads(out)["breaker_held"]) == (2, 3)
     assert "… 0 handled of 5 due: 0 sent, 0 failed, 0 retried, 0 deferred, 2 held by a kill " in err
     assert "switch, 3 waiting for an open provider breaker (" in err
+
+
+def test_dispatch_due_goes_on_after_a_breakers_successful_trial_call(settings):
+    """The trial round moves one row, fewer than a round's size: the command took that for
+    "nothing more is due" and left the other four, in no count."""
+    from notifications.models import ProviderBreaker
+
+    settings.EMAIL_BACKEND = "notifications.channels.recording.EmailBackend"
+    ProviderBreaker.objects.create(
+        provider="email:recording",
+        state="open",
+        opened_at=NOW - timedelta(minutes=5),
+        cooloff_seconds=60,
+    )
+    DeliveryFactory.create_batch(5, send_at=NOW)
+
+    out, _ = run("dispatch_due", "--at", NOW.isoformat(), "--json")
+
+    assert json.loads(out)["sent"] == 5
+    assert ProviderBreaker.objects.get(provider="email:recording").state == "closed"
+    assert not Delivery.objects.filter(status="scheduled").exists()

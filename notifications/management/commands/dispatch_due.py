@@ -93,8 +93,11 @@ class Command(BaseCommand):
                 f"retried, {total.deferred} deferred{held} "
                 f"({time.monotonic() - started:.1f} s)"
             )
-            if moved < size:
-                break  # nothing more is due (or what is left is held)
+            if moved == 0:
+                # Nothing more went: none is due, or what is left is held. A short round is
+                # not the end: a breaker's trial call moves one row, and when it succeeds the
+                # rest may go in the next round.
+                break
         result = total.as_dict()
         if as_json:
             self.stdout.write(json.dumps(result, sort_keys=True))
