@@ -276,13 +276,16 @@ class DeliveryAdmin(admin.ModelAdmin):
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them
         now, by = timezone.now(), request.user.username
-        addresses = batch.readdress_before_retry(ids=ids, by=by, now=now)
-        kept = set(addresses.no_email) | set(addresses.inactive)
-        suppressed = operations.suppressed_among(
-            failed.exclude(id__in=kept)
-            .exclude(workflow_run__status=WorkflowRun.Status.CANCELLED)  # counted as such
-            .values_list("id", flat=True)
+        # A cancelled batch's are counted as such (delivery_retry leaves them alone), not
+        # also as kept for their address.
+        live = list(
+            failed.exclude(workflow_run__status=WorkflowRun.Status.CANCELLED).values_list(
+                "id", flat=True
+            )
         )
+        addresses = batch.readdress_before_retry(ids=live, by=by, now=now)
+        kept = set(addresses.no_email) | set(addresses.inactive)
+        suppressed = operations.suppressed_among([i for i in live if i not in kept])
         kept |= set(suppressed)
         count = operations.delivery_retry(ids=[i for i in ids if i not in kept], now=now, by=by)
         self._report(

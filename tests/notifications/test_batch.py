@@ -899,6 +899,23 @@ def test_a_person_s_retry_leaves_failed_what_an_inactive_customer_would_get(mike
     assert Delivery.objects.get(id=failed.id).status == "failed"
 
 
+def test_a_cancelled_batch_s_failed_email_is_counted_once_whatever_its_customer(mike, postmark):
+    from notifications.models import Customer
+
+    customers = _customers("oxxxxxooo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()  # the breaker aborts the run: 5 failed, 3 scheduled
+    failed = Delivery.objects.get(recipient_key=f"customer:{customers[1].id}")
+    assert batch.run_cancel(run=run, user=mike, now=NOW)
+    Customer.objects.filter(id=customers[1].id).update(is_inactive=True)
+
+    assert _retry_in_the_admin(mike, [failed.id]) == [
+        "0 failed deliveries scheduled again.",
+        "1 of a cancelled batch were left alone: a cancelled batch sends nothing more.",
+    ]
+
+
 def test_a_person_s_retry_leaves_failed_what_goes_to_a_suppressed_address(mike):
     """It was scheduled, skipped at once as suppressed, and its ended run reopened and
     ended again for nothing (a second reflexion and event)."""
