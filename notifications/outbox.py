@@ -146,9 +146,15 @@ def kick_dispatch() -> None:
     from notifications.tasks import dispatch_due_task
 
     try:
-        if cache.add(_KICK_KEY, 1, timeout=_KICK_GAP_SECONDS):
+        first = cache.add(_KICK_KEY, 1, timeout=_KICK_GAP_SECONDS)
+        trailing = not first and cache.add(f"{_KICK_KEY}:next", 1, timeout=_KICK_GAP_SECONDS)
+    except Exception as error:  # a shared cache that is down: kick, unmerged
+        logger.warning("could not merge dispatcher kicks (%s)", error)
+        first, trailing = True, False
+    try:
+        if first:
             dispatch_due_task.delay()
-        elif cache.add(f"{_KICK_KEY}:next", 1, timeout=_KICK_GAP_SECONDS):
+        elif trailing:
             dispatch_due_task.apply_async(countdown=_KICK_GAP_SECONDS)
     except Exception as error:  # the broker is down; the beat sweep will find the rows
         logger.warning("could not kick the dispatcher (%s); the sweep will send", error)

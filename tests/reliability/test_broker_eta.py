@@ -215,3 +215,22 @@ def test_kicks_closer_than_a_second_are_merged_into_two(
     ):
         _stage("later", at=now)
     assert len(published) == 3  # a second on: kicked at once again
+
+
+def test_a_shared_cache_that_is_down_still_kicks(
+    published, settings, django_capture_on_commit_callbacks
+):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        }
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        _stage("a", at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        _stage("b", at=timezone.now())
+    assert [(sender, eta) for sender, eta, _ in published] == [
+        ("herald.dispatch_due", None),
+        ("herald.dispatch_due", None),
+    ]
