@@ -344,3 +344,21 @@ def test_production_settings_with_smtp_and_esp_variables_pass_check_deploy(tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_cache_url_sets_the_cache_that_keeps_the_dispatch_hint():
+    shared = _manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.CACHES['default']['BACKEND'], "
+        "settings.CACHES['default']['LOCATION'])",
+        CACHE_URL="redis://cache.internal:6379/1",
+    )
+    assert shared.stdout.strip().splitlines()[-1].split() == [
+        "django.core.cache.backends.redis.RedisCache",
+        "redis://cache.internal:6379/1",
+    ]
+    default = _manage(
+        "shell", "-c", "from django.conf import settings; print(settings.CACHES['default'])"
+    )
+    assert "LocMemCache" in default.stdout.strip().splitlines()[-1]
