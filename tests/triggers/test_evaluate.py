@@ -315,32 +315,29 @@ def test_every_delivery_carries_its_context_type_and_fallback(clock):
     assert delivery.workflow_run.workflow.name == "Kiosk Health Alert"
 
 
-def test_a_queued_delivery_past_the_workflows_expiry_is_recorded_expired(clock):
+def _a_second_alert_the_daily_limit_holds(clock, **person):
+    """One alert a day, a workflow whose alerts expire after 2 h: a first alert, then a
+    second five minutes later. The person and the second tick's report."""
     persona = relaxed(name="Manager", max_per_day=1)
-    person = StakeholderFactory(persona=persona)
+    person = StakeholderFactory(persona=persona, **person)
     trigger_workflow(personas=[persona], expires_after_hours=2)
     site = project(45)
     unhealthy(site, 1)
     tick()
     unhealthy(site, 2)
     clock.move_to(T + timedelta(minutes=5))
-    report = tick()
+    return person, tick()
+
+
+def test_a_queued_delivery_past_the_workflows_expiry_is_recorded_expired(clock):
+    person, report = _a_second_alert_the_daily_limit_holds(clock)
     assert report["deliveries_expired"] == 1
     expired = deliveries_of(person, status="expired").get()
     assert expired.status_reason.startswith("expired: cadence: daily limit")
 
 
 def test_a_delivery_held_past_its_expiry_goes_now_on_its_fallback_channel(clock):
-    persona = relaxed(name="Manager", max_per_day=1)
-    person = StakeholderFactory(persona=persona, fallback_channel="sms")
-    trigger_workflow(personas=[persona], expires_after_hours=2)
-    site = project(45)
-    unhealthy(site, 1)
-    tick()
-    unhealthy(site, 2)
-    clock.move_to(T + timedelta(minutes=5))
-
-    report = tick()
+    person, report = _a_second_alert_the_daily_limit_holds(clock, fallback_channel="sms")
 
     assert (report["deliveries_expired"], report["deliveries_now"]) == (0, 1)
     second = deliveries_of(person).get(context_key__contains=":2:")
