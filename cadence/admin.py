@@ -201,7 +201,10 @@ class TriggerCooldownAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Reset the cooldown (the context may fire on the next tick)")
+    @admin.action(
+        description="Reset the cooldown (the context may fire on the next tick)",
+        permissions=["delete"],
+    )
     def reset_cooldown(self, request, queryset):
         count, _ = queryset.delete()
         self.message_user(request, f"{count} cooldowns reset.")

@@ -142,7 +142,10 @@ class KioskAdmin(admin.ModelAdmin):
     def heartbeat_age(self, obj):
         return age(obj.last_heartbeat_at, now=timezone.now())
 
-    @admin.action(description="Issue a new heartbeat token (the old one stops working)")
+    @admin.action(
+        description="Issue a new heartbeat token (the old one stops working)",
+        permissions=["change"],
+    )
     def new_token(self, request, queryset):
         count = 0
         for kiosk in queryset:

@@ -3,7 +3,7 @@
 import json
 
 from django.contrib import admin
-from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.decorators import login_not_required, permission_required
 from django.http import JsonResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -43,8 +43,10 @@ def heartbeat(request, kiosk_id: int):
     return JsonResponse({"ok": True, "kiosk": kiosk.pk, "received_at": now.isoformat()})
 
 
+@permission_required("kiosks.view_kiosk", raise_exception=True)
 def heartbeat_dashboard(request):
-    """Admin page (wrapped by admin_view in config.urls): connectivity per project."""
+    """Admin page (staff who may view kiosks; wrapped by admin_view in config.urls):
+    connectivity per project."""
     now = timezone.now()
     panels = dashboard(now=now)
     context = {

@@ -226,7 +226,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     def payload_pretty(self, obj):
         return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, ensure_ascii=False))
 
-    @admin.action(description="Retry selected failed deliveries")
+    @admin.action(description="Retry selected failed deliveries", permissions=["change"])
     def retry_failed(self, request, queryset):
         failed = queryset.filter(status=Delivery.Status.FAILED)
         # A cancelled batch's are never retried (operations.delivery_retry leaves them alone).
@@ -329,7 +329,7 @@ class DeliveryAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Cancel selected scheduled deliveries")
+    @admin.action(description="Cancel selected scheduled deliveries", permissions=["change"])
     def cancel_scheduled(self, request, queryset):
         scheduled = queryset.filter(status=Delivery.Status.SCHEDULED)
         if not confirmed(request):
@@ -361,11 +361,16 @@ class DeliveryAdmin(admin.ModelAdmin):
                 request, f"{left_alone} were not {state} and were left alone.", messages.WARNING
             )
 
-    @admin.action(description="Reconcile unknown: the provider has them (mark sent)")
+    @admin.action(
+        description="Reconcile unknown: the provider has them (mark sent)", permissions=["change"]
+    )
     def reconcile_sent(self, request, queryset):
         return self._reconcile(request, queryset, accepted=True)
 
-    @admin.action(description="Reconcile unknown: the provider does not have them (mark failed)")
+    @admin.action(
+        description="Reconcile unknown: the provider does not have them (mark failed)",
+        permissions=["change"],
+    )
     def reconcile_failed(self, request, queryset):
         return self._reconcile(request, queryset, accepted=False)
 
@@ -583,7 +588,7 @@ class EventHandlingAdmin(KeptRecordAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Retry selected failed handlings now")
+    @admin.action(description="Retry selected failed handlings now", permissions=["change"])
     def retry_now(self, request, queryset):
         count = operations.handling_retry(
             ids=queryset.values_list("id", flat=True), now=timezone.now()

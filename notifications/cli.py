@@ -6,6 +6,18 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
+# The years a time given by hand may fall in: the checks around a time reach months before
+# and after it, which Python's datetime cannot do near year 1 or 9999.
+YEARS = (1900, 2999)
+
+
+def out_of_range(moment: datetime) -> str:
+    """Why a time given by hand cannot be used ("" when it can)."""
+    first, last = YEARS
+    if first <= moment.year <= last:
+        return ""
+    return f"must fall in the years {first}–{last}, not {moment.year}"
+
 
 def parse_at(value: str) -> datetime:
     """--at ISO8601: a naive time is read in the project's time zone (settings.TIME_ZONE:
@@ -16,6 +28,8 @@ def parse_at(value: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"--at must be an ISO 8601 time like 2026-11-22T10:00:00+05:30, not {value!r}"
         ) from exc
+    if problem := out_of_range(moment):
+        raise argparse.ArgumentTypeError(f"--at {problem}")
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment

@@ -5,6 +5,7 @@ notifications.cadence_checks."""
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.auth.decorators import permission_required
 from django.db.models import CharField, Count, Max, OuterRef, Subquery, Value
 from django.db.models.functions import Concat
 from django.template.response import TemplateResponse
@@ -16,6 +17,7 @@ from cadence.policy import RULE_LABELS, Rules
 from cadence.validators import MAX_HOURS
 from notifications.admin_confirm import confirm_page, confirmed
 from notifications.cadence_checks import cadence_simulate, cadence_what_if
+from notifications.cli import out_of_range
 from notifications.models import Channel, MessageType
 from notifications.trigger_models import TriggerEvent, TriggerSetup, TriggerWorkflow
 from notifications.triggers import (
@@ -196,7 +198,7 @@ class TriggerWorkflowAdmin(admin.ModelAdmin):
             request.POST = post
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Evaluate all trigger workflows now…")
+    @admin.action(description="Evaluate all trigger workflows now…", permissions=["change"])
     def evaluate_now(self, request, queryset):
         if not confirmed(request):
             workflows = active_trigger_workflows()
@@ -248,6 +250,12 @@ class SimulateForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
 
+    def clean_at(self):
+        at = self.cleaned_data["at"]
+        if at and (problem := out_of_range(at)):
+            raise forms.ValidationError(f"The time {problem}.")
+        return at
+
 
 class WhatIfForm(forms.Form):
     persona = forms.ModelChoiceField(Persona.objects.all())
@@ -278,8 +286,10 @@ class WhatIfForm(forms.Form):
         )
 
 
+@permission_required(("cadence.view_stakeholder", "cadence.view_persona"), raise_exception=True)
 def cadence_simulator(request):
-    """GET /admin/cadence/simulator/ (staff, wrapped by admin_view in config.urls).
+    """GET /admin/cadence/simulator/ (staff who may view stakeholders and personas; wrapped
+    by admin_view in config.urls).
 
     ?stakeholder=…&channel=…&message_type=…&at=… → Layer 2's decision and blocking rule.
     ?persona=…&<changed cadence fields> → the last 7 days replayed under the changed rules.

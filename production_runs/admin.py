@@ -283,27 +283,31 @@ class ProductionRunAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Send to partner (emits production_run.sent_to_partner)")
+    @admin.action(
+        description="Send to partner (emits production_run.sent_to_partner)", permissions=["change"]
+    )
     def send(self, request, queryset):
         self._step(request, queryset, "send", "sent to their partner")
 
-    @admin.action(description="Mark accepted")
+    @admin.action(description="Mark accepted", permissions=["change"])
     def accept(self, request, queryset):
         self._step(request, queryset, "accept", "accepted")
 
-    @admin.action(description="Mark started")
+    @admin.action(description="Mark started", permissions=["change"])
     def start(self, request, queryset):
         self._step(request, queryset, "start", "started")
 
-    @admin.action(description="Mark completed (emits production_run.completed)")
+    @admin.action(
+        description="Mark completed (emits production_run.completed)", permissions=["change"]
+    )
     def complete(self, request, queryset):
         self._step(request, queryset, "complete", "completed")
 
-    @admin.action(description="Cancel (emits production_run.cancelled)")
+    @admin.action(description="Cancel (emits production_run.cancelled)", permissions=["change"])
     def cancel(self, request, queryset):
         self._step(request, queryset, "cancel", "cancelled")
 
-    @admin.action(description="Send a reminder now (WhatsApp)")
+    @admin.action(description="Send a reminder now (WhatsApp)", permissions=["change"])
     def remind_now(self, request, queryset):
         if not confirmed(request):
             return confirm_page(
@@ -601,7 +605,7 @@ class EventTemplateMappingAdmin(admin.ModelAdmin):
     def known(self, obj):
         return obj.template_name in SPECS and not mapping_problem(obj.event_name, obj.template_name)
 
-    @admin.action(description="Restore the missing default mappings")
+    @admin.action(description="Restore the missing default mappings", permissions=["add"])
     def restore_defaults(self, request, queryset):
         self.message_user(request, f"{restore_default_mappings()} default mapping(s) created.")
 
@@ -851,7 +855,7 @@ class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
             confirm_label=f"Yes, {verb} {len(tasks)}",
         )
 
-    @admin.action(description="Enable selected tasks (confirm)")
+    @admin.action(description="Enable selected tasks (confirm)", permissions=["change"])
     def enable_tasks(self, request, queryset):
         queryset = self._guarded(request, queryset)
         if not confirmed(request):
@@ -864,7 +868,7 @@ class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
             )
         return super().enable_tasks(request, queryset)
 
-    @admin.action(description="Disable selected tasks (confirm)")
+    @admin.action(description="Disable selected tasks (confirm)", permissions=["change"])
     def disable_tasks(self, request, queryset):
         queryset = self._guarded(request, queryset)
         if not confirmed(request):
@@ -878,7 +882,7 @@ class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
             )
         return super().disable_tasks(request, queryset)
 
-    @admin.action(description="Run selected tasks")
+    @admin.action(description="Run selected tasks", permissions=["change"])
     def run_tasks(self, request, queryset):
         # The discoverer runs by hand with `manage.py discover_reminders` (or its dry run on
         # the gate page), not around the gate from here.
@@ -887,7 +891,7 @@ class GuardedPeriodicTaskAdmin(PeriodicTaskAdmin):
             return None
         return super().run_tasks(request, queryset)
 
-    @admin.action(description="Toggle activity of selected tasks (confirm)")
+    @admin.action(description="Toggle activity of selected tasks (confirm)", permissions=["change"])
     def toggle_tasks(self, request, queryset):
         queryset = self._guarded(request, queryset)
         if not confirmed(request):

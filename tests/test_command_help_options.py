@@ -140,3 +140,13 @@ def test_the_commands_with_an_at_option_are_found():
         "run_verify_checks",
         "seed_demo",
     }
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in herald_commands() if any("--at" in a.option_strings for a in options(n)[1])]
+)
+@pytest.mark.parametrize("at", ["0001-01-01T00:00+00:00", "9999-12-31T23:59:59+00:00"])
+def test_every_at_option_refuses_a_year_the_checks_cannot_reach(name, at):
+    year = at[:4].lstrip("0")
+    with pytest.raises(CommandError, match=f"--at must fall in the years 1900–2999, not {year}"):
+        run(name, "--at", at)

@@ -204,3 +204,26 @@ def test_the_what_if_refuses_a_cooldown_over_a_year_instead_of_failing(admin_cli
         "Ensure this value is less than or equal to 8760."
     ]
     assert response.context["what_if"] is None
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59", "0001-01-01T00:00"])
+def test_simulator_refuses_a_time_its_windows_cannot_reach(admin_client, clock, at):
+    alice = StakeholderFactory(name="Alice")
+    response = admin_client.get(
+        reverse("cadence_simulator"),
+        {"stakeholder": alice.pk, "channel": "email", "message_type": "alert", "at": at},
+    )
+    assert response.status_code == 200
+    assert "The time must fall in the years 1900–2999" in response.content.decode()
+
+
+def test_simulator_is_for_staff_who_may_view_stakeholders_and_personas(client, clock):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(reverse("cadence_simulator")).status_code == 403
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_stakeholder", "view_persona"])
+    )
+    assert client.get(reverse("cadence_simulator")).status_code == 200

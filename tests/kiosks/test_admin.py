@@ -102,3 +102,13 @@ def test_heartbeat_dashboard_is_for_staff_only(client):
 def test_the_kiosks_admin_page_links_the_dashboard(admin_client):
     page = admin_client.get(reverse("admin:app_list", args=["kiosks"])).content.decode()
     assert reverse("kiosks_dashboard") in page
+
+
+def test_heartbeat_dashboard_is_for_staff_who_may_view_kiosks(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(reverse("kiosks_dashboard")).status_code == 403
+    user.user_permissions.set(Permission.objects.filter(codename="view_kiosk"))
+    assert client.get(reverse("kiosks_dashboard")).status_code == 200
