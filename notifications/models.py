@@ -11,6 +11,10 @@ from django.utils import timezone
 
 from cadence.validators import validate_e164
 
+# A retry's wait, in seconds: never negative, at most a day (a longer one would outlast
+# any workflow's expiry, and a huge one overflow the time it is added to).
+RETRY_SECONDS = [MinValueValidator(0), MaxValueValidator(86_400)]
+
 
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
@@ -76,9 +80,15 @@ class Workflow(models.Model):
         default=3, help_text="Attempts per delivery, the first one included (seed 001: 3)."
     )
     retry_base_seconds = models.FloatField(
-        default=2.0, help_text="Wait after the first failure; doubles after each further one."
+        default=2.0,
+        validators=RETRY_SECONDS,
+        help_text="Wait after the first failure; doubles after each further one (0 to 86,400).",
     )
-    retry_max_seconds = models.FloatField(default=30.0, help_text="Longest wait between attempts.")
+    retry_max_seconds = models.FloatField(
+        default=30.0,
+        validators=RETRY_SECONDS,
+        help_text="Longest wait between attempts (0 to 86,400 seconds).",
+    )
     reflexion_enabled = models.BooleanField(
         default=False, help_text="Write a reflexion entry (narrative + tags) after each run."
     )
@@ -466,7 +476,9 @@ class MessageTemplate(models.Model):
         help_text=(
             "Django template syntax, e.g. Hello {{ customer_name }}. Only the declared "
             "variables are available; email bodies are placed into the layout in "
-            "templates/emails/."
+            "templates/emails/. At most 20,000 characters; control-flow tags only; a "
+            "{% for %} goes over a variable and loops do not nest; center, ljust, rjust, "
+            "stringformat and floatformat take a number up to 1,000."
         )
     )
     variables = models.JSONField(
@@ -680,9 +692,15 @@ class Delivery(models.Model):
         default=3, help_text="Gives up (failed) after this many attempts (seed 001: 3)."
     )
     retry_base_seconds = models.FloatField(
-        default=2.0, help_text="Wait after the first failed attempt; doubles each time."
+        default=2.0,
+        validators=RETRY_SECONDS,
+        help_text="Wait after the first failed attempt; doubles each time (0 to 86,400).",
     )
-    retry_max_seconds = models.FloatField(default=30.0, help_text="Longest wait between attempts.")
+    retry_max_seconds = models.FloatField(
+        default=30.0,
+        validators=RETRY_SECONDS,
+        help_text="Longest wait between attempts (0 to 86,400 seconds).",
+    )
     last_error = models.TextField(blank=True, help_text="The provider's last error, if any.")
     provider = models.CharField(
         max_length=40,
@@ -1156,7 +1174,9 @@ class Sender(models.Model):
         help_text="The channel this sending identity sends on.",
     )
     rate_per_second = models.FloatField(
-        default=1.0, help_text="Most messages per second (US long code: 1; WhatsApp: 80)."
+        default=1.0,
+        validators=[MinValueValidator(0.01), MaxValueValidator(10_000)],
+        help_text="Most messages per second (US long code: 1; WhatsApp: 80), 0.01 to 10,000.",
     )
     next_slot_at = models.DateTimeField(
         null=True, blank=True, help_text="Earliest time the next message may be handed over."
@@ -1167,8 +1187,10 @@ class Sender(models.Model):
     max_queue_hours = models.FloatField(
         null=True,
         blank=True,
-        help_text="How long the provider holds a queued message (Twilio SMS: 10 h). A delivery "
-        "that would expire in the provider's queue is not handed over.",
+        validators=[MinValueValidator(0.01), MaxValueValidator(8_760)],
+        help_text="How long the provider holds a queued message (Twilio SMS: 10 h), up to a "
+        "year (8,760 h). A delivery that would expire in the provider's queue is not handed "
+        "over.",
     )
 
     class Meta:

@@ -150,6 +150,52 @@ def _free_names(nodelist: NodeList, bound: set[str]) -> set[str]:
 
 UNCLOSED = (("{{", "}}"), ("{%", "%}"), ("{#", "#}"))
 
+# What a message template may ask of the renderer, so that its output stays about the size
+# of its source and its variables: one render per recipient, 10,000 recipients a batch.
+MAX_SOURCE_CHARS = 20_000
+MAX_WIDTH = 1_000
+# Filters whose argument sets the width or precision of their output.
+WIDTH_FILTERS = ("center", "ljust", "rjust", "floatformat", "stringformat")
+
+
+def _width_problem(expression: FilterExpression) -> str:
+    """Why a filter of the expression could make a huge output ("" if none can)."""
+    for function, args in expression.filters:
+        name = getattr(function, "_filter_name", function.__name__)
+        if name not in WIDTH_FILTERS:
+            continue
+        for is_variable, arg in args:
+            if is_variable:
+                return f"|{name} takes a number written in the template, not a variable"
+            if name in ("center", "ljust", "rjust") and not re.fullmatch("[0-9]+", str(arg)):
+                return f"|{name} takes a whole number, not {arg!r}"
+            if any(int(number) > MAX_WIDTH for number in re.findall("[0-9]+", str(arg))):
+                return f"|{name} takes a width or precision of at most {MAX_WIDTH:,}"
+    return ""
+
+
+def _loop_problem(nodelist: NodeList, *, inside_loop: bool = False) -> str:
+    """Why the template's loops could repeat without bound ("" if they cannot): a loop goes
+    over a variable (text written in the template is not a list), and loops do not nest."""
+    for node in nodelist:
+        if isinstance(node, tags.ForNode):
+            if inside_loop:
+                return "loops may not be nested"
+            if not isinstance(node.sequence.var, Variable):
+                return "{% for %} goes over a variable, not over a value written in the template"
+            children = [(node.nodelist_loop, True), (node.nodelist_empty, False)]
+        elif isinstance(node, tags.IfNode):
+            children = [(branch, inside_loop) for _, branch in node.conditions_nodelists]
+        else:
+            children = [
+                (getattr(node, attr, None) or NodeList(), inside_loop)
+                for attr in node.child_nodelists
+            ]
+        for child, inside in children:
+            if problem := _loop_problem(child, inside_loop=inside):
+                return problem
+    return ""
+
 
 def check_source(
     field: str,
@@ -166,6 +212,10 @@ def check_source(
     message template's `variables`); without one the variables are a fixed set (the batch
     form's), and an unknown variable's message lists them instead of asking to declare it."""
     label = label or field
+    if len(source) > MAX_SOURCE_CHARS:
+        raise TemplateProblem(
+            field, f"{label} is {len(source):,} characters long: at most {MAX_SOURCE_CHARS:,}."
+        )
     try:
         template = _ENGINE.from_string(source)
     except TemplateSyntaxError as error:
@@ -187,6 +237,12 @@ def check_source(
         if not isinstance(node, _ALLOWED_NODES):
             tag = node.token.contents.split()[0] if getattr(node, "token", None) else node
             raise TemplateProblem(field, f"The tag {{% {tag} %}} is not allowed in {label}.")
+        for value in vars(node).values():
+            for expression in _expressions(value):
+                if problem := _width_problem(expression):
+                    raise TemplateProblem(field, f"In {label}, {problem}.")
+    if problem := _loop_problem(template.nodelist):
+        raise TemplateProblem(field, f"In {label}, {problem}.")
     unknown = sorted(_free_names(template.nodelist, set()) - declared)
     if unknown:
         many = len(unknown) > 1

@@ -267,3 +267,22 @@ def test_admin_pages_carry_herald_s_icon_and_title(admin_client):
     page = admin_client.get(reverse("admin:index")).content.decode()
     assert '<link rel="icon" href="data:image/svg+xml,' in page
     assert "<title>Operations | Herald</title>" in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("retry_base_seconds", -1), ("retry_base_seconds", 1e12), ("retry_max_seconds", 1e12)],
+)
+def test_a_workflow_refuses_a_retry_wait_dispatch_cannot_add(field, value):
+    """A negative wait, or one that overflows the time it is added to, is refused where it
+    is given (the admin's form validates the model's fields)."""
+    from django.core.exceptions import ValidationError
+
+    from tests.notifications.factories import WorkflowFactory
+
+    workflow = WorkflowFactory()
+    setattr(workflow, field, value)
+    with pytest.raises(ValidationError) as refused:
+        workflow.full_clean()
+    assert set(refused.value.message_dict) == {field}

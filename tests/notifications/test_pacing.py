@@ -94,3 +94,24 @@ def test_workers_reserving_at_once_never_get_the_same_slot():
     assert sorted(got) == [NOW + step * i for i in range(1200)]
     sender.refresh_from_db()
     assert sender.next_slot_at == NOW + step * 1200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rate_per_second", 0), ("rate_per_second", -5), ("max_queue_hours", 1e9)],
+)
+def test_a_sender_refuses_a_rate_or_queue_time_pacing_cannot_use(admin_client, field, value):
+    """A rate of 0 divided pacing by zero (every round of the sender failed); a negative one
+    sent without pacing; a huge queue time overflowed the time it is added to."""
+    from django.urls import reverse
+
+    sender = Sender.objects.create(key="sms:+15005550006", channel="sms", rate_per_second=1)
+    data = {"key": sender.key, "channel": "sms", "rate_per_second": 1, "max_queue_hours": ""}
+    response = admin_client.post(
+        reverse("admin:notifications_sender_change", args=[sender.pk]), {**data, field: value}
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "errorlist" in response.content.decode()
+    sender.refresh_from_db()
+    assert (sender.rate_per_second, sender.max_queue_hours) == (1, None)

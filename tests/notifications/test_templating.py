@@ -155,3 +155,47 @@ def test_an_unclosed_tag_is_refused_instead_of_reaching_the_reader(source, opene
     with pytest.raises(TemplateProblem) as caught:
         check_source("body", source, {"customer_name", "x"})
     assert str(caught.value).startswith(f"Unclosed {opener} in body: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            '{{ customer_name|center:"100000000" }}',
+            "In body, |center takes a width or precision of at most 1,000.",
+        ),
+        ("{{ customer_name|ljust:account_ref }}", "In body, |ljust takes a number written in "),
+        ('{{ customer_name|rjust:"²" }}', "In body, |rjust takes a whole number, not '²'."),
+        ('{{ account_ref|stringformat:"99999s" }}', "In body, |stringformat takes a width"),
+        ('{{ account_ref|floatformat:"5000" }}', "In body, |floatformat takes a width"),
+        ('{% filter center:"100000000" %}x{% endfilter %}', "In body, |center takes a width"),
+        (
+            "{% for a in '0123456789' %}{{ a }}{% endfor %}",
+            "In body, {% for %} goes over a variable, not over a value written in the template.",
+        ),
+        (
+            "{% for a in customer_name %}{% if a %}{% for b in account_ref %}{{ b }}"
+            "{% endfor %}{% endif %}{% endfor %}",
+            "In body, loops may not be nested.",
+        ),
+        ("x" * 20_001, "body is 20,001 characters long: at most 20,000."),
+    ],
+)
+def test_a_body_that_could_render_without_bound_is_refused(body, problem):
+    """Rendered once per recipient: a width of 10^8 made 100 MB per message, seven nested
+    loops over ten characters took 20 s and 10 MB."""
+    with pytest.raises(ValidationError) as caught:
+        _template(body=body).clean()
+    assert caught.value.message_dict["body"][0].startswith(problem)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{{ customer_name|center:"40" }}|{{ account_ref|stringformat:"08d" }}',
+        '{{ account_ref|floatformat:"-2" }}',
+        "{% for c in customer_name %}{{ c }}{% endfor %}{% for c in account_ref %}{% endfor %}",
+    ],
+)
+def test_small_widths_and_single_loops_over_variables_are_fine(body):
+    _template(body=body).clean()
