@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -209,7 +210,9 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         return f"closed ({obj.consecutive_failures} of {batch.BREAKER_FAILURES} failures in a row)"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = get_object_or_404(WorkflowRun, pk=object_id)
+        run = self.get_object(request, unquote(object_id))
+        if run is None:  # no such run, or not a run number at all
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         extra_context = {
             **(extra_context or {}),
             "run": run,
@@ -554,7 +557,7 @@ def batch_resume(request):
             status=400,
         )
     run_id = given[0] if given else ""
-    if not run_id.isdigit():
+    if not (run_id.isascii() and run_id.isdigit()):
         return JsonResponse({"error": "run_id must be a run number"}, status=400)
     run = WorkflowRun.objects.filter(id=int(run_id)).first()
     if run is None:

@@ -132,12 +132,17 @@ def canonical_filter(query: str) -> tuple[tuple[str, str], ...]:
         if isinstance(spec, django_filters.BaseInFilter):
             items = {item.strip() for item in value.split(",")}
             if isinstance(spec, IdInFilter):
-                items = {str(int(item)) if item.isdigit() else item for item in items}
+                items = {str(int(item)) if _number(item) else item for item in items}
             value = ",".join(sorted(items))
         elif spec is not None and (spec.lookup_expr in CASELESS_LOOKUPS or key in CASELESS_METHODS):
             value = value.translate(_ASCII_LOWER)
         canonical.append((key, value))
     return tuple(sorted(canonical))
+
+
+def _number(text: str) -> bool:
+    """Digits 0-9 only (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _problems(pairs: list[tuple[str, str]]) -> list[str]:

@@ -82,7 +82,7 @@ class WhatsAppPlatform(models.Model):
 
     def clean(self):
         for code in self.country_code_list:
-            if not (code.startswith("+") and code[1:].isdigit()):
+            if not (code.startswith("+") and code[1:].isascii() and code[1:].isdigit()):
                 raise ValidationError({"country_codes": f"{code!r} is not like +91."})
 
 

@@ -413,7 +413,7 @@ def select_platforms(ids: list[str] | None = None) -> list[WhatsAppPlatform]:
     found = []
     for ident in ids:
         platform = WhatsAppPlatform.objects.filter(label=ident).first()
-        if platform is None and ident.isdigit():
+        if platform is None and ident.isascii() and ident.isdigit():
             platform = WhatsAppPlatform.objects.filter(pk=int(ident)).first()
         if platform is None:
             raise ValueError(f"no WhatsApp platform with id or label {ident!r}")

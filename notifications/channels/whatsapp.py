@@ -46,7 +46,7 @@ def template_request(message: OutgoingMessage) -> dict:
     return {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
-        "to": "".join(ch for ch in message.to if ch.isdigit()),
+        "to": "".join(ch for ch in message.to if ch in "0123456789"),
         "type": "template",
         "template": {
             "name": payload["template"],
@@ -106,6 +106,6 @@ def classify_meta_error(response: requests.Response) -> ChannelError:
             text += f" ({details})"
     code = str(meta_code) if meta_code is not None else ""
     retry_after = parse_retry_after(response.headers)
-    if code.isdigit() and int(code) in TRANSIENT_META_CODES:
+    if code.isascii() and code.isdigit() and int(code) in TRANSIENT_META_CODES:
         return TransientError(text, retry_after=retry_after, code=code)
     return http_status_error(response.status_code, text, code=code, retry_after=retry_after)
