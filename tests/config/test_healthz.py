@@ -20,7 +20,9 @@ def test_healthz_is_503_naming_the_broker_when_it_is_unreachable(client, setting
 
 
 @pytest.mark.django_db
-def test_healthz_is_503_naming_the_database_when_it_fails(client, monkeypatch):
+def test_healthz_is_503_naming_the_database_when_it_fails(client, monkeypatch, settings):
+    settings.DEBUG = True  # make run's development settings: the error itself is shown
+
     def refuse(*args, **kwargs):
         raise OperationalError("connection refused")
 
@@ -28,3 +30,20 @@ def test_healthz_is_503_naming_the_database_when_it_fails(client, monkeypatch):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["problems"] == {"database": "OperationalError: connection refused"}
+
+
+@pytest.mark.django_db
+def test_healthz_keeps_the_drivers_error_for_the_log_without_debug(
+    client, settings, monkeypatch, caplog
+):
+    """The endpoint needs no login: a stranger learns which part, not its host and port."""
+    settings.DEBUG = False
+
+    def refuse(*args, **kwargs):
+        raise OperationalError('connection to server at "10.0.0.5", port 5432 failed')
+
+    monkeypatch.setattr(connections["default"], "cursor", refuse)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["problems"] == {"database": "unreachable"}
+    assert '"10.0.0.5", port 5432 failed' in caplog.text
