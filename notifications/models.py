@@ -555,6 +555,11 @@ class MessageTemplate(models.Model):
         except TemplateProblem as problem:
             raise ValidationError({problem.field: str(problem)}) from problem
 
+    def carries(self, channel: str) -> bool:
+        """Whether a message of this template can go on `channel`: WhatsApp sends approved
+        templates only (`whatsapp_template`); email and SMS send the rendered text."""
+        return channel != Channel.WHATSAPP or bool(self.whatsapp_template)
+
 
 class Notification(models.Model):
     """One message intent: a template and its context, for a set of recipients [CommsInstance]."""

@@ -137,9 +137,34 @@ class TriggerSetup(models.Model):
     def clean(self):
         from notifications.triggers import GROUPED_VARIABLES
 
-        _check_template_variables(
-            self, ["grouped_template"], GROUPED_VARIABLES, "a grouped message"
-        )
+        problems = {}
+        if self.channel and self.fallback_channel == self.channel:
+            problems["fallback_channel"] = "The fallback must differ from the channel."
+        if self.channel == Channel.WHATSAPP and self.workflow_id:
+            events = TriggerEvent.objects.filter(workflow_id=self.workflow_id)
+            templates = [t for e in events for t in (e.template, e.resolved_template)]
+            if problem := _not_carried([*templates, self.grouped_template], self.channel):
+                problems["channel"] = problem
+        try:
+            _check_template_variables(
+                self, ["grouped_template"], GROUPED_VARIABLES, "a grouped message"
+            )
+        except ValidationError as error:
+            error.update_error_dict(problems)
+        if problems:
+            raise ValidationError(problems)
+
+
+def _not_carried(templates, channel: str) -> str:
+    """Why some of the templates cannot go on `channel` ("" if all of them can)."""
+    names = sorted({t.name for t in templates if t is not None and not t.carries(channel)})
+    if not names:
+        return ""
+    return (
+        f"WhatsApp sends approved templates only: {', '.join(names)} "
+        f"{'have' if len(names) > 1 else 'has'} no WhatsApp template name. Choose another "
+        "channel, or give the template its WhatsApp template name."
+    )
 
 
 def _check_template_variables(record, fields, available, what: str) -> None:
@@ -230,6 +255,12 @@ class TriggerEvent(models.Model):
         except ValidationError as error:
             error.update_error_dict(problems)
         problems.update(self._issue_problems(evaluator.issues))
+        setup = TriggerSetup.objects.filter(workflow_id=self.workflow_id).first()
+        if setup is not None and setup.channel == Channel.WHATSAPP:
+            for field in ("template", "resolved_template"):
+                chosen = getattr(self, field) if getattr(self, f"{field}_id") else None
+                if problem := _not_carried([chosen], setup.channel):
+                    problems.setdefault(field, problem)
         if problems:
             raise ValidationError(problems)
 

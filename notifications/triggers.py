@@ -166,6 +166,12 @@ def tick_summary(report: dict) -> str:
         f"without anyone to tell. Deliveries: {report['deliveries_now']} now, "
         f"{report['deliveries_queued']} queued by cadence, {report['deliveries_expired']} "
         f"expired (held past the workflow's expiry on every channel)."
+        + (
+            f" {report['recipients_without_address']} recipient(s) not told: no address on a "
+            f"channel the template can go by (WhatsApp needs a WhatsApp template name)."
+            if report.get("recipients_without_address")
+            else ""
+        )
     )
 
 
@@ -551,10 +557,16 @@ def _stage(workflow, run, messages, stakeholders, timeline, now, report) -> None
         recipients = []
         for person_id in message.stakeholder_ids:
             person = stakeholders[person_id]
-            route = _route(setup, person)
+            route = _route(setup, person, message.template)
             if route is None:
                 report.recipients_without_address += 1
-                logger.warning("stakeholder %s has no address for %s", person, message.origin)
+                logger.warning(
+                    "stakeholder %s has no address on a channel the template %s can go by "
+                    "(WhatsApp needs a WhatsApp template name) for %s",
+                    person,
+                    message.template,
+                    message.origin,
+                )
                 continue
             channel, address, fallback_channel, fallback_address = route
             tz, key = person.tz, f"{prefix}:{person.recipient_key}"
@@ -629,12 +641,18 @@ def _past_expiry(decision, expires_at: datetime | None, tz) -> str:
     return f"{decision.reason(tz)}, after its expiry {expires_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
 
 
-def _route(setup, person: Stakeholder) -> tuple[str, str, str, str] | None:
-    """(channel, address, fallback channel, fallback address) for one person, or None."""
+def _route(setup, person: Stakeholder, template) -> tuple[str, str, str, str] | None:
+    """(channel, address, fallback channel, fallback address) for one person, or None. A
+    channel the template cannot go by (WhatsApp without a WhatsApp template name) counts as
+    one the person has no address on: the fallback carries the message, if it can."""
+
+    def address_on(channel: str) -> str:
+        return person.address_for(channel) if channel and template.carries(channel) else ""
+
     channel = setup.channel or person.preferred_channel
     fallback = setup.fallback_channel or person.fallback_channel
-    address = person.address_for(channel)
-    fallback_address = person.address_for(fallback) if fallback and fallback != channel else ""
+    address = address_on(channel)
+    fallback_address = address_on(fallback) if fallback != channel else ""
     if not address:
         if not fallback_address:
             return None

@@ -233,3 +233,42 @@ def test_rows_loaded_through_the_trigger_proxy_keep_their_stored_type():
     assert loaded.type == "batch_notify"
     loaded.full_clean()  # a batch workflow of risk 4 is fine
     assert TriggerWorkflow(name="new").type == "trigger"
+
+
+def test_a_setup_refuses_a_fallback_equal_to_its_channel():
+    from django.core.exceptions import ValidationError
+
+    workflow = trigger_workflow()
+    setup = TriggerSetup.objects.get(workflow=workflow)
+    setup.channel = setup.fallback_channel = "email"
+    with pytest.raises(ValidationError) as refused:
+        setup.full_clean()
+    assert refused.value.message_dict == {
+        "fallback_channel": ["The fallback must differ from the channel."]
+    }
+
+
+def test_whatsapp_is_refused_for_templates_without_a_whatsapp_template_name():
+    """The setup names the events' templates WhatsApp could not send; an event's template
+    is refused for a workflow that sends on WhatsApp."""
+    from django.core.exceptions import ValidationError
+
+    workflow = trigger_workflow(name="Kiosk Health Alert")
+    setup = TriggerSetup.objects.get(workflow=workflow)
+    setup.channel = "whatsapp"
+    with pytest.raises(ValidationError) as refused:
+        setup.full_clean()
+    assert refused.value.message_dict["channel"] == [
+        "WhatsApp sends approved templates only: Kiosk Health Alert: kiosk_health_status has "
+        "no WhatsApp template name. Choose another channel, or give the template its WhatsApp "
+        "template name."
+    ]
+    setup.save()
+    event = TriggerEvent(
+        workflow=workflow, event="kiosk_offline", template=template("offline (email)")
+    )
+    with pytest.raises(ValidationError) as refused:
+        event.full_clean()
+    assert list(refused.value.message_dict) == ["template"]
+    event.template = template("offline (whatsapp)", whatsapp_template="kiosk_offline_v1")
+    event.full_clean()

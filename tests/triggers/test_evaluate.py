@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from cadence.models import TriggerCooldown
 from kiosks.models import Kiosk
 from notifications.models import Delivery, Notification, WorkflowRun
-from notifications.triggers import evaluate_triggers
+from notifications.triggers import evaluate_triggers, tick_summary
 from tests.cadence.factories import PersonaFactory, StakeholderFactory
 from tests.triggers.helpers import (
     at,
@@ -299,6 +299,35 @@ def test_sms_only_stakeholder_is_reached_on_their_fallback_channel(clock):
     tick()
     delivery = deliveries_of(person).get()
     assert (delivery.channel, delivery.address) == ("sms", person.phone)
+
+
+def test_a_whatsapp_person_hears_an_email_only_template_on_their_fallback(clock):
+    """WhatsApp sends approved templates only: a template without a WhatsApp template name
+    went out on WhatsApp and failed ("no template"), its fallback never used."""
+    persona = relaxed(name="Manager")
+    person = StakeholderFactory(
+        persona=persona, preferred_channel="whatsapp", fallback_channel="email"
+    )
+    trigger_workflow(personas=[persona], channel="")
+    unhealthy(project(45), 1)
+    tick()
+    delivery = deliveries_of(person).get()
+    assert (delivery.channel, delivery.address) == ("email", person.email)
+    assert delivery.fallback_channel == ""
+
+
+def test_a_whatsapp_person_without_a_fallback_is_counted_not_sent_a_failing_message(clock):
+    persona = relaxed(name="Manager")
+    StakeholderFactory(persona=persona, preferred_channel="whatsapp")
+    trigger_workflow(personas=[persona], channel="")
+    unhealthy(project(45), 1)
+    report = tick()
+    assert not Delivery.objects.exists()
+    assert report["recipients_without_address"] == 1
+    assert tick_summary(report).endswith(
+        " 1 recipient(s) not told: no address on a channel the template can go by "
+        "(WhatsApp needs a WhatsApp template name)."
+    )
 
 
 def test_every_delivery_carries_its_context_type_and_fallback(clock):
