@@ -32,7 +32,7 @@ def heartbeat(request, kiosk_id: int):
         return JsonResponse({"error": f"wrong or missing {TOKEN_HEADER}"}, status=403)
     try:
         payload = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the last: nested too deeply
         return JsonResponse({"error": "The body must be JSON.", "field": "body"}, status=400)
     try:
         report = parse_heartbeat(payload)

@@ -93,6 +93,8 @@ def _unreadable_reason(error: Exception) -> str:
     """Why anymail could not read an email webhook's body, for the sender: the decoder's
     message, or what the ESP's parser tripped on (its error type alone said little)."""
     detail = str(error).strip() or type(error).__name__
+    if isinstance(error, RecursionError):
+        return "not JSON a server can read (nested too deeply)"
     if isinstance(error, json.JSONDecodeError | UnicodeDecodeError):
         return f"not JSON ({detail})"[:300]
     return f"not the shape this ESP's webhook sends ({type(error).__name__}: {detail})"[:300]
@@ -170,6 +172,7 @@ def requires_anymail_secret(view):
         except (
             AnymailAPIError,
             ValueError,
+            RecursionError,  # JSON nested deeper than the decoder goes
             TypeError,
             KeyError,
             AttributeError,
@@ -444,6 +447,10 @@ def whatsapp_updates(request: HttpRequest) -> HttpResponse:
         statuses, templates = parse_whatsapp_payload(json.loads(body))
     except ValueError as error:  # not JSON, not UTF-8, or not Meta's shape
         return HttpResponseBadRequest(f"unreadable body: {error}", content_type="text/plain")
+    except RecursionError:
+        return HttpResponseBadRequest(
+            "unreadable body: JSON nested too deeply", content_type="text/plain"
+        )
     now = timezone.now()
     receive_provider_events(
         [

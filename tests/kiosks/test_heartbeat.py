@@ -117,3 +117,10 @@ def test_a_reported_mode_is_kept_in_lower_case_and_kiosk_mode_is_no_issue():
             "maintenance",
             True,
         )
+
+
+def test_json_nested_too_deeply_is_refused_as_not_json():
+    kiosk = KioskFactory()
+    response = post(kiosk, None, raw="[" * 100_000 + "]" * 100_000)
+    assert (response.status_code, response.json()["field"]) == (400, "body")
+    assert not Heartbeat.objects.exists()

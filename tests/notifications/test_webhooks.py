@@ -939,3 +939,26 @@ def test_another_receivers_type_error_is_a_500_not_a_bad_body(client, anymail_se
     finally:
         tracking.disconnect(dispatch_uid="test.broken_receiver")
     assert response.status_code == 500
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's JSON decoder goes
+
+
+def test_json_nested_too_deeply_is_a_bad_request_on_the_email_webhook(client, anymail_secret):
+    delivery = _email(POSTMARK_DELIVERY["MessageID"])
+    response = client.post(
+        POSTMARK_URL, DEEP, content_type="application/json", HTTP_AUTHORIZATION=anymail_secret
+    )
+    assert response.status_code == 400
+    assert response.content.decode() == (
+        "unreadable body: not JSON a server can read (nested too deeply)"
+    )
+    delivery.refresh_from_db()
+    assert delivery.status == "sent" and not delivery.events.exists()
+
+
+def test_json_nested_too_deeply_is_a_bad_request_on_the_whatsapp_webhook(client, meta):
+    body = DEEP.encode()
+    response = _meta_post(client, body, _sign(body))
+    assert response.status_code == 400
+    assert response.content.decode() == "unreadable body: JSON nested too deeply"
