@@ -409,6 +409,7 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             ("already_emitted", "already reminded today", summary["already_emitted"], ""),
             ("dispatched", "would be reminded", summary["dispatched"], ""),
             ("events", "events that would be emitted", summary["events"], ""),
+            ("flagged", "would be flagged for ops", summary["flagged"], ""),
         ]
         return self._page(
             request,

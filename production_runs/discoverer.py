@@ -313,6 +313,19 @@ def _advance(
     return state, newly_flagged, stale
 
 
+def _would_flag(due: Due, *, now: datetime, settings: ReminderSettings) -> int:
+    """1 if reminding the run now would flag its stall for ops (a dry run's count)."""
+    _, newly_flagged, _ = _advance(
+        due.state,
+        run_id=due.run.id,
+        kind=due.kind,
+        since=due.since,
+        now=now,
+        flag_after_days=flag_days(settings),
+    )
+    return int(newly_flagged)
+
+
 def _remember(state: ReminderState | None, **advance) -> tuple[ReminderState, bool]:
     """Count one reminder on the run's stall and save it; returns (state, newly flagged)."""
     state, newly_flagged, stale = _advance(state, **advance)
@@ -423,7 +436,8 @@ def discover_reminders(
     each counted run is dispatched, failed, `skipped_not_due` (waiting for its next
     escalation day) or `already_emitted` (reminded today already: today's event exists).
     `dry_run` classifies and reports, emits nothing and changes nothing; its
-    `already_emitted` counts the runs reminded today, as a real run's would."""
+    `already_emitted` counts the runs reminded today and its `flagged` the stalls it would
+    flag for ops, as a real run's would."""
     settings = ReminderSettings.load()
     cutoffs = Thresholds.of(settings).cutoffs(now)
     steps, repeat = settings.steps, settings.escalation_repeat_days
@@ -470,8 +484,11 @@ def discover_reminders(
                 # Reminded today (a second run the same day): today's event is out. Else it
                 # waits for its next escalation day.
                 summary["already_emitted" if today else "skipped_not_due"] += 1
-                if not dry_run and flag_due(state, now=now, days=flag_days(settings)):
-                    to_flag.append(state.pk)
+                if flag_due(state, now=now, days=flag_days(settings)):
+                    if dry_run:
+                        summary["flagged"] += 1  # would be
+                    else:
+                        to_flag.append(state.pk)
                 continue
             due = Due(run, kind, since, state)
             if settings.digest_enabled:
@@ -479,6 +496,7 @@ def discover_reminders(
             elif dry_run:
                 summary["dispatched"] += 1
                 summary["events"] += 1
+                summary["flagged"] += _would_flag(due, now=now, settings=settings)
             else:
                 emit.append(due)
         if gone := moved_on_states(not_overdue):
@@ -501,6 +519,7 @@ def discover_reminders(
         if dry_run:
             summary["dispatched"] += len(group)
             summary["events"] += 1
+            summary["flagged"] += sum(_would_flag(d, now=now, settings=settings) for d in group)
         else:
             _emit_digest(
                 partner_id, kind, group, now=now, day=day, settings=settings, summary=summary

@@ -135,6 +135,21 @@ def test_a_run_still_stalled_on_day_7_of_its_reminders_is_flagged_for_ops_once(d
     assert [day for day, count in flagged.items() if count] == [7]
 
 
+@pytest.mark.parametrize("digest", [False, True], ids=["per_run", "digest"])
+def test_a_dry_run_on_the_flag_day_says_what_the_real_run_then_flags(digest):
+    """A walkthrough's dry run said "flagged": 0 where the real run at the same time
+    flagged 73: a run reminded on its day 7 is flagged by that reminder."""
+    ReminderSettings.objects.filter(pk=1).update(digest_enabled=digest)
+    pending_run()
+    for day in (1, 3):
+        discover_reminders(now=NOW + (day - 1) * DAY)
+
+    dry = discover_reminders(now=NOW + 6 * DAY, dry_run=True)
+    assert ReminderState.objects.get().flagged_at is None
+    real = discover_reminders(now=NOW + 6 * DAY)
+    assert (dry["dispatched"], dry["flagged"]) == (real["dispatched"], real["flagged"]) == (1, 1)
+
+
 def test_the_flag_comes_on_day_7_even_when_no_reminder_is_due_that_day():
     ReminderSettings.objects.filter(pk=1).update(escalation_days="1,3,10")
     run = pending_run()
@@ -143,7 +158,8 @@ def test_the_flag_comes_on_day_7_even_when_no_reminder_is_due_that_day():
     assert ReminderState.objects.get(run=run).flagged_at is None
 
     dry = discover_reminders(now=NOW + 6 * DAY, dry_run=True)
-    assert ReminderState.objects.get(run=run).flagged_at is None and dry["flagged"] == 0
+    # What a real run would flag, flagging nothing itself.
+    assert ReminderState.objects.get(run=run).flagged_at is None and dry["flagged"] == 1
 
     day_7 = discover_reminders(now=NOW + 6 * DAY)
 

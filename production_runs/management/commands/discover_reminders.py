@@ -20,14 +20,15 @@ ROWS = [
     ("flagged", "newly flagged for ops"),
 ]
 # A dry run emits nothing: it says what a real run would do (as the admin's dry-run page
-# does), and leaves out what only emitting works out (failed, flagged). The runs reminded
-# today it does know (their escalation state says so).
+# does), and leaves out what only emitting works out (failed). The runs reminded today and
+# the stalls it would flag it does know (their escalation state says so).
 DRY_RUN_LABELS = {
     "already_emitted": "already reminded today",
     "dispatched": "would be reminded",
     "events": "events it would emit",
+    "flagged": "would be flagged for ops",
 }
-DRY_RUN_SKIPS = {"failed", "flagged"}
+DRY_RUN_SKIPS = {"failed"}
 
 
 class Command(BaseCommand):
