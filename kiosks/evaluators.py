@@ -122,11 +122,12 @@ def kiosk_offline(now: datetime) -> Iterator[TriggerContext]:
     kiosks = _kiosks(health.offline_filter(now))
     members = _members({k.project_id for k in kiosks})
     for kiosk in kiosks:
-        reason = (
-            "connection lost"
-            if not kiosk.connection_status
-            else f"no heartbeat since {_last_seen(kiosk)}"
-        )
+        if not kiosk.connection_status:
+            reason = "connection lost"
+        elif kiosk.last_heartbeat_at is None:
+            reason = "it has never sent a heartbeat"
+        else:
+            reason = f"no heartbeat since {_last_seen(kiosk)}"
         yield TriggerContext(
             event="kiosk_offline",
             context_key=f"kiosk_offline:{kiosk.id}:{kiosk.project_id}",

@@ -81,7 +81,9 @@ def test_a_new_kiosk_that_never_sent_a_heartbeat_gets_five_minutes():
     kiosk(last_heartbeat_at=None, created_at=NOW - timedelta(minutes=2))
     assert not contexts(evaluators.kiosk_offline)
     old = kiosk(last_heartbeat_at=None, created_at=NOW - timedelta(minutes=6))
-    assert set(contexts(evaluators.kiosk_offline)) == {f"kiosk_offline:{old.pk}:{old.project_id}"}
+    (context,) = contexts(evaluators.kiosk_offline).values()
+    assert context.context_key == f"kiosk_offline:{old.pk}:{old.project_id}"
+    assert context.variables["reason"] == "it has never sent a heartbeat"  # not "since never"
 
 
 def test_inactive_kiosks_are_not_evaluated():
