@@ -144,7 +144,8 @@ def customer_context(customer: Customer) -> dict:
 
 
 # The subject columns (template, review, delivery) hold 300 characters; the rendered
-# subject adds the customer's values, so the written one is kept well within them.
+# subject adds the customer's values, so the written one is kept well within them (a
+# rendered one longer than 300 is cut: templating.subject_line).
 SUBJECT_MAX_LENGTH = 200
 
 

@@ -153,6 +153,7 @@ UNCLOSED = (("{{", "}}"), ("{%", "%}"), ("{#", "#}"))
 # What a message template may ask of the renderer, so that its output stays about the size
 # of its source and its variables: one render per recipient, 10,000 recipients a batch.
 MAX_SOURCE_CHARS = 20_000
+SUBJECT_MAX_CHARS = 300  # the subject columns of reviews, deliveries and recorded messages
 MAX_WIDTH = 1_000
 # Filters whose argument sets the width or precision of their output.
 WIDTH_FILTERS = ("center", "ljust", "rjust", "floatformat", "stringformat")
@@ -290,7 +291,7 @@ class CompiledTemplate:
         data = Context(
             {name: plain(context.get(name, "")) for name in self.variables}, autoescape=False
         )
-        return _one_line(self.subject.render(data)), self.body.render(data).strip()
+        return subject_line(self.subject.render(data)), self.body.render(data).strip()
 
     def render(self, context: Mapping, *, layout_context: Mapping | None = None) -> Rendered:
         return self.wrap(*self.render_text(context), layout_context=layout_context)
@@ -298,7 +299,7 @@ class CompiledTemplate:
     def wrap(self, subject: str, body: str, *, layout_context: Mapping | None = None) -> Rendered:
         """Finish rendered text: one-line subject, trimmed body, and for email the HTML
         layout around it."""
-        subject = _one_line(subject)  # as a header must be
+        subject = subject_line(subject)
         body = body.strip()
         html_body = ""
         if self.channel == "email":
@@ -316,8 +317,14 @@ class CompiledTemplate:
         return _inline_includes(loader.get_template(EMAIL_LAYOUT).template)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def subject_line(text: str) -> str:
+    """A rendered subject as it is stored and sent: on one line (as a header must be), and
+    at most SUBJECT_MAX_CHARS, cut with "…" (a 190-character template whose variables are
+    long company names rendered 2,000 characters: PostgreSQL refused the row)."""
+    line = " ".join(text.split())
+    if len(line) <= SUBJECT_MAX_CHARS:
+        return line
+    return line[: SUBJECT_MAX_CHARS - 1].rstrip() + "…"
 
 
 def _inline_includes(template: Template) -> Template:

@@ -199,3 +199,13 @@ def test_a_body_that_could_render_without_bound_is_refused(body, problem):
 )
 def test_small_widths_and_single_loops_over_variables_are_fine(body):
     _template(body=body).clean()
+
+
+def test_a_rendered_subject_longer_than_its_column_is_cut_with_an_ellipsis():
+    """A 190-character subject of ten company names of 200 characters rendered 2,000
+    characters: PostgreSQL refused the review and the delivery (varchar(300))."""
+    compiled = compile_message("{{ customer_name }} " * 10, "Hello")
+    subject, _ = compiled.render_text({"customer_name": "L" * 200})
+    assert len(subject) == 300 and subject.endswith("L…")
+    short, _ = compiled.render_text({"customer_name": "Ada"})
+    assert short == " ".join(["Ada"] * 10)
