@@ -86,6 +86,24 @@ class NeedsConfirmation(Exception):
         self.messages = messages
 
 
+class AlreadyLaunched(Exception):
+    """A launch confirmation that launched a run before (posted again, however much later):
+    nothing was written. `run` is the run it launched."""
+
+    def __init__(self, run: WorkflowRun):
+        super().__init__(f"This confirmation already launched run {run.id}.")
+        self.run = run
+
+
+def launched_with(token: str) -> WorkflowRun | None:
+    """The batch run a launch confirmation's token launched, if any."""
+    if not token:
+        return None
+    return WorkflowRun.objects.filter(
+        workflow__type=Workflow.Type.BATCH_NOTIFY, inputs__launch_token=token
+    ).first()
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -369,9 +387,12 @@ def batch_launch(
     max_recipients=None,
     attachments=(),
     confirm_recent: bool = False,
+    launch_token: str = "",
     now: datetime,
 ) -> WorkflowRun:
-    """Check the preconditions and stage the HITL envelope. Nothing is sent yet."""
+    """Check the preconditions and stage the HITL envelope. Nothing is sent yet.
+    `launch_token` names the confirmation that launches it: one posted again (the browser's
+    back button, a double click, days later) raises AlreadyLaunched."""
     if not user.has_perm("notifications.launch_batch"):
         raise PermissionDenied("You may not launch batch notifications.")
     preview = build_preview(
@@ -391,6 +412,8 @@ def batch_launch(
         # Launches one at a time, so two submissions of one confirmation cannot both pass
         # the twin check (the preview's, above, ran outside this transaction).
         Workflow.objects.select_for_update().filter(pk=batch_workflow().pk).first()
+        if (used := launched_with(launch_token)) is not None:
+            raise AlreadyLaunched(used)
         twin = unfinished_twin(
             cohort_filter=cohort_filter, subject=subject, body_template=body_template
         )
@@ -410,6 +433,7 @@ def batch_launch(
                 "suppressed": [c.id for c, _ in preview.suppressed],
                 "invalid_address": [c.id for c in preview.invalid],
                 "warnings_confirmed": preview.warnings,
+                **({"launch_token": launch_token} if launch_token else {}),
             },
         )
         template = MessageTemplate.objects.create(

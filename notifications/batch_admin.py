@@ -3,6 +3,7 @@ with progress and breaker state, proposed actions with bulk decisions, customers
 seed's POST /admin/batch/resume. Every action calls notifications.batch and reports what
 happened."""
 
+import uuid
 from datetime import datetime
 
 from django import forms
@@ -233,9 +234,12 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         preview = None
         staged: list[str] = []
         if request.method == "POST" and "_launch" in request.POST and confirmed(request):
-            # A confirmation posted again (the browser's back button, a double click) names a
-            # batch already launched: say so before anything else (its files were dropped at
-            # launch, and "choose it again" would launch it twice).
+            # A confirmation posted again (the browser's back button, a double click, days
+            # later) names a batch already launched: say so before anything else (its files
+            # were dropped at launch, and "choose it again" would launch it twice).
+            used = batch.launched_with(request.POST.get("launch_token", ""))
+            if used is not None:
+                return self._launched_already(request, used)
             twin = _launched_twin(form)
             if twin is not None:
                 change = reverse("admin:notifications_workflowrun_change", args=[twin.id])
@@ -300,6 +304,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
                         max_recipients=data["max_recipients"],
                         attachments=[*data["attachments"], *staged_attachments(staged)],
                         confirm_recent=data["confirm_recent"],
+                        launch_token=request.POST.get("launch_token", ""),
                         now=now,
                     )
                     drop_staged(staged)
@@ -314,6 +319,8 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             except ValidationError as error:
                 _form_errors(form, error)
                 preview = None
+            except batch.AlreadyLaunched as already:  # the same confirmation, at the same time
+                return self._launched_already(request, already.run)
             except (batch.BatchBlocked, batch.NeedsConfirmation) as stop:
                 for message in stop.messages:
                     self.message_user(request, message, messages.ERROR)
@@ -333,6 +340,22 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         }
         return TemplateResponse(request, "admin/notifications/workflowrun/batch_form.html", context)
 
+    def _launched_already(self, request, run: WorkflowRun):
+        change = reverse("admin:notifications_workflowrun_change", args=[run.id])
+        self.message_user(
+            request,
+            format_html(
+                'This confirmation was used already: it launched <a href="{}">run {}</a>, '
+                "{}. It was not launched again; to send the batch again, start a new one "
+                "(its preview shows what was sent since).",
+                change,
+                run.id,
+                _status_words(run),
+            ),
+            messages.WARNING,
+        )
+        return HttpResponseRedirect(change)
+
     def _launch_confirmation(self, request, data, preview, attachments: list[str]):
         count = len(preview.recipients)
         hidden = [
@@ -341,6 +364,8 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             ("body_template", data["body_template"]),
             ("max_recipients", "" if data["max_recipients"] is None else data["max_recipients"]),
             ("_launch", "1"),
+            # One launch per confirmation page, whenever it is posted.
+            ("launch_token", uuid.uuid4().hex),
             *((("confirm_recent", "on"),) if data["confirm_recent"] else ()),
             *(("staged_attachment", name) for name in attachments),
         ]

@@ -248,6 +248,64 @@ def test_a_repeated_launch_confirmation_with_an_attachment_says_it_was_launched(
     assert BatchAttachment.objects.count() == 1
 
 
+def test_a_launch_confirmation_posted_again_after_its_run_ended_launches_nothing(admin_client):
+    """A walkthrough went back to a confirmation whose run had finished and posted it again:
+    a second run was staged for the same people, its old "send anyway" tick taken for the
+    new 48-hour warning. A new confirmation of the same batch still launches."""
+    from django.utils import timezone
+
+    from notifications import batch
+
+    CustomerFactory()
+    confirmation = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    posted = {**dict(confirmation.context["hidden"]), "post": "yes"}
+    assert len(posted["launch_token"]) == 32
+    admin_client.post(reverse("admin:batch_new"), posted, follow=True)
+    run = WorkflowRun.objects.get()
+    batch.run_cancel(run=run, user=run_user(), now=timezone.now())
+
+    again = admin_client.post(reverse("admin:batch_new"), posted, follow=True)
+    change = reverse("admin:notifications_workflowrun_change", args=[run.id])
+    assert again.redirect_chain == [(change, 302)]
+    assert _messages(again)[0].startswith(
+        f'This confirmation was used already: it launched <a href="{change}">run {run.id}</a>, '
+    )
+    assert WorkflowRun.objects.count() == 1
+
+    fresh = admin_client.post(reverse("admin:batch_new"), {**FORM, "_launch": "1"})
+    new_token = dict(fresh.context["hidden"])["launch_token"]
+    assert new_token != posted["launch_token"]
+    admin_client.post(reverse("admin:batch_new"), {**posted, "launch_token": new_token})
+    assert WorkflowRun.objects.count() == 2
+
+
+def test_batch_launch_refuses_a_token_that_launched_a_run_before():
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from notifications import batch
+
+    CustomerFactory()
+    mike = User.objects.create_superuser("mike", "m@example.com", "pw")
+    texts = {
+        "cohort_filter": FORM["customer_cohort_filter"],
+        "subject": FORM["subject"],
+        "body_template": FORM["body_template"],
+    }
+    first = batch.batch_launch(user=mike, launch_token="t" * 32, now=timezone.now(), **texts)
+    batch.run_cancel(run=first, user=mike, now=timezone.now())
+    with pytest.raises(batch.AlreadyLaunched) as refused:
+        batch.batch_launch(user=mike, launch_token="t" * 32, now=timezone.now(), **texts)
+    assert refused.value.run == first
+    assert WorkflowRun.objects.count() == 1
+
+
+def run_user():
+    from django.contrib.auth.models import User
+
+    return User.objects.get(username="admin")
+
+
 # 5. Words: the gate is not a review; the cap's upper limit
 
 
