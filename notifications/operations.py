@@ -6,7 +6,7 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Q
 
-from notifications import tracking
+from notifications import batch, tracking
 from notifications.events import kick_handlers
 from notifications.models import (
     AuditEntry,
@@ -95,25 +95,30 @@ def delivery_retry(*, ids, now: datetime, by: str) -> int:
             attempts=0,
             claim_token=None,
         )
-        WorkflowRun.objects.filter(
-            id__in=runs,
-            deliveries__id__in=ids,
-            deliveries__status=Status.SCHEDULED,
-            workflow__type=Workflow.Type.BATCH_NOTIFY,
-            status__in=[
-                WorkflowRun.Status.COMPLETED,
-                WorkflowRun.Status.PARTIAL,
-                WorkflowRun.Status.FAILED,
-            ],
-        ).update(
-            status=WorkflowRun.Status.RUNNING,
-            status_reason=f"reopened: failed deliveries retried by {by}"[:300],
-            completed_at=None,
+        _reopen_ended_batches(
+            Q(id__in=runs, deliveries__id__in=ids, deliveries__status=Status.SCHEDULED),
+            reason=f"reopened: failed deliveries retried by {by}",
             consecutive_failures=0,
         )
     if count:
         kick_dispatch_on_commit()
     return count
+
+
+ENDED = [WorkflowRun.Status.COMPLETED, WorkflowRun.Status.PARTIAL, WorkflowRun.Status.FAILED]
+
+
+def _reopen_ended_batches(which: Q, *, reason: str, **fields) -> list[int]:
+    """Batch runs matching `which` that had ended (completed, partial or failed), running
+    again so that they end again; returns their ids."""
+    runs = WorkflowRun.objects.filter(
+        which, workflow__type=Workflow.Type.BATCH_NOTIFY, status__in=ENDED
+    )
+    ids = list(runs.values_list("id", flat=True).distinct())
+    WorkflowRun.objects.filter(id__in=ids, status__in=ENDED).update(
+        status=WorkflowRun.Status.RUNNING, status_reason=reason[:300], completed_at=None, **fields
+    )
+    return ids
 
 
 def delivery_cancel(*, ids, now: datetime, by: str) -> int:
@@ -164,6 +169,15 @@ def delivery_reconcile(
     )
     if count and provider_message_id:
         tracking.match_unmatched(Delivery.objects.get(id=ids[0]), now=now)
+    if count:
+        # A batch that ended while they were unknown counted them failed: it ends again,
+        # with what they turned out to be (summary, reflexion, event and verify check).
+        reopened = _reopen_ended_batches(
+            Q(deliveries__id__in=ids),
+            reason=f"reopened: unknown deliveries reconciled by {by}",
+        )
+        for run_id in reopened:
+            batch.finalize_if_done(run_id, now=now)
     return count
 
 

@@ -663,6 +663,37 @@ def test_marking_a_customer_inactive_cancels_their_scheduled_batch_emails(mike, 
     assert (entry.by, entry.detail) == ("mike", {"deliveries": [cancelled.id]})
 
 
+def test_an_unknown_delivery_reconciled_as_sent_ends_its_batch_again(mike, postmark):
+    """A walkthrough's run ended "partial: 1 sent, 1 failed" with a delivery whose worker
+    stopped while sending (unknown); marked sent, the run still said 1 failed while its
+    progress bar said 2 sent."""
+    import uuid
+
+    _customers("oo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    stuck = Delivery.objects.filter(workflow_run=run).order_by("id").first()
+    Delivery.objects.filter(id=stuck.id).update(
+        status="sending", claim_token=uuid.uuid4(), claimed_at=NOW - timedelta(hours=1)
+    )
+    _dispatch()
+    stuck.refresh_from_db()
+    run.refresh_from_db()
+    assert stuck.status == "unknown"
+    assert run.status_reason == "ended partial: 1 sent, 1 failed, 0 skipped, 0 rejected of 2"
+
+    later = NOW + timedelta(minutes=5)
+    assert operations.delivery_reconcile(ids=[stuck.id], accepted=True, now=later, by="mike") == 1
+
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert run.status_reason == "ended completed: 2 sent, 0 failed, 0 skipped, 0 rejected of 2"
+    assert (run.summary["sent"], run.summary["failed"], run.completed_at) == (2, 0, later)
+    endings = Event.objects.filter(name__startswith="workflow.").order_by("id")
+    assert [e.name for e in endings] == ["workflow.partial", "workflow.completed"]
+    assert ReflexionEntry.objects.filter(workflow_run=run).count() == 2
+
+
 def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_outcome(
     mike, postmark
 ):
