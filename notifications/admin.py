@@ -233,7 +233,15 @@ class DeliveryAdmin(admin.ModelAdmin):
         cancelled = failed.filter(workflow_run__status=WorkflowRun.Status.CANCELLED).count()
         if not confirmed(request):
             aborted = failed.filter(workflow_run__status=WorkflowRun.Status.ABORTED).count()
-            n = failed.count() - cancelled
+            live = list(
+                failed.exclude(workflow_run__status=WorkflowRun.Status.CANCELLED).values_list(
+                    "id", flat=True
+                )
+            )
+            kept = batch.kept_from_retry(live)
+            left_failed = set(kept.inactive) | set(kept.no_email)
+            suppressed = len(operations.suppressed_among([i for i in live if i not in left_failed]))
+            n = len(live) - len(left_failed) - suppressed
             others = queryset.exclude(status=Delivery.Status.FAILED).count()
             notes = [f"{others} selected deliveries that are not failed are left alone."]
             if cancelled:
@@ -246,13 +254,16 @@ class DeliveryAdmin(admin.ModelAdmin):
                     f"{aborted} belong to a batch its breaker aborted: they wait until the "
                     "batch is resumed."
                 )
-            suppressed = len(
-                operations.suppressed_among(
-                    failed.exclude(workflow_run__status=WorkflowRun.Status.CANCELLED).values_list(
-                        "id", flat=True
-                    )
+            if kept.inactive:
+                notes.append(
+                    f"{len(kept.inactive)} are to a customer marked inactive: they stay failed "
+                    "(reactivate the customer in Customers first to send them)."
                 )
-            )
+            if kept.no_email:
+                notes.append(
+                    f"{len(kept.no_email)} are to a customer whose email was removed: they "
+                    "stay failed, there is nowhere to send them."
+                )
             if suppressed:
                 notes.append(
                     f"{suppressed} go to an address suppressed now: they stay failed (lift "

@@ -968,22 +968,32 @@ def readdress_before_retry(*, ids, by: str, now: datetime) -> RetryAddresses:
     )
 
 
-def _readdress_corrected(
-    ids, *, by: str, retry: str, now: datetime, status: str = Delivery.Status.SCHEDULED
-) -> RetryAddresses:
-    """Re-address these batch emails (in `status`: failed ones about to be retried by a
-    person, or scheduled ones put back for an automatic retry) whose customer's email was
-    corrected while they were being sent, so the correction missed them; `retry` says which
-    retry in their events. Where the email was removed, a scheduled one is cancelled and a
-    failed one left failed; both are named in `no_email`. Where the customer is marked
-    inactive now, the same, named in `inactive`."""
+def kept_from_retry(ids) -> RetryAddresses:
+    """Which of these failed batch emails a person's retry would leave failed, read only
+    (what its confirmation names): the customer is marked inactive now (`inactive`), or
+    has no email any more (`no_email`)."""
     result = RetryAddresses()
-    rows = Delivery.objects.filter(
-        id__in=list(ids),
-        status=status,
-        channel=Channel.EMAIL,
-        recipient_key__startswith="customer:",
-    ).values_list("id", "recipient_key", "address")
+    rows, customer_of, emails, inactive = _customers_now(ids, Delivery.Status.FAILED)
+    for row_id, _, _ in rows:
+        customer_id = customer_of.get(row_id)
+        if customer_id in inactive:
+            result.inactive.append(row_id)
+        elif customer_id in emails and not emails[customer_id]:
+            result.no_email.append(row_id)
+    return result
+
+
+def _customers_now(ids, status: str) -> tuple[list, dict[int, int], dict[int, str], set[int]]:
+    """For these batch emails in `status`: their (id, recipient key, address) rows, each
+    row's customer, each customer's email now, and the customers marked inactive now."""
+    rows = list(
+        Delivery.objects.filter(
+            id__in=list(ids),
+            status=status,
+            channel=Channel.EMAIL,
+            recipient_key__startswith="customer:",
+        ).values_list("id", "recipient_key", "address")
+    )
     customer_of = {
         row_id: int(key.split(":", 1)[1])
         for row_id, key, _ in rows
@@ -995,6 +1005,20 @@ def _readdress_corrected(
         emails[customer_id] = email
         if is_inactive:
             inactive.add(customer_id)
+    return rows, customer_of, emails, inactive
+
+
+def _readdress_corrected(
+    ids, *, by: str, retry: str, now: datetime, status: str = Delivery.Status.SCHEDULED
+) -> RetryAddresses:
+    """Re-address these batch emails (in `status`: failed ones about to be retried by a
+    person, or scheduled ones put back for an automatic retry) whose customer's email was
+    corrected while they were being sent, so the correction missed them; `retry` says which
+    retry in their events. Where the email was removed, a scheduled one is cancelled and a
+    failed one left failed; both are named in `no_email`. Where the customer is marked
+    inactive now, the same, named in `inactive`."""
+    result = RetryAddresses()
+    rows, customer_of, emails, inactive = _customers_now(ids, status)
     for row_id, _, address in rows:
         if row_id not in customer_of:
             continue

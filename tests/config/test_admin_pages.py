@@ -382,6 +382,31 @@ def test_retrying_failed_deliveries_says_how_many(admin_client):
     assert not Delivery.objects.filter(status="scheduled").exists()
 
 
+def test_the_retry_confirmation_counts_only_what_it_will_send(admin_client):
+    """It said "Yes, send 2 again" for two deliveries to a suppressed address, and named no
+    customer marked inactive, while the retry then scheduled nothing."""
+    from notifications.models import Suppression
+
+    inactive = CustomerFactory(is_inactive=True)
+    to_inactive = DeliveryFactory(
+        status="failed", recipient_key=f"customer:{inactive.id}", address=inactive.email
+    )
+    suppressed = DeliveryFactory(status="failed", address="gone@school.example.org")
+    Suppression.objects.create(address="gone@school.example.org", channel="email")
+    sendable = DeliveryFactory(status="failed", last_error="503")
+    page = admin_client.post(
+        reverse("admin:notifications_delivery_changelist"),
+        {
+            "action": "retry_failed",
+            "_selected_action": [to_inactive.pk, suppressed.pk, sendable.pk],
+        },
+    ).content.decode()
+    assert "Yes, send 1 again" in page
+    assert "Retrying schedules 1 failed deliveries again" in page
+    assert "1 are to a customer marked inactive: they stay failed" in page
+    assert "1 go to an address suppressed now: they stay failed" in page
+
+
 def test_tracking_events_have_their_own_read_only_list(admin_client):
     delivery = DeliveryFactory(status="opened")
     DeliveryEvent.objects.create(delivery=delivery, kind="opened", provider_event_id="e1")
