@@ -606,12 +606,31 @@ def screen_addresses(emails: dict, *, inactive=()) -> dict:
 
 
 def envelope_reject(*, envelope: ProposedAction, user, now: datetime) -> bool:
+    """Reject the gate: the run is cancelled before anything was personalized, and ends as
+    a cancelled run does (audit entry, reflexion, event, verify check: seed 001's post
+    actions run for every ending)."""
     require_decider(user)
-    if not _claim([envelope.id], status=ProposedAction.Status.REJECTED, user=user, now=now):
-        return False
-    WorkflowRun.objects.filter(id=envelope.workflow_run_id).update(
-        status=Status.CANCELLED, status_reason="rejected at the HITL gate", completed_at=now
-    )
+    with transaction.atomic():
+        if not _claim([envelope.id], status=ProposedAction.Status.REJECTED, user=user, now=now):
+            return False
+        ended = (
+            WorkflowRun.objects.filter(id=envelope.workflow_run_id)
+            .exclude(status__in=WorkflowRun.FINISHED)
+            .update(
+                status=Status.CANCELLED,
+                status_reason="rejected at the HITL gate",
+                completed_at=now,
+            )
+        )
+        if ended:
+            AuditEntry.objects.create(
+                at=now,
+                by=user.get_username(),
+                action="batch_gate_reject",
+                target=f"run_{envelope.workflow_run_id}",
+            )
+    if ended:
+        _post_actions(WorkflowRun.objects.get(id=envelope.workflow_run_id), now=now)
     return True
 
 
@@ -1177,7 +1196,9 @@ def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
             tags=["batch_notify", run.status],
             created_at=now,
         )
-    event = {"completed": "completed", "partial": "partial"}.get(run.status, "failed")
+    event = {"completed": "completed", "partial": "partial", "cancelled": "cancelled"}.get(
+        run.status, "failed"
+    )
     key = f"workflow_run:{run.id}:finished"
     if Event.objects.filter(idempotency_key=key).exists():  # it ended before being reopened
         key = f"{key}:{now.isoformat()}"

@@ -663,6 +663,31 @@ def test_marking_a_customer_inactive_cancels_their_scheduled_batch_emails(mike, 
     assert (entry.by, entry.detail) == ("mike", {"deliveries": [cancelled.id]})
 
 
+def test_a_rejected_gate_ends_its_run_as_a_cancel_does(mike):
+    """Rejecting the gate left the run cancelled with no audit entry, reflexion, event or
+    verify check, where cancelling a run at its gate wrote them all (seed 001: the post
+    actions run for every ending)."""
+    _customers("oo")
+    run = _launch(mike)
+    envelope = run.proposed_actions.get(action_type="workflow_batch_notify")
+
+    assert batch.envelope_reject(envelope=envelope, user=mike, now=NOW)
+
+    run.refresh_from_db()
+    assert (run.status, run.status_reason, run.completed_at) == (
+        "cancelled",
+        "rejected at the HITL gate",
+        NOW,
+    )
+    assert AuditEntry.objects.get(action="batch_gate_reject").target == f"run_{run.id}"
+    (entry,) = ReflexionEntry.objects.filter(workflow_run=run)
+    assert entry.tags == ["batch_notify", "cancelled"]
+    assert Event.objects.get(name="workflow.cancelled").payload["workflow_run_id"] == run.id
+    assert run.verify_checks.get().name == "all_recipients_logged"
+    assert not batch.envelope_reject(envelope=envelope, user=mike, now=NOW)  # once
+    assert ReflexionEntry.objects.filter(workflow_run=run).count() == 1
+
+
 def test_an_unknown_delivery_reconciled_as_sent_ends_its_batch_again(mike, postmark):
     """A walkthrough's run ended "partial: 1 sent, 1 failed" with a delivery whose worker
     stopped while sending (unknown); marked sent, the run still said 1 failed while its
