@@ -75,6 +75,9 @@ def cohort(query: str, *, base=None):
     return filterset.qs.order_by("id")
 
 
+MAX_FILTER_CHARS = 2_000
+
+
 def filter_conditions(query: str) -> list[tuple[str, str]]:
     """A cohort filter's (field, value) conditions, decoded and stripped, in the order
     written; ValidationError if it has none or joins them with ";". The fields and values
@@ -83,6 +86,13 @@ def filter_conditions(query: str) -> list[tuple[str, str]]:
     if not query:
         raise ValidationError(
             {"customer_cohort_filter": f"Give a filter, e.g. bid=B5875 (fields: {_fields()})."}
+        )
+    if len(query) > MAX_FILTER_CHARS:  # SQLite refused a LIKE pattern of 50,000 characters
+        raise ValidationError(
+            {
+                "customer_cohort_filter": f"A filter is at most {MAX_FILTER_CHARS:,} "
+                f"characters; this one has {len(query):,}."
+            }
         )
     # Conditions are joined by & only. A ";" written where a & belongs ("bid=B5875;region=
     # NYC DOE") would otherwise make the rest part of the value and select nobody. A value
@@ -158,7 +168,10 @@ def _problems(pairs: list[tuple[str, str]]) -> list[str]:
     named = [(key, value) for key, value in pairs if key.strip()]
     unknown = sorted({key for key, _ in named} - set(FILTER_FIELDS))
     if unknown:
-        problems.append(f"Unknown filter field {', '.join(unknown)}; use {_fields()}.")
+        # "company=Smith & Sons": the & ended the condition, and " Sons" reads as a field.
+        valueless = any(key in unknown and not value for key, value in named)
+        hint = " (an & inside a value is written %26: company=Smith %26 Sons)" if valueless else ""
+        problems.append(f"Unknown filter field {', '.join(unknown)}; use {_fields()}{hint}.")
     known = [(key, value) for key, value in named if key in FILTER_FIELDS]
     empty = sorted({key for key, value in known if not value.strip()})
     if empty:

@@ -103,6 +103,18 @@ CASES = [
     ),
     ("empty cohort filter", launch(cohort_filter=""), ValidationError, "Give a filter"),
     (
+        "cohort filter too long (SQLite: LIKE or GLOB pattern too complex)",
+        launch(cohort_filter="company=" + "x" * 50_001),
+        ValidationError,
+        "A filter is at most 2,000 characters; this one has 50,009.",
+    ),
+    (
+        "an & inside a value, not written %26",
+        launch(cohort_filter="company=Smith & Sons"),
+        ValidationError,
+        "(an & inside a value is written %26: company=Smith %26 Sons)",
+    ),
+    (
         "empty cohort",
         launch(cohort_filter="bid=NOBODY"),
         batch.BatchBlocked,
