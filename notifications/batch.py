@@ -311,6 +311,23 @@ def build_preview(
     if twin is not None:
         checks.append(Check("duplicate_batch", "block", False, _twin_message(twin)))
     samples = [(c, compiled.render(customer_context(c))) for c in recipients[:3]]
+    empty = [
+        (customer, part)
+        for customer, rendered in samples
+        for part, text in (("subject", rendered.subject), ("body", rendered.body))
+        if not text.strip()
+    ]
+    if empty:
+        customer, part = empty[0]
+        checks.append(
+            Check(
+                "empty_message",
+                "block",
+                False,
+                f"The {part} renders empty (for {customer.company_name}): write text the "
+                "recipient can read.",
+            )
+        )
     return Preview(recipients, suppressed, invalid, unreachable, recent, last, checks, samples, cap)
 
 
@@ -360,10 +377,16 @@ def _same_text(text: str) -> str:
     return _TAG.sub(r"\1 \2 \3", text).strip()
 
 
+def status_words(run: WorkflowRun) -> str:
+    """The status's label inside a sentence: "awaiting approval (HITL gate)"."""
+    label = run.get_status_display()
+    return label[:1].lower() + label[1:]
+
+
 def _twin_message(run: WorkflowRun) -> str:
     return (
         f"The same batch (filter, subject and body) is already run {run.id}, "
-        f"{run.get_status_display().lower()}: launching it again would send the same message "
+        f"{status_words(run)}: launching it again would send the same message "
         "twice. Approve or cancel that run, or change this one."
     )
 

@@ -250,7 +250,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
                         "same filter, subject and body. It was not launched again.",
                         change,
                         twin.id,
-                        _status_words(twin),
+                        batch.status_words(twin),
                     ),
                     messages.WARNING,
                 )
@@ -350,7 +350,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
                 "(its preview shows what was sent since).",
                 change,
                 run.id,
-                _status_words(run),
+                batch.status_words(run),
             ),
             messages.WARNING,
         )
@@ -404,7 +404,9 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         run = get_object_or_404(WorkflowRun, pk=run_id)
         change = reverse("admin:notifications_workflowrun_change", args=[run.id])
         if run.status != WorkflowRun.Status.ABORTED:
-            self.message_user(request, f"Run {run.id} is {_status_words(run)}: nothing to resume.")
+            self.message_user(
+                request, f"Run {run.id} is {batch.status_words(run)}: nothing to resume."
+            )
             return HttpResponseRedirect(change)
         counts = Delivery.objects.filter(workflow_run=run).aggregate(
             unsent=Count("id", filter=Q(status=Delivery.Status.SCHEDULED)),
@@ -599,19 +601,13 @@ def batch_resume(request):
     if not resumed:
         messages.warning(
             request,
-            f"Run {run.id} is {_status_words(run)}: nothing to resume.",
+            f"Run {run.id} is {batch.status_words(run)}: nothing to resume.",
         )
     elif held := _breaker_note([run.id], now=now) + _frozen_by_switches([run]):
         messages.warning(request, f"Run {run.id} resumed.{held}")
     else:
         messages.success(request, f"Run {run.id} resumed: its unsent deliveries go out now.")
     return HttpResponseRedirect(reverse("admin:notifications_workflowrun_change", args=[run.id]))
-
-
-def _status_words(run: WorkflowRun) -> str:
-    """The status's label inside a sentence: "awaiting approval (HITL gate)"."""
-    label = run.get_status_display()
-    return label[:1].lower() + label[1:]
 
 
 def _refused(modeladmin, request, require) -> bool:

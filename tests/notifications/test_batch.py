@@ -516,7 +516,7 @@ def test_the_same_batch_launched_twice_is_refused_while_the_first_is_unfinished(
         _launch(mike)
     assert caught.value.messages == [
         f"The same batch (filter, subject and body) is already run {first.id}, awaiting "
-        "approval (hitl gate): launching it again would send the same message twice. "
+        "approval (HITL gate): launching it again would send the same message twice. "
         "Approve or cancel that run, or change this one."
     ]
     assert WorkflowRun.objects.count() == 1

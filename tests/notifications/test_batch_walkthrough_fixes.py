@@ -241,7 +241,7 @@ def test_the_same_batch_in_another_typing_is_refused_while_the_first_is_unfinish
         _launch(mike, query=query, subject=subject, body_template=body)
     assert caught.value.messages == [
         f"The same batch (filter, subject and body) is already run {first.id}, awaiting "
-        "approval (hitl gate): launching it again would send the same message twice. "
+        "approval (HITL gate): launching it again would send the same message twice. "
         "Approve or cancel that run, or change this one."
     ]
     assert WorkflowRun.objects.count() == 1

@@ -115,6 +115,18 @@ CASES = [
         "(an & inside a value is written %26: company=Smith %26 Sons)",
     ),
     (
+        "a subject that renders empty",
+        launch(subject="{% for c in customer_name %}{% endfor %}"),
+        batch.BatchBlocked,
+        "The subject renders empty (for ",
+    ),
+    (
+        "a body that renders empty",
+        launch(body_template="{% comment %}all{% endcomment %}"),
+        batch.BatchBlocked,
+        "The body renders empty (for ",
+    ),
+    (
         "empty cohort",
         launch(cohort_filter="bid=NOBODY"),
         batch.BatchBlocked,
