@@ -208,7 +208,14 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             return format_html(
                 '<strong style="color:#dc2626">tripped</strong> — {}', obj.status_reason
             )
-        return f"closed ({obj.consecutive_failures} of {batch.BREAKER_FAILURES} failures in a row)"
+        state = f"closed ({obj.consecutive_failures} of {batch.BREAKER_FAILURES} failures in a row)"
+        # The batch's own breaker is closed; a provider's may still hold its deliveries.
+        held = (
+            ""
+            if obj.status in WorkflowRun.FINISHED
+            else _breakers_holding([obj.id], now=timezone.now())
+        )
+        return f"{state}; {held}" if held else state
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         run = self.get_object(request, unquote(object_id))

@@ -348,3 +348,20 @@ def test_a_closed_breaker_or_another_providers_breaker_changes_nothing_said(mike
     assert "Yes, resume and send 2 deliveries" in page
     response = admin_client.post(f"{reverse('batch_resume')}?run_id={run.id}", follow=True)
     assert _messages(response) == [f"Run {run.id} resumed: its unsent deliveries go out now."]
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_running_batchs_page_names_the_provider_breaker_holding_it(mike, admin_client):
+    """The run page said "Circuit breaker: closed (0 of 5…)" while the provider breaker held
+    every one of its deliveries; only the delivery list said why nothing went."""
+    run = WorkflowRun.objects.create(workflow=batch.batch_workflow(), status="running")
+    DeliveryFactory(workflow_run=run)
+    page = _text(admin_client.get(reverse("admin:notifications_workflowrun_change", args=[run.id])))
+    assert "closed (0 of 5 failures in a row)" in page
+    assert "provider breaker" not in page
+    _open_breaker(NOW - timedelta(minutes=1))
+    page = _text(admin_client.get(reverse("admin:notifications_workflowrun_change", args=[run.id])))
+    assert (
+        "closed (0 of 5 failures in a row); the provider breaker email:recording is open until "
+        "2025-12-01 09:04:00 UTC"
+    ) in page
