@@ -22,7 +22,7 @@ migrate: install
 
 run: migrate
 	$(BIN)/python manage.py seed_demo --if-empty
-	$(BIN)/python manage.py ensure_dev_superuser
+	$(BIN)/python manage.py ensure_dev_superuser --if-debug
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
 
 # Fast suite: SQLite, embedded broker, no servers. Tests that need PostgreSQL, Redis or a

@@ -161,6 +161,9 @@ SERVER_EMAIL = env("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 # (ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY, ...) and ANYMAIL_WEBHOOK_SECRET, the "user:password"
 # every ESP must present on tracking webhooks (basic auth). AWS_REGION is the SES region.
 ANYMAIL = anymail_config(os.environ)
+# anymail's HTTP ESPs wait 30 s by default: the same timeout as every other provider call,
+# unless ANYMAIL_REQUESTS_TIMEOUT says otherwise (SES goes through boto3's own).
+ANYMAIL.setdefault("REQUESTS_TIMEOUT", PROVIDER_TIMEOUT_SECONDS)
 SMS_BACKEND = env("SMS_BACKEND", default="notifications.channels.recording.SMSChannel")
 WHATSAPP_BACKEND = env(
     "WHATSAPP_BACKEND", default="notifications.channels.recording.WhatsAppChannel"

@@ -161,3 +161,37 @@ def test_make_run_on_an_empty_database_shows_the_dashboard_with_demo_data(settin
     call_command("seed_demo", "--if-empty", stdout=out, stderr=StringIO())
     assert "demo data not loaded" in out.getvalue()
     assert get_user_model().objects.count() == 1
+
+
+def test_if_empty_looks_at_data_not_at_user_accounts(settings):
+    """A database with only a createsuperuser account got no demo; one with the demo but no
+    user got it again."""
+    get_user_model().objects.create_superuser("ops", "ops@example.com", "pw")
+    out = StringIO()
+    call_command("seed_demo", "--if-empty", stdout=out, stderr=StringIO())
+    assert "demo data ready" in out.getvalue()
+    assert Kiosk.objects.exists()
+
+
+def test_the_development_superuser_prints_a_password_only_when_it_made_the_user(settings):
+    settings.DEBUG = True
+    settings.SITE_URL = "http://127.0.0.1:8085"
+    made = StringIO()
+    call_command("ensure_dev_superuser", stdout=made)
+    assert "Admin: http://127.0.0.1:8085/admin/  user: admin  password: admin" in made.getvalue()
+    again = StringIO()
+    call_command("ensure_dev_superuser", "--password", "other", stdout=again)
+    assert "password" not in again.getvalue().replace("password unchanged", "")
+    assert "user: admin (exists: password unchanged)" in again.getvalue()
+
+
+def test_make_runs_superuser_step_says_debug_is_off_and_creates_nobody(settings):
+    from django.core.management import CommandError
+
+    settings.DEBUG = False
+    out = StringIO()
+    call_command("ensure_dev_superuser", "--if-debug", stdout=out)
+    assert "refusing to create a development superuser with DEBUG off" in out.getvalue()
+    assert not get_user_model().objects.exists()
+    with pytest.raises(CommandError):
+        call_command("ensure_dev_superuser", stdout=StringIO())

@@ -149,6 +149,23 @@ def test_every_anymail_variable_in_the_environment_goes_into_anymail():
     }
 
 
+def test_anymail_http_esps_wait_as_long_as_every_other_provider_call():
+    """anymail's own default is 30 s; PROVIDER_TIMEOUT_SECONDS reached only SMTP, Twilio
+    and WhatsApp. A Postmark backend built from these settings waits 7 s."""
+    script_names = ["ANYMAIL", "PROVIDER_TIMEOUT_SECONDS"]
+    timed = _settings(script_names, PROVIDER_TIMEOUT_SECONDS="7")
+    assert timed["ANYMAIL"]["REQUESTS_TIMEOUT"] == 7.0
+    own = _settings(script_names, PROVIDER_TIMEOUT_SECONDS="7", ANYMAIL_REQUESTS_TIMEOUT="12")
+    assert own["ANYMAIL"]["REQUESTS_TIMEOUT"] == 12
+
+
+def test_a_postmark_backend_takes_the_provider_timeout(settings):
+    from anymail.backends.postmark import EmailBackend
+
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x", "REQUESTS_TIMEOUT": 7.0}
+    assert EmailBackend().timeout == 7.0
+
+
 def test_anymail_values_that_are_not_strings_are_decoded():
     config = anymail_config(
         {

@@ -6,7 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 class Command(BaseCommand):
     help = (
         "Development only (DEBUG=True): create the superuser admin/admin (or --username/"
-        "--password) if no user of that name exists, and print the credentials."
+        "--password) if no user of that name exists, and print where to log in. The "
+        "password is printed only when the user is created here."
     )
 
     def add_arguments(self, parser):
@@ -18,16 +19,28 @@ class Command(BaseCommand):
             default="admin",
             help="its password, used only when the user is created (default: %(default)s)",
         )
+        parser.add_argument(
+            "--if-debug",
+            action="store_true",
+            help="with DEBUG off, say so and create nothing instead of failing (make run)",
+        )
 
-    def handle(self, *args, username, password, **options):
+    def handle(self, *args, username, password, if_debug, **options):
         if not settings.DEBUG:
-            raise CommandError("refusing to create a development superuser with DEBUG off")
+            refusal = "refusing to create a development superuser with DEBUG off"
+            if not if_debug:
+                raise CommandError(refusal)
+            self.stdout.write(f"{refusal}: log in with a user made by createsuperuser")
+            return
         User = get_user_model()
-        if not User.objects.filter(username=username).exists():
-            User.objects.create_superuser(username, f"{username}@localhost", password)
-            self.stdout.write(f"created superuser {username!r}")
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Admin: http://127.0.0.1:8000/admin/  user: {username}  password: {password}"
+        admin = f"{settings.SITE_URL}/admin/"
+        if User.objects.filter(username=username).exists():
+            self.stdout.write(
+                self.style.SUCCESS(f"Admin: {admin}  user: {username} (exists: password unchanged)")
             )
+            return
+        User.objects.create_superuser(username, f"{username}@localhost", password)
+        self.stdout.write(f"created superuser {username!r}")
+        self.stdout.write(
+            self.style.SUCCESS(f"Admin: {admin}  user: {username}  password: {password}")
         )

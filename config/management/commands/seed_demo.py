@@ -1,12 +1,22 @@
 import time
 
-from django.contrib.auth import get_user_model
+from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
 from config.demo import STEPS
 from notifications.cli import at_help, parse_at
+
+
+def _holds_data() -> bool:
+    """Whether someone's data is here already (a user account alone is not: make run's own
+    development superuser comes after the demo)."""
+    return any(
+        apps.get_model(label).objects.exists()
+        for label in ("notifications.Customer", "production_runs.Partner", "kiosks.Project")
+        + ("cadence.Persona",)
+    )
 
 
 class Command(BaseCommand):
@@ -22,12 +32,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--if-empty",
             action="store_true",
-            help="do nothing when the database already holds data (used by make run)",
+            help="do nothing when the database already holds customers, partners, kiosk "
+            "projects or personas (used by make run)",
         )
         parser.add_argument("--at", type=parse_at, help=at_help("to seed around"))
 
     def handle(self, *args, if_empty, at, **options):
-        if if_empty and get_user_model().objects.exists():
+        if if_empty and _holds_data():
             self.stdout.write("database already has data: demo data not loaded")
             return
         now = at or timezone.now()

@@ -34,7 +34,9 @@ class Command(BaseCommand):
         "the plan from the recorded statuses, no network call. upsert: read each WABA's "
         "templates and submit only the missing variants. refresh: read statuses back. Both "
         "record a variant absent from Meta's list as MISSING, unless upsert submits it "
-        "successfully (then as Meta answered). Progress per platform goes to stderr."
+        "successfully (then as Meta answered) or Meta may have it (busy, unreachable, or "
+        "'already exists': then PENDING, its messages held, until a refresh reads it). "
+        "Progress per platform goes to stderr."
     )
 
     def add_arguments(self, parser):
