@@ -72,8 +72,8 @@ class Kiosk(models.Model):
         null=True,
         blank=True,
         help_text=(
-            "When the kiosk last reported; older than 5 minutes (or a "
-            "lost connection) means OFFLINE."
+            "When the kiosk last reported; older than KIOSK_OFFLINE_AFTER_MINUTES (5 by "
+            "default), or a lost connection, means OFFLINE."
         ),
     )
     token = models.CharField(
@@ -158,8 +158,8 @@ class MoraleResponse(models.Model):
     score = models.PositiveSmallIntegerField(
         validators=[MinValueValidator(1), MaxValueValidator(5)],
         help_text=(
-            "1 (bad) to 5 (great); the morale evaluator compares the last"
-            " day with the two weeks before."
+            "1 (bad) to 5 (great); the morale evaluator compares the last "
+            "MORALE_RECENT_HOURS (24 by default) with the MORALE_BASELINE_DAYS (14) before."
         ),
     )
     submitted_at = models.DateTimeField(default=timezone.now, help_text="When it was entered.")

@@ -77,7 +77,9 @@ class Workflow(models.Model):
         ),
     )
     retry_max_attempts = models.PositiveSmallIntegerField(
-        default=3, help_text="Attempts per delivery, the first one included (seed 001: 3)."
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="Attempts per delivery, the first one included (seed 001: 3), 1 to 20.",
     )
     retry_base_seconds = models.FloatField(
         default=2.0,

@@ -98,7 +98,8 @@ class TriggerSetup(models.Model):
         blank=True,
         validators=[validate_hours],
         help_text="Layer 1: least time between two fires of one context. Blank: the "
-        "shortest cooldown of the audience's personas, else 1 h.",
+        "shortest non-zero cooldown of the audience's personas (a stakeholder's own override "
+        "not counted), else TRIGGER_DEFAULT_COOLDOWN_HOURS (1 h by default).",
     )
     group_contexts = models.BooleanField(
         default=False,

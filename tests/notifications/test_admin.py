@@ -272,11 +272,18 @@ def test_admin_pages_carry_herald_s_icon_and_title(admin_client):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("retry_base_seconds", -1), ("retry_base_seconds", 1e12), ("retry_max_seconds", 1e12)],
+    [
+        ("retry_base_seconds", -1),
+        ("retry_base_seconds", 1e12),
+        ("retry_max_seconds", 1e12),
+        ("retry_max_attempts", 0),
+        ("retry_max_attempts", 40_000),
+    ],
 )
-def test_a_workflow_refuses_a_retry_wait_dispatch_cannot_add(field, value):
+def test_a_workflow_refuses_retries_dispatch_cannot_follow(field, value):
     """A negative wait, or one that overflows the time it is added to, is refused where it
-    is given (the admin's form validates the model's fields)."""
+    is given (the admin's form validates the model's fields); so are 0 attempts (taken as 1)
+    and 40,000."""
     from django.core.exceptions import ValidationError
 
     from tests.notifications.factories import WorkflowFactory
