@@ -214,6 +214,7 @@ def test_settings_take_the_esp_keys_from_the_environment():
         "MAILGUN_WEBHOOK_SIGNING_KEY": "signing-1",
         "SENDGRID_API_KEY": "SG.x",
         "WEBHOOK_SECRET": "hook:s3cret",
+        "REQUESTS_TIMEOUT": 10.0,  # PROVIDER_TIMEOUT_SECONDS
     }
 
 
