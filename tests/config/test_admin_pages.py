@@ -501,3 +501,24 @@ def test_the_resume_page_says_when_a_kill_switch_keeps_the_run_frozen(admin_clie
     KillSwitch.objects.create(name="stop email", scope="channel", channel="email", is_on=True)
     page = admin_client.get(confirm_url).content.decode()
     assert "But kill switch stop email is on: they stay frozen until it is turned off." in page
+
+
+def test_a_search_longer_than_a_search_is_refused_clearly(admin_client):
+    """SQLite answered a 60,000-character search with a 500 (LIKE pattern too complex)."""
+    url = reverse("admin:notifications_delivery_changelist")
+    assert admin_client.get(url, {"q": "x" * 1_000}).status_code == 200
+    response = admin_client.get(url, {"q": "x" * 60_000})
+    assert response.status_code == 400
+    assert response.content.decode().startswith("The search is 60,000 characters long")
+
+
+def test_selected_rows_that_are_not_numbers_are_refused_and_change_nothing(admin_client):
+    delivery = DeliveryFactory(status="scheduled")
+    response = admin_client.post(
+        reverse("admin:notifications_delivery_changelist"),
+        {"action": "cancel_scheduled", "_selected_action": [delivery.id, "abc"], "post": "yes"},
+    )
+    assert response.status_code == 400
+    assert response.content.decode() == "The selected rows must be named by their numbers."
+    delivery.refresh_from_db()
+    assert delivery.status == "scheduled"
