@@ -4,6 +4,8 @@ and RFC 8058 one-click support for mail clients.
 The signature is the protection: nobody can unsubscribe an address they were not sent, so
 the page needs no login and the one-click POST (which mail clients send without cookies or
 a CSRF token) is accepted. GET never changes anything, because link scanners fetch it.
+The token is signed, not encrypted: whoever holds a link (its recipient, or anyone they
+forward the email to) can decode the address from it; the page itself shows it masked.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def list_unsubscribe_headers(url: str) -> dict:
 
 
 def mask_address(address: str) -> str:
-    """Enough to recognise one's own address, not enough to harvest it from a shared link."""
+    """Enough to recognise one's own address on the page, not the whole of it (the token in
+    the link still carries it: see the module's docstring)."""
     local, at, domain = address.partition("@")
     if at:
         return f"{local[:2]}{'*' * max(3, len(local) - 2)}@{domain}"
