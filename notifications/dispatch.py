@@ -36,9 +36,10 @@ from notifications.models import Channel, Delivery, DeliveryEvent, ProviderBreak
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
 
-# The provider answered "OK" with a body we cannot read: it may well have taken the message,
-# so sending again could send twice. A human reconciles instead.
-AMBIGUOUS_ERROR_CODES = {"malformed_response"}
+# The provider may well have taken the message: it answered "OK" with a body we cannot read,
+# or gave no answer once the request had gone out (channels.base.network_error). Sending
+# again could send twice: a human reconciles instead.
+AMBIGUOUS_ERROR_CODES = {"malformed_response", "no_answer"}
 
 
 @dataclass

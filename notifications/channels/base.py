@@ -115,3 +115,35 @@ def http_status_error(
     if status == 429 or status >= 500:
         return TransientError(message, retry_after=retry_after, code=code)
     return PermanentError(message, code=code)
+
+
+def network_error(exc: Exception, provider: str) -> TransientError:
+    """A request that failed on the network. Retried ("connection_error") only when it never
+    reached the provider: no connection was made (refused, name not resolved, connect
+    timeout, TLS handshake). Once it may have arrived (the answer timed out, or the
+    connection dropped while sending or waiting), the provider may have the message and a
+    retry could send it twice: "no_answer", which dispatch leaves "unknown" for a person to
+    check (invariant 2: at most once)."""
+    if request_never_left(exc):
+        return TransientError(f"{provider} unreachable: {exc}", code="connection_error")
+    return TransientError(
+        f"{provider} did not answer after the request went out: {exc}", code="no_answer"
+    )
+
+
+def request_never_left(exc: Exception) -> bool:
+    """Whether a requests error (or anymail's, which wraps one as its cause) happened before
+    the request reached the provider."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError
+
+    cause = exc.__cause__
+    original = cause if isinstance(cause, requests.RequestException) else exc
+    if isinstance(original, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if isinstance(original, requests.ConnectionError):
+        reason = original.args[0] if original.args else None
+        reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError carries it
+        # NewConnectionError and NameResolutionError are ConnectTimeoutErrors too.
+        return isinstance(reason, ConnectTimeoutError)
+    return False

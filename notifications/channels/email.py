@@ -31,6 +31,7 @@ from .base import (
     PermanentError,
     TransientError,
     http_status_error,
+    network_error,
     parse_retry_after,
 )
 from .recording import EmailBackend as RecordingBackend
@@ -165,7 +166,7 @@ def classify_email_error(exc: Exception) -> ChannelError | None:
         return PermanentError(f"recipient refused: {exc}", code="recipient_refused")
     if isinstance(exc, AnymailAPIError):
         if isinstance(exc, requests.Timeout | requests.ConnectionError):
-            return TransientError(f"ESP unreachable: {exc}", code="connection_error")
+            return network_error(exc, "ESP")
         status = exc.status_code
         if status is None:  # no answer at all: nothing was taken
             return TransientError(f"ESP error: {exc}")
@@ -207,5 +208,23 @@ def classify_email_error(exc: Exception) -> ChannelError | None:
             return TransientError(f"SMTP {code}: {exc.smtp_error!r}", code=code)
         return PermanentError(f"SMTP {code}: {exc.smtp_error!r}", code=code)
     if isinstance(exc, smtplib.SMTPException | OSError):  # disconnected, refused, timed out
+        if _during_data(exc):  # the message went out; its "250 queued" did not come back
+            return TransientError(
+                f"mail server did not answer after the message went out: {exc}",
+                code="no_answer",
+            )
         return TransientError(f"mail server unreachable: {exc}", code="connection_error")
     return None
+
+
+def _during_data(exc: Exception) -> bool:
+    """Whether an SMTP failure happened inside the DATA command, once the message itself
+    was being handed over: before it (connecting, greeting, MAIL FROM, RCPT TO) the server
+    has nothing to deliver, and sending again is safe."""
+    trace = exc.__traceback__
+    while trace is not None:
+        frame = trace.tb_frame
+        if frame.f_code.co_name == "data" and frame.f_globals.get("__name__") == "smtplib":
+            return True
+        trace = trace.tb_next
+    return False

@@ -19,8 +19,8 @@ from .base import (
     ChannelError,
     OutgoingMessage,
     PermanentError,
-    TransientError,
     http_status_error,
+    network_error,
 )
 
 # Refusals about the recipient itself; retrying cannot change the answer.
@@ -94,5 +94,5 @@ def classify_twilio_error(exc: Exception) -> ChannelError:
     # twilio-python lets requests errors through, or wraps them; either way the network.
     cause = exc if isinstance(exc, requests.RequestException) else exc.__cause__ or exc.__context__
     if isinstance(cause, requests.Timeout | requests.ConnectionError):
-        return TransientError(f"Twilio unreachable: {cause}", code="connection_error")
+        return network_error(cause, "Twilio")
     return PermanentError(f"Twilio error: {exc}")

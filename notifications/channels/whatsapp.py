@@ -18,6 +18,7 @@ from .base import (
     PermanentError,
     TransientError,
     http_status_error,
+    network_error,
     parse_retry_after,
 )
 
@@ -80,7 +81,7 @@ class CloudAPIWhatsAppChannel(Channel):
                 timeout=settings.PROVIDER_TIMEOUT_SECONDS,
             )
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientError(f"WhatsApp unreachable: {exc}", code="connection_error") from exc
+            raise network_error(exc, "WhatsApp") from exc
         if response.status_code >= 400:
             raise classify_meta_error(response)
         try:

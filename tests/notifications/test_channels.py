@@ -20,7 +20,7 @@ from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail.backends.locmem import EmailBackend as LocmemEmailBackend
 from requests.exceptions import ConnectionError as RequestsConnectionError
-from requests.exceptions import ConnectTimeout
+from requests.exceptions import ConnectTimeout, ReadTimeout
 
 from notifications import batch, dispatch
 from notifications.batch import is_email_address
@@ -248,14 +248,39 @@ def test_twilio_429_is_transient(twilio_settings, provider_http):
     assert caught.value.code == "20429"
 
 
-@pytest.mark.parametrize("failure", [ConnectTimeout(), RequestsConnectionError()])
-def test_twilio_unreachable_is_transient(twilio_settings, provider_http, failure):
+def _refused():
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    reason = NewConnectionError(None, "Failed to establish a new connection: refused")
+    return RequestsConnectionError(MaxRetryError(None, "/Messages.json", reason=reason))
+
+
+def _dropped():
+    from urllib3.exceptions import ProtocolError
+
+    return RequestsConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (ConnectTimeout(), "connection_error"),  # nothing reached Twilio: retried
+        (_refused(), "connection_error"),
+        (ReadTimeout(), "no_answer"),  # it may have the message: dispatch leaves it unknown
+        (_dropped(), "no_answer"),
+        (RequestsConnectionError(), "no_answer"),  # no telling when: as if it went out
+    ],
+    ids=["connect-timeout", "refused", "read-timeout", "dropped", "unexplained"],
+)
+def test_twilio_unreachable_is_transient_and_says_whether_it_may_have_the_message(
+    twilio_settings, provider_http, failure, code
+):
     provider_http.post(TWILIO_URL, body=failure)
 
     with pytest.raises(TransientError) as caught:
         get_channel("sms").send(sms())
 
-    assert caught.value.code == "connection_error"
+    assert caught.value.code == code
 
 
 @pytest.mark.parametrize("missing", ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"])
@@ -627,11 +652,15 @@ class _SMTPHandler(socketserver.StreamRequestHandler):
         self.wfile.write(b"220 test\r\n")
         while line := self.rfile.readline():
             command = line[:4].upper()
+            if command == getattr(self.server, "drop_at", None):
+                return  # the connection closes without an answer
             if command == b"DATA":
                 self.wfile.write(b"354 go on\r\n")
                 while self.rfile.readline() not in (b".\r\n", b""):
                     pass
                 self.server.messages += 1
+                if getattr(self.server, "drop_after_message", False):
+                    return  # it has the message; its "250 queued" never comes
                 self.wfile.write(b"250 queued\r\n")
             elif command == b"QUIT":
                 self.wfile.write(b"221 bye\r\n")
@@ -653,6 +682,25 @@ def smtp_server(settings):
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("drop", "code"),
+    [("at RCPT", "connection_error"), ("after the message", "no_answer")],
+)
+def test_an_smtp_connection_lost_says_whether_the_server_may_have_the_message(
+    smtp_server, drop, code
+):
+    """Lost before DATA, the server has nothing: retried. Lost after the message went out,
+    it may be queued there: dispatch leaves the delivery unknown rather than send twice."""
+    if drop == "at RCPT":
+        smtp_server.drop_at = b"RCPT"
+    else:
+        smtp_server.drop_after_message = True
+    with pytest.raises(TransientError) as caught:
+        get_channel("email").send(email())
+    assert caught.value.code == code
+    assert smtp_server.messages == (1 if drop == "after the message" else 0)
 
 
 def test_over_smtp_each_send_opens_and_closes_its_own_connection(smtp_server):

@@ -37,9 +37,19 @@ DELIVERY = {
     "whatsapp": {"channel": "whatsapp", "address": "+919812345678", "payload": {"template": "t"}},
 }
 URL = {"email": POSTMARK, "sms": TWILIO, "whatsapp": GRAPH}
+
+
+def _refused():
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    reason = NewConnectionError(None, "Failed to establish a new connection: refused")
+    return RequestsConnectionError(MaxRetryError(None, "/", reason=reason))
+
+
 FAULTS = {
     "connect timeout": {"body": ConnectTimeout("connect timed out")},
-    "read timeout": {"body": ReadTimeout("read timed out")},
+    "connection refused": {"body": _refused()},
     "429 retry-after": {
         "status": 429,
         "json": {"message": "slow down", "code": 20429},
@@ -64,6 +74,24 @@ def test_transient_faults_are_retried_by_policy_with_the_reason(channel, fault):
     assert delivery.status_reason.startswith("attempt 1/3 failed")
     wait = (delivery.send_at - NOW).total_seconds()
     assert wait >= (20 if fault == "429 retry-after" and channel != "sms" else 2)
+
+
+@pytest.mark.parametrize("channel", ["email", "sms", "whatsapp"])
+def test_no_answer_after_the_request_went_out_is_never_resent_blindly(channel):
+    """A read timeout was retried like a refused connection: the provider that had taken the
+    message got it twice. It is now "unknown", for a person to check and reconcile."""
+    delivery = DeliveryFactory(send_at=NOW, **DELIVERY[channel])
+    with responses.RequestsMock() as mock:
+        mock.add(responses.POST, URL[channel], body=ReadTimeout("read timed out"))
+        report = dispatch_due(now=NOW, clock=ManualClock(NOW))
+        later = NOW + timedelta(minutes=5)
+        dispatch_due(now=later, clock=ManualClock(later))
+        assert len(mock.calls) == 1
+    assert report.retried == 0
+    delivery.refresh_from_db()
+    assert delivery.status == "unknown"
+    assert "did not answer after the request went out" in delivery.status_reason
+    assert "check before resending" in delivery.status_reason
 
 
 @pytest.mark.parametrize("channel", ["email", "whatsapp"])
