@@ -1149,13 +1149,23 @@ class ProviderReport(models.Model):
     claim_token = models.UUIDField(
         null=True, blank=True, editable=False, help_text="Set by the worker applying it."
     )
+    claimed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a worker took it: a claim older than 15 minutes (its worker died) is "
+        "taken again.",
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Times applying it raised an error (given up after 5)."
+    )
     processed_at = models.DateTimeField(
         null=True, blank=True, help_text="When it was applied to its delivery."
     )
     outcome = models.CharField(
         max_length=40,
         blank=True,
-        help_text="What applying it did: recorded, duplicate or unmatched.",
+        help_text="What applying it did: recorded, duplicate or unmatched; failed after 5 "
+        "errors (in the worker's log).",
     )
 
     class Meta:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -95,31 +95,54 @@ def _kick_reports() -> None:
         logger.warning("could not kick the report worker (%s); the sweep will apply them", error)
 
 
+REPORT_CLAIM_TIMEOUT = timedelta(minutes=15)
+REPORT_MAX_ATTEMPTS = 5
+
+
 def apply_pending_reports(*, now: datetime, limit: int = 1000) -> int:
-    """Apply stored reports in arrival order; each is claimed once, whoever runs this."""
+    """Apply stored reports in arrival order; each is claimed once, whoever runs this. A
+    claim its worker never finished (the worker died) is taken again after
+    REPORT_CLAIM_TIMEOUT. Each report is applied and marked in a transaction of its own: one
+    that raises is put back for the next sweep (given up, "failed", after
+    REPORT_MAX_ATTEMPTS), and the others of the claim are applied all the same."""
     token = uuid.uuid4()
+    claimable = Q(claim_token__isnull=True) | Q(claimed_at__lt=now - REPORT_CLAIM_TIMEOUT)
     with transaction.atomic():
         ids = list(
-            ProviderReport.objects.filter(processed_at__isnull=True, claim_token__isnull=True)
+            ProviderReport.objects.filter(claimable, processed_at__isnull=True)
             .order_by("id")
             .select_for_update(skip_locked=True)
             .values_list("id", flat=True)[:limit]
         )
-        ProviderReport.objects.filter(id__in=ids, claim_token__isnull=True).update(
-            claim_token=token
+        ProviderReport.objects.filter(claimable, id__in=ids, processed_at__isnull=True).update(
+            claim_token=token, claimed_at=now
         )
     applied = 0
     for report in ProviderReport.objects.filter(claim_token=token).order_by("id"):
-        outcome = apply_provider_event(
-            provider=report.provider,
-            provider_message_id=report.provider_message_id,
-            kind=report.kind,
-            provider_event_id=report.provider_event_id,
-            at=report.at,
-            data=report.data,
-            now=now,
-        )
-        ProviderReport.objects.filter(id=report.id).update(processed_at=now, outcome=outcome)
+        try:
+            with transaction.atomic():
+                outcome = apply_provider_event(
+                    provider=report.provider,
+                    provider_message_id=report.provider_message_id,
+                    kind=report.kind,
+                    provider_event_id=report.provider_event_id,
+                    at=report.at,
+                    data=report.data,
+                    now=now,
+                )
+                ProviderReport.objects.filter(id=report.id, claim_token=token).update(
+                    processed_at=now, outcome=outcome
+                )
+        except Exception:
+            logger.exception("tracking report %s could not be applied", report.id)
+            given_up = report.attempts + 1 >= REPORT_MAX_ATTEMPTS
+            ProviderReport.objects.filter(id=report.id, claim_token=token).update(
+                attempts=F("attempts") + 1,
+                claim_token=None,
+                claimed_at=None,
+                **({"processed_at": now, "outcome": "failed"} if given_up else {}),
+            )
+            continue
         applied += 1
     return applied
 

@@ -259,3 +259,52 @@ def test_the_sweep_matches_reports_that_missed_the_send():
     assert _status(delivery) == "delivered"
     assert match_pending(now=NOW) == 0
     assert UnmatchedProviderEvent.objects.filter(matched_delivery__isnull=True).count() == 1
+
+
+def _stored(kind, message_id, **fields):
+    from notifications.models import ProviderReport
+
+    return ProviderReport.objects.create(
+        provider="anymail",
+        provider_message_id=message_id,
+        kind=kind,
+        provider_event_id=f"{message_id}:{kind}",
+        at=NOW,
+        **fields,
+    )
+
+
+def test_a_report_that_raises_is_put_back_and_the_others_of_its_claim_are_applied():
+    """One report raising stopped the sweep: the rest of its claim kept their claim token
+    unprocessed, and no later sweep took them again (their deliveries never moved)."""
+    from notifications.tracking import REPORT_MAX_ATTEMPTS, apply_pending_reports
+
+    first, second = _sent(provider_message_id="m-1"), _sent(provider_message_id="m-2")
+    _stored("delivered", "m-1")
+    poison = _stored("teleported", "m-1")  # a kind no delivery event has: it raises
+    _stored("delivered", "m-2")
+
+    assert apply_pending_reports(now=NOW) == 2
+    assert (_status(first), _status(second)) == ("delivered", "delivered")
+    poison.refresh_from_db()
+    assert (poison.attempts, poison.claim_token, poison.processed_at) == (1, None, None)
+
+    for _ in range(REPORT_MAX_ATTEMPTS - 1):
+        assert apply_pending_reports(now=NOW) == 0
+    poison.refresh_from_db()
+    assert (poison.attempts, poison.outcome, poison.processed_at) == (5, "failed", NOW)
+
+
+def test_a_claim_its_worker_never_finished_is_taken_again_after_15_minutes():
+    import uuid
+
+    from notifications.tracking import apply_pending_reports
+
+    delivery = _sent(provider_message_id="m-1")
+    stranded = _stored(
+        "delivered", "m-1", claim_token=uuid.uuid4(), claimed_at=NOW - timedelta(minutes=10)
+    )
+    assert apply_pending_reports(now=NOW) == 0  # its worker may still be at it
+    assert apply_pending_reports(now=NOW + timedelta(minutes=6)) == 1
+    stranded.refresh_from_db()
+    assert (stranded.outcome, _status(delivery)) == ("recorded", "delivered")
