@@ -923,7 +923,9 @@ def _send_batch(
     horizon = timedelta(seconds=settings.PACING_HORIZON_SECONDS)
     paused: dict[str, datetime] = {}
     halted_runs: set[int] = set()
-    failing_runs: set[int] = set()
+    # Runs with failures in a row to clear: a success is told to the listeners (the batch
+    # breaker resets) only for these, counted from earlier claims and rounds too.
+    failing_runs = _runs_with_failures({d.workflow_run_id for _, d in slotted})
     # Only touch the breaker row on success when there is a failure count to clear.
     breaker_dirty = gate == "trial" or breakers.has_failures(breaker)
     sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH, sent_runs)
@@ -991,6 +993,18 @@ def _send_batch(
                 return False
     sent.flush(now=clock.now())
     return True
+
+
+def _runs_with_failures(run_ids: set[int | None]) -> set[int]:
+    """Of these runs, those whose last sends failed (a batch's breaker count is not 0)."""
+    run_ids.discard(None)
+    if not run_ids:
+        return set()
+    return set(
+        WorkflowRun.objects.filter(id__in=run_ids, consecutive_failures__gt=0).values_list(
+            "id", flat=True
+        )
+    )
 
 
 def dispatch_due(

@@ -311,6 +311,23 @@ def test_the_breaker_trips_after_exactly_five_consecutive_failures(mike, postmar
     assert len(postmark.calls) == 6
 
 
+def test_a_success_in_a_later_claim_resets_the_breaker_count(mike, postmark):
+    """Sent one claim at a time (as approvals one by one kick dispatch), fail, ok, fail, ok…
+    counted 1, 1, 2, 2, … and aborted the batch at the fifth failure, none of them after
+    another: a success was only told to the batch when its run failed in the same claim."""
+    _customers("xoxoxoxoxo")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    counts = []
+    for _ in range(10):
+        dispatch.dispatch_due(now=NOW, limit=1, clock=ManualClock(NOW))
+        run.refresh_from_db()
+        counts.append(run.consecutive_failures)
+    assert counts == [1, 0] * 5
+    assert run.status == "partial"
+    assert len(postmark.calls) == 10
+
+
 @pytest.mark.parametrize("pattern", ["xxxxo", "xxxxoxxxxo", "xxoxxxoxxo"])
 def test_the_breaker_does_not_trip_on_four_or_non_consecutive_failures(mike, postmark, pattern):
     _customers(pattern)
