@@ -1019,9 +1019,11 @@ def dispatch_due(
         report.frozen = _due(now=now, frozen=None).filter(frozen).count()
     channels: dict = {}
     try:
-        _dispatch_channels(
+        last = _dispatch_channels(
             report, channels=channels, now=now, limit=limit, clock=clock, frozen=frozen
         )
+        if last is not None and last != frozen:  # a switch turned on during the round
+            report.frozen = _due(now=now, frozen=None).filter(last).count()
     finally:
         for channel in channels.values():
             try:
@@ -1039,10 +1041,14 @@ def _dispatch_channels(
     limit: int | None,
     clock: Clock | ManualClock,
     frozen: Q | None,
-) -> None:
+) -> Q | None:
     """Channel by channel: claim and send batches until none are due (or `limit` have been
-    handled). `channels` collects the channel objects used, for the caller to close."""
+    handled). `channels` collects the channel objects used, for the caller to close. The
+    kill switches are read again before every claim after the first (`frozen` is what the
+    caller read): one turned on during a long round holds what is not yet claimed. Returns
+    the switches' filter as last read."""
     handled = 0
+    first_claim = True
     paced_round: set[str] = set()
     sent_runs: set[int] = set()
     for channel in Channel.values:
@@ -1057,6 +1063,9 @@ def _dispatch_channels(
         while limit is None or handled < limit:
             size = 1 if gate == "trial" else claim_size
             size = size if limit is None else min(size, limit - handled)
+            if not first_claim:
+                frozen = frozen_filter(active_switches())
+            first_claim = False
             started = clock.now()
             claimed = claim_due(
                 now=started, limit=size, channel=channel, frozen=frozen, look_first=look_first
@@ -1079,6 +1088,7 @@ def _dispatch_channels(
                 claim_size, seconds=(clock.now() - started).total_seconds()
             )
         _tell_sent_listeners(sent_runs, clock.now())
+    return frozen
 
 
 def next_claim_size(size: int, *, seconds: float) -> int:

@@ -346,3 +346,34 @@ def test_an_everything_switch_holds_every_due_delivery():
     assert not RecordedMessage.objects.exists()
     assert next_due_in(now=NOW) is None
     assert queued_reasons(NOW) == [("frozen by a kill switch", 3)]
+
+
+def test_a_switch_turned_on_during_a_round_holds_what_is_not_yet_claimed(settings):
+    """The switches were read once per dispatch round: one turned on while a worker drained
+    a backlog held nothing until the round ended (10 of 10 sent, "frozen: 0")."""
+    import json
+
+    import responses
+
+    from notifications.models import KillSwitch
+
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    settings.DISPATCH_BATCH_SIZE = settings.DISPATCH_MAX_BATCH_SIZE = 2
+    DeliveryFactory.create_batch(10, send_at=NOW)
+    sent_to = []
+
+    def postmark(request):
+        if not sent_to:  # staff turn the switch on while the first message goes out
+            KillSwitch.objects.create(name="stop", scope="everything", is_on=True, reason="x")
+        to = json.loads(request.body)["To"]
+        sent_to.append(to)
+        answer = {"To": to, "MessageID": f"m-{len(sent_to)}", "ErrorCode": 0, "Message": "OK"}
+        return 200, {}, json.dumps(answer)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, "https://api.postmarkapp.com/email", callback=postmark)
+        report = dispatch.dispatch_due(now=NOW, clock=ManualClock(NOW))
+
+    assert len(sent_to) == 2  # the claim under way when it was turned on, not one more
+    assert (report.sent, report.frozen) == (2, 8)
