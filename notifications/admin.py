@@ -17,6 +17,7 @@ from notifications.admin_records import KeptRecordAdmin
 from notifications.holds import HoldContext, explain
 from notifications.killswitches import blocks_launches, frozen_filter, killswitch_set
 from notifications.models import (
+    AuditEntry,
     BreakerTransition,
     Delivery,
     DeliveryEvent,
@@ -177,6 +178,13 @@ class DeliveryAdmin(admin.ModelAdmin):
         # The outbox is a record: what was (or will be) sent is never edited by hand.
         # Use the actions to retry or cancel.
         return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Every field is read-only: a Save button would only say "changed successfully".
+        no_save = {"show_save": False, "show_save_and_continue": False}
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), **no_save}
+        )
 
     def changelist_view(self, request, extra_context=None):
         # Read the switches, breakers and pauses once for the whole page.
@@ -663,6 +671,18 @@ class WorkflowAdmin(admin.ModelAdmin):
         if obj is not None:
             return ("type", *self.readonly_fields)
         return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "risk_level" in form.changed_data:
+            # What the high_risk_ops kill switch holds follows this level: audited.
+            AuditEntry.objects.create(
+                at=timezone.now(),
+                by=request.user.get_username(),
+                action="workflow_risk_change",
+                target=f"workflow:{obj.pk}",
+                detail={"from": form.initial.get("risk_level"), "to": obj.risk_level},
+            )
 
 
 class KillSwitchChangeInline(ReadOnlyInline):

@@ -103,6 +103,16 @@ class Workflow(models.Model):
         return self.name
 
     def clean(self):
+        if self.type == self.Type.BATCH_NOTIFY and (self.risk_level or 0) < HIGH_RISK_LEVEL:
+            # Its sends are held by the high_risk_ops kill switch because of this level:
+            # lowering it would release a frozen batch without turning the switch off.
+            raise ValidationError(
+                {
+                    "risk_level": f"A batch notification emails customers in bulk (seed 001: "
+                    f"risk 4): its risk stays {HIGH_RISK_LEVEL} or more, so the high_risk_ops "
+                    "kill switch keeps holding it."
+                }
+            )
         if self.type == self.Type.TRIGGER and (self.risk_level or 0) >= HIGH_RISK_LEVEL:
             raise ValidationError(
                 {

@@ -288,8 +288,45 @@ def test_a_workflow_refuses_retries_dispatch_cannot_follow(field, value):
 
     from tests.notifications.factories import WorkflowFactory
 
-    workflow = WorkflowFactory()
+    workflow = WorkflowFactory(risk_level=4)
     setattr(workflow, field, value)
     with pytest.raises(ValidationError) as refused:
         workflow.full_clean()
     assert set(refused.value.message_dict) == {field}
+
+
+@pytest.mark.django_db
+def test_a_batch_workflows_risk_cannot_drop_below_3_and_a_change_is_audited(admin_client):
+    """Lowering it from 4 to 1 released its deliveries from the high_risk_ops kill switch,
+    saved without a word and unaudited."""
+    from notifications import batch
+    from notifications.models import AuditEntry
+
+    workflow = batch.batch_workflow()
+    url = reverse("admin:notifications_workflow_change", args=[workflow.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {
+        name: ("on" if value is True else "" if value in (None, False) else value)
+        for name, value in ((n, form[n].value()) for n in form.fields)
+    }
+    data = {k: v for k, v in data.items() if v != ""}
+
+    refused = admin_client.post(url, {**data, "risk_level": 1})
+    assert refused.status_code == 200
+    assert "its risk stays 3 or more" in refused.content.decode()
+    workflow.refresh_from_db()
+    assert workflow.risk_level == 4 and not AuditEntry.objects.exists()
+
+    assert admin_client.post(url, {**data, "risk_level": 5}).status_code == 302
+    entry = AuditEntry.objects.get(action="workflow_risk_change")
+    assert (entry.target, entry.detail) == (f"workflow:{workflow.pk}", {"from": 4, "to": 5})
+
+
+@pytest.mark.django_db
+def test_a_deliverys_read_only_page_offers_no_save(admin_client):
+    delivery = DeliveryFactory()
+    page = admin_client.get(
+        reverse("admin:notifications_delivery_change", args=[delivery.pk])
+    ).content.decode()
+    assert delivery.address in page
+    assert 'name="_save"' not in page and 'name="_continue"' not in page
