@@ -121,6 +121,18 @@ class KioskAdmin(admin.ModelAdmin):
     )
     actions = ["new_token"]
 
+    def get_fieldsets(self, request, obj=None):
+        """The token only for staff who may change kiosks: with it, anyone can report as
+        the kiosk (and keep one that went dark from raising its alert)."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if self.has_change_permission(request, obj):
+            return fieldsets
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != "token"]})
+            for name, options in fieldsets
+            if name != "Heartbeat"
+        ]
+
     @admin.display(description="health")
     def health_badges(self, obj):
         if obj is None or obj.pk is None:

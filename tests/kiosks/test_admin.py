@@ -112,3 +112,19 @@ def test_heartbeat_dashboard_is_for_staff_who_may_view_kiosks(client):
     assert client.get(reverse("kiosks_dashboard")).status_code == 403
     user.user_permissions.set(Permission.objects.filter(codename="view_kiosk"))
     assert client.get(reverse("kiosks_dashboard")).status_code == 200
+
+
+def test_a_kiosks_token_is_shown_only_to_staff_who_may_change_kiosks(client):
+    from django.contrib.auth.models import Permission, User
+
+    from tests.kiosks.factories import KioskFactory
+
+    kiosk = KioskFactory()
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename="view_kiosk"))
+    client.force_login(user)
+    url = reverse("admin:kiosks_kiosk_change", args=[kiosk.pk])
+    assert client.get(url).status_code == 200
+    assert kiosk.token not in client.get(url).content.decode()
+    user.user_permissions.add(Permission.objects.get(codename="change_kiosk"))
+    assert kiosk.token in client.get(url).content.decode()
