@@ -227,3 +227,15 @@ def test_simulator_is_for_staff_who_may_view_stakeholders_and_personas(client, c
         Permission.objects.filter(codename__in=["view_stakeholder", "view_persona"])
     )
     assert client.get(reverse("cadence_simulator")).status_code == 200
+
+
+def test_the_simulator_is_linked_only_for_staff_who_may_open_it(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename="view_stakeholder"))
+    client.force_login(user)
+    changelist = reverse("admin:cadence_stakeholder_changelist")
+    assert reverse("cadence_simulator") not in client.get(changelist).content.decode()
+    user.user_permissions.add(Permission.objects.get(codename="view_persona"))
+    assert reverse("cadence_simulator") in client.get(changelist).content.decode()
