@@ -229,4 +229,5 @@ def dashboard(now: datetime | None = None) -> dict:
                 "workflow_run"
             )[:20]
         ),
+        "verify_pending": VerifyCheck.objects.filter(status="pending").count(),
     }

@@ -142,3 +142,22 @@ def test_breaker_trips_count_a_closed_breaker_opening_not_failed_trials():
             breaker=breaker, at=now, from_state=from_state, to_state=to_state, reason="x"
         )
     assert dashboard(now)["breaker_trips"] == 2
+
+
+@pytest.mark.django_db
+def test_verify_checks_not_run_yet_are_not_called_passing(admin_client):
+    """The dashboard said "All verify checks pass." while every check was pending."""
+    from notifications.models import VerifyCheck
+
+    now = timezone.now()
+    VerifyCheck.objects.create(
+        workflow_run=WorkflowRunFactory(),
+        name="all_recipients_logged",
+        due_at=now + timedelta(minutes=10),
+        timeout_at=now + timedelta(hours=1),
+    )
+    page = admin_client.get("/admin/").content.decode()
+    assert "All verify checks pass." not in page
+    assert "None failing; 1 not run yet" in page
+    VerifyCheck.objects.update(status="pass")
+    assert "All verify checks pass." in admin_client.get("/admin/").content.decode()
