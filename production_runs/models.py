@@ -6,6 +6,7 @@ approval status of each WhatsApp template variant per platform.
 Models hold data and single-row rules; the work is done in discoverer.py, dispatcher.py,
 whatsapp_templates.py and activation.py."""
 
+import re
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
@@ -475,6 +476,28 @@ class EventTemplateMapping(models.Model):
                     + ", ".join(sorted(SPECS))
                 }
             )
+        if problem := self._meaning_problem():
+            raise ValidationError({"template_name": problem})
+
+    def _meaning_problem(self) -> str:
+        """Why the template says something else than the event means ("" if it does not):
+        an event Herald maps by default takes that template or another version of it
+        (reminder_idle a _v2 of the idle reminder, never the "cancelled" message)."""
+        from production_runs.dispatcher import DEFAULT_TEMPLATE_MAP
+
+        default = DEFAULT_TEMPLATE_MAP.get(self.event_name)
+        if not default or not self.template_name:
+            return ""
+
+        def unversioned(name: str) -> str:
+            return re.sub(r"_v\d+$", "", name)
+
+        if unversioned(self.template_name) == unversioned(default[0]):
+            return ""
+        return (
+            f"{self.template_name} does not say what {self.event_name} means: give "
+            f"{default[0]} or another version of it (…_v2)."
+        )
 
 
 class TemplateStatus(models.TextChoices):

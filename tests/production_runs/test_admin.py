@@ -168,3 +168,25 @@ def test_a_mapping_to_a_template_its_event_cannot_fill_names_only_that(admin_cli
     assert len(errors["template_name"]) == 1
     assert "Pick a template whose variables the event provides" in errors["template_name"][0]
     assert "No template" not in page.content.decode()
+
+
+def test_a_mapping_to_a_template_that_means_something_else_is_refused(admin_client):
+    """reminder_idle → the "cancelled" message was saved, and the activation gate then
+    showed it as a live reminder mapping: idle partners would have been told the run was
+    cancelled."""
+    from production_runs.dispatcher import restore_default_mappings
+    from production_runs.models import EventTemplateMapping
+
+    restore_default_mappings()
+    idle = EventTemplateMapping.objects.get(event_name="production_run.reminder_idle")
+    url = f"/admin/production_runs/eventtemplatemapping/{idle.pk}/change/"
+    data = {"event_name": idle.event_name, "is_live": "on", "send_design_image": "on"}
+    page = admin_client.post(url, {**data, "template_name": "jyt_production_run_cancelled_v1"})
+    (error,) = page.context["adminform"].form.errors["template_name"]
+    assert error.startswith(
+        "jyt_production_run_cancelled_v1 does not say what production_run.reminder_idle means"
+    )
+    idle.refresh_from_db()
+    assert idle.template_name == "jyt_production_run_reminder_idle_v1"
+    kept = admin_client.post(url, {**data, "template_name": "jyt_production_run_reminder_idle_v1"})
+    assert kept.status_code == 302
