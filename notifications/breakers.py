@@ -6,6 +6,7 @@ While open, no call is made to the provider: its deliveries wait, or go to their
 """
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -51,13 +52,17 @@ def trial_at(breaker: ProviderBreaker, *, now: datetime) -> datetime:
     return (breaker.opened_at or now) + timedelta(seconds=breaker.cooloff_seconds)
 
 
-def gate(key: str, *, now: datetime) -> str:
+def gate(key: str, *, now: datetime, anything_due: Callable[[], bool] | None = None) -> str:
     """May this worker call the provider now? 'closed' (yes), 'trial' (yes, exactly one
-    call, this worker holds the trial) or 'open' (no)."""
+    call, this worker holds the trial) or 'open' (no). `anything_due` says whether there is
+    a call to try: without one, the trial is not taken (it was taken and wasted every
+    cool-off, "half_open → half_open" in the history, while nothing was due)."""
     breaker = get_breaker(key)
     if breaker.state == State.CLOSED:
         return "closed"
     if now < trial_at(breaker, now=now):
+        return "open"
+    if anything_due is not None and not anything_due():
         return "open"
     # Cool-off over (or a trial that never reported back): one worker wins the trial.
     if _move(

@@ -1053,7 +1053,13 @@ def _dispatch_channels(
     sent_runs: set[int] = set()
     for channel in Channel.values:
         breaker = breakers.breaker_key(channel, provider_of(channel))
-        gate = breakers.gate(breaker, now=now)
+        gate = breakers.gate(
+            breaker,
+            now=now,
+            anything_due=lambda channel=channel, frozen=frozen: (
+                _due(now=now, frozen=frozen).filter(channel=channel).exists()
+            ),
+        )
         if gate == "open":
             report.add("deferred", reroute_to_fallback(channel=channel, now=now, frozen=frozen))
             report.add("breaker_held", _due(now=now, frozen=frozen).filter(channel=channel).count())

@@ -377,3 +377,25 @@ def test_a_switch_turned_on_during_a_round_holds_what_is_not_yet_claimed(setting
 
     assert len(sent_to) == 2  # the claim under way when it was turned on, not one more
     assert (report.sent, report.frozen) == (2, 8)
+
+
+def test_an_open_breaker_keeps_its_trial_for_a_call_to_try(twilio):
+    """With nothing due on its channel, every round after the cool-off took the trial and
+    wasted it ("half_open → half_open" each minute in its history)."""
+    _fail_all(twilio)
+    _sms(5)
+    dispatch.dispatch_due(now=NOW, clock=ManualClock(NOW))
+    assert ProviderBreaker.objects.get(provider="sms:twilio").state == "open"
+    Delivery.objects.filter(status="scheduled").update(status="cancelled")
+
+    for minutes in (2, 3, 4):
+        later = NOW + timedelta(minutes=minutes)
+        dispatch.dispatch_due(now=later, clock=ManualClock(later))
+    assert ProviderBreaker.objects.get(provider="sms:twilio").state == "open"
+    assert BreakerTransition.objects.count() == 1  # closed → open, nothing since
+
+    twilio.replace(responses.POST, TWILIO_URL, json={"sid": "SM1"}, status=201)
+    _sms(1)
+    later = NOW + timedelta(minutes=5)
+    assert dispatch.dispatch_due(now=later, clock=ManualClock(later)).sent == 1
+    assert ProviderBreaker.objects.get(provider="sms:twilio").state == "closed"
