@@ -313,9 +313,11 @@ def _advance(
     return state, newly_flagged, stale
 
 
-def _would_flag(due: Due, *, now: datetime, settings: ReminderSettings) -> int:
-    """1 if reminding the run now would flag its stall for ops (a dry run's count)."""
-    _, newly_flagged, _ = _advance(
+def _advance_due(
+    due: Due, *, now: datetime, settings: ReminderSettings
+) -> tuple[ReminderState, bool, int | None]:
+    """`_advance` for a run found due a reminder now."""
+    return _advance(
         due.state,
         run_id=due.run.id,
         kind=due.kind,
@@ -323,6 +325,11 @@ def _would_flag(due: Due, *, now: datetime, settings: ReminderSettings) -> int:
         now=now,
         flag_after_days=flag_days(settings),
     )
+
+
+def _would_flag(due: Due, *, now: datetime, settings: ReminderSettings) -> int:
+    """1 if reminding the run now would flag its stall for ops (a dry run's count)."""
+    _, newly_flagged, _ = _advance_due(due, now=now, settings=settings)
     return int(newly_flagged)
 
 
@@ -588,14 +595,7 @@ def _emit_bulk(emit: list[Due], *, now, day, settings) -> dict[str, int]:
         if reminder_key(due.run.id, day) not in recorded:
             counts["already_emitted"] += 1
             continue
-        state, flagged, gone = _advance(
-            due.state,
-            run_id=due.run.id,
-            kind=due.kind,
-            since=due.since,
-            now=now,
-            flag_after_days=flag_days(settings),
-        )
+        state, flagged, gone = _advance_due(due, now=now, settings=settings)
         if gone is not None:
             stale.append(gone)
         (known if state.pk else fresh).append(state)

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+import requests
+from urllib3.exceptions import ConnectTimeoutError
+
 
 @dataclass(frozen=True)
 class OutgoingMessage:
@@ -134,9 +137,6 @@ def network_error(exc: Exception, provider: str) -> TransientError:
 def request_never_left(exc: Exception) -> bool:
     """Whether a requests error (or anymail's, which wraps one as its cause) happened before
     the request reached the provider."""
-    import requests
-    from urllib3.exceptions import ConnectTimeoutError
-
     cause = exc.__cause__
     original = cause if isinstance(cause, requests.RequestException) else exc
     if isinstance(original, requests.ConnectTimeout | requests.exceptions.SSLError):
