@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from config.views import healthz
+from config.views import healthz, permission_denied
 from kiosks import views as kiosk_views
 from notifications.trigger_admin import cadence_simulator
 
 admin.site.site_header = "Herald"
 admin.site.site_title = "Herald"
 admin.site.index_title = "Operations"
+handler403 = permission_denied
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -1,7 +1,9 @@
 import logging
 
 from django.conf import settings
+from django.contrib import admin
 from django.http import JsonResponse
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from config.health import health_report
@@ -20,3 +22,11 @@ def healthz(request):
     if not settings.DEBUG:
         report["problems"] = dict.fromkeys(report["problems"], "unreachable")
     return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+
+
+def permission_denied(request, exception):
+    """The 403 page in the admin's frame: staff sent here by a link or a bookmark see who
+    they are logged in as, what was refused and whom to ask, with the admin's navigation
+    (Django's own page is a bare "403 Forbidden")."""
+    context = {**admin.site.each_context(request), "reason": str(exception or "")}
+    return render(request, "403.html", context, status=403)

@@ -239,3 +239,19 @@ def test_the_simulator_is_linked_only_for_staff_who_may_open_it(client):
     assert reverse("cadence_simulator") not in client.get(changelist).content.decode()
     user.user_permissions.add(Permission.objects.get(codename="view_persona"))
     assert reverse("cadence_simulator") in client.get(changelist).content.decode()
+
+
+def test_a_refused_page_is_herald_s_own_with_whom_to_ask(client):
+    """Staff following a link they may not open get a page in the admin's frame (header,
+    log out, the way back) naming their account, not Django's bare "403 Forbidden"."""
+    from django.contrib.auth.models import User
+
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(user)
+    response = client.get(reverse("cadence_simulator"))
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "<h1>Permission needed</h1>" in page
+    assert "logged in as <strong>clerk</strong>" in page
+    assert 'id="logout-form"' in page
+    assert f'href="{reverse("admin:index")}">Back to the dashboard' in page
