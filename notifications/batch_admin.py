@@ -3,6 +3,7 @@ with progress and breaker state, proposed actions with bulk decisions, customers
 seed's POST /admin/batch/resume. Every action calls notifications.batch and reports what
 happened."""
 
+import json
 import uuid
 from datetime import datetime
 
@@ -148,7 +149,7 @@ class WorkflowRunAdmin(KeptRecordAdmin):
         "completed_at",
         "created_by",
         "inputs",
-        "summary",
+        "run_summary",
     )
     fields = readonly_fields
     change_form_template = "admin/notifications/workflowrun/change_form.html"
@@ -200,6 +201,22 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             p["rejected"],
             p["total"],
             p["percent"],
+        )
+
+    @admin.display(description="summary")
+    def run_summary(self, obj):
+        """The counts written when the run ended; a run reopened since (a retry, a
+        reconciliation) still holds its last ending's, said as such until it ends again."""
+        if not obj.summary:
+            return "—"
+        counts = json.dumps(obj.summary, ensure_ascii=False)
+        if obj.status in WorkflowRun.FINISHED:
+            return counts
+        return format_html(
+            "<em>As it was when the run last ended; it was reopened since (now: {}), and "
+            "the progress above is what it is now.</em><br>{}",
+            obj.get_status_display(),
+            counts,
         )
 
     @admin.display(description="circuit breaker")

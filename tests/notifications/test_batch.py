@@ -759,11 +759,18 @@ def test_a_retried_delivery_reopens_its_ended_batch_which_ends_again_with_its_ou
         "running",
         "reopened: failed deliveries retried by mike",
     )
+    client = Client()
+    client.force_login(mike)
+    page = client.get(f"/admin/notifications/workflowrun/{run.id}/change/").content.decode()
+    assert "As it was when the run last ended; it was reopened since (now: Sending)" in page
     _dispatch(NOW + timedelta(seconds=5))
     run.refresh_from_db()
     assert run.status == "completed"
     assert run.status_reason == "ended completed: 2 sent, 0 failed, 0 skipped, 0 rejected of 2"
     assert (run.summary["sent"], run.summary["failed"]) == (2, 0)
+    page = client.get(f"/admin/notifications/workflowrun/{run.id}/change/").content.decode()
+    assert "As it was when the run last ended" not in page
+    assert "&quot;sent&quot;: 2" in page or '"sent": 2' in page
     endings = Event.objects.filter(name__startswith="workflow.").order_by("id")
     assert [e.name for e in endings] == ["workflow.partial", "workflow.completed"]
     first, last = ReflexionEntry.objects.filter(workflow_run=run).order_by("id")
