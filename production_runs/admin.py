@@ -41,6 +41,7 @@ from production_runs.models import (
 from production_runs.runs import RunStepRefused, run_record_progress, run_remind_now, run_step
 from production_runs.whatsapp_templates import (
     SPECS,
+    WAITING_FOR_APPROVAL,
     languages_for_platform,
     languages_without_variants,
     plan,
@@ -325,10 +326,23 @@ class ProductionRunAdmin(admin.ModelAdmin):
                 confirm_label="Yes, remind them now",
             )
         now = timezone.now()
-        count = sum(
-            run_remind_now(run=run, now=now, by=request.user.get_username()) for run in queryset
-        )
-        self.message_user(request, f"{count} reminder event(s) emitted.")
+        emitted, refused = [], []
+        for run in queryset:
+            try:
+                if run_remind_now(run=run, now=now, by=request.user.get_username()):
+                    emitted.append(str(run.pk))
+            except RunStepRefused as error:
+                refused.append(str(error))
+        if emitted:
+            self.message_user(
+                request,
+                f"{len(emitted)} reminder event(s) emitted (run {', '.join(emitted)}). The "
+                "dispatcher sends each on WhatsApp in the partner's language unless one went "
+                "out within the dedup window; one whose template is still in Meta's review "
+                f"waits for its approval (Deliveries: scheduled, '{WAITING_FOR_APPROVAL}').",
+            )
+        if refused:
+            self.message_user(request, f"Not reminded: {'; '.join(refused)}.", messages.WARNING)
         return None
 
 

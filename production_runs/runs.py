@@ -86,10 +86,15 @@ def run_record_progress(
 
 def run_remind_now(*, run: ProductionRun, now: datetime, by: str) -> bool:
     """Emit today's reminder for a run by hand, whatever the thresholds and escalation say.
-    The dispatcher still dedups it against a reminder sent within the dedup window."""
+    The dispatcher still dedups it against a reminder sent within the dedup window.
+    RunStepRefused, saying why, for a run there is nothing to remind about."""
+    if run.status not in ACTIVE_STATUSES:
+        raise RunStepRefused(f"run {run.pk} is {run.get_status_display().lower()}, not active")
+    if run.partner_id is None:
+        raise RunStepRefused(f"run {run.pk} has no partner to remind")
     found = stall(with_last_progress(ProductionRun.objects.filter(pk=run.pk)).get())
-    if found is None or run.partner_id is None or run.status not in ACTIVE_STATUSES:
-        return False
+    if found is None:
+        raise RunStepRefused(f"run {run.pk} is not stalled: nothing to remind about")
     kind = found[0]
     _, created = record_event(
         reminder_event_name(kind),

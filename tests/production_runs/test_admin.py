@@ -7,6 +7,7 @@ from tests.production_runs.factories import (
     DAY,
     NOW,
     PlatformFactory,
+    RunFactory,
     idle_run,
     not_started_run,
     pending_run,
@@ -97,8 +98,22 @@ def test_remind_now_asks_first_then_emits(admin_client, runs):
     data = {"action": "remind_now", "_selected_action": [run.pk]}
     page = admin_client.post(RUNS, data).content.decode()
     assert "Send a reminder now for 1 run(s)" in page and not Event.objects.exists()
-    admin_client.post(RUNS, {**data, "post": "yes"})
+    page = admin_client.post(RUNS, {**data, "post": "yes"}, follow=True).content.decode()
     assert Event.objects.get().name == "production_run.reminder_not_started"
+    assert f"1 reminder event(s) emitted (run {run.pk})." in page
+    assert "still in Meta&#x27;s review waits for its approval" in page
+
+
+def test_remind_now_says_which_runs_it_did_not_remind_and_why(admin_client, runs):
+    done = RunFactory(status=RunStatus.COMPLETED)
+    orphan = pending_run(partner=None)
+    chosen = [done.pk, orphan.pk, runs["idle"].pk]
+    data = {"action": "remind_now", "_selected_action": chosen, "post": "yes"}
+    page = admin_client.post(RUNS, data, follow=True).content.decode()
+    assert Event.objects.get().name == "production_run.reminder_idle"
+    assert f"1 reminder event(s) emitted (run {runs['idle'].pk})." in page
+    assert f"run {done.pk} is completed, not active" in page
+    assert f"run {orphan.pk} has no partner to remind" in page
 
 
 def test_the_dry_run_page_shows_the_bucket_counts_and_emits_nothing(admin_client, runs):
