@@ -3,7 +3,9 @@ Layer 1 trigger cooldowns. The cadence simulator is linked from the persona and 
 lists (its view lives with the engine, which owns the delivery history)."""
 
 from django.contrib import admin
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.db.models import Count, Q
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
@@ -21,6 +23,21 @@ def _simulator_link(query: str, label: str):
 
 def _cap(value: int) -> str:
     return str(value) if value else "∞"
+
+
+def _left_without_persona(personas) -> dict:
+    """What deleting these personas does to the people who have them (the delete pages list
+    only what is deleted): they stay, without a persona, on the seed's defaults."""
+    people = Stakeholder.objects.filter(persona__in=personas).order_by("name")
+    count = people.count()
+    names = list(people.values_list("name", flat=True)[:10])
+    return {
+        "count": count,
+        "names": names,
+        "more": count - len(names),
+        "one_persona": len(personas) == 1,
+        "defaults": DEFAULT_RULES.describe(),
+    }
 
 
 @admin.register(Persona)
@@ -60,8 +77,24 @@ class PersonaAdmin(admin.ModelAdmin):
         ),
     )
 
+    actions = ["delete_selected"]
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(stakeholder_total=Count("stakeholders"))
+
+    def render_delete_form(self, request, context):
+        context["left_without_persona"] = _left_without_persona([context["object"]])
+        return super().render_delete_form(request, context)
+
+    @admin.action(
+        description="Delete selected personas (their stakeholders keep the seed's defaults)",
+        permissions=["delete"],
+    )
+    def delete_selected(self, request, queryset):
+        response = django_delete_selected(self, request, queryset)
+        if isinstance(response, TemplateResponse):  # the confirmation, not the deletion
+            response.context_data["left_without_persona"] = _left_without_persona(queryset)
+        return response
 
     @admin.display(description="cooldown", ordering="cooldown_hours")
     def cooldown(self, obj):

@@ -255,3 +255,36 @@ def test_a_refused_page_is_herald_s_own_with_whom_to_ask(client):
     assert "logged in as <strong>clerk</strong>" in page
     assert 'id="logout-form"' in page
     assert f'href="{reverse("admin:index")}">Back to the dashboard' in page
+
+
+def test_deleting_a_persona_says_what_becomes_of_its_stakeholders(admin_client):
+    """Django's confirmation lists what is deleted; the people who have the persona are not,
+    so it said nothing of them, though they go on under other limits."""
+    from cadence.models import Persona, Stakeholder
+
+    ops = PersonaFactory(name="Ops")
+    lone = PersonaFactory(name="Lone")
+    StakeholderFactory(name="Alice", persona=ops)
+    StakeholderFactory(name="Bob", persona=ops)
+    url = reverse("admin:cadence_persona_delete", args=[ops.pk])
+    page = admin_client.get(url).content.decode()
+    assert "2 stakeholders have this persona:\nAlice, Bob." in page
+    assert "follow the seed's defaults\n(cooldown 1 h; 1/day, 2/week, ∞/month" in page
+    assert (
+        "have this persona"
+        not in admin_client.get(
+            reverse("admin:cadence_persona_delete", args=[lone.pk])
+        ).content.decode()
+    )
+
+    changelist = reverse("admin:cadence_persona_changelist")
+    chosen = {"action": "delete_selected", "_selected_action": [ops.pk, lone.pk]}
+    page = admin_client.post(changelist, chosen).content.decode()
+    assert "2 stakeholders have these personas:\nAlice, Bob." in page
+    assert Persona.objects.count() == 2  # asked, not done
+    admin_client.post(changelist, {**chosen, "post": "yes"})
+    assert not Persona.objects.exists()
+    assert set(Stakeholder.objects.values_list("name", "persona")) == {
+        ("Alice", None),
+        ("Bob", None),
+    }
