@@ -150,9 +150,24 @@ class TickReport:
     resolved_notices: int = 0
     failed_workflows: int = 0  # raised: rolled back, counted nowhere else, tried next tick
     workflows_refused_high_risk: int = 0  # risk 3 or more: not run (no approval step)
+    # One row per workflow: its name and its own counts (PER_WORKFLOW), or failed/refused.
+    by_workflow: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# The counts a workflow adds to the tick's, also reported per workflow.
+PER_WORKFLOW = (
+    "contexts_fired",
+    "contexts_skipped_cooldown",
+    "contexts_not_watched",
+    "contexts_without_audience",
+    "deliveries_now",
+    "deliveries_queued",
+    "deliveries_expired",
+    "recipients_without_address",
+)
 
 
 def tick_summary(report: dict) -> str:
@@ -171,6 +186,36 @@ def tick_summary(report: dict) -> str:
             f" {report['recipients_without_address']} recipient(s) not told: no address on a "
             f"channel the template can go by (WhatsApp needs a WhatsApp template name)."
             if report.get("recipients_without_address")
+            else ""
+        )
+        + _by_workflow(report.get("by_workflow", []), report)
+    )
+
+
+def _by_workflow(rows: list[dict], report: dict) -> str:
+    """Each workflow's line, when there is more than one (or one not run, or one failed)."""
+    if len(rows) == 1 and not (report["failed_workflows"] or report["workflows_refused_high_risk"]):
+        return ""
+    return "".join(f" {_workflow_summary(row)}." for row in rows)
+
+
+def _workflow_summary(row: dict) -> str:
+    if row.get("failed"):
+        return (
+            f"{row['workflow']}: failed and rolled back (the next tick tries again; the log "
+            "says why)"
+        )
+    if row.get("refused"):
+        return f"{row['workflow']}: not run ({row['refused']})"
+    return (
+        f"{row['workflow']}: {row['contexts_fired']} fired, {row['contexts_skipped_cooldown']} "
+        f"held by a cooldown, {row['contexts_not_watched']} not watched, "
+        f"{row['contexts_without_audience']} without anyone to tell; deliveries "
+        f"{row['deliveries_now']} now, {row['deliveries_queued']} queued, "
+        f"{row['deliveries_expired']} expired"
+        + (
+            f", {row['recipients_without_address']} recipient(s) without an address"
+            if row["recipients_without_address"]
             else ""
         )
     )
@@ -251,6 +296,9 @@ def evaluate_triggers(*, now: datetime) -> dict:
     ).values_list("name", flat=True)
     for name in refused:
         report.workflows_refused_high_risk += 1
+        report.by_workflow.append(
+            {"workflow": name, "refused": f"risk {HIGH_RISK_LEVEL} or more: lower it to run"}
+        )
         logger.warning(
             "trigger workflow %s not run: risk %d or more needs an approved proposed action "
             "for each side effect; lower its risk to run it",
@@ -276,9 +324,16 @@ def evaluate_triggers(*, now: datetime) -> dict:
             for name, value in counted.items():
                 setattr(report, name, value)
             report.failed_workflows += 1
+            report.by_workflow.append({"workflow": workflow.name, "failed": True})
             logger.exception("trigger workflow %s failed; the next tick retries", workflow)
         else:
             timeline.commit()
+            report.by_workflow.append(
+                {
+                    "workflow": workflow.name,
+                    **{name: getattr(report, name) - counted[name] for name in PER_WORKFLOW},
+                }
+            )
     return report.as_dict()
 
 

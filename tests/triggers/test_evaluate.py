@@ -422,6 +422,14 @@ def test_one_broken_workflow_does_not_stop_the_others(clock, monkeypatch):
     monkeypatch.setattr(triggers, "_stage", stage)
     report = tick()
     assert report["failed_workflows"] == 1
+    # Each workflow's own outcome, so the operator sees which one failed and what the
+    # other did (the totals alone said "1 fired" of two workflows).
+    broken, fine = report["by_workflow"]
+    assert broken == {"workflow": "Broken", "failed": True}
+    assert (fine["workflow"], fine["contexts_fired"], fine["deliveries_now"]) == ("Fine", 1, 1)
+    summary = triggers.tick_summary(report)
+    assert "Broken: failed and rolled back (the next tick tries again" in summary
+    assert "Fine: 1 fired, 0 held by a cooldown, 0 not watched, 0 without anyone" in summary
     # The broken one's claim was rolled back: it fires on the next tick.
     assert list(TriggerCooldown.objects.values_list("workflow_key", flat=True)) == [
         f"workflow:{Notification.objects.get().workflow_run.workflow_id}"
@@ -723,6 +731,7 @@ def test_a_broken_workflows_counts_are_rolled_back_with_it(clock, monkeypatch):
     monkeypatch.setattr(triggers, "_stage", stage)
     report = tick()
     assert report["failed_workflows"] == 1
+    assert report["by_workflow"] == [{"workflow": "Broken", "failed": True}]
     assert (report["contexts_fired"], report["deliveries_now"], report["notifications"]) == (
         0,
         0,
@@ -754,4 +763,33 @@ def test_a_trigger_workflow_of_risk_3_is_not_run_and_the_tick_says_so(clock):
     unhealthy(project(45), 1)
     report = tick()
     assert (report["workflows"], report["workflows_refused_high_risk"]) == (0, 1)
+    assert report["by_workflow"] == [
+        {"workflow": workflow.name, "refused": "risk 3 or more: lower it to run"}
+    ]
     assert not Delivery.objects.exists()
+
+
+def test_the_command_prints_each_workflow_s_own_counts(clock):
+    """Two workflows judging one context: the totals say 2 fired of 1 found; the lines
+    after them say which workflow did what."""
+    import io
+
+    persona = relaxed(name="Manager")
+    StakeholderFactory(persona=persona)
+    trigger_workflow(name="Ops alerts", personas=[persona])
+    trigger_workflow(name="Site report", personas=[persona])
+    unhealthy(project(45), 1)
+    out, err = io.StringIO(), io.StringIO()
+    call_command("evaluate_triggers", stdout=out, stderr=err)
+    lines = out.getvalue().splitlines()
+    assert "contexts_found=1" in lines[0] and "contexts_fired=2" in lines[0]
+    assert lines[1].startswith("  Ops alerts: contexts_fired=1  contexts_skipped_cooldown=0")
+    assert lines[2].startswith("  Site report: contexts_fired=1")
+    assert "Ops alerts: 1 fired, 0 held by a cooldown" in err.getvalue()
+    out = io.StringIO()
+    call_command("evaluate_triggers", "--json", stdout=out, stderr=io.StringIO())
+    rows = json.loads(out.getvalue())["by_workflow"]
+    assert [(r["workflow"], r["contexts_skipped_cooldown"]) for r in rows] == [
+        ("Ops alerts", 1),
+        ("Site report", 1),
+    ]

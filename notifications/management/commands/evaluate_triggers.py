@@ -14,9 +14,10 @@ class Command(BaseCommand):
         "Run every active trigger workflow once (what beat does every 5 minutes): each "
         "context an evaluator reports fires unless its Layer 1 cooldown holds it; each "
         "stakeholder's delivery goes now or, when their cadence holds it, at the earliest "
-        "allowed time. Prints contexts found, then per workflow contexts fired, held by a "
-        "cooldown or not watched, and deliveries created now, queued or expired (and the "
-        "other counts). Progress goes to stderr, "
+        "allowed time. Prints contexts found, contexts fired, held by a cooldown or not "
+        "watched (summed over the workflows) and deliveries created now, queued or expired "
+        "(and the other counts), then the same for each workflow (or that it failed or was "
+        "not run); --json: the same, each workflow in by_workflow. Progress goes to stderr, "
         "so --json output stays clean."
     )
 
@@ -53,4 +54,9 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps(report, sort_keys=True))
         else:
-            self.stdout.write("  ".join(f"{name}={count}" for name, count in report.items()))
+            rows = report["by_workflow"]
+            totals = {name: count for name, count in report.items() if name != "by_workflow"}
+            self.stdout.write("  ".join(f"{name}={count}" for name, count in totals.items()))
+            for row in rows:
+                counts = "  ".join(f"{k}={v}" for k, v in row.items() if k != "workflow")
+                self.stdout.write(f"  {row['workflow']}: {counts}")
