@@ -184,7 +184,17 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
     if not remaining:
         return decisions
     ids = {stakeholder_id(d.recipient_key) for d in remaining}
-    people = {s.pk: s for s in Stakeholder.objects.filter(pk__in=ids).select_related("persona")}
+    # The people locked (in id order, so two workers never wait on each other both ways)
+    # until dispatch has written these decisions: another worker judging the same person
+    # waits, then reads a history with them. Without it, each of two workers holding one of
+    # a person's two due messages counted the other's (claimed) message and held its own.
+    people = {
+        s.pk: s
+        for s in Stakeholder.objects.filter(pk__in=ids)
+        .select_related("persona")
+        .select_for_update(of=("self",))
+        .order_by("pk")
+    }
     histories = stakeholder_histories(ids, now=now, exclude_ids=[d.id for d in deliveries])
     for delivery in remaining:
         person = people.get(stakeholder_id(delivery.recipient_key))

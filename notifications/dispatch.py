@@ -613,37 +613,45 @@ def register_send_time_check(check) -> None:
 
 
 def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -> list[Delivery]:
+    """Each check, and what it decided written, in one transaction: a check may lock what it
+    judges by (the cadence check locks the people it judges), so that two workers judging
+    one person's messages at once take turns, the second seeing what the first decided."""
     for check in _send_time_checks:
         if not claimed:
             break
-        decisions = check(claimed, now)
-        keep = []
-        for delivery in claimed:
-            decision = decisions.get(delivery.id)
-            if decision is None:
-                keep.append(delivery)
-            elif decision.action == "defer":
-                report.add(
-                    "deferred",
-                    release([delivery], now=now, reason=decision.reason, send_at=decision.until),
-                )
-            elif decision.action == "fallback":
-                with transaction.atomic():  # should the fallback fail, the claim is as it was
-                    release([delivery], now=now, reason=decision.reason)
-                    made = fallback_create(delivery, now=now, reason=decision.reason)
-                report.add("deferred", made)
-            else:
-                _finish(
-                    delivery,
-                    now=now,
-                    kind="cancelled",
-                    reason=decision.reason,
-                    status=Status.CANCELLED,
-                    claim_token=None,
-                )
-                report.add("cancelled")
-        claimed = keep
+        with transaction.atomic():
+            claimed = _apply_send_time_check(check, claimed, now=now, report=report)
     return claimed
+
+
+def _apply_send_time_check(check, claimed, *, now: datetime, report: DispatchReport) -> list:
+    decisions = check(claimed, now)
+    keep = []
+    for delivery in claimed:
+        decision = decisions.get(delivery.id)
+        if decision is None:
+            keep.append(delivery)
+        elif decision.action == "defer":
+            report.add(
+                "deferred",
+                release([delivery], now=now, reason=decision.reason, send_at=decision.until),
+            )
+        elif decision.action == "fallback":
+            with transaction.atomic():  # should the fallback fail, the claim is as it was
+                release([delivery], now=now, reason=decision.reason)
+                made = fallback_create(delivery, now=now, reason=decision.reason)
+            report.add("deferred", made)
+        else:
+            _finish(
+                delivery,
+                now=now,
+                kind="cancelled",
+                reason=decision.reason,
+                status=Status.CANCELLED,
+                claim_token=None,
+            )
+            report.add("cancelled")
+    return keep
 
 
 # Listeners told of send outcomes: listener(delivery, outcome, now) -> True to halt the rest

@@ -224,3 +224,50 @@ def test_a_fallback_that_fails_leaves_the_row_held_not_due_again_at_once(alice, 
     assert (held.status, held.send_at) == ("scheduled", T + timedelta(minutes=5))
     assert "RuntimeError: fallback table unavailable" in held.status_reason
     assert not Delivery.objects.filter(fallback_of=held).exists()
+
+
+def _dispatch_in_thread(barrier, now, reports):
+    from django.db import connections
+
+    try:
+        barrier.wait()
+        reports.append(dispatch.dispatch_due(now=now, limit=PEOPLE, clock=ManualClock(now)))
+    finally:
+        connections.close_all()
+
+
+PEOPLE = 30
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_judging_one_persons_two_messages_at_once_send_one():
+    """Each of 30 people (one email a day) has two due emails; two workers claim at once,
+    one takes every first email and the other every second. Each worker's send-time
+    check counted the other's claimed (sending) email against the person, so both held
+    theirs: nobody was told. The checks of one person now take turns: one email each."""
+    import threading
+
+    persona = PersonaFactory(
+        name="Strict", cooldown_hours=0, max_per_day=1, max_per_week=0, max_alert_per_day=0
+    )
+    people = [StakeholderFactory(persona=persona) for _ in range(PEOPLE)]
+    for person in people:
+        to(person, send_at=T - timedelta(minutes=2))
+    for person in people:
+        to(person, send_at=T - timedelta(minutes=1))
+    barrier, reports = threading.Barrier(2), []
+    workers = [
+        threading.Thread(target=_dispatch_in_thread, args=(barrier, T, reports)) for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(reports) == 2
+    for person in people:
+        mine = Delivery.objects.filter(recipient_key=person.recipient_key)
+        assert sorted(mine.values_list("status", flat=True)) == ["scheduled", "sent"], person
+        held = mine.get(status="scheduled")
+        assert held.send_at == at(0, day=1)
+    assert sum(r.sent for r in reports) == PEOPLE
