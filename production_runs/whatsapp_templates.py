@@ -403,7 +403,9 @@ def selected_specs(names: list[str] | None = None) -> list[TemplateSpec]:
     unknown = sorted(set(names) - set(SPECS))
     if unknown:
         raise ValueError(f"unknown template(s): {', '.join(unknown)}")
-    return [SPECS[name] for name in names]
+    # A name given twice is one template: submitted twice, Meta refused the second as
+    # "already exists" and the command failed.
+    return [SPECS[name] for name in dict.fromkeys(names)]
 
 
 def select_platforms(ids: list[str] | None = None) -> list[WhatsAppPlatform]:
@@ -417,7 +419,8 @@ def select_platforms(ids: list[str] | None = None) -> list[WhatsAppPlatform]:
             platform = WhatsAppPlatform.objects.filter(pk=int(ident)).first()
         if platform is None:
             raise ValueError(f"no WhatsApp platform with id or label {ident!r}")
-        found.append(platform)
+        if platform not in found:  # named twice (or by label and by id): synced once
+            found.append(platform)
     return found
 
 

@@ -422,6 +422,39 @@ def test_the_design_template_waits_for_its_sample_image(graph, platforms):
     assert "blocked" in out and "WHATSAPP_HEADER_IMAGE_HANDLE" in out
 
 
+def test_a_template_or_platform_named_twice_is_submitted_once(graph, platforms):
+    india, _ = platforms
+    graph.get(templates_url(india), json={"data": []})
+    taken = set()
+
+    def submit(request):
+        body = json.loads(request.body)
+        variant = (body["name"], body["language"])
+        if variant in taken:  # Meta has it already
+            error = {"message": "Invalid parameter", "error_subcode": 2388024}
+            return 400, {}, json.dumps({"error": error})
+        taken.add(variant)
+        return 200, {}, json.dumps({"id": str(len(taken)), "status": "PENDING"})
+
+    graph.add_callback(responses.POST, templates_url(india), callback=submit)
+
+    out = run(
+        "--mode",
+        "upsert",
+        "--templates",
+        f"{COMPLETED},{COMPLETED}",
+        "--platform-ids",
+        f"IN,{india.pk},IN",
+    )
+
+    assert [(b["name"], b["language"]) for b in posted(graph)] == [
+        (COMPLETED, "en"),
+        (COMPLETED, "hi"),
+    ]
+    assert "mode upsert: 2 template variant(s)" in out and "2 created" in out
+    assert set(TemplateVariantStatus.objects.values_list("status", flat=True)) == {"PENDING"}
+
+
 def test_an_unknown_platform_or_template_is_a_clear_error(platforms):
     with pytest.raises(CommandError, match="no WhatsApp platform with id or label 'NZ'"):
         run("--platform-ids", "NZ")
