@@ -304,7 +304,10 @@ class ProductionRunAdmin(admin.ModelAdmin):
     def complete(self, request, queryset):
         self._step(request, queryset, "complete", "completed")
 
-    @admin.action(description="Cancel (emits production_run.cancelled)", permissions=["change"])
+    @admin.action(
+        description="Cancel (emits production_run.cancelled unless it is a draft)",
+        permissions=["change"],
+    )
     def cancel(self, request, queryset):
         self._step(request, queryset, "cancel", "cancelled")
 

@@ -26,6 +26,9 @@ STEPS = {
     "cancel": ((RunStatus.DRAFT, *ACTIVE_STATUSES), {}, RunStatus.CANCELLED, "finished_at"),
 }
 LIFECYCLE_EVENT = {"send": "sent_to_partner", "complete": "completed", "cancel": "cancelled"}
+# Statuses a step leaves without its event: a draft was never sent to its partner, so its
+# cancellation is no news to them ("has been cancelled, please stop work on it").
+QUIET_FROM = {"cancel": (RunStatus.DRAFT,)}
 
 
 class RunStepRefused(ValueError):
@@ -51,11 +54,12 @@ def run_step(*, run: ProductionRun, step: str, now: datetime) -> bool:
         run.refresh_from_db(fields=["accepted_at"])
         if run.accepted_at is None:
             fields["accepted_at"] = now
+    quiet = QUIET_FROM.get(step, ())
     with transaction.atomic():
-        moved = ProductionRun.objects.filter(
-            pk=run.pk, status__in=from_statuses, **condition
-        ).update(**fields)
-        if moved and step in LIFECYCLE_EVENT:
+        runs = ProductionRun.objects.filter(pk=run.pk, **condition)
+        told = runs.filter(status__in=[s for s in from_statuses if s not in quiet]).update(**fields)
+        moved = told or runs.filter(status__in=quiet).update(**fields)
+        if told and step in LIFECYCLE_EVENT:
             if step == "send" and run.partner_id is None:
                 raise RunStepRefused(f"run {run.pk} has no partner to send it to")
             name = LIFECYCLE_EVENT[step]

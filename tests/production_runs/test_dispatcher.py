@@ -5,7 +5,7 @@ import pytest
 
 from notifications import dispatch, events
 from notifications.dispatch import ManualClock
-from notifications.models import Delivery, EventHandling, RecordedMessage
+from notifications.models import Delivery, Event, EventHandling, RecordedMessage
 from production_runs.deeplink import read_token
 from production_runs.discoverer import discover_reminders
 from production_runs.models import EventTemplateMapping, ReminderSettings
@@ -296,6 +296,17 @@ def test_lifecycle_events_go_through_the_same_map(clock):
         ("jyt_production_run_cancelled_v1", f"production_run:{run.id}:cancelled"),
     ]
     assert set(rows.values_list("status", flat=True)) == {"sent"}
+
+
+def test_cancelling_a_run_never_sent_to_its_partner_tells_them_nothing(clock):
+    run = RunFactory(status="draft", partner__language="en")
+    assert run_step(run=run, step="cancel", now=NOW)
+    handle_and_send(NOW)
+
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    assert not Event.objects.filter(name="production_run.cancelled").exists()
+    assert not Delivery.objects.exists()
 
 
 def test_an_event_about_a_run_without_partner_is_skipped(clock):
