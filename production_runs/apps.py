@@ -23,9 +23,11 @@ class ProductionRunsConfig(AppConfig):
             name="production_runs.template_status",
         )
         # At send time: a reminder whose run moved on is cancelled; a template variant not
-        # approved on the sending platform holds the message back.
+        # approved on the sending platform holds the message back, and its design image too.
         dispatch.register_send_time_check(dispatcher.still_stalled_check)
         dispatch.register_send_time_check(dispatcher.template_approved_check)
+        # Last: a design image goes only after its message, which the checks above may hold.
+        dispatch.register_send_time_check(dispatcher.follows_its_message_check)
         checks.register(check_template_specs)
         checks.register(check_platform_languages_setting)
 

@@ -10,10 +10,11 @@ Production Run (all events)"): one subscriber for `production_run.*`.
     stage the design image with the raw run id and the signed 24-hour portal link
 
 Reminders use the per-day context production_run:<run>:reminder:<YYYY-MM-DD>, so a same-day
-retry dedups and the next day's reminder goes out. At send time two checks re-decide each
+retry dedups and the next day's reminder goes out. At send time three checks re-decide each
 message (registered with the engine in apps.py): a reminder whose run has moved on is
-cancelled with that reason, and a template variant that is not APPROVED on the sending
-platform holds the message back.
+cancelled with that reason, a template variant that is not APPROVED on the sending
+platform holds the message back, and a design image waits for the message it follows (and
+is cancelled with it).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ DEFAULT_TEMPLATE_MAP: dict[str, tuple[str, bool]] = {
 REMINDER_EVENT = re.compile(r"^production_run\.reminder_(?P<kind>\w+)$")
 DIGEST_EVENT = re.compile(r"^production_run\.digest_(?P<kind>\w+)$")
 REMINDER_CONTEXT = re.compile(r"^production_run:(?P<run>\d+):reminder:")
+# A design image's key, and so the key of the message it follows (the same without :design).
+DESIGN_KEY = re.compile(r"^(?P<event>production_run_event:\d+):design:(?P<recipient>.+)$")
 DIGEST_CONTEXT = re.compile(r"^production_run_digest:")
 # Deliveries still on their way count for dedup; skipped, cancelled and failed ones do not.
 LIVE_STATUSES = (
@@ -102,6 +105,16 @@ LIVE_STATUSES = (
 )
 # A message whose template is still in review is looked at again after this.
 TEMPLATE_REVIEW_RETRY = timedelta(minutes=30)
+# A design image whose message is being sent by another worker is looked at again after this.
+FOLLOW_RETRY = timedelta(minutes=1)
+# A message in one of these has gone to the provider: the design image after it may follow.
+GONE_OUT = (
+    Delivery.Status.SENT,
+    Delivery.Status.DELIVERED,
+    Delivery.Status.OPENED,
+    Delivery.Status.CLICKED,
+    Delivery.Status.UNKNOWN,
+)
 RUN_LIST_LIMIT = 900  # characters; Meta allows 1024 per parameter
 
 
@@ -627,4 +640,48 @@ def template_approved_check(deliveries, now: datetime) -> dict[int, SendDecision
             )
         else:
             decisions[delivery.id] = SendDecision("cancel", f"{what}: not sent")
+    return decisions
+
+
+def follows_its_message_check(deliveries, now: datetime) -> dict[int, SendDecision]:
+    """A design image follows its template message (seed 002: "one template WhatsApp
+    followed by the design image"): it waits while that message waits (held while its
+    template is in review, paced, retried) and is cancelled when that message will not be
+    sent (its template rejected, its run moved on, failed). Registered after the other
+    checks, so a message they put back this round is no longer among `deliveries`."""
+    images = {}
+    for delivery in _ours(deliveries):
+        if found := DESIGN_KEY.match(delivery.idempotency_key):
+            images[delivery.id] = f"{found['event']}:{found['recipient']}"
+    if not images:
+        return {}
+    # Claimed with it and kept: handed over just before it (claims go in send_at, id order).
+    going = {d.idempotency_key for d in deliveries}
+    messages = {
+        d.idempotency_key: d
+        for d in Delivery.objects.filter(idempotency_key__in=set(images.values()) - going).only(
+            "id", "status", "status_reason", "send_at"
+        )
+    }
+    decisions = {}
+    for image_id, key in images.items():
+        message = messages.get(key)
+        if key in going or message is None or message.status in GONE_OUT:
+            continue
+        if message.status == Delivery.Status.SCHEDULED:
+            decisions[image_id] = SendDecision(
+                "defer",
+                f"follows message {message.id}, which waits: {message.status_reason}"[:300],
+                until=message.send_at if message.send_at > now else now + FOLLOW_RETRY,
+            )
+        elif message.status == Delivery.Status.SENDING:
+            decisions[image_id] = SendDecision(
+                "defer", f"follows message {message.id}, being sent", until=now + FOLLOW_RETRY
+            )
+        else:
+            decisions[image_id] = SendDecision(
+                "cancel",
+                f"follows message {message.id}, which was not sent ({message.status}: "
+                f"{message.status_reason})"[:300],
+            )
     return decisions

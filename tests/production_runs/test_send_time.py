@@ -179,3 +179,61 @@ def test_an_idle_run_with_old_progress_is_still_stalled_at_send_time(clock, plat
     send(LATER)
     first = Delivery.objects.order_by("id").first()
     assert first.status == "sent", first.status_reason
+
+
+# --- the design image follows its message ----------------------------------------------------
+
+DESIGN = "jyt_production_run_design_v1"
+
+
+def test_the_design_image_waits_for_its_held_message_and_follows_it(clock, platform):
+    TemplateVariantStatus.objects.filter(template_name=REMINDER, language="hi").update(
+        status=TemplateStatus.PENDING
+    )
+    pending_run()
+    stage()
+
+    send(NOW)
+
+    image = Delivery.objects.get(payload__template=DESIGN)
+    message = Delivery.objects.get(payload__template=REMINDER)
+    assert image.status == "scheduled" and image.send_at == message.send_at
+    assert image.status_reason.startswith(f"follows message {message.id}, which waits: ")
+    assert not RecordedMessage.objects.exists()
+
+    TemplateVariantStatus.objects.filter(template_name=REMINDER).update(
+        status=TemplateStatus.APPROVED
+    )
+    clock.move_to(NOW + timedelta(minutes=31))
+    send(NOW + timedelta(minutes=31))
+    sent = RecordedMessage.objects.order_by("id").values_list("payload__template", flat=True)
+    assert list(sent) == [REMINDER, DESIGN]
+
+
+def test_the_design_image_of_a_message_that_will_not_be_sent_is_cancelled(clock, platform):
+    TemplateVariantStatus.objects.filter(template_name=REMINDER, language="hi").update(
+        status=TemplateStatus.PENDING
+    )
+    pending_run()
+    stage()
+    send(NOW)
+    TemplateVariantStatus.objects.filter(template_name=REMINDER, language="hi").update(
+        status=TemplateStatus.REJECTED
+    )
+    clock.move_to(NOW + timedelta(minutes=31))
+
+    send(NOW + timedelta(minutes=31))
+
+    message = Delivery.objects.get(payload__template=REMINDER)
+    image = Delivery.objects.get(payload__template=DESIGN)
+    assert message.status == image.status == "cancelled"
+    assert image.status_reason.startswith(f"follows message {message.id}, which was not sent")
+    assert not RecordedMessage.objects.exists()
+
+
+def test_a_message_and_its_design_image_go_together_when_nothing_holds_them(clock, platform):
+    pending_run()
+    stage()
+    send(NOW)
+    sent = RecordedMessage.objects.order_by("id").values_list("payload__template", flat=True)
+    assert list(sent) == [REMINDER, DESIGN]
