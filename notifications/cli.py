@@ -1,7 +1,7 @@
 """Argument parsing shared by Herald's management commands (--at)."""
 
 import argparse
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.utils import timezone
@@ -31,8 +31,24 @@ def parse_at(value: str) -> datetime:
     if problem := out_of_range(moment):
         raise argparse.ArgumentTypeError(f"--at {problem}")
     if timezone.is_naive(moment):
+        if problem := clock_change(moment):
+            raise argparse.ArgumentTypeError(f"--at {value!r} {problem}: give an offset")
         moment = timezone.make_aware(moment)
     return moment
+
+
+def clock_change(moment: datetime) -> str:
+    """Why a time without an offset is not one moment in the project's time zone ("" when
+    it is): the clocks skip it or repeat it. Taken as it was, a skipped time became another
+    hour and a repeated one silently the first of its two."""
+    zone = timezone.get_default_timezone()
+    first, second = (moment.replace(tzinfo=zone, fold=fold) for fold in (0, 1))
+    if first.utcoffset() == second.utcoffset():
+        return ""
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != moment:
+        return f"does not exist in {zone.key} (the clocks skip it)"
+    both = " or ".join(d.isoformat() for d in (first, second))
+    return f"happens twice in {zone.key} (the clocks go back: {both})"
 
 
 def at_help(what: str) -> str:

@@ -52,6 +52,27 @@ def test_an_at_without_an_offset_is_read_in_the_project_time_zone(settings):
     assert json.loads(out)["at"] == "2026-11-23T10:00:00+05:30"
 
 
+@pytest.mark.parametrize(
+    ("at", "problem"),
+    [
+        ("2026-03-29T01:30", "does not exist in Europe/London"),  # clocks go forward
+        ("2026-10-25T01:30", "happens twice in Europe/London"),  # clocks go back
+    ],
+    ids=["skipped", "repeated"],
+)
+def test_an_at_without_an_offset_that_the_clock_change_skips_or_repeats_is_refused(
+    settings, at, problem
+):
+    settings.TIME_ZONE = "Europe/London"
+    pending_run()
+    with pytest.raises(CommandError, match=f"{problem}.*give an offset"):
+        discover("--at", at)
+    assert not Event.objects.exists()
+    # With an offset it is one moment, and taken.
+    out, _ = discover("--at", f"{at}+01:00", "--dry-run", "--json")
+    assert json.loads(out)["at"] == f"{at}:00+01:00"
+
+
 def test_discover_reminders_help_says_it_runs_any_day_by_hand_and_beat_keeps_to_weekdays():
     schedule = next(s for s in SCHEDULES if s.task == "herald.discover_reminders")
     assert (schedule.crontab["day_of_week"], schedule.crontab["timezone"]) == (
