@@ -14,7 +14,9 @@ from production_runs.models import ACTIVE_STATUSES, ProductionRun, ProgressUpdat
 
 # step -> (statuses it may start from, extra condition, new status or None, timestamp set)
 STEPS = {
-    "send": ((RunStatus.DRAFT,), {}, RunStatus.SENT_TO_PARTNER, None),
+    # created_at is when the run was assigned: assignment pending is measured from it (a run
+    # drafted days before was overdue, "waiting since 10 days", the moment it was sent).
+    "send": ((RunStatus.DRAFT,), {}, RunStatus.SENT_TO_PARTNER, "created_at"),
     "accept": (
         (RunStatus.SENT_TO_PARTNER,),
         {"accepted_at__isnull": True},

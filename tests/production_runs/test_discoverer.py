@@ -22,6 +22,7 @@ from production_runs.models import (
     ReminderState,
     RunStatus,
 )
+from production_runs.runs import run_step
 from production_runs.tasks import discover_reminders_task
 from tests.production_runs.factories import (
     DAY,
@@ -282,6 +283,18 @@ def test_a_run_is_overdue_one_minute_after_its_threshold_not_one_minute_before(m
     assert summary["skipped_not_overdue"] == 1
     assert list(kinds_emitted()) == [late.id]
     assert early.id not in kinds_emitted()
+
+
+def test_a_run_drafted_long_ago_waits_for_acceptance_from_when_it_was_sent():
+    run = RunFactory(status=RunStatus.DRAFT, created_at=NOW - 10 * DAY)
+    assert run_step(run=run, step="send", now=NOW)
+
+    # Just sent: not overdue, however long it was a draft.
+    assert discover_reminders(now=NOW + HOUR)["counts"]["assignment_pending"] == 0
+    # A day after it was sent, it is.
+    summary = discover_reminders(now=NOW + DAY + MINUTE)
+    assert summary["counts"]["assignment_pending"] == 1
+    assert summary["sample"][0]["stalled_since"] == NOW.isoformat()
 
 
 def test_thresholds_come_from_the_settings_row():
