@@ -196,8 +196,10 @@ class ProductionRunAdmin(admin.ModelAdmin):
     actions = ["send", "accept", "start", "complete", "cancel", "remind_now"]
 
     def get_readonly_fields(self, request, obj=None):
-        # The status moves through the actions (which emit the lifecycle events).
-        return (*self.readonly_fields, "status") if obj else self.readonly_fields
+        # The status moves through the actions (which emit the lifecycle events), also for a
+        # new run: added as "sent to partner", its partner was never told of it (no
+        # sent_to_partner event), yet reminded the next day.
+        return (*self.readonly_fields, "status")
 
     def get_queryset(self, request):
         # The bucket as of this request, computed by the database with the discoverer's

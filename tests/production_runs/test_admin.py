@@ -205,3 +205,29 @@ def test_a_mapping_to_a_template_that_means_something_else_is_refused(admin_clie
     assert idle.template_name == "jyt_production_run_reminder_idle_v1"
     kept = admin_client.post(url, {**data, "template_name": "jyt_production_run_reminder_idle_v1"})
     assert kept.status_code == 302
+
+
+def test_a_run_added_in_the_admin_starts_as_a_draft_sent_with_the_action(admin_client, clock):
+    partner = pending_run().partner
+    page = admin_client.post(
+        f"{RUNS}add/",
+        {
+            "reference": "ERP-9",
+            "partner": partner.pk,
+            "status": RunStatus.SENT_TO_PARTNER,  # not offered: the send action emits the event
+            "quantity": 10,
+            "progress_updates-TOTAL_FORMS": 0,
+            "progress_updates-INITIAL_FORMS": 0,
+        },
+    )
+    assert page.status_code == 302
+    run = ProductionRun.objects.get(reference="ERP-9")
+    assert run.status == RunStatus.DRAFT
+    assert not Event.objects.filter(payload__production_run_id=run.pk).exists()
+
+    admin_client.post(RUNS, {"action": "send", "_selected_action": [run.pk]})
+    run.refresh_from_db()
+    assert run.status == RunStatus.SENT_TO_PARTNER
+    assert Event.objects.filter(
+        name="production_run.sent_to_partner", payload__production_run_id=run.pk
+    ).exists()
