@@ -5,6 +5,8 @@ At send time a stakeholder delivery is
 
 - cancelled with reason "resolved" when the context it is about has cleared (the kiosk is
   healthy again): a late alert about a fixed problem is noise;
+- cancelled with reason "inactive" when the person was marked inactive after it was queued
+  (inactive stakeholders are never contacted);
 - sent when the person's cadence on its channel allows it now;
 - else moved to its fallback channel when the cadence there allows it (email → SMS);
 - else cancelled as expired when cadence would hold it past its expiry;
@@ -200,6 +202,11 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
         person = people.get(stakeholder_id(delivery.recipient_key))
         if person is None:
             continue  # no longer a stakeholder: nothing to limit
+        if not person.is_active:
+            decisions[delivery.id] = SendDecision(
+                "cancel", f"inactive: {person} was marked inactive before it could be sent"
+            )
+            continue
         decision = _decide_one(delivery, person, kinds[delivery.id], histories, now)
         if decision is not None:
             decisions[delivery.id] = decision

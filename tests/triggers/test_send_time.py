@@ -271,3 +271,20 @@ def test_two_workers_judging_one_persons_two_messages_at_once_send_one():
         held = mine.get(status="scheduled")
         assert held.send_at == at(0, day=1)
     assert sum(r.sent for r in reports) == PEOPLE
+
+
+def test_a_queued_delivery_to_a_stakeholder_marked_inactive_since_is_cancelled(alice):
+    """Inactive stakeholders are never contacted: one queued before they were marked
+    inactive is cancelled when it comes due, saying why, on no channel."""
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice.is_active = False
+    alice.save()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (report.sent, report.cancelled) == (0, 1)
+    assert (held.status, held.status_reason) == (
+        "cancelled",
+        "inactive: Alice was marked inactive before it could be sent",
+    )
+    assert not held.fallbacks.exists()
+    assert not RecordedMessage.objects.exists()
