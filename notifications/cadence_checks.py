@@ -7,6 +7,9 @@ At send time a stakeholder delivery is
   healthy again): a late alert about a fixed problem is noise;
 - cancelled with reason "inactive" when the person was marked inactive after it was queued
   (inactive stakeholders are never contacted);
+- re-addressed when the person's address on its channel (or its fallback channel) changed
+  after it was queued: put back, due now, to go to where they are now; by its fallback
+  channel when its own has no address now; cancelled when neither has one;
 - sent when the person's cadence on its channel allows it now;
 - else moved to its fallback channel when the cadence there allows it (email → SMS);
 - else cancelled as expired when cadence would hold it past its expiry;
@@ -207,10 +210,46 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
                 "cancel", f"inactive: {person} was marked inactive before it could be sent"
             )
             continue
+        moved = _readdress(delivery, person)
+        if moved is not None:
+            decisions[delivery.id] = moved
+            continue
         decision = _decide_one(delivery, person, kinds[delivery.id], histories, now)
         if decision is not None:
             decisions[delivery.id] = decision
     return decisions
+
+
+def _readdress(delivery, person) -> SendDecision | None:
+    """Where the delivery goes now that the person's addresses may have changed since it
+    was queued (None: they have not)."""
+    address = person.address_for(delivery.channel)
+    fallback = person.address_for(delivery.fallback_channel) if delivery.fallback_channel else ""
+    if (address, fallback) == (delivery.address, delivery.fallback_address):
+        return None
+    gone = f"no address: {person} has no {delivery.channel} address now (it was {delivery.address})"
+    if not address and not fallback:
+        return SendDecision("cancel", gone)
+    if not address and fallback == delivery.fallback_address:
+        return SendDecision("fallback", gone)
+    changes = {
+        "fallback_address": fallback,
+        "fallback_channel": delivery.fallback_channel if fallback else "",
+    }
+    what = []
+    if address and address != delivery.address:
+        changes["address"] = address
+        what.append(f"{delivery.channel} {delivery.address} → {address}")
+    if fallback != delivery.fallback_address:
+        what.append(
+            f"fallback {delivery.fallback_channel} {delivery.fallback_address or '(none)'} → "
+            f"{fallback or '(none)'}"
+        )
+    return SendDecision(
+        "readdress",
+        f"readdressed: {person}'s address changed after it was queued ({'; '.join(what)})",
+        changes=changes,
+    )
 
 
 def _decide_one(delivery, person, kind, histories, now) -> SendDecision | None:

@@ -229,14 +229,22 @@ def claim_due(
 
 
 def release(
-    deliveries: list[Delivery], *, now: datetime, reason: str, send_at=None, paced_until=None
+    deliveries: list[Delivery],
+    *,
+    now: datetime,
+    reason: str,
+    send_at=None,
+    paced_until=None,
+    changes: dict | None = None,
 ) -> int:
     """Put claimed deliveries back, unsent, as if never claimed (one UPDATE per claim and
-    due time, not one per delivery)."""
+    due time, not one per delivery), with `changes` (e.g. a new address) written too."""
     groups = defaultdict(list)
     for delivery in deliveries:
         groups[(delivery.claim_token, send_at or delivery.send_at)].append(delivery.id)
-    fields = {} if paced_until is None else {"paced_until": paced_until}
+    fields = dict(changes or {})
+    if paced_until is not None:
+        fields["paced_until"] = paced_until
     count = 0
     with transaction.atomic():
         for (token, due), ids in groups.items():
@@ -595,11 +603,14 @@ def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: Dispatch
 @dataclass(frozen=True)
 class SendDecision:
     """What a send-time check says about one claimed delivery: 'defer' it until a time,
-    'fallback' to its fallback channel, or 'cancel' it. Always with the reason."""
+    'fallback' to its fallback channel, 'readdress' it (put back, due now, with `changes`:
+    the next round checks its new address against the suppressions before sending), or
+    'cancel' it. Always with the reason."""
 
     action: str
     reason: str
     until: datetime | None = None
+    changes: dict | None = None
 
 
 # Checks other apps register (from AppConfig.ready()) to re-decide a delivery at the moment
@@ -636,6 +647,23 @@ def _apply_send_time_check(check, claimed, *, now: datetime, report: DispatchRep
                 "deferred",
                 release([delivery], now=now, reason=decision.reason, send_at=decision.until),
             )
+        elif decision.action == "readdress":
+            with transaction.atomic():
+                moved = release(
+                    [delivery],
+                    now=now,
+                    reason=decision.reason,
+                    send_at=now,
+                    changes=decision.changes,
+                )
+                if moved:
+                    DeliveryEvent.objects.create(
+                        delivery=delivery,
+                        kind=DeliveryEvent.Kind.READDRESSED,
+                        at=now,
+                        reason=decision.reason[:300],
+                    )
+            report.add("deferred", moved)
         elif decision.action == "fallback":
             with transaction.atomic():  # should the fallback fail, the claim is as it was
                 release([delivery], now=now, reason=decision.reason)

@@ -288,3 +288,60 @@ def test_a_queued_delivery_to_a_stakeholder_marked_inactive_since_is_cancelled(a
     )
     assert not held.fallbacks.exists()
     assert not RecordedMessage.objects.exists()
+
+
+def test_a_queued_delivery_goes_to_the_email_a_stakeholder_has_now(alice):
+    """Her email is corrected while an alert waits for her cadence: it goes to the new
+    address (put back for the next round, which checks that address's suppressions), and
+    its timeline says why."""
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    old = alice.email
+    alice.email = "alice.new@sites.example.org"
+    alice.save()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (report.sent, report.deferred) == (0, 1)
+    assert (held.status, held.address, held.fallback_address) == (
+        "scheduled",
+        "alice.new@sites.example.org",
+        alice.phone,
+    )
+    assert held.status_reason == (
+        f"readdressed: Alice's address changed after it was queued "
+        f"(email {old} → alice.new@sites.example.org)"
+    )
+    assert held.events.filter(kind="readdressed").count() == 1
+    assert dispatch_due().sent == 1
+    assert list(RecordedMessage.objects.values_list("channel", "to")) == [
+        ("email", "alice.new@sites.example.org")
+    ]
+
+
+def test_a_queued_delivery_whose_email_was_removed_goes_by_its_fallback(alice):
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice.email = ""
+    alice.preferred_channel = "sms"
+    alice.fallback_channel = ""
+    alice.save()
+    dispatch_due()
+    held.refresh_from_db()
+    assert held.status == "skipped"
+    assert held.status_reason.startswith(
+        "no address: Alice has no email address now (it was alice@sites.example.org)"
+    )
+    assert list(RecordedMessage.objects.values_list("channel", "to")) == [("sms", alice.phone)]
+
+
+def test_a_queued_sms_to_a_phone_removed_since_is_cancelled_saying_so(alice):
+    held = to(alice, channel="sms")
+    old = alice.phone
+    alice.phone = ""
+    alice.fallback_channel = ""
+    alice.save()
+    assert dispatch_due().cancelled == 1
+    held.refresh_from_db()
+    assert (held.status, held.status_reason) == (
+        "cancelled",
+        f"no address: Alice has no sms address now (it was {old})",
+    )
+    assert not RecordedMessage.objects.exists()
