@@ -52,8 +52,12 @@ def parse_heartbeat(payload: object) -> HeartbeatReport:
             "battery_level", f"battery_level must be a whole number from 0 to 100, not {level!r}."
         )
     mode = payload.get("mode", "")
-    if not isinstance(mode, str) or len(mode) > 40:
-        raise HeartbeatProblem("mode", "mode must be text of at most 40 characters.")
+    # Printable only: PostgreSQL cannot store a NUL (a 500), and a control character
+    # makes a mode no operator could type into KIOSK_EXPECTED_MODES.
+    if not isinstance(mode, str) or len(mode) > 40 or not mode.isprintable():
+        raise HeartbeatProblem(
+            "mode", "mode must be printable text of at most 40 characters, on one line."
+        )
     return HeartbeatReport(
         charging=_bool(payload, "charging"),
         screen_state=_bool(payload, "screen_state"),

@@ -50,6 +50,9 @@ def test_a_heartbeat_updates_the_kiosk_and_is_kept():
         ({k: v for k, v in GOOD.items() if k != "screen_state"}, "screen_state"),
         ({**GOOD, "connection_status": 1}, "connection_status"),
         ({**GOOD, "mode": 7}, "mode"),
+        # A NUL cannot be stored by PostgreSQL (a 500 there); a line break is no mode.
+        ({**GOOD, "mode": "kiosk\x00"}, "mode"),
+        ({**GOOD, "mode": "kiosk\nmaintenance"}, "mode"),
         ([1, 2], "body"),
     ],
 )
