@@ -783,17 +783,24 @@ def _resolved_messages(
 
 def _told(workflow, opened: dict[str, datetime]) -> dict[str, tuple[set[int], dict]]:
     """Who was really told about each context since it opened (sent, not just queued),
-    and the variables they were told: {context key: (stakeholder ids, variables)}."""
+    and the variables they were told: {context key: (stakeholder ids, variables)}. Someone
+    told by a fallback channel at send time counts too (the engine's fallback copy does not
+    carry the context key: its original does)."""
     since = min(opened.values())
-    rows = Delivery.objects.filter(
-        Q(context_key__in=list(opened)) | Q(context_key__startswith=GROUP_PREFIX),
-        HAS_CONTEXT,
-        workflow_run__workflow=workflow,
-        status__in=TOLD_STATUSES,
-        created_at__gte=since,
-    ).values_list("recipient_key", "context_key", "notification__context", "created_at")
+    told_rows = Delivery.objects.filter(
+        workflow_run__workflow=workflow, status__in=TOLD_STATUSES, created_at__gte=since
+    )
+    fields = ("recipient_key", "context_key", "notification__context", "created_at")
+    rows = told_rows.filter(
+        Q(context_key__in=list(opened)) | Q(context_key__startswith=GROUP_PREFIX), HAS_CONTEXT
+    ).values_list(*fields)
+    by_fallback = told_rows.filter(
+        Q(fallback_of__context_key__in=list(opened))
+        | Q(fallback_of__context_key__startswith=GROUP_PREFIX),
+        fallback_of__isnull=False,
+    ).values_list("recipient_key", "fallback_of__context_key", *fields[2:])
     told: dict[str, tuple[set[int], dict]] = {}
-    for recipient_key, context_key, context, created_at in rows:
+    for recipient_key, context_key, context, created_at in [*rows, *by_fallback]:
         person = stakeholder_id(recipient_key)
         if person is None:
             continue

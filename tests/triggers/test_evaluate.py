@@ -18,6 +18,7 @@ from kiosks.models import Kiosk
 from notifications.models import Delivery, Notification, WorkflowRun
 from notifications.triggers import evaluate_triggers, tick_summary
 from tests.cadence.factories import PersonaFactory, StakeholderFactory
+from tests.notifications.factories import DeliveryFactory
 from tests.triggers.helpers import (
     at,
     deliveries_of,
@@ -514,6 +515,30 @@ def test_resolved_notice_goes_once_to_the_people_who_were_told(clock):
     reports(k, charging=True)
     assert tick()["resolved_notices"] == 0
     assert Delivery.objects.filter(context_key__startswith="resolved:").count() == 2
+
+
+def test_resolved_notice_also_goes_to_someone_told_by_the_fallback_channel(clock):
+    """Ann's alert was held on email at send time (another email took her one of the day)
+    and went by SMS instead: she was told, so she hears it is resolved too."""
+    persona = relaxed(name="Manager", max_per_day=1)
+    ann = StakeholderFactory(name="Ann", persona=persona, fallback_channel="sms")
+    workflow = trigger_workflow(personas=[persona], send_resolved_notices=True)
+    workflow.trigger_events.update(
+        resolved_template=template("Resolved", subject="Resolved", body="{{ summary }}")
+    )
+    k = unhealthy(project(45), 123)
+    tick()
+    DeliveryFactory(
+        recipient_key=ann.recipient_key, address=ann.email, status="sent", send_at=T, sent_at=T
+    )
+    dispatch_now()
+    assert deliveries_of(ann, channel="sms", status="sent").count() == 1
+    clock.move_to(T + timedelta(minutes=5))
+    reports(k, charging=True)
+    assert tick()["resolved_notices"] == 1
+    assert deliveries_of(
+        ann, context_key="resolved:kiosk_health_status:123:45:NOT_CHARGING"
+    ).exists()
 
 
 def test_no_resolved_notice_for_a_context_nobody_was_told_about(clock):
