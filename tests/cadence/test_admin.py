@@ -288,3 +288,15 @@ def test_deleting_a_persona_says_what_becomes_of_its_stakeholders(admin_client):
         ("Alice", None),
         ("Bob", None),
     }
+
+
+def test_simulator_does_not_say_a_message_to_an_inactive_stakeholder_would_go(admin_client, clock):
+    alice = StakeholderFactory(name="Alice", persona=PersonaFactory(), is_active=False)
+    page = admin_client.get(
+        reverse("cadence_simulator"),
+        {"stakeholder": alice.pk, "channel": "email", "message_type": "alert"},
+    ).content.decode()
+    assert re.search(r'id="sim-decision">(.*?)</p>', page).group(1) == (
+        "not sent: Alice is marked inactive, and inactive stakeholders are never contacted "
+        "(their queued messages are cancelled when due)"
+    )
