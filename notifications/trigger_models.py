@@ -141,6 +141,11 @@ class TriggerSetup(models.Model):
         problems = {}
         if self.channel and self.fallback_channel == self.channel:
             problems["fallback_channel"] = "The fallback must differ from the channel."
+        if self.expires_after_hours is not None and self.expires_after_hours <= 0:
+            problems["expires_after_hours"] = (
+                "More than 0 hours: a message that expires as it is made is never sent. "
+                "Blank: messages never expire."
+            )
         if self.channel == Channel.WHATSAPP and self.workflow_id:
             events = TriggerEvent.objects.filter(workflow_id=self.workflow_id)
             templates = [t for e in events for t in (e.template, e.resolved_template)]

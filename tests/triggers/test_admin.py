@@ -272,3 +272,22 @@ def test_whatsapp_is_refused_for_templates_without_a_whatsapp_template_name():
     assert list(refused.value.message_dict) == ["template"]
     event.template = template("offline (whatsapp)", whatsapp_template="kiosk_offline_v1")
     event.full_clean()
+
+
+def test_an_expiry_of_zero_hours_is_refused_as_it_would_expire_every_message():
+    """Elsewhere 0 means none (a cooldown of 0, a cap of 0): an expiry of 0 h would instead
+    expire every message of the workflow the moment it is made, and nobody would be told."""
+    from django.core.exceptions import ValidationError
+
+    setup = TriggerSetup.objects.get(workflow=trigger_workflow())
+    setup.expires_after_hours = 0
+    with pytest.raises(ValidationError) as refused:
+        setup.full_clean()
+    assert refused.value.message_dict == {
+        "expires_after_hours": [
+            "More than 0 hours: a message that expires as it is made is never sent. Blank: "
+            "messages never expire."
+        ]
+    }
+    setup.expires_after_hours = 0.5
+    setup.full_clean()
