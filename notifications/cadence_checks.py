@@ -1,15 +1,19 @@
 """Cadence over the outbox: stakeholders' histories from one query, and the send-time
 re-check that dispatch runs on every claimed stakeholder delivery (seed 003's safety check).
 
-At send time a stakeholder delivery is
+At send time, before the suppression list is read (the old address may be the one that
+bounced), a stakeholder delivery is
 
-- cancelled with reason "resolved" when the context it is about has cleared (the kiosk is
-  healthy again): a late alert about a fixed problem is noise;
 - cancelled with reason "inactive" when the person was marked inactive after it was queued
   (inactive stakeholders are never contacted);
 - re-addressed when the person's address on its channel (or its fallback channel) changed
   after it was queued: put back, due now, to go to where they are now; by its fallback
-  channel when its own has no address now; cancelled when neither has one;
+  channel when its own has no address now; cancelled when neither has one.
+
+Then it is
+
+- cancelled with reason "resolved" when the context it is about has cleared (the kiosk is
+  healthy again): a late alert about a fixed problem is noise;
 - sent when the person's cadence on its channel allows it now;
 - else moved to its fallback channel when the cadence there allows it (email → SMS);
 - else cancelled as expired when cadence would hold it past its expiry;
@@ -205,18 +209,31 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
         person = people.get(stakeholder_id(delivery.recipient_key))
         if person is None:
             continue  # no longer a stakeholder: nothing to limit
+        decision = _decide_one(delivery, person, kinds[delivery.id], histories, now)
+        if decision is not None:
+            decisions[delivery.id] = decision
+    return decisions
+
+
+def stakeholder_address_check(deliveries: list[Delivery], now: datetime) -> dict:
+    """Registered with dispatch, before the suppression list is read: {delivery id:
+    SendDecision} for the stakeholder deliveries whose person was marked inactive or whose
+    address changed since they were queued (see the module docstring)."""
+    ids = {stakeholder_id(d.recipient_key) for d in deliveries} - {None}
+    if not ids:
+        return {}
+    people = {s.pk: s for s in Stakeholder.objects.filter(pk__in=ids)}
+    decisions = {}
+    for delivery in deliveries:
+        person = people.get(stakeholder_id(delivery.recipient_key))
+        if person is None:
+            continue
         if not person.is_active:
             decisions[delivery.id] = SendDecision(
                 "cancel", f"inactive: {person} was marked inactive before it could be sent"
             )
-            continue
-        moved = _readdress(delivery, person)
-        if moved is not None:
+        elif (moved := _readdress(delivery, person)) is not None:
             decisions[delivery.id] = moved
-            continue
-        decision = _decide_one(delivery, person, kinds[delivery.id], histories, now)
-        if decision is not None:
-            decisions[delivery.id] = decision
     return decisions
 
 
@@ -293,6 +310,7 @@ def _decide_one(delivery, person, kind, histories, now) -> SendDecision | None:
 
 
 def register() -> None:
+    register_send_time_check(stakeholder_address_check, before_suppressions=True)
     register_send_time_check(cadence_send_time_check)
 
 

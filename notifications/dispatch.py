@@ -616,18 +616,24 @@ class SendDecision:
 # Checks other apps register (from AppConfig.ready()) to re-decide a delivery at the moment
 # it would be sent: check(deliveries, now) -> {delivery id: SendDecision}.
 _send_time_checks: list = []
+# Those registered `before_suppressions` run before the suppression list is read: they may
+# re-address a delivery (a person's corrected address), whose old one may be suppressed.
+_address_checks: list = []
 
 
-def register_send_time_check(check) -> None:
-    if check not in _send_time_checks:
-        _send_time_checks.append(check)
+def register_send_time_check(check, *, before_suppressions: bool = False) -> None:
+    checks = _address_checks if before_suppressions else _send_time_checks
+    if check not in checks:
+        checks.append(check)
 
 
-def _apply_send_time_checks(claimed, *, now: datetime, report: DispatchReport) -> list[Delivery]:
+def _apply_send_time_checks(
+    claimed, *, now: datetime, report: DispatchReport, checks=None
+) -> list[Delivery]:
     """Each check, and what it decided written, in one transaction: a check may lock what it
     judges by (the cadence check locks the people it judges), so that two workers judging
     one person's messages at once take turns, the second seeing what the first decided."""
-    for check in _send_time_checks:
+    for check in _send_time_checks if checks is None else checks:
         if not claimed:
             break
         with transaction.atomic():
@@ -916,6 +922,7 @@ def _plan_batch(
 ) -> tuple[dict, list[tuple[datetime, Delivery]]]:
     """What is left of a claim after suppressions and the send-time checks, each with its
     handover slot; deliveries behind their sender's schedule are put back for later."""
+    claimed = _apply_send_time_checks(claimed, now=now, report=report, checks=_address_checks)
     claimed = _skip_suppressed(claimed, now=now, report=report)
     claimed = _apply_send_time_checks(claimed, now=now, report=report)
     keys = {_sender_key(d) for d in claimed}

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from notifications import dispatch
+from notifications import dispatch, tracking
 from notifications.dispatch import ManualClock
 from notifications.models import Delivery, RecordedMessage
 from tests.cadence.factories import PersonaFactory, StakeholderFactory
@@ -345,3 +345,21 @@ def test_a_queued_sms_to_a_phone_removed_since_is_cancelled_saying_so(alice):
         f"no address: Alice has no sms address now (it was {old})",
     )
     assert not RecordedMessage.objects.exists()
+
+
+def test_a_queued_delivery_to_a_bounced_email_goes_to_the_corrected_one(alice):
+    """The usual reason to correct an address is that the old one bounced: the alert waiting
+    for the old address goes to the new one rather than being skipped as suppressed."""
+    held = to(alice)
+    tracking.suppress(
+        address=alice.email, channel="email", reason="bounce", source="test", by="test", now=T
+    )
+    alice.email = "alice.new@sites.example.org"
+    alice.save()
+    dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.address) == ("scheduled", "alice.new@sites.example.org")
+    assert dispatch_due().sent == 1
+    assert list(RecordedMessage.objects.values_list("to", flat=True)) == [
+        "alice.new@sites.example.org"
+    ]
