@@ -106,6 +106,9 @@ MEDIA_ROOT = env("MEDIA_ROOT", default=str(VAR_DIR / "media"))
 CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS, _default_results = broker_config(
     env("CELERY_BROKER_URL", default=""), var_dir=VAR_DIR
 )
+if CELERY_BROKER_URL.startswith("filesystem:"):
+    # kombu's filesystem transport, each message written whole before a worker reads it.
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=_default_results)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
