@@ -14,6 +14,7 @@ from kiosks.models import Kiosk
 from notifications.holds import HoldContext
 from notifications.models import (
     BreakerTransition,
+    Channel,
     Delivery,
     Event,
     KillSwitch,
@@ -150,26 +151,44 @@ def svg_stacked_bars(bars: list[Bar], *, width: int = 560, height: int = 180) ->
 
 
 def queued_reasons(now: datetime) -> list[tuple[str, int]]:
-    """Scheduled deliveries grouped by why they wait (the first words of their reason),
-    each counted once: those a kill switch holds under it, the others by their reason."""
+    """Scheduled deliveries grouped by why they wait, each counted once and, as on the
+    delivery pages (holds.explain), first under what holds it: a kill switch, its batch
+    halted (aborted by the breaker: until a resume), an open provider breaker; the others
+    by the first words of their reason."""
+    from notifications.breakers import breaker_key
+    from notifications.dispatch import provider_of
     from notifications.killswitches import frozen_filter
 
     context = HoldContext.load()
     scheduled = Delivery.objects.filter(status="scheduled")
-    frozen = 0
+    holds = []
     held = frozen_filter(context.switches) if context.switches else None
     if held is not None:
-        frozen = scheduled.filter(held).count()
+        holds.append(("frozen by a kill switch", held))
+    if context.halted_runs:
+        holds.append(
+            (
+                "their batch was halted: resume or cancel it",
+                Q(workflow_run_id__in=context.halted_runs),
+            )
+        )
+    for channel in Channel.values:
+        key = breaker_key(channel, provider_of(channel))
+        breaker = context.breakers.get(key)
+        if breaker and breaker.state == ProviderBreaker.State.OPEN:
+            holds.append((f"provider breaker {key} open", Q(channel=channel)))
+    held_counts = []
+    for reason, held in holds:
+        n = scheduled.filter(held).count()
         scheduled = scheduled.exclude(held)
+        if n:
+            held_counts.append((reason, n))
     rows = scheduled.values("status_reason").annotate(n=Count("id")).order_by("-n")
     reasons: dict[str, int] = defaultdict(int)
     for row in rows:
         reason = row["status_reason"] or "due or scheduled for later"
         reasons[reason.split(":")[0][:60]] += row["n"]
-    result = sorted(reasons.items(), key=lambda kv: -kv[1])
-    if frozen:
-        result.insert(0, ("frozen by a kill switch", frozen))
-    return result
+    return held_counts + sorted(reasons.items(), key=lambda kv: -kv[1])
 
 
 def reminders_this_week(now: datetime) -> list[tuple[str, int]]:

@@ -161,3 +161,30 @@ def test_verify_checks_not_run_yet_are_not_called_passing(admin_client):
     assert "None failing; 1 not run yet" in page
     VerifyCheck.objects.update(status="pass")
     assert "All verify checks pass." in admin_client.get("/admin/").content.decode()
+
+
+def test_queued_deliveries_of_an_aborted_batch_or_behind_an_open_breaker_say_so():
+    """They were listed under their last reason ("attempt 2/3 failed (recipient deferred",
+    "due or scheduled for later") while they waited for a resume or a provider's trial."""
+    from config.dashboard import queued_reasons
+    from notifications.models import ProviderBreaker, WorkflowRun
+
+    aborted = WorkflowRunFactory(status=WorkflowRun.Status.ABORTED)
+    DeliveryFactory(
+        workflow_run=aborted,
+        status_reason="attempt 2/3 failed (recipient deferred: {'a@example.org': (451,",
+    )
+    DeliveryFactory(workflow_run=aborted)
+    ProviderBreaker.objects.create(
+        provider="sms:recording", state="open", opened_at=timezone.now(), consecutive_failures=5
+    )
+    DeliveryFactory(channel="sms", address="+14155550100")
+    DeliveryFactory(channel="whatsapp", address="+14155550101")
+
+    reasons = dict(queued_reasons(timezone.now()))
+
+    assert reasons == {
+        "their batch was halted: resume or cancel it": 2,
+        "provider breaker sms:recording open": 1,
+        "due or scheduled for later": 1,
+    }
