@@ -225,6 +225,13 @@ class WorkflowRunAdmin(KeptRecordAdmin):
             return format_html(
                 '<strong style="color:#dc2626">tripped</strong> — {}', obj.status_reason
             )
+        if obj.consecutive_failures >= batch.BREAKER_FAILURES:  # aborted, then cancelled
+            return format_html(
+                '<strong style="color:#dc2626">tripped</strong> ({} failures in a row); the run '
+                "was then {}",
+                obj.consecutive_failures,
+                obj.get_status_display().lower(),
+            )
         state = f"closed ({obj.consecutive_failures} of {batch.BREAKER_FAILURES} failures in a row)"
         # The batch's own breaker is closed; a provider's may still hold its deliveries.
         held = (

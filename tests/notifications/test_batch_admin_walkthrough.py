@@ -365,3 +365,19 @@ def test_a_running_batchs_page_names_the_provider_breaker_holding_it(mike, admin
         "closed (0 of 5 failures in a row); the provider breaker email:recording is open until "
         "2025-12-01 09:04:00 UTC"
     ) in page
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_batch_cancelled_after_its_breaker_tripped_is_not_said_to_have_a_closed_breaker(
+    mike, admin_client
+):
+    """Its page said "Circuit breaker: closed (5 of 5 failures in a row)"."""
+    run = _aborted_run(mike)
+    run.consecutive_failures = 5
+    run.save(update_fields=["consecutive_failures"])
+    admin_client.post(reverse("admin:batch_cancel", args=[run.id]), {"post": "yes"})
+
+    page = _text(admin_client.get(reverse("admin:notifications_workflowrun_change", args=[run.id])))
+
+    assert "closed (5 of 5" not in page
+    assert "tripped (5 failures in a row); the run was then cancelled" in page
