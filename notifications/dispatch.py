@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -328,6 +329,19 @@ def send_claimed(
         provider_id = channel.send(_message(delivery, now=now, max_queue_hours=max_queue_hours))
     except ChannelError as error:
         return _failed_attempt(delivery, error, now=now), error
+    except SoftTimeLimitExceeded:
+        # The task's time ran out during the call, not the provider: it may have the message
+        # already (invariant 2), and the round ends (`_send_batch`).
+        _finish(
+            delivery,
+            now=now,
+            kind="unknown",
+            reason="the worker's time limit stopped it while it was being handed over: "
+            "check the provider before resending",
+            status=Status.UNKNOWN,
+            last_error="interrupted by the worker's soft time limit",
+        )
+        raise
     except Exception as error:  # a bug or a library surprise: retried like a transient error
         logger.exception("delivery %s: unexpected error while sending", delivery.id)
         error = ChannelError(f"{type(error).__name__}: {error}")
@@ -866,6 +880,8 @@ def _plan_one_by_one(
                 own_senders, own_slots = _plan_batch(
                     [delivery], now=now, report=report, paced_round=paced_round
                 )
+        except SoftTimeLimitExceeded:
+            raise
         except Exception as error:
             logger.exception("dispatch: the checks before sending failed for %s", delivery.id)
             _restore_planning_state(before, report, paced_round)
@@ -954,10 +970,48 @@ def _send_batch(
 ) -> bool:
     """Send one claimed batch of one channel; returns False when the breaker opened.
     `paced_round` holds the senders that handed something over earlier in this round;
-    `sent_runs` collects the runs whose successes were written."""
+    `sent_runs` collects the runs whose successes were written.
+
+    When the worker's soft time limit interrupts it (a long round, a slow provider), the
+    accepted deliveries are written, the one being handed over is left "unknown"
+    (`send_claimed`) and the rest of the claim is put back, unsent, before the task ends:
+    caught like a provider error, it retried a delivery the provider already had, and the
+    round went on until the hard limit killed the worker with its claim "sending"."""
+    sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH, sent_runs)
+    try:
+        return _plan_and_send(
+            claimed,
+            clock=clock,
+            sent=sent,
+            breaker=breaker,
+            gate=gate,
+            channels=channels,
+            report=report,
+            paced_round=paced_round,
+        )
+    except SoftTimeLimitExceeded:
+        now = clock.now()
+        sent.flush(now=now)
+        release(claimed, now=now, reason="the worker's time limit ended its round first")
+        raise
+
+
+def _plan_and_send(
+    claimed: list[Delivery],
+    *,
+    clock: Clock | ManualClock,
+    sent: _SentBuffer,
+    breaker: str,
+    gate: str,
+    channels: dict,
+    report: DispatchReport,
+    paced_round: set[str],
+) -> bool:
     now = clock.now()
     try:
         senders, slotted = _plan_batch(claimed, now=now, report=report, paced_round=paced_round)
+    except SoftTimeLimitExceeded:
+        raise
     except Exception:  # a bug or bad data in the checks: find the row, hold only it
         logger.exception("dispatch: the checks before sending failed; checking one by one")
         senders, slotted = _plan_one_by_one(
@@ -971,7 +1025,6 @@ def _send_batch(
     failing_runs = _runs_with_failures({d.workflow_run_id for _, d in slotted})
     # Only touch the breaker row on success when there is a failure count to clear.
     breaker_dirty = gate == "trial" or breakers.has_failures(breaker)
-    sent = _SentBuffer(settings.DISPATCH_WRITE_BATCH, sent_runs)
     for index, (slot, delivery) in enumerate(slotted):
         sender = senders[_sender_key(delivery)]
         if delivery.workflow_run_id in halted_runs:

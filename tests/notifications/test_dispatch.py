@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import responses
 from anymail.backends.base_requests import AnymailRequestsBackend
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.management import call_command
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
@@ -302,6 +303,40 @@ def test_an_unreadable_ok_from_the_provider_is_unknown_not_resent(settings):
     delivery.refresh_from_db()
     assert delivery.status == "unknown"
     assert "check before resending" in delivery.status_reason
+
+
+@pytest.mark.django_db
+def test_a_time_limit_hit_while_the_provider_answers_is_unknown_and_the_rest_go_back(settings):
+    """Celery raises its soft time limit inside whatever the worker is doing: here while
+    Postmark has the second message and has not answered yet. That one may have gone: it
+    is left unknown, never retried; the third was not handed over and waits for the next
+    round, unsent; the first, accepted, is written; the task itself stops."""
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    first, second, third = (DeliveryFactory(send_at=NOW) for _ in range(3))
+    received = []
+
+    def postmark(request):
+        to = json.loads(request.body)["To"]
+        received.append(to)
+        if len(received) == 2:
+            raise SoftTimeLimitExceeded()
+        answer = {"To": to, "MessageID": f"pm-{len(received)}", "ErrorCode": 0, "Message": "OK"}
+        return 200, {}, json.dumps(answer)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, "https://api.postmarkapp.com/email", callback=postmark)
+        with pytest.raises(SoftTimeLimitExceeded):
+            dispatch_due(now=NOW)
+        statuses = dict(Delivery.objects.values_list("id", "status"))
+        assert statuses == {first.id: "sent", second.id: "unknown", third.id: "scheduled"}
+        third.refresh_from_db()
+        assert (third.attempts, third.claim_token) == (0, None)
+        assert dispatch_due(now=NOW + timedelta(minutes=5)).sent == 1
+    assert received == [first.address, second.address, third.address]  # nobody twice
+    second.refresh_from_db()
+    assert second.status == "unknown"
+    assert "check the provider before resending" in second.status_reason
 
 
 @pytest.mark.django_db
