@@ -85,6 +85,7 @@ def in_memory_broker():
     from config.celery import app
 
     app.conf.broker_url = "memory://"
+    app.conf.broker_transport = None  # settings name Herald's filesystem transport for var/
     app.conf.broker_transport_options = {}
     app.conf.result_backend = "cache+memory://"
     yield
