@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import responses
+import time_machine
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -827,6 +828,7 @@ def _retry_in_the_admin(user, ids) -> list[str]:
     return [str(m) for m in done.context["messages"]]
 
 
+@time_machine.travel(NOW, tick=False)  # the admin's retry is due at the clock's "now"
 def test_an_email_corrected_while_its_delivery_was_in_flight_is_used_by_the_retry(mike, postmark):
     customers = _customers("ox")
     run = _launch(mike)
