@@ -589,7 +589,9 @@ def _failed_attempt(delivery: Delivery, error: ChannelError, *, now: datetime) -
 
 
 def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: DispatchReport):
-    """Drop claimed deliveries to suppressed addresses, recording the suppression's reason."""
+    """Drop claimed deliveries to suppressed addresses, recording the suppression's reason.
+    One with a fallback channel and address goes by it instead (a stakeholder whose email
+    bounced is still told by SMS); that copy's own address is checked when it is claimed."""
     by_channel = defaultdict(list)
     for delivery in claimed:
         by_channel[delivery.channel].append(delivery)
@@ -602,11 +604,18 @@ def _skip_suppressed(claimed: list[Delivery], *, now: datetime, report: Dispatch
                 keep.append(delivery)
                 continue
             source = f" ({suppression.source})" if suppression.source else ""
+            reason = f"suppressed: {suppression.get_reason_display()}{source}"
+            if delivery.fallback_channel and delivery.fallback_address:
+                with transaction.atomic():
+                    release([delivery], now=now, reason=reason)
+                    made = fallback_create(delivery, now=now, reason=reason)
+                report.add("deferred", made)
+                continue
             _finish(
                 delivery,
                 now=now,
                 kind="skipped",
-                reason=f"suppressed: {suppression.get_reason_display()}{source}",
+                reason=reason,
                 status=Status.SKIPPED,
                 claim_token=None,
             )

@@ -99,6 +99,34 @@ def test_it_goes_by_the_fallback_channel_when_that_cadence_allows(alice):
     assert RecordedMessage.objects.get().channel == "sms"
 
 
+def test_an_alert_to_a_bounced_email_goes_by_the_fallback_channel(alice):
+    """Alice's email hard-bounced: her alerts were skipped as suppressed and she was never
+    told, though she has a phone and SMS as her fallback."""
+    from notifications.models import Suppression
+
+    Suppression.objects.create(address=alice.email, channel="email", reason="bounce")
+    alert = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    report = dispatch_due()
+    alert.refresh_from_db()
+    assert alert.status == "skipped"
+    assert alert.status_reason == "suppressed: Hard bounce: sent by sms instead"
+    fallback = alert.fallbacks.get()
+    assert (fallback.channel, fallback.address, fallback.status) == ("sms", alice.phone, "sent")
+    assert report.sent == 1
+    assert RecordedMessage.objects.get().channel == "sms"
+
+
+def test_a_bounced_email_without_a_fallback_is_skipped_as_before(alice):
+    from notifications.models import Suppression
+
+    Suppression.objects.create(address=alice.email, channel="email", reason="bounce")
+    alert = to(alice)
+    assert dispatch_due().skipped == 1
+    alert.refresh_from_db()
+    assert (alert.status, alert.status_reason) == ("skipped", "suppressed: Hard bounce")
+    assert not alert.fallbacks.exists() and not RecordedMessage.objects.exists()
+
+
 def test_a_fallback_counts_against_the_originals_message_type(alice):
     """The engine's fallback copy does not carry the message type; the cadence still counts
     it as the alert it is."""
