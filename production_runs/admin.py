@@ -33,6 +33,7 @@ from production_runs.models import (
     ProgressUpdate,
     ReminderKind,
     ReminderSettings,
+    RunStatus,
     ScheduleChange,
     TemplateStatus,
     TemplateVariantStatus,
@@ -199,7 +200,12 @@ class ProductionRunAdmin(admin.ModelAdmin):
         # The status moves through the actions (which emit the lifecycle events), also for a
         # new run: added as "sent to partner", its partner was never told of it (no
         # sent_to_partner event), yet reminded the next day.
-        return (*self.readonly_fields, "status")
+        fields = (*self.readonly_fields, "status")
+        if obj is not None and obj.status != RunStatus.DRAFT:
+            # Sent: its partner was told of it. Another partner would be reminded of a run
+            # nobody assigned them; cancel it and send a new one to them instead.
+            fields = (*fields, "partner")
+        return fields
 
     def get_queryset(self, request):
         # The bucket as of this request, computed by the database with the discoverer's

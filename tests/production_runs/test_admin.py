@@ -231,3 +231,29 @@ def test_a_run_added_in_the_admin_starts_as_a_draft_sent_with_the_action(admin_c
     assert Event.objects.filter(
         name="production_run.sent_to_partner", payload__production_run_id=run.pk
     ).exists()
+
+
+def test_a_sent_run_keeps_its_partner(admin_client, clock):
+    """Its partner was told of it; moved to another partner in the form, the new one was
+    reminded the next day of a run nobody had assigned them."""
+    from tests.production_runs.factories import PartnerFactory
+
+    run = pending_run(partner__name="Told Co")
+    other = PartnerFactory(name="Never Told Co")
+    page = admin_client.get(f"{RUNS}{run.pk}/change/").content.decode()
+    assert 'name="partner"' not in page and "Told Co" in page
+    admin_client.post(
+        f"{RUNS}{run.pk}/change/",
+        {
+            "reference": run.reference or "",
+            "partner": other.pk,
+            "quantity": run.quantity,
+            "progress_updates-TOTAL_FORMS": 0,
+            "progress_updates-INITIAL_FORMS": 0,
+        },
+    )
+    run.refresh_from_db()
+    assert run.partner.name == "Told Co"
+    draft = RunFactory(status=RunStatus.DRAFT)
+    page = admin_client.get(f"{RUNS}{draft.pk}/change/").content.decode()
+    assert 'name="partner"' in page  # a draft's partner is still chosen freely
