@@ -186,7 +186,8 @@ WHATSAPP_PLATFORM_LANGUAGES = env("WHATSAPP_PLATFORM_LANGUAGES", default="")
 
 # --- Dispatch -----------------------------------------------------------------------------
 # A delivery left "sending" longer than this (a worker died mid-call) is marked "unknown"
-# for a human to reconcile; it is never resent blindly.
+# for a human to reconcile; it is never resent blindly. A live worker renews its claim's
+# unsent rows every quarter of this (a slow provider).
 DISPATCH_SENDING_TIMEOUT_SECONDS = env.int("DISPATCH_SENDING_TIMEOUT_SECONDS", default=600)
 DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
 # A claim whose deliveries were all handed over in under half a second (a fast provider)

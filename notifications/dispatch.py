@@ -1034,7 +1034,9 @@ def _plan_and_send(
     failing_runs = _runs_with_failures({d.workflow_run_id for _, d in slotted})
     # Only touch the breaker row on success when there is a failure count to clear.
     breaker_dirty = gate == "trial" or breakers.has_failures(breaker)
+    alive = _ClaimKeepAlive(slotted, at=now)
     for index, (slot, delivery) in enumerate(slotted):
+        alive.stamp(clock.now())
         sender = senders[_sender_key(delivery)]
         if delivery.workflow_run_id in halted_runs:
             release([delivery], now=now, reason="its run was halted: resume or cancel it")
@@ -1098,6 +1100,27 @@ def _plan_and_send(
                 return False
     sent.flush(now=clock.now())
     return True
+
+
+class _ClaimKeepAlive:
+    """A claim that a slow provider makes last long has its unsent rows' claim time
+    renewed every quarter of DISPATCH_SENDING_TIMEOUT_SECONDS: the sweep marks rows
+    'sending' for longer than that "unknown" (their worker stopped), and took the tail of
+    a live claim of 200 at 3 s a message for one, which its worker then sent all the same.
+    A fast claim never writes."""
+
+    def __init__(self, slotted: list, *, at: datetime):
+        self.tokens = {delivery.claim_token for _, delivery in slotted}
+        self.every = timedelta(seconds=settings.DISPATCH_SENDING_TIMEOUT_SECONDS / 4)
+        self.last = at
+
+    def stamp(self, now: datetime) -> None:
+        if now - self.last < self.every or not self.tokens:
+            return
+        Delivery.objects.filter(claim_token__in=self.tokens, status=Status.SENDING).update(
+            claimed_at=now
+        )
+        self.last = now
 
 
 def _runs_with_failures(run_ids: set[int | None]) -> set[int]:

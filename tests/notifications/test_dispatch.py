@@ -629,3 +629,31 @@ def test_the_lookups_by_message_id_context_and_fallback_use_their_partial_indexe
         cursor.execute("PRAGMA index_list(notifications_delivery)")
         partial = {row[1]: row[4] for row in cursor.fetchall()}
     assert [partial[name] for name in lookups] == [1, 1, 1]
+
+
+@pytest.mark.django_db
+def test_a_claim_a_slow_provider_makes_last_long_is_not_taken_for_a_dead_worker(settings):
+    """Five emails at 200 s each (time moved by the provider fake, never slept): by the
+    fourth the claim was 600 s old and another worker's minute sweep marked the rest
+    "unknown: worker stopped while sending", which this worker then sent all the same."""
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "x"}
+    settings.DISPATCH_SENDING_TIMEOUT_SECONDS = 600
+    DeliveryFactory.create_batch(5, send_at=NOW)
+    clock = ManualClock(NOW)
+    swept = []
+
+    def slow_postmark(request):
+        clock.current += timedelta(seconds=200)
+        swept.append(dispatch.mark_stuck_unknown(now=clock.current))  # the other worker
+        to = json.loads(request.body)["To"]
+        answer = {"To": to, "MessageID": f"pm-{len(swept)}", "ErrorCode": 0, "Message": "OK"}
+        return 200, {}, json.dumps(answer)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, "https://api.postmarkapp.com/email", slow_postmark)
+        report = dispatch.dispatch_due(now=NOW, clock=clock)
+    assert swept == [0, 0, 0, 0, 0]
+    assert report.sent == 5
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+    assert not DeliveryEvent.objects.filter(kind="unknown").exists()
