@@ -806,10 +806,10 @@ class ProposedActionAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "action_type",
-        "entity_ref",
+        "entity",
         "customer",
         "sends_to",
-        "subject",
+        "subject_line",
         "status",
         "decided_by",
         "decided_at",
@@ -875,6 +875,22 @@ class ProposedActionAdmin(admin.ModelAdmin):
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    # The list at 1400 px: the entity ref (one unbreakable word) and long subjects pushed
+    # the status, decided by and decided at off the screen.
+    @admin.display(description="entity", ordering="entity_ref")
+    def entity(self, obj):
+        return format_html(
+            '<span style="word-break:break-all" title="{}">{}</span>',
+            obj.entity_ref,
+            obj.entity_ref.replace(":", ": "),
+        )
+
+    @admin.display(description="subject", ordering="subject")
+    def subject_line(self, obj):
+        if len(obj.subject) <= 60:
+            return obj.subject
+        return format_html('<span title="{}">{}…</span>', obj.subject, obj.subject[:59])
 
     @admin.display(description="sends to (current email)", ordering="customer__email")
     def sends_to(self, obj):

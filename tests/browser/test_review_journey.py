@@ -39,6 +39,12 @@ def test_per_recipient_approve_and_reject_with_bulk_actions(
     expect(rows).to_have_count(5)
     # Each review shows the personalized subject the recipient would get.
     expect(page.locator("#result_list")).to_contain_text("New price list for Bronx Science")
+    # At 1400 px every column is on the screen, the decision's last one too (the entity
+    # ref, one unbreakable word, pushed status and decided by/at out of sight).
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    last = page.locator("#result_list th.column-decided_at").bounding_box()
+    assert last["x"] + last["width"] <= 1400, last
+    page.set_viewport_size({"width": 1600, "height": 1000})
 
     # Reject two recipients: the confirmation page names them and says what happens.
     run_action(page, "reject_selected", rows=list(REJECTED))
