@@ -5,7 +5,7 @@ At send time, before the suppression list is read (the old address may be the on
 bounced), a stakeholder delivery is
 
 - cancelled with reason "inactive" when the person was marked inactive after it was queued
-  (inactive stakeholders are never contacted);
+  (inactive stakeholders are never contacted), "deleted" when they were deleted;
 - re-addressed when the person's address on its channel (or its fallback channel) changed
   after it was queued: put back, due now, to go to where they are now; by its fallback
   channel when its own has no address now; cancelled when neither has one.
@@ -208,7 +208,7 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
     for delivery in remaining:
         person = people.get(stakeholder_id(delivery.recipient_key))
         if person is None:
-            continue  # no longer a stakeholder: nothing to limit
+            continue  # deleted meanwhile: the address check cancelled it (or will)
         decision = _decide_one(delivery, person, kinds[delivery.id], histories, now)
         if decision is not None:
             decisions[delivery.id] = decision
@@ -226,9 +226,13 @@ def stakeholder_address_check(deliveries: list[Delivery], now: datetime) -> dict
     decisions = {}
     for delivery in deliveries:
         person = people.get(stakeholder_id(delivery.recipient_key))
-        if person is None:
-            continue
-        if not person.is_active:
+        if person is None:  # removed from Herald: no longer someone it writes to
+            decisions[delivery.id] = SendDecision(
+                "cancel",
+                f"deleted: stakeholder {stakeholder_id(delivery.recipient_key)} was deleted "
+                "before it could be sent",
+            )
+        elif not person.is_active:
             decisions[delivery.id] = SendDecision(
                 "cancel", f"inactive: {person} was marked inactive before it could be sent"
             )

@@ -182,12 +182,6 @@ def test_deliveries_to_customers_are_not_cadence_limited():
     assert dispatch_due().sent == 3
 
 
-def test_a_former_stakeholder_is_not_held(alice):
-    delivery = to(alice)
-    Delivery.objects.filter(pk=delivery.pk).update(recipient_key="stakeholder:999999")
-    assert dispatch_due().sent == 1
-
-
 def test_a_cooldown_stored_before_the_bound_counts_as_a_year_and_others_still_go(alice):
     from cadence.models import Stakeholder
 
@@ -313,6 +307,23 @@ def test_a_queued_delivery_to_a_stakeholder_marked_inactive_since_is_cancelled(a
     assert (held.status, held.status_reason) == (
         "cancelled",
         "inactive: Alice was marked inactive before it could be sent",
+    )
+    assert not held.fallbacks.exists()
+    assert not RecordedMessage.objects.exists()
+
+
+def test_a_queued_delivery_to_a_stakeholder_deleted_since_is_cancelled(alice):
+    """Deleted in the admin while an alert waited for her cadence: it went out all the same
+    (the check found no one to limit)."""
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice_id = alice.pk
+    alice.delete()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (report.sent, report.cancelled) == (0, 1)
+    assert (held.status, held.status_reason) == (
+        "cancelled",
+        f"deleted: stakeholder {alice_id} was deleted before it could be sent",
     )
     assert not held.fallbacks.exists()
     assert not RecordedMessage.objects.exists()
