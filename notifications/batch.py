@@ -1116,13 +1116,17 @@ def _readdressed(delivery: Delivery, address: str) -> dict:
 
 
 def run_progress(run: WorkflowRun) -> dict:
-    """Counts for the progress bar: sent / failed / pending of the approved total."""
+    """Counts for the progress bar: sent / failed / pending of the approved total. What was
+    not sent is counted by why (skipped, expired, cancelled), and as `not_sent`, their sum."""
     counts = Delivery.objects.filter(workflow_run=run).aggregate(
         sent=Count("id", filter=Q(status__in=SENT_STATUSES)),
         failed=Count("id", filter=Q(status__in=["failed", "bounced", "complained", "unknown"])),
-        skipped=Count("id", filter=Q(status__in=["skipped", "expired", "cancelled"])),
+        skipped=Count("id", filter=Q(status="skipped")),
+        expired=Count("id", filter=Q(status="expired")),
+        cancelled=Count("id", filter=Q(status="cancelled")),
         pending=Count("id", filter=Q(status__in=["scheduled", "sending"])),
     )
+    counts["not_sent"] = counts["skipped"] + counts["expired"] + counts["cancelled"]
     reviews = ProposedAction.objects.filter(
         workflow_run=run, action_type=ProposedAction.Type.HITL_REVIEW
     ).aggregate(
@@ -1131,7 +1135,7 @@ def run_progress(run: WorkflowRun) -> dict:
         rejected=Count("id", filter=Q(status="rejected")),
     )
     total = len(run.inputs.get("customer_ids", []))
-    done = counts["sent"] + counts["failed"] + counts["skipped"] + reviews["rejected"]
+    done = counts["sent"] + counts["failed"] + counts["not_sent"] + reviews["rejected"]
     return {
         **counts,
         **reviews,
@@ -1153,17 +1157,26 @@ def finalize_if_done(run_id: int, *, now: datetime) -> str | None:
         if _left_to_do(progress):
             return None
         status = _ending(progress)
-        reason = (  # not what it was while running ("resumed by ..."), but how it ended
-            f"ended {status}: {progress['sent']} sent, {progress['failed']} failed, "
-            f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
-            f"{progress['total']}"
-        )
+        # not what it was while running ("resumed by ..."), but how it ended
+        reason = f"ended {status}: {_counts_said(progress)}"
         if not WorkflowRun.objects.filter(id=run_id, status=Status.RUNNING).update(
             status=status, status_reason=reason, completed_at=now, summary=progress
         ):
             return None
     _post_actions(WorkflowRun.objects.get(id=run_id), now=now)
     return status
+
+
+def _counts_said(progress: dict) -> str:
+    """How a batch ended, in words: what was not sent is said by why it was not (skipped,
+    expired, cancelled), each that happened; "0 skipped" when nothing was left unsent."""
+    not_sent = [
+        f"{progress[why]} {why}" for why in ("skipped", "expired", "cancelled") if progress[why]
+    ] or ["0 skipped"]
+    return (
+        f"{progress['sent']} sent, {progress['failed']} failed, {', '.join(not_sent)}, "
+        f"{progress['rejected']} rejected of {progress['total']}"
+    )
 
 
 def _left_to_do(progress: dict) -> bool:
@@ -1189,11 +1202,13 @@ def _approved_unstaged(run_id: int) -> bool:
 
 
 def _ending(progress: dict) -> str:
-    if progress["sent"] and not (progress["failed"] or progress["skipped"] or progress["rejected"]):
+    if progress["sent"] and not (
+        progress["failed"] or progress["not_sent"] or progress["rejected"]
+    ):
         return Status.COMPLETED
     if progress["sent"]:
         return Status.PARTIAL
-    if progress["failed"] or progress["skipped"]:
+    if progress["failed"] or progress["not_sent"]:
         return Status.FAILED
     return Status.COMPLETED  # every recipient was rejected: nothing to send, nothing failed
 
@@ -1212,9 +1227,7 @@ def _post_actions(run: WorkflowRun, *, now: datetime) -> None:
             workflow_run=run,
             narrative=(
                 f"batch_notify run {run.id} ({run.inputs.get('subject', '')!r}) ended "
-                f"{run.status}: {progress['sent']} sent, {progress['failed']} failed, "
-                f"{progress['skipped']} skipped, {progress['rejected']} rejected of "
-                f"{progress['total']}."
+                f"{run.status}: {_counts_said(progress)}."
             ),
             tags=["batch_notify", run.status],
             created_at=now,

@@ -471,6 +471,22 @@ def test_a_cancelled_delivery_counts_as_logged(mike):
     assert (check.status, check.expected, check.observed) == ("pass", 2, 2)
 
 
+def test_a_cancelled_delivery_is_said_cancelled_in_the_run_s_ending_not_skipped(mike):
+    """A delivery cancelled by a person was counted "skipped" in the run's summary, its
+    status reason and its reflexion ("1 skipped"), where nothing was skipped."""
+    CustomerFactory.create_batch(3)
+    run = _launch(mike)
+    _approve_all(run, mike)
+    first = Delivery.objects.filter(workflow_run=run).order_by("id").first()
+    assert operations.delivery_cancel(ids=[first.id], now=NOW, by="mike") == 1
+    _dispatch()
+    run.refresh_from_db()
+    assert run.status_reason == "ended partial: 2 sent, 0 failed, 1 cancelled, 0 rejected of 3"
+    assert (run.summary["skipped"], run.summary["cancelled"], run.summary["not_sent"]) == (0, 1, 1)
+    narrative = ReflexionEntry.objects.get(workflow_run=run).narrative
+    assert narrative.endswith("ended partial: 2 sent, 0 failed, 1 cancelled, 0 rejected of 3.")
+
+
 def test_attachments_go_with_every_message(mike, settings):
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
     from django.core import mail
