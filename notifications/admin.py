@@ -5,7 +5,7 @@ import json
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import Count, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html, format_html_join
@@ -91,6 +91,40 @@ class DeliveryChangeList(ChangeList):
     def get_results(self, request):
         super().get_results(request)
         request.hold_context.read_suppressions(self.result_list)  # evaluates the page
+
+
+def _readdressed_since_failing(failed) -> dict[int, str]:
+    """Of these failed deliveries, those re-addressed after their last failure (the
+    customer's email corrected since): delivery id → the re-addressing event's reason."""
+    last_failed = (
+        DeliveryEvent.objects.filter(delivery_id=OuterRef("delivery_id"), kind="failed")
+        .order_by("-id")
+        .values("id")[:1]
+    )
+    moved = {}
+    for delivery_id, reason in (
+        DeliveryEvent.objects.filter(delivery__in=failed, kind=DeliveryEvent.Kind.READDRESSED)
+        .annotate(last_failed=Subquery(last_failed))
+        .filter(Q(last_failed__isnull=True) | Q(id__gt=F("last_failed")))
+        .order_by("id")
+        .values_list("delivery_id", "reason")
+    ):
+        moved[delivery_id] = reason  # the latest one
+    return moved
+
+
+def _retry_item(delivery: Delivery, readdressed: str | None) -> str:
+    """A failed delivery as the retry's confirmation lists it: where it goes now and its
+    error; re-addressed since it failed, its error was at the old address, said as such
+    (it read as the new address's error)."""
+    error = delivery.last_error or delivery.status_reason
+    said = f"{delivery.get_channel_display()} to {delivery.address}"
+    if readdressed is None:
+        return f"{said}: {error}"
+    return (
+        f"{said} (re-addressed since it failed: {readdressed}); its error, at the old "
+        f"address: {error}"
+    )
 
 
 @admin.register(Delivery)
@@ -247,6 +281,7 @@ class DeliveryAdmin(admin.ModelAdmin):
                 )
             )
             kept = batch.kept_from_retry(live)
+            moved = _readdressed_since_failing(failed)
             left_failed = set(kept.inactive) | set(kept.no_email)
             suppressed = len(operations.suppressed_among([i for i in live if i not in left_failed]))
             n = len(live) - len(left_failed) - suppressed
@@ -287,10 +322,7 @@ class DeliveryAdmin(admin.ModelAdmin):
                 "each is sent on the next dispatch round (unless a kill switch, breaker or "
                 "suppression holds it); a batch that had ended is reopened and ends again "
                 "with their outcome. " + " ".join(notes),
-                items=[
-                    f"{d.get_channel_display()} to {d.address}: {d.last_error or d.status_reason}"
-                    for d in failed
-                ],
+                items=[_retry_item(d, moved.get(d.id)) for d in failed],
                 confirm_label=f"Yes, send {n} again",
             )
         ids = list(queryset.values_list("id", flat=True))  # before the retry changes them

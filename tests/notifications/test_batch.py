@@ -832,6 +832,39 @@ def test_a_cancelled_batch_s_failed_deliveries_are_not_retried(mike, postmark):
     assert Delivery.objects.filter(id__in=failed, status="failed").count() == 5
 
 
+def test_the_retry_confirmation_says_a_re_addressed_delivery_s_error_was_at_the_old_address(
+    mike, postmark
+):
+    """A failed delivery re-addressed since (the customer's email corrected) was listed with
+    its old error next to its new address: "Email to fixed@…: Invalid 'To' address: 'bad01…'"."""
+    customers = _customers("oxx")
+    run = _launch(mike)
+    _approve_all(run, mike)
+    _dispatch()
+    batch.customer_email_changed(
+        customer_id=customers[1].id,
+        old=customers[1].email,
+        new="fixed@school.example.org",
+        by="mike",
+        now=NOW,
+    )
+    failed = list(Delivery.objects.filter(status="failed").order_by("id"))
+    client = Client()
+    client.force_login(mike)
+    page = client.post(
+        "/admin/notifications/delivery/",
+        {"action": "retry_failed", "_selected_action": [d.id for d in failed]},
+    ).content.decode()
+    moved = (
+        "Email to fixed@school.example.org (re-addressed since it failed: the customer&#x27;s "
+        "email was changed from bad01@school.example.org to fixed@school.example.org by mike); "
+        "its error, at the old address: "
+    )
+    assert moved in page
+    assert "Email to bad02@school.example.org: " in page  # not re-addressed: as it was
+    assert page.count("re-addressed since it failed") == 1
+
+
 def _retry_in_the_admin(user, ids) -> list[str]:
     """Deliveries → "Retry selected failed deliveries", confirmed; the messages shown."""
     client = Client()
