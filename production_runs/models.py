@@ -463,6 +463,7 @@ class EventTemplateMapping(models.Model):
         return f"{self.event_name} → {self.template_name}"
 
     def clean(self):
+        from production_runs.dispatcher import DIGEST_EVENT
         from production_runs.whatsapp_templates import SPECS
 
         if not self.event_name.startswith("production_run."):
@@ -478,6 +479,14 @@ class EventTemplateMapping(models.Model):
             )
         if problem := self._meaning_problem():
             raise ValidationError({"template_name": problem})
+        if self.send_design_image and DIGEST_EVENT.match(self.event_name):
+            raise ValidationError(
+                {
+                    "send_design_image": "A digest is not followed by a design image: it names "
+                    "several runs, and only a message about one run sends its design image. "
+                    "Untick it for this digest event."
+                }
+            )
 
     def _meaning_problem(self) -> str:
         """Why the template says something else than the event means ("" if it does not):

@@ -207,6 +207,42 @@ def test_a_mapping_to_a_template_that_means_something_else_is_refused(admin_clie
     assert kept.status_code == 302
 
 
+def test_a_digest_mapping_refuses_the_design_image_it_would_never_send(admin_client):
+    """ "send design image" could be ticked on a production_run.digest_* mapping (in its form
+    and in the list), and was saved, though a digest is never followed by the image."""
+    from production_runs.dispatcher import restore_default_mappings
+    from production_runs.models import EventTemplateMapping
+
+    restore_default_mappings()
+    digest = EventTemplateMapping.objects.get(event_name="production_run.digest_idle")
+    url = f"/admin/production_runs/eventtemplatemapping/{digest.pk}/change/"
+    data = {
+        "event_name": digest.event_name,
+        "template_name": digest.template_name,
+        "is_live": "on",
+        "send_design_image": "on",
+    }
+    page = admin_client.post(url, data)
+    (error,) = page.context["adminform"].form.errors["send_design_image"]
+    assert error.startswith("A digest is not followed by a design image")
+    listed = admin_client.post(
+        "/admin/production_runs/eventtemplatemapping/",
+        {
+            "form-TOTAL_FORMS": 1,
+            "form-INITIAL_FORMS": 1,
+            "form-0-id": digest.pk,
+            "form-0-is_live": "on",
+            "form-0-send_design_image": "on",
+            "_save": "Save",
+        },
+    )
+    assert "A digest is not followed by a design image" in listed.content.decode()
+    digest.refresh_from_db()
+    assert not digest.send_design_image
+    del data["send_design_image"]
+    assert admin_client.post(url, data).status_code == 302
+
+
 def test_a_run_added_in_the_admin_starts_as_a_draft_sent_with_the_action(admin_client, clock):
     partner = pending_run().partner
     page = admin_client.post(
