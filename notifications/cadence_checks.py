@@ -225,12 +225,13 @@ def stakeholder_address_check(deliveries: list[Delivery], now: datetime) -> dict
     people = {s.pk: s for s in Stakeholder.objects.filter(pk__in=ids)}
     decisions = {}
     for delivery in deliveries:
-        person = people.get(stakeholder_id(delivery.recipient_key))
+        person_id = stakeholder_id(delivery.recipient_key)
+        if person_id is None:
+            continue  # not to a stakeholder (a customer's, a partner's)
+        person = people.get(person_id)
         if person is None:  # removed from Herald: no longer someone it writes to
             decisions[delivery.id] = SendDecision(
-                "cancel",
-                f"deleted: stakeholder {stakeholder_id(delivery.recipient_key)} was deleted "
-                "before it could be sent",
+                "cancel", f"deleted: stakeholder {person_id} was deleted before it could be sent"
             )
         elif not person.is_active:
             decisions[delivery.id] = SendDecision(

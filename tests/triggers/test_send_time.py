@@ -329,6 +329,16 @@ def test_a_queued_delivery_to_a_stakeholder_deleted_since_is_cancelled(alice):
     assert not RecordedMessage.objects.exists()
 
 
+def test_a_customer_email_claimed_with_a_stakeholder_s_is_not_taken_for_a_deleted_one(alice):
+    """One claim, one stakeholder's alert and one customer's email: the check of deleted
+    stakeholders looks at stakeholder deliveries only."""
+    to(alice)
+    customer = DeliveryFactory(recipient_key="customer:7", send_at=T)
+    assert dispatch_due().sent == 2
+    customer.refresh_from_db()
+    assert customer.status == "sent"
+
+
 def test_a_queued_delivery_goes_to_the_email_a_stakeholder_has_now(alice):
     """Her email is corrected while an alert waits for her cadence: it goes to the new
     address (put back for the next round, which checks that address's suppressions), and
