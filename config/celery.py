@@ -6,7 +6,10 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from django.db import close_old_connections
 
+from config.pool import protect_queue_locks
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+protect_queue_locks()  # before the worker forks its pool (config/pool.py)
 
 app = Celery("herald")
 app.config_from_object("django.conf:settings", namespace="CELERY")
