@@ -2,41 +2,24 @@
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
-from config.env import broker_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.config.workers import start_worker
 
 
 def _roundtrip(broker_url: str, var_dir: Path) -> str:
-    url, options, results = broker_config(broker_url, var_dir=var_dir)
-    env = {**os.environ, "HERALD_VAR_DIR": str(var_dir), "CELERY_BROKER_URL": broker_url}
-    env.pop("DATABASE_URL", None)  # the worker needs no database for a ping
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=solo",
-            "--loglevel=WARNING",
-            f"--hostname=roundtrip-{os.getpid()}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
+    worker, client = start_worker(
+        broker_url,
+        var_dir,
+        "roundtrip",
+        "--pool=solo",
+        "--loglevel=WARNING",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    client = Celery("roundtrip-client", broker=url, backend=results)
-    client.conf.broker_transport_options = options
     try:
         return client.send_task("herald.ping", args=["echo"]).get(timeout=60)
     finally:
