@@ -7,10 +7,16 @@ from django.contrib.admin.actions import delete_selected as django_delete_select
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from cadence.models import CADENCE_FIELDS, Persona, Stakeholder, TriggerCooldown
 from cadence.policy import DEFAULT_RULES
+from cadence.signals import tell_cadence_changed
+
+# What decides a stakeholder's cadence besides the persona's own fields: saving a change
+# of any of them re-plans what is queued for them.
+STAKEHOLDER_CADENCE_FIELDS = (*CADENCE_FIELDS, "persona", "time_zone")
 
 
 def _simulator_link(query: str, label: str):
@@ -23,6 +29,26 @@ def _simulator_link(query: str, label: str):
 
 def _cap(value: int) -> str:
     return str(value) if value else "∞"
+
+
+def _replan(modeladmin, request, sender, stakeholder_ids, why: str) -> None:
+    """Have the engine re-plan what the old cadence queued for these people, and say how
+    many deliveries moved."""
+    count = tell_cadence_changed(
+        sender,
+        stakeholder_ids=stakeholder_ids,
+        now=timezone.now(),
+        why=f"{why} by {request.user.get_username()}",
+    )
+    if count is None:  # the engine is not installed
+        return
+    if count == 0:
+        text = "No delivery queued under the old cadence could go sooner under the new one."
+    elif count == 1:
+        text = "1 delivery queued under the old cadence was re-planned by the new one."
+    else:
+        text = f"{count} deliveries queued under the old cadence were re-planned by the new one."
+    modeladmin.message_user(request, text)
 
 
 def _left_without_persona(personas) -> dict:
@@ -60,7 +86,8 @@ class PersonaAdmin(admin.ModelAdmin):
             {
                 "description": "Limits per person with this persona, on each channel. "
                 "Days, weeks (from Monday) and months are counted in the person's time zone. "
-                "The seed's defaults: 1 h cooldown, 1/day, 2/week, unlimited/month.",
+                "The seed's defaults: 1 h cooldown, 1/day, 2/week, unlimited/month. "
+                "Saving a looser cadence brings forward what the old one queued.",
                 "fields": ("cooldown_hours", "max_per_day", "max_per_week", "max_per_month"),
             },
         ),
@@ -81,6 +108,26 @@ class PersonaAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(stakeholder_total=Count("stakeholders"))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and set(form.changed_data) & set(CADENCE_FIELDS):
+            people = obj.stakeholders.values_list("pk", flat=True)
+            _replan(self, request, Persona, people, f"persona {obj}'s cadence was changed")
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, Persona.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        """Their stakeholders are left on the seed's defaults: what those queued under the
+        persona's cadence is re-planned by them."""
+        personas = list(queryset)
+        people = list(Stakeholder.objects.filter(persona__in=personas).values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        if people:
+            what = "persona" if len(personas) == 1 else "personas"
+            names = ", ".join(str(p) for p in personas)
+            _replan(self, request, Persona, people, f"{what} {names} deleted")
 
     def render_delete_form(self, request, context):
         context["left_without_persona"] = _left_without_persona([context["object"]])
@@ -180,11 +227,17 @@ class StakeholderAdmin(admin.ModelAdmin):
             {
                 "description": "Leave blank to inherit the persona's value. A filled value "
                 "applies to this person only, and is enforced when deliveries are scheduled "
-                "and again when they are sent.",
+                "and again when they are sent. Saving a looser cadence brings forward what "
+                "the old one queued.",
                 "fields": (*CADENCE_FIELDS, "effective_rules"),
             },
         ),
     )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and set(form.changed_data) & set(STAKEHOLDER_CADENCE_FIELDS):
+            _replan(self, request, Stakeholder, [obj.pk], f"{obj}'s cadence was changed")
 
     @admin.display(description="overrides")
     def override_summary(self, obj):

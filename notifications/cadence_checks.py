@@ -21,6 +21,10 @@ Then it is
 
 Nothing is dropped without a recorded reason.
 
+When staff loosen someone's cadence, what it held for them is re-planned at once
+(`cadence_replan`, on cadence.signals.cadence_changed): the re-check above only ever
+catches a stricter cadence, when a delivery comes due.
+
 (notifications.triggers imports this module; this one imports it back only inside the
 functions that need the evaluator registry.)
 """
@@ -32,7 +36,7 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from zoneinfo import ZoneInfo
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Count, DateTimeField, F, Lookup, Q, Value
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import In
@@ -50,8 +54,10 @@ from cadence.policy import (
     periods,
     replay,
 )
-from notifications.dispatch import SendDecision, register_send_time_check
-from notifications.models import Delivery, Notification
+from cadence.signals import cadence_changed
+from notifications.dispatch import SendDecision, halted_run_ids, register_send_time_check
+from notifications.killswitches import active_switches, frozen_filter
+from notifications.models import Delivery, DeliveryEvent, Notification
 
 STAKEHOLDER_PREFIX = "stakeholder:"
 
@@ -314,9 +320,93 @@ def _decide_one(delivery, person, kind, histories, now) -> SendDecision | None:
     )
 
 
+# What dispatch and the evaluator write as the reason of a delivery the cadence holds
+# (Decision.reason, and the send-time check's deferral): the only holds re-planned below.
+CADENCE_HOLD_PREFIX = "cadence:"
+
+
+def cadence_replan(stakeholder_ids: Iterable[int], *, now: datetime, why: str) -> int:
+    """After staff changed these people's cadence (`why` says how): their deliveries that
+    the cadence holds for later are placed again by the cadence as it is now, the way the
+    evaluator places a new one (`decide` over the person's time line, later schedules
+    included): due now when it allows them now, else at the earliest moment it allows.
+    Returns how many moved.
+
+    Only ever brought forward: a stricter cadence is enforced when they come due (the
+    send-time check). Deliveries held for anything else (pacing, a kill switch, a halted
+    run, a fallback's wait) are left as they are, and so are an inactive person's (they
+    are cancelled when due). Nothing is sent here: a moved delivery is sent by dispatch,
+    which checks the cadence once more."""
+    ids = set(stakeholder_ids)
+    if not ids:
+        return 0
+    with transaction.atomic():
+        # The people locked as the send-time check locks them: a worker judging one of
+        # their due messages waits, then sees the new times.
+        people = {
+            s.pk: s
+            for s in Stakeholder.objects.filter(pk__in=ids, is_active=True)
+            .select_related("persona")
+            .select_for_update(of=("self",))
+            .order_by("pk")
+        }
+        if not people:
+            return 0
+        held = Delivery.objects.filter(
+            _OneOf(F("recipient_key"), [stakeholder_key(pk) for pk in people]),
+            status=Delivery.Status.SCHEDULED,
+            send_at__gt=now,
+            status_reason__startswith=CADENCE_HOLD_PREFIX,
+        ).exclude(workflow_run_id__in=halted_run_ids())
+        frozen = frozen_filter(active_switches())
+        if frozen is not None:
+            held = held.exclude(frozen)
+        queued = sorted(held, key=lambda d: (d.send_at, d.id))
+        if not queued:
+            return 0
+        originals = _originals(queued)
+        histories = stakeholder_histories(people, now=now, exclude_ids=[d.id for d in queued])
+        events = []
+        for delivery in queued:
+            person = people[stakeholder_id(delivery.recipient_key)]
+            kind = originals.get(delivery.fallback_of_id, (delivery.message_type,))[0]
+            timeline = histories.setdefault((person.pk, delivery.channel), [])
+            decision = decide(person.rules(), timeline, kind, now, person.tz)
+            if decision.not_before >= delivery.send_at:
+                timeline.append(Sent(delivery.send_at, kind))
+                continue
+            was = f"was queued until {delivery.send_at.astimezone(person.tz):%Y-%m-%d %H:%M %Z}"
+            if decision.allowed:
+                reason = f"re-planned: {why}; its cadence lets it go now ({was})"
+            else:
+                reason = f"{decision.reason(person.tz)} (re-planned: {why}; {was})"
+            if Delivery.objects.filter(
+                pk=delivery.pk, status=Delivery.Status.SCHEDULED, send_at=delivery.send_at
+            ).update(send_at=decision.not_before, status_reason=reason[:300], updated_at=now):
+                timeline.append(Sent(decision.not_before, kind))
+                events.append(
+                    DeliveryEvent(
+                        delivery=delivery,
+                        kind=DeliveryEvent.Kind.REPLANNED,
+                        at=now,
+                        reason=reason[:300],
+                    )
+                )
+            else:  # claimed or changed meanwhile: it keeps its place on the time line
+                timeline.append(Sent(delivery.send_at, kind))
+        DeliveryEvent.objects.bulk_create(events)
+    return len(events)
+
+
+def on_cadence_changed(sender, *, stakeholder_ids, now, why, **kwargs) -> int:
+    """Receiver of cadence.signals.cadence_changed."""
+    return cadence_replan(stakeholder_ids, now=now, why=why)
+
+
 def register() -> None:
     register_send_time_check(stakeholder_address_check, before_suppressions=True)
     register_send_time_check(cadence_send_time_check)
+    cadence_changed.connect(on_cadence_changed, dispatch_uid="cadence_replan")
 
 
 # --- the simulator's questions ---------------------------------------------------------------

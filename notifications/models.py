@@ -872,6 +872,7 @@ class DeliveryEvent(models.Model):
         SKIPPED = "skipped", "Skipped"
         UNKNOWN = "unknown", "Unknown"
         READDRESSED = "readdressed", "Re-addressed"
+        REPLANNED = "replanned", "Re-planned"
 
     delivery = models.ForeignKey(
         Delivery,
@@ -885,8 +886,9 @@ class DeliveryEvent(models.Model):
         help_text=(
             "What happened: queued, deferred, claimed, sent, retry, "
             "delivered, opened, clicked, failed, bounced, complained, "
-            "unsubscribed, cancelled, expired, skipped, unknown, or readdressed (the "
-            "customer's email was corrected before it was sent)."
+            "unsubscribed, cancelled, expired, skipped, unknown, readdressed (the "
+            "customer's email was corrected before it was sent), or replanned (brought "
+            "forward when staff loosened the cadence that queued it)."
         ),
     )
     at = models.DateTimeField(
