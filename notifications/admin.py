@@ -86,11 +86,14 @@ class DeliveryEventInline(ReadOnlyInline):
 
 
 class DeliveryChangeList(ChangeList):
-    """Reads the suppressions of the page's addresses at once (a query per row before)."""
+    """Reads the suppressions of the page's addresses at once (a query per row before),
+    and the stakeholders of its stakeholder deliveries (one query): whether each is still
+    active and where it is reached now, which decide what happens to a delivery when due."""
 
     def get_results(self, request):
         super().get_results(request)
         request.hold_context.read_suppressions(self.result_list)  # evaluates the page
+        request.hold_context.read_addresses(self.result_list, now=timezone.now())
 
 
 def _readdressed_since_failing(failed) -> dict[int, str]:

@@ -650,6 +650,19 @@ def register_send_time_check(check, *, before_suppressions: bool = False) -> Non
         checks.append(check)
 
 
+def address_decisions(deliveries: list[Delivery], now: datetime) -> dict:
+    """What the checks registered `before_suppressions` would decide about these
+    deliveries were they sent at `now` ({delivery id: SendDecision}): the delivery pages
+    tell, before a delivery comes due, that it will be cancelled (its stakeholder is
+    inactive) or go to a corrected address. Reads only."""
+    decisions: dict = {}
+    for check in _address_checks:
+        undecided = [d for d in deliveries if d.id not in decisions]
+        if undecided:
+            decisions.update(check(undecided, now))
+    return decisions
+
+
 def _apply_send_time_checks(
     claimed, *, now: datetime, report: DispatchReport, checks=None
 ) -> list[Delivery]:

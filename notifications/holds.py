@@ -12,7 +12,9 @@ from notifications.models import Delivery, ProviderBreaker, Sender
 
 @dataclass(frozen=True)
 class Hold:
-    kind: str  # kill_switch, halted, suppressed, breaker, paced, scheduled, due, in_flight
+    # kill_switch, halted, cancel_when_due, suppressed, breaker, paced, scheduled, due,
+    # in_flight
+    kind: str
     reason: str
     expected_at: datetime | None  # None: not until a person acts
 
@@ -28,6 +30,10 @@ class HoldContext:
     # (address, channel) -> its suppression or None, for the deliveries `read_suppressions`
     # was given; any other delivery's is read on its own.
     suppressions: dict | None = None
+    # delivery id -> what the address checks of dispatch would decide about it when due
+    # (a stakeholder made inactive, deleted or re-addressed since it was queued), for the
+    # deliveries `read_addresses` was given; any other delivery's is read on its own.
+    addresses: dict | None = None
 
     @classmethod
     def load(cls) -> "HoldContext":
@@ -54,6 +60,21 @@ class HoldContext:
             for address in addresses:
                 self.suppressions[(address, channel)] = found.get(address)
 
+    def read_addresses(self, deliveries, *, now: datetime) -> None:
+        """Read what the address checks say about these deliveries (the waiting ones):
+        one query for the stakeholders among them."""
+        from notifications.dispatch import address_decisions
+
+        waiting = [d for d in deliveries if d.status == Delivery.Status.SCHEDULED]
+        self.addresses = {d.id: None for d in waiting} | address_decisions(waiting, now)
+
+    def address_decision(self, delivery: Delivery, *, now: datetime):
+        if self.addresses is not None and delivery.id in self.addresses:
+            return self.addresses[delivery.id]
+        from notifications.dispatch import address_decisions
+
+        return address_decisions([delivery], now).get(delivery.id)
+
     def suppression(self, delivery: Delivery):
         key = (delivery.address, delivery.channel)
         if self.suppressions is not None and key in self.suppressions:
@@ -65,24 +86,54 @@ def explain(
     delivery: Delivery, *, now: datetime, context: HoldContext | None = None
 ) -> Hold | None:
     """The hold on a delivery that is still to be sent (None once it is decided)."""
-    from notifications.dispatch import provider_of
-
     if delivery.status == Delivery.Status.SENDING:
         return Hold("in_flight", "being handed to the provider", delivery.claimed_at)
     if delivery.status != Delivery.Status.SCHEDULED:
         return None
     context = context or HoldContext.load()
+    # What dispatch will find when it comes due, decided then (its stakeholder made
+    # inactive, deleted or re-addressed since it was queued): said now, since it makes the
+    # reason it was queued with stale.
+    then = context.address_decision(delivery, now=now)
+    after = f"; then it {_when_due(then, delivery)}" if then else ""
     switch = switch_for(delivery, context.switches)
     if switch:
         return Hold(
             "kill_switch",
             f"frozen by kill switch {switch.name}"
-            + (f": {switch.reason}" if switch.reason else ""),
+            + (f": {switch.reason}" if switch.reason else "")
+            + after,
             None,
         )
     if delivery.workflow_run_id in context.halted_runs:
-        return Hold("halted", "its run was halted: resume or cancel it", None)
-    suppression = context.suppression(delivery)
+        return Hold("halted", f"its run was halted: resume or cancel it{after}", None)
+    if then is not None and then.action == "cancel":
+        return Hold("cancel_when_due", _when_due(then, delivery), max(delivery.send_at, now))
+    hold = _waiting(delivery, now=now, context=context, readdressed=then is not None)
+    if then is None:
+        return hold
+    return Hold(hold.kind, f"{hold.reason}; {_when_due(then, delivery)}", hold.expected_at)
+
+
+def _when_due(decision, delivery: Delivery) -> str:
+    """An address check's decision as what will happen when the delivery comes due."""
+    _, _, why = decision.reason.partition(": ")
+    if decision.action == "cancel":
+        return f"will be cancelled when due ({why})"
+    if decision.action == "fallback":
+        return (
+            f"will go by {delivery.fallback_channel} to {delivery.fallback_address} when "
+            f"due ({why})"
+        )
+    return f"will go to the corrected address when due ({why})"
+
+
+def _waiting(delivery: Delivery, *, now: datetime, context: HoldContext, readdressed: bool):
+    """The hold on a scheduled delivery that is neither frozen nor halted (`readdressed`:
+    it will go to another address, whose suppression dispatch checks then)."""
+    from notifications.dispatch import provider_of
+
+    suppression = None if readdressed else context.suppression(delivery)
     if suppression:
         return Hold("suppressed", f"will be skipped: {suppression.get_reason_display()}", None)
     breaker = context.breakers.get(
