@@ -19,7 +19,7 @@ from production_runs.discoverer import (
     discover_reminders,
     reminder_event_name,
 )
-from production_runs.dispatcher import mapping_problem
+from production_runs.dispatcher import DIGEST_EVENT, mapping_problem
 from production_runs.models import (
     EventTemplateMapping,
     ReminderKind,
@@ -69,12 +69,14 @@ def reminder_events(settings: ReminderSettings) -> list[str]:
 
 def required_templates(settings: ReminderSettings) -> list[str]:
     """The templates the scheduled reminders send: the live mappings of the reminder (or
-    digest) events, plus the design-image template when a mapping follows up with it."""
+    digest) events, plus the design-image template when a mapping of a run's reminder
+    follows up with it (a digest never does, whatever its row says: the dispatcher sends no
+    image after a digest)."""
     mappings = EventTemplateMapping.objects.filter(
         event_name__in=reminder_events(settings), is_live=True
     )
     names = {m.template_name for m in mappings}
-    if any(m.send_design_image for m in mappings):
+    if any(m.send_design_image and not DIGEST_EVENT.match(m.event_name) for m in mappings):
         names.add(DESIGN_TEMPLATE)
     return sorted(names)
 

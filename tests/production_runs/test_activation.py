@@ -192,3 +192,19 @@ def test_the_admin_enables_without_override_once_the_gate_holds(admin_client, sc
     admin_client.post(GATE_URL, {"action": "enable", "post": "yes"})
     assert enabled()
     assert ScheduleChange.objects.get().overridden is False
+
+
+def test_a_digest_mapping_ticked_for_the_design_image_does_not_make_the_gate_ask_for_it(
+    schedule, platforms
+):
+    """A digest is never followed by the design image (c60b74d refuses the tick on save); a
+    row ticked before that must not make the gate require the image template."""
+    india, australia = platforms
+    approve_all(india, australia)
+    ReminderSettings.objects.filter(pk=1).update(digest_enabled=True)
+    EventTemplateMapping.objects.filter(event_name__startswith="production_run.digest_").update(
+        send_design_image=True
+    )
+    TemplateVariantStatus.objects.filter(template_name="jyt_production_run_design_v1").delete()
+
+    assert failing(activation_gate()) == {}

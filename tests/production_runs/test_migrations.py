@@ -35,3 +35,26 @@ def test_a_reminder_count_someone_set_becomes_the_day_it_flagged_on(count, steps
         assert ReminderSettings.objects.get(pk=1).flag_after_days == day
     finally:
         _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def test_a_digest_mapping_ticked_for_the_design_image_is_unticked():
+    apps = _migrate([("production_runs", "0007_flag_help")])
+    Mapping = apps.get_model("production_runs", "EventTemplateMapping")
+    for event, template in [
+        ("production_run.digest_idle", "jyt_production_run_digest_idle_v1"),
+        ("production_run.reminder_idle", "jyt_production_run_reminder_idle_v1"),
+    ]:
+        Mapping.objects.update_or_create(
+            event_name=event, defaults={"template_name": template, "send_design_image": True}
+        )
+    try:
+        apps = _migrate([("production_runs", "0008_digest_mappings_send_no_image")])
+        Mapping = apps.get_model("production_runs", "EventTemplateMapping")
+        ticked = dict(
+            Mapping.objects.filter(
+                event_name__in=["production_run.digest_idle", "production_run.reminder_idle"]
+            ).values_list("event_name", "send_design_image")
+        )
+        assert ticked == {"production_run.digest_idle": False, "production_run.reminder_idle": True}
+    finally:
+        _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
