@@ -15,6 +15,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.db.models import Q
 
 from notifications.models import Channel, Delivery
@@ -506,9 +507,11 @@ def release_held(
 ) -> int:
     """The messages held waiting for this variant's approval are due now, when it left
     review (APPROVED: sent by the next dispatch; REJECTED, DISABLED, MISSING: cancelled by
-    it, saying why) instead of at their next re-check. Only rows still scheduled move (one
-    conditional UPDATE): a message being sent is not touched, so none goes twice; other
-    templates, languages and platforms are left as they are. Returns how many moved."""
+    it, saying why) instead of at their next re-check, and the design images following
+    them with them (sent right after their message, or cancelled with it). Only rows still
+    scheduled move (conditional UPDATEs): a message being sent is not touched, so none goes
+    twice; other templates, languages and platforms are left as they are. Returns how many
+    messages moved."""
     if status in IN_REVIEW:
         return 0
     phone = Q(payload__phone_number_id=platform.phone_number_id)
@@ -518,7 +521,7 @@ def release_held(
         outcome = f"now APPROVED on WhatsApp platform {platform.label}: due for sending"
     else:
         outcome = f"now {status} on WhatsApp platform {platform.label}: due, to be cancelled"
-    released = Delivery.objects.filter(
+    held = Delivery.objects.filter(
         phone,
         # The outbox's due index: WHERE status = 'scheduled' AND send_at > now
         status=Delivery.Status.SCHEDULED,
@@ -529,11 +532,16 @@ def release_held(
         payload__language=language,
         status_reason__startswith=f"{variant_named(template, language)} is ",
         status_reason__endswith=f": {WAITING_FOR_APPROVAL}",
-    ).update(
-        send_at=now,
-        status_reason=f"{variant_named(template, language)} {outcome}"[:300],
-        updated_at=now,
     )
+    with transaction.atomic():
+        keys = dict(held.values_list("id", "idempotency_key"))
+        released = held.filter(id__in=keys).update(
+            send_at=now,
+            status_reason=f"{variant_named(template, language)} {outcome}"[:300],
+            updated_at=now,
+        )
+        if released:
+            _release_design_images(list(keys.values()), now=now)
     if released:
         logger.info(
             "template %s (%s) %s on %s: %d held message(s) due now",
@@ -545,6 +553,36 @@ def release_held(
         )
         kick_dispatch_on_commit()
     return released
+
+
+# A message's design image is staged under the message's key with ":design" after the event
+# (dispatcher.DESIGN_KEY reads it back): production_run_event:<id>:design:<recipient>.
+MESSAGE_KEY = re.compile(r"^(?P<event>production_run_event:\d+):(?P<recipient>partner:.+)$")
+
+
+def _release_design_images(message_keys: list[str], *, now: datetime) -> int:
+    """The design images waiting for these messages (deferred until the message's re-check,
+    "follows message ...") are due now too: the dispatch that sends a released message sends
+    its image right after it (claims go in send_at, then id order, and the image was staged
+    after its message), not at the message's former re-check up to TEMPLATE_REVIEW_RETRY
+    later. An image held for its own template's approval stays held."""
+    image_keys = [
+        f"{found['event']}:design:{found['recipient']}"
+        for key in message_keys
+        if (found := MESSAGE_KEY.match(key))
+    ]
+    if not image_keys:
+        return 0
+    return Delivery.objects.filter(
+        idempotency_key__in=image_keys,
+        status=Delivery.Status.SCHEDULED,
+        send_at__gt=now,
+        status_reason__startswith="follows message ",
+    ).update(
+        send_at=now,
+        status_reason="follows its message, released with it",
+        updated_at=now,
+    )
 
 
 def record_status(

@@ -8,6 +8,7 @@ from notifications.models import Delivery, RecordedMessage
 from production_runs.discoverer import discover_reminders
 from production_runs.models import ReminderSettings, TemplateStatus, TemplateVariantStatus
 from production_runs.runs import run_record_progress, run_step
+from production_runs.whatsapp_templates import record_status
 from tests.notifications.factories import DeliveryFactory
 from tests.production_runs.factories import (
     DAY,
@@ -235,5 +236,33 @@ def test_a_message_and_its_design_image_go_together_when_nothing_holds_them(cloc
     pending_run()
     stage()
     send(NOW)
+    sent = RecordedMessage.objects.order_by("id").values_list("payload__template", flat=True)
+    assert list(sent) == [REMINDER, DESIGN]
+
+
+def test_the_design_image_goes_right_after_its_held_message_once_the_template_is_approved(
+    clock, platform
+):
+    """The approval releases the held reminder at once (release_held): its design image is
+    released with it and follows it in the same dispatch, not up to 30 minutes later."""
+    TemplateVariantStatus.objects.filter(template_name=REMINDER, language="hi").update(
+        status=TemplateStatus.PENDING
+    )
+    pending_run()
+    stage()
+    send(NOW)
+    assert not RecordedMessage.objects.exists()
+
+    approved_at = NOW + timedelta(minutes=5)
+    clock.move_to(approved_at)
+    record_status(
+        platform=platform,
+        template=REMINDER,
+        language="hi",
+        status=TemplateStatus.APPROVED,
+        now=approved_at,
+    )
+    send(approved_at)
+
     sent = RecordedMessage.objects.order_by("id").values_list("payload__template", flat=True)
     assert list(sent) == [REMINDER, DESIGN]
