@@ -197,6 +197,8 @@ def reminders_this_week(now: datetime) -> list[tuple[str, int]]:
     )
     rows = (
         Event.objects.filter(name__startswith="production_run.reminder_", created_at__gte=monday)
+        # Not sent: its partner had no WhatsApp number when the dispatcher handled it.
+        .exclude(handlings__result__skipped="no_whatsapp_number")
         .values("name")
         .annotate(n=Count("id"))
         .order_by("name")

@@ -21,6 +21,7 @@ from production_runs.discoverer import (
     Thresholds,
     bucket_filter,
     discover_reminders,
+    partner_change_url,
     with_idle_since,
 )
 from production_runs.dispatcher import mapping_problem, restore_default_mappings
@@ -250,10 +251,34 @@ class ProductionRunAdmin(admin.ModelAdmin):
         except ProductionRun.reminder.RelatedObjectDoesNotExist:
             return None
 
+    def _no_number(self, obj, *, short=False):
+        """A warning that the run cannot be reminded, with a link to add the number, for an
+        active run whose partner has no WhatsApp number (the discoverer does not remind
+        it); "" for any other run."""
+        partner = obj.partner
+        if partner is None or partner.whatsapp_number or obj.status not in ACTIVE_STATUSES:
+            return ""
+        if short:  # the list's column
+            return format_html(
+                '<span title="cannot be reminded: partner has no WhatsApp number">{}</span> '
+                '<a href="{}">add it</a>',
+                pill(BAD_COLOUR, "no WhatsApp number"),
+                partner_change_url(partner.pk),
+            )
+        return format_html(
+            '{} <a href="{}">add the WhatsApp number of {}</a>',
+            pill(BAD_COLOUR, "cannot be reminded: partner has no WhatsApp number"),
+            partner_change_url(partner.pk),
+            partner.name,
+        )
+
     @admin.display(description="reminders", ordering="reminder__reminder_count")
     def reminders_sent(self, obj):
         state = self._state(obj)
-        return state.reminder_count if state else 0
+        count = state.reminder_count if state else 0
+        if warning := self._no_number(obj, short=True):
+            return format_html("{}<br>{}", count, warning)
+        return count
 
     @admin.display(description="flagged", ordering="reminder__flagged_at")
     def flagged(self, obj):
@@ -265,14 +290,16 @@ class ProductionRunAdmin(admin.ModelAdmin):
     @admin.display(description="reminders")
     def reminder_summary(self, obj):
         state = self._state(obj)
+        warning = self._no_number(obj)
         if state is None:
-            return "no open stall"
+            return format_html("no reminder sent; {}", warning) if warning else "no open stall"
         flagged = f"; flagged for ops {state.flagged_at:%Y-%m-%d}" if state.flagged_at else ""
         last = f"{state.last_reminded_at:%Y-%m-%d %H:%M}" if state.last_reminded_at else "never"
-        return (
+        summary = (
             f"{state.get_kind_display()} since {state.stalled_since:%Y-%m-%d %H:%M}; "
             f"{state.reminder_count} reminder(s), last {last}{flagged}"
         )
+        return format_html("{}; {}", summary, warning) if warning else summary
 
     def _step(self, request, queryset, step: str, done: str):
         now = timezone.now()
@@ -431,6 +458,12 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             ("skipped_no_partner", "skipped: no partner", summary["skipped_no_partner"], ""),
             ("skipped_not_overdue", "skipped: not overdue", summary["skipped_not_overdue"], ""),
             ("skipped_not_due", "skipped: not due (escalation)", summary["skipped_not_due"], ""),
+            (
+                "skipped_no_whatsapp_number",
+                "would not be reminded: partner has no WhatsApp number",
+                summary["skipped_no_whatsapp_number"],
+                "",
+            ),
             ("already_emitted", "already reminded today", summary["already_emitted"], ""),
             ("dispatched", "would be reminded", summary["dispatched"], ""),
             ("events", "events that would be emitted", summary["events"], ""),

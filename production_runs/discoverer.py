@@ -8,6 +8,8 @@ digest is on). It sends nothing itself: the wildcard dispatcher does (dispatcher
     escalate remind on day 1, 3, 7 of a stall, then weekly (ReminderState per run); flag for
              ops a run still stalled on day 7 of its reminders (seed 002: ">= 7 consecutive
              days"); forget a run's stall only once the run has really moved on
+    reach    a run whose partner has no WhatsApp number is not reminded (no event, no
+             escalation step) and its partner is listed, with where to add the number
     emit     record_event("production_run.reminder_<kind>", ...) once per run and day
     log      one summary line with every count
 """
@@ -37,10 +39,12 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
+from django.urls import reverse
 
 from notifications.events import NewEvent, record_event, record_events
 from production_runs.models import (
     ACTIVE_STATUSES,
+    Partner,
     ProductionRun,
     ProgressUpdate,
     ReminderKind,
@@ -56,6 +60,8 @@ REMINDER_TZ = ZoneInfo("Asia/Kolkata")
 KINDS = tuple(ReminderKind.values)
 SAMPLE_SIZE = 20
 MAX_ERRORS = 20
+# Partners listed in the summary for having no WhatsApp number (the count has them all).
+MAX_UNREACHABLE = 50
 
 
 def local_date(moment: datetime) -> date:
@@ -420,6 +426,7 @@ def _empty_summary(*, now: datetime, dry_run: bool, digest: bool) -> dict:
         "skipped_no_partner": 0,
         "skipped_not_overdue": 0,
         "skipped_not_due": 0,
+        "skipped_no_whatsapp_number": 0,
         "already_emitted": 0,
         "dispatched": 0,
         "events": 0,
@@ -427,7 +434,34 @@ def _empty_summary(*, now: datetime, dry_run: bool, digest: bool) -> dict:
         "flagged": 0,
         "errors": [],
         "sample": [],
+        # {"partner", "partner_name", "runs", "add_number_at"} per partner whose due runs
+        # could not be reminded for want of a WhatsApp number.
+        "no_whatsapp_number": [],
     }
+
+
+def partner_change_url(partner_id: int) -> str:
+    """Where staff add a partner's WhatsApp number (Admin → Production runs → Partners)."""
+    return reverse("admin:production_runs_partner_change", args=[partner_id])
+
+
+def _unreachable(summary: dict, run: RunRow, names: dict[int, str]) -> None:
+    """Count a due run whose partner has no WhatsApp number: no event, no escalation step
+    (it was not reminded; once the number is added the next run reminds it at once)."""
+    summary["skipped_no_whatsapp_number"] += 1
+    listed = summary["no_whatsapp_number"]
+    entry = next((e for e in listed if e["partner"] == run.partner_id), None)
+    if entry is None:
+        if len(listed) >= MAX_UNREACHABLE:
+            return
+        entry = {
+            "partner": run.partner_id,
+            "partner_name": names[run.partner_id],
+            "runs": [],
+            "add_number_at": partner_change_url(run.partner_id),
+        }
+        listed.append(entry)
+    entry["runs"].append(run.id)
 
 
 def discover_reminders(
@@ -441,7 +475,9 @@ def discover_reminders(
 
     `total_inspected` = sum of `counts` + `skipped_no_partner` + `skipped_not_overdue`, and
     each counted run is dispatched, failed, `skipped_not_due` (waiting for its next
-    escalation day) or `already_emitted` (reminded today already: today's event exists).
+    escalation day), `already_emitted` (reminded today already: today's event exists) or
+    `skipped_no_whatsapp_number` (due, but its partner has no WhatsApp number: no event, not
+    counted as reminded, its partner listed in `no_whatsapp_number`).
     `dry_run` classifies and reports, emits nothing and changes nothing; its
     `already_emitted` counts the runs reminded today and its `flagged` the stalls it would
     flag for ops, as a real run's would."""
@@ -462,6 +498,13 @@ def discover_reminders(
             s.run_id: s
             for s in ReminderState.objects.filter(run_id__gte=page[0].id, run_id__lte=page[-1].id)
         }
+        # The page's partners that cannot be reached on WhatsApp (a handful at most).
+        no_number = dict(
+            Partner.objects.filter(
+                id__in={run.partner_id for run in page if run.overdue_kind is not None},
+                whatsapp_number="",
+            ).values_list("id", "name")
+        )
         # Known stalls of runs not overdue as of `now` (each is forgotten only if its run
         # really moved on), and known stalls not due a reminder but due the ops flag.
         not_overdue: list[ReminderState] = []
@@ -496,6 +539,9 @@ def discover_reminders(
                         summary["flagged"] += 1  # would be
                     else:
                         to_flag.append(state.pk)
+                continue
+            if run.partner_id in no_number:
+                _unreachable(summary, run, no_number)
                 continue
             due = Due(run, kind, since, state)
             if settings.digest_enabled:
@@ -536,7 +582,8 @@ def discover_reminders(
         "Reminder run — inspected=%(total_inspected)s pending=%(pending)s "
         "not_started=%(not_started)s idle=%(idle)s no_partner=%(skipped_no_partner)s "
         "not_overdue=%(skipped_not_overdue)s not_due=%(skipped_not_due)s "
-        "already=%(already_emitted)s dispatched=%(dispatched)s failed=%(failed)s "
+        "no_whatsapp_number=%(skipped_no_whatsapp_number)s already=%(already_emitted)s "
+        "dispatched=%(dispatched)s failed=%(failed)s "
         "flagged=%(flagged)s dry_run=%(dry_run)s",
         {
             **summary,

@@ -98,6 +98,11 @@ def run_remind_now(*, run: ProductionRun, now: datetime, by: str) -> bool:
         raise RunStepRefused(f"run {run.pk} is {run.get_status_display().lower()}, not active")
     if run.partner_id is None:
         raise RunStepRefused(f"run {run.pk} has no partner to remind")
+    if not run.partner.whatsapp_number:
+        raise RunStepRefused(
+            f"run {run.pk}: partner {run.partner} has no WhatsApp number (add it in Production "
+            "runs → Partners)"
+        )
     found = stall(with_last_progress(ProductionRun.objects.filter(pk=run.pk)).get())
     if found is None:
         raise RunStepRefused(f"run {run.pk} is not stalled: nothing to remind about")

@@ -13,6 +13,7 @@ ROWS = [
     ("skipped_no_partner", "skipped: no partner"),
     ("skipped_not_overdue", "skipped: not overdue"),
     ("skipped_not_due", "skipped: not due (escalation)"),
+    ("skipped_no_whatsapp_number", "not reminded: no WhatsApp number"),
     ("already_emitted", "already emitted today"),
     ("dispatched", "dispatched"),
     ("events", "events emitted"),
@@ -35,7 +36,9 @@ class Command(BaseCommand):
     help = (
         "Find stalled production runs and emit one reminder event per run (seed 002's daily "
         "discoverer; the dispatcher sends the WhatsApp messages). --dry-run classifies and "
-        "reports without emitting anything. Run by hand, it runs on whatever day it is "
+        "reports without emitting anything. A stalled run whose partner has no WhatsApp "
+        "number is not reminded (no event; it is counted and its partner listed, with where "
+        "to add the number). Run by hand, it runs on whatever day it is "
         "given, weekends included: the discoverer does not look at the weekday. Only beat's "
         "schedule keeps to weekdays (as set up by setup_schedules: 10:00 Asia/Kolkata, "
         "Mon-Fri, crontab day_of_week 1-5; it starts disabled and can be edited in the admin)."
@@ -97,8 +100,29 @@ class Command(BaseCommand):
             self.stdout.write(f"  {label:<32}{value:>7}")
         if digest:
             self.stdout.write(f"  {digest.strip()}")
+        for line in unreachable_lines(summary):
+            self.stdout.write(self.style.WARNING(line))
         for error in summary["errors"]:
             self.stderr.write(self.style.ERROR(f"  {error}"))
+
+
+def unreachable_lines(summary: dict) -> list[str]:
+    """The partners whose due runs could not be reminded, and where to add their number."""
+    lines = []
+    for entry in summary["no_whatsapp_number"]:
+        runs = ", ".join(str(run) for run in entry["runs"])
+        lines.append(
+            f"  partner {entry['partner']} ({entry['partner_name']}) could not be reminded of "
+            f"run(s) {runs}: it has no WhatsApp number. Add it in the admin (Production runs "
+            f"→ Partners → {entry['partner_name']}: {entry['add_number_at']})."
+        )
+    listed = sum(len(entry["runs"]) for entry in summary["no_whatsapp_number"])
+    if summary["skipped_no_whatsapp_number"] > listed:
+        lines.append(
+            f"  … and {summary['skipped_no_whatsapp_number'] - listed} more run(s) of partners "
+            "without a WhatsApp number (Production runs → Partners, sorted by WhatsApp number)"
+        )
+    return lines
 
 
 def _json(summary: dict) -> str:
