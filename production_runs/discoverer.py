@@ -348,6 +348,16 @@ def _remember(state: ReminderState | None, **advance) -> tuple[ReminderState, bo
     return state, newly_flagged
 
 
+def take_back_reminders(run_ids: list[int], *, at: datetime) -> int:
+    """The reminder emitted at `at` for these runs was not sent (its partner had no
+    WhatsApp number when the dispatcher handled it): the escalation step the discoverer
+    counted for it is taken back, so the run is not counted as reminded and is reminded
+    again on the next day's run. Once only: a retried handling finds no step at `at`."""
+    return ReminderState.objects.filter(
+        run_id__in=run_ids, last_reminded_at=at, reminder_count__gt=0
+    ).update(reminder_count=F("reminder_count") - 1, last_reminded_at=None)
+
+
 # --- reading ------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ from production_runs.discoverer import (
     local_date,
     reminder_key,
     stall,
+    take_back_reminders,
     with_last_progress,
 )
 from production_runs.language import resolve_language
@@ -276,10 +277,12 @@ def dispatch_production_run_event(*, event: Event, now: datetime) -> dict:
     partner = run.partner
     if partner is None:
         return _skip(event, "no_partner")
+    reminder = REMINDER_EVENT.match(event.name)
     if not partner.whatsapp_number:
+        if reminder:
+            take_back_reminders([run.id], at=event.created_at)
         return _skip(event, "no_whatsapp_number", partner=partner.id)
 
-    reminder = REMINDER_EVENT.match(event.name)
     if reminder:
         # Handled later than emitted (a retry, a backlog): a run that moved since is not
         # reminded at all.
@@ -333,6 +336,7 @@ def _dispatch_digest(event: Event, spec: TemplateSpec, *, now: datetime) -> dict
     if partner is None:
         return _skip(event, "no_partner")
     if not partner.whatsapp_number:
+        take_back_reminders(payload.get("production_run_ids", []), at=event.created_at)
         return _skip(event, "no_whatsapp_number", partner=partner.id)
     runs = list(
         with_last_progress(ProductionRun.objects.all())

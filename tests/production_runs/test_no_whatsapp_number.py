@@ -149,3 +149,39 @@ def test_the_dashboard_does_not_count_a_reminder_its_dispatcher_could_not_send(c
     assert Event.objects.filter(payload__production_run_id=run.id).exists()
     assert reminders_this_week(NOW) == [("assignment_pending", 1)]
     assert reached.partner.whatsapp_number
+
+
+def test_a_reminder_its_dispatcher_could_not_send_is_not_counted_as_reminded(clock, numberless):
+    """The number removed between the discoverer and the dispatcher: the escalation step the
+    discoverer counted is taken back, and the next day's run reminds the run again."""
+    numberless.whatsapp_number = "+919876500000"
+    numberless.save()
+    run = pending_run(partner=numberless)
+    discover_reminders(now=NOW)
+    assert ReminderState.objects.get(run=run).reminder_count == 1
+    numberless.whatsapp_number = ""
+    numberless.save()
+
+    events.handle_due(now=NOW)
+
+    assert ReminderState.objects.get(run=run).reminder_count == 0
+    numberless.whatsapp_number = "+919876500000"
+    numberless.save()
+    clock.move_to(NOW + DAY)
+    assert discover_reminders(now=NOW + DAY)["dispatched"] == 1
+    assert ReminderState.objects.get(run=run).reminder_count == 1
+
+
+def test_a_digest_its_dispatcher_could_not_send_is_not_counted_as_reminded(clock, numberless):
+    ReminderSettings.objects.filter(pk=1).update(digest_enabled=True)
+    numberless.whatsapp_number = "+919876500000"
+    numberless.save()
+    runs = [pending_run(partner=numberless), pending_run(partner=numberless)]
+    discover_reminders(now=NOW)
+    numberless.whatsapp_number = ""
+    numberless.save()
+
+    events.handle_due(now=NOW)
+
+    counts = ReminderState.objects.filter(run__in=runs).values_list("reminder_count", flat=True)
+    assert list(counts) == [0, 0]
