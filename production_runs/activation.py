@@ -167,22 +167,30 @@ def activation_gate() -> Gate:
 @dataclass(frozen=True)
 class Outlook:
     """What the discoverer would do if it ran now, and why the stalled runs it would not
-    remind are left alone: reminded already today, or waiting for a later escalation day."""
+    remind are left alone: reminded already today, waiting for a later escalation day, or
+    their partner has no WhatsApp number."""
 
     counts: dict[str, int]  # stalled runs by bucket
     reminded_today: int
     waiting: int
     due: int  # runs it would remind
     events: int  # events it would emit (fewer than `due` with the digest on)
+    no_whatsapp_number: int = 0  # due, but their partner has no WhatsApp number
 
     @property
     def stalled(self) -> int:
         return sum(self.counts.values())
 
     def describe(self) -> str:
+        unreachable = (
+            f", {self.no_whatsapp_number} cannot be reminded (partner without a WhatsApp number)"
+            if self.no_whatsapp_number
+            else ""
+        )
         return (
             f"{self.stalled} stalled run(s) right now; {self.reminded_today} already reminded "
-            f"today, {self.waiting} waiting for a later escalation day, {self.due} due"
+            f"today, {self.waiting} waiting for a later escalation day{unreachable}, "
+            f"{self.due} due"
         )
 
 
@@ -196,6 +204,7 @@ def reminder_outlook(*, now: datetime) -> Outlook:
         waiting=summary["skipped_not_due"],
         due=summary["dispatched"],
         events=summary["events"],
+        no_whatsapp_number=summary["skipped_no_whatsapp_number"],
     )
 
 

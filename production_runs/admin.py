@@ -534,6 +534,7 @@ class ReminderSettingsAdmin(admin.ModelAdmin):
             ("stalled runs right now", f"{outlook.stalled} ({buckets})"),
             ("already reminded today", outlook.reminded_today),
             ("waiting for a later escalation day", outlook.waiting),
+            ("cannot be reminded: partner has no WhatsApp number", outlook.no_whatsapp_number),
             ("due: would be reminded if it ran now", outlook.due),
             ("WhatsApp events if it ran now", outlook.events),
         ]

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from config.dashboard import reminders_this_week
 from notifications import events
 from notifications.models import Event
+from production_runs.activation import reminder_outlook
 from production_runs.discoverer import discover_reminders
 from production_runs.models import ReminderSettings, ReminderState
 from production_runs.runs import RunStepRefused, run_remind_now
@@ -185,3 +186,13 @@ def test_a_digest_its_dispatcher_could_not_send_is_not_counted_as_reminded(clock
 
     counts = ReminderState.objects.filter(run__in=runs).values_list("reminder_count", flat=True)
     assert list(counts) == [0, 0]
+
+
+def test_the_schedules_outlook_counts_the_runs_that_cannot_be_reminded(numberless):
+    pending_run(partner=numberless)
+    pending_run()
+
+    outlook = reminder_outlook(now=NOW)
+
+    assert (outlook.stalled, outlook.due, outlook.no_whatsapp_number) == (2, 1, 1)
+    assert "1 cannot be reminded (partner without a WhatsApp number)" in outlook.describe()
