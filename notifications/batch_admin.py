@@ -876,12 +876,12 @@ class ProposedActionAdmin(admin.ModelAdmin):
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
-    # The list at 1400 px: the entity ref (one unbreakable word) and long subjects pushed
-    # the status, decided by and decided at off the screen.
+    # The list at 1400 px: the entity ref (one unbreakable word, broken at its colons here)
+    # and long subjects pushed the status, decided by and decided at off the screen.
     @admin.display(description="entity", ordering="entity_ref")
     def entity(self, obj):
         return format_html(
-            '<span style="word-break:break-all" title="{}">{}</span>',
+            '<span title="{}">{}</span>',
             obj.entity_ref,
             obj.entity_ref.replace(":", ": "),
         )
