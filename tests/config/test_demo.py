@@ -195,3 +195,23 @@ def test_make_runs_superuser_step_says_debug_is_off_and_creates_nobody(settings)
     assert not get_user_model().objects.exists()
     with pytest.raises(CommandError):
         call_command("ensure_dev_superuser", stdout=StringIO())
+
+
+@pytest.mark.parametrize(
+    "options, refusal",
+    [
+        (["--username", ""], "--username"),
+        (["--username", "ad min"], "--username"),
+        (["--password", ""], "--password"),
+    ],
+)
+def test_ensure_dev_superuser_refuses_a_user_nobody_could_log_in_as(settings, options, refusal):
+    """An empty user name (it was a traceback: "The given username must be set"), one that
+    Django's user name validator refuses (it was created) or an empty password (created
+    too, and the login form requires one) is a clear error, and nobody is created."""
+    from django.core.management import CommandError
+
+    settings.DEBUG = True
+    with pytest.raises(CommandError, match=refusal):
+        call_command("ensure_dev_superuser", *options, stdout=StringIO())
+    assert not get_user_model().objects.exists()

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 
@@ -33,6 +34,12 @@ class Command(BaseCommand):
             self.stdout.write(f"{refusal}: log in with a user made by createsuperuser")
             return
         User = get_user_model()
+        try:
+            User._meta.get_field(User.USERNAME_FIELD).clean(username, None)
+        except ValidationError as error:
+            raise CommandError(f"--username {username!r}: {' '.join(error.messages)}") from None
+        if not password:
+            raise CommandError("--password must not be empty")
         admin = f"{settings.SITE_URL}/admin/"
         if User.objects.filter(username=username).exists():
             self.stdout.write(
