@@ -4,16 +4,17 @@ from django.conf import settings
 from django.contrib import admin
 from django.http import JsonResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from config.health import health_report
 
 logger = logging.getLogger(__name__)
 
 
-@require_GET
+@require_safe
 def healthz(request):
-    """200 or 503 with the parts that are not reachable. The drivers' errors name hosts,
+    """200 or 503 with the parts that are not reachable (GET, or HEAD as monitors probe:
+    the same status, no body). The drivers' errors name hosts,
     ports and users: they go to the log, and into the answer only with DEBUG on (the
     endpoint needs no login)."""
     report = health_report()

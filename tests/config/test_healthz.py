@@ -47,3 +47,13 @@ def test_healthz_keeps_the_drivers_error_for_the_log_without_debug(
     assert response.status_code == 503
     assert response.json()["problems"] == {"database": "unreachable"}
     assert '"10.0.0.5", port 5432 failed' in caplog.text
+
+
+@pytest.mark.django_db
+def test_healthz_answers_a_head_request_with_the_same_status(client, settings):
+    """Uptime monitors and load balancers often probe with HEAD (`curl -I`): it was a 405,
+    so a healthy Herald looked down to them."""
+    assert client.head("/healthz").status_code == 200
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    assert client.head("/healthz").status_code == 503
