@@ -55,8 +55,7 @@ from cadence.policy import (
     replay,
 )
 from cadence.signals import cadence_changed
-from notifications.dispatch import SendDecision, halted_run_ids, register_send_time_check
-from notifications.killswitches import active_switches, frozen_filter
+from notifications.dispatch import SendDecision, register_send_time_check
 from notifications.models import Delivery, DeliveryEvent, Notification
 
 STAKEHOLDER_PREFIX = "stakeholder:"
@@ -333,10 +332,12 @@ def cadence_replan(stakeholder_ids: Iterable[int], *, now: datetime, why: str) -
     Returns how many moved.
 
     Only ever brought forward: a stricter cadence is enforced when they come due (the
-    send-time check). Deliveries held for anything else (pacing, a kill switch, a halted
-    run, a fallback's wait) are left as they are, and so are an inactive person's (they
-    are cancelled when due). Nothing is sent here: a moved delivery is sent by dispatch,
-    which checks the cadence once more."""
+    send-time check). Deliveries held for anything else (pacing, a fallback's wait) are
+    left as they are, and so are an inactive person's (they are cancelled when due). One
+    the cadence holds that is also frozen by a kill switch or in a halted run is re-planned
+    too: the switch or the halt holds it only until it is lifted, and then its send time is
+    the cadence's. Nothing is sent here: a moved delivery is sent by dispatch, which checks
+    the cadence once more."""
     ids = set(stakeholder_ids)
     if not ids:
         return 0
@@ -357,10 +358,7 @@ def cadence_replan(stakeholder_ids: Iterable[int], *, now: datetime, why: str) -
             status=Delivery.Status.SCHEDULED,
             send_at__gt=now,
             status_reason__startswith=CADENCE_HOLD_PREFIX,
-        ).exclude(workflow_run_id__in=halted_run_ids())
-        frozen = frozen_filter(active_switches())
-        if frozen is not None:
-            held = held.exclude(frozen)
+        )
         queued = sorted(held, key=lambda d: (d.send_at, d.id))
         if not queued:
             return 0

@@ -159,10 +159,6 @@ def test_deliveries_held_for_other_reasons_stay_where_they_are(admin_client, man
     (held,) = held_by_cadence(alice)
     later = TOMORROW + timedelta(hours=6)
     paced = to(alice, send_at=later, status_reason="paced: sms:+15005550006 sends at most 1/s")
-    KillSwitch.objects.create(name="sms off", scope="channel", channel="sms", is_on=True)
-    frozen = to(alice, channel="sms", send_at=later, status_reason=held.status_reason)
-    halted_run = WorkflowRunFactory(status="aborted")
-    halted = to(alice, send_at=later, status_reason=held.status_reason, workflow_run=halted_run)
     fallback_wait = to(
         alice, send_at=later, status_reason="fallback for delivery 1: waiting for a read receipt"
     )
@@ -173,7 +169,7 @@ def test_deliveries_held_for_other_reasons_stay_where_they_are(admin_client, man
     assert "1 delivery queued under the old cadence was re-planned by the new one." in messages
     held.refresh_from_db()
     assert held.send_at == NOW
-    for other in (paced, frozen, halted, fallback_wait, someone_else):
+    for other in (paced, fallback_wait, someone_else):
         other.refresh_from_db()
         assert (other.status, other.send_at) == ("scheduled", later)
 
@@ -232,3 +228,47 @@ def test_clearing_a_stakeholders_own_override_replans_by_the_persona(admin_clien
     assert held.status_reason.startswith("re-planned: Alice's cadence was changed by admin; ")
     assert dispatch_due().sent == 1
     assert Delivery.objects.filter(status="sent").count() == 2
+
+
+def test_a_frozen_delivery_the_cadence_holds_goes_by_the_new_cadence_once_released(
+    admin_client, manager
+):
+    """The kill switch holds it only while it is on; its send time is the cadence's. Left at
+    the old cadence's time, it would wait until then after the switch is turned off."""
+    alice = StakeholderFactory(name="Alice", persona=manager)
+    (held,) = held_by_cadence(alice)
+    switch = KillSwitch.objects.create(name="email off", scope="channel", channel="email")
+    switch.is_on = True
+    switch.save()
+
+    messages = save_persona(admin_client, manager, max_per_day=3)
+
+    assert "1 delivery queued under the old cadence was re-planned by the new one." in messages
+    assert dispatch_due().sent == 0  # frozen meanwhile
+    switch.is_on = False
+    switch.save()
+    assert dispatch_due().sent == 1
+    held.refresh_from_db()
+    assert held.status == "sent"
+
+
+def test_a_halted_runs_delivery_the_cadence_holds_goes_by_the_new_cadence_once_resumed(
+    admin_client, manager
+):
+    alice = StakeholderFactory(name="Alice", persona=manager)
+    run = WorkflowRunFactory(status="running")
+    to(alice, status="sent", send_at=NOW - timedelta(hours=3))
+    held = to(alice, workflow_run=run)
+    assert dispatch_due().deferred == 1
+    run.status = "aborted"
+    run.save()
+
+    messages = save_persona(admin_client, manager, max_per_day=3)
+
+    assert "1 delivery queued under the old cadence was re-planned by the new one." in messages
+    assert dispatch_due().sent == 0  # halted meanwhile
+    run.status = "running"
+    run.save()
+    assert dispatch_due().sent == 1
+    held.refresh_from_db()
+    assert held.status == "sent"
