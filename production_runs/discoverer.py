@@ -9,7 +9,8 @@ digest is on). It sends nothing itself: the wildcard dispatcher does (dispatcher
              ops a run still stalled on day 7 of its reminders (seed 002: ">= 7 consecutive
              days"); forget a run's stall only once the run has really moved on
     reach    a run whose partner has no WhatsApp number is not reminded (no event, no
-             escalation step) and its partner is listed, with where to add the number
+             escalation step; still flagged for ops on its day when reminded before) and
+             its partner is listed, with where to add the number
     emit     record_event("production_run.reminder_<kind>", ...) once per run and day
     log      one summary line with every count
 """
@@ -552,6 +553,15 @@ def discover_reminders(
                 continue
             if run.partner_id in no_number:
                 _unreachable(summary, run, no_number)
+                # Not reminded, but still stalled: a stall reminded before the number was
+                # removed is flagged for ops on its day, as any other.
+                if is_same_stall(state, kind, since) and flag_due(
+                    state, now=now, days=flag_days(settings)
+                ):
+                    if dry_run:
+                        summary["flagged"] += 1  # would be
+                    else:
+                        to_flag.append(state.pk)
                 continue
             due = Due(run, kind, since, state)
             if settings.digest_enabled:

@@ -196,3 +196,34 @@ def test_the_schedules_outlook_counts_the_runs_that_cannot_be_reminded(numberles
 
     assert (outlook.stalled, outlook.due, outlook.no_whatsapp_number) == (2, 1, 1)
     assert "1 cannot be reminded (partner without a WhatsApp number)" in outlook.describe()
+
+
+@pytest.mark.parametrize("digest", [False, True], ids=["per_run", "digest"])
+def test_a_reminded_run_whose_partner_lost_the_number_is_still_flagged_for_ops_on_day_7(
+    platform, digest
+):
+    """Reminded on days 1 and 3, then the partner's number was removed: on day 7 (a
+    reminder day) it cannot be reminded, but it is still stalled on day 7 of its reminders,
+    and ops are told as for any other run (the dry run says so too)."""
+    ReminderSettings.objects.filter(pk=1).update(digest_enabled=digest)
+    partner = PartnerFactory(whatsapp_number="+919876500000", platform=platform)
+    run = pending_run(partner=partner)
+    for day in (1, 3):
+        discover_reminders(now=NOW + (day - 1) * DAY)
+    partner.whatsapp_number = ""
+    partner.save()
+
+    dry = discover_reminders(now=NOW + 6 * DAY, dry_run=True)
+    real = discover_reminders(now=NOW + 6 * DAY)
+
+    assert (dry["flagged"], real["flagged"]) == (1, 1)
+    assert real["skipped_no_whatsapp_number"] == 1 and real["dispatched"] == 0
+    state = ReminderState.objects.get(run=run)
+    assert (state.reminder_count, state.flagged_at) == (2, NOW + 6 * DAY)
+
+
+def test_a_never_reminded_run_of_a_partner_without_a_number_has_no_state_to_flag(numberless):
+    run = pending_run(partner=numberless)
+    for day in range(1, 9):
+        assert discover_reminders(now=NOW + (day - 1) * DAY)["flagged"] == 0
+    assert not ReminderState.objects.filter(run=run).exists()
