@@ -195,15 +195,27 @@ def reminders_this_week(now: datetime) -> list[tuple[str, int]]:
     monday = (now - timedelta(days=now.weekday())).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
-    rows = (
-        Event.objects.filter(name__startswith="production_run.reminder_", created_at__gte=monday)
+    """The runs reminded since Monday, by bucket: one per reminder event, and each run a
+    digest named (with the digest on, a partner's runs of a bucket share one event)."""
+    week = Event.objects.filter(created_at__gte=monday).exclude(
         # Not sent: its partner had no WhatsApp number when the dispatcher handled it.
-        .exclude(handlings__result__skipped="no_whatsapp_number")
+        handlings__result__skipped="no_whatsapp_number"
+    )
+    counts: dict[str, int] = defaultdict(int)
+    reminders = (
+        week.filter(name__startswith="production_run.reminder_")
         .values("name")
         .annotate(n=Count("id"))
-        .order_by("name")
     )
-    return [(row["name"].removeprefix("production_run.reminder_"), row["n"]) for row in rows]
+    for row in reminders:
+        counts[row["name"].removeprefix("production_run.reminder_")] += row["n"]
+    # A handful a week (one per partner, bucket and day).
+    digests = week.filter(name__startswith="production_run.digest_").values_list("name", "payload")
+    for name, payload in digests:
+        counts[name.removeprefix("production_run.digest_")] += len(
+            payload.get("production_run_ids", [])
+        )
+    return sorted(counts.items())
 
 
 def kiosk_health(now: datetime) -> dict:

@@ -227,3 +227,21 @@ def test_a_never_reminded_run_of_a_partner_without_a_number_has_no_state_to_flag
     for day in range(1, 9):
         assert discover_reminders(now=NOW + (day - 1) * DAY)["flagged"] == 0
     assert not ReminderState.objects.filter(run=run).exists()
+
+
+def test_the_dashboard_counts_the_runs_a_digest_reminded(clock, platform, numberless):
+    """With the digest on, a partner's stalled runs are reminded by one digest event: the
+    week's reminders by bucket count its runs (they said "No reminder emitted this week"),
+    and leave out a digest its dispatcher skipped for want of a number."""
+    ReminderSettings.objects.filter(pk=1).update(digest_enabled=True)
+    reached = PartnerFactory(whatsapp_number="+919876500001", platform=platform)
+    pending_run(partner=reached)
+    pending_run(partner=reached)
+    later_numberless = PartnerFactory(whatsapp_number="+919876500002", platform=platform)
+    pending_run(partner=later_numberless)
+    discover_reminders(now=NOW)
+    later_numberless.whatsapp_number = ""
+    later_numberless.save()
+    events.handle_due(now=NOW)
+
+    assert reminders_this_week(NOW) == [("assignment_pending", 2)]
