@@ -37,7 +37,7 @@ from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 from django.db import connections, transaction
-from django.db.models import Count, DateTimeField, F, Lookup, Q, Value
+from django.db.models import Count, DateTimeField, F, Lookup, Q, Value, prefetch_related_objects
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import In
 
@@ -202,13 +202,14 @@ def cadence_send_time_check(deliveries: list[Delivery], now: datetime) -> dict:
     # until dispatch has written these decisions: another worker judging the same person
     # waits, then reads a history with them. Without it, each of two workers holding one of
     # a person's two due messages counted the other's (claimed) message and held its own.
+    # Their personas are read after the lock, by a statement of their own: joined to the
+    # locking query, a persona came as it was when that query began, before the staff
+    # change (and its re-plan) that held the lock committed, and the old cadence held a
+    # message the new one lets go.
     people = {
-        s.pk: s
-        for s in Stakeholder.objects.filter(pk__in=ids)
-        .select_related("persona")
-        .select_for_update(of=("self",))
-        .order_by("pk")
+        s.pk: s for s in Stakeholder.objects.filter(pk__in=ids).select_for_update().order_by("pk")
     }
+    prefetch_related_objects(list(people.values()), "persona")
     histories = stakeholder_histories(ids, now=now, exclude_ids=[d.id for d in deliveries])
     for delivery in remaining:
         person = people.get(stakeholder_id(delivery.recipient_key))

@@ -412,3 +412,47 @@ def test_a_queued_delivery_to_a_bounced_email_goes_to_the_corrected_one(alice):
     assert list(RecordedMessage.objects.values_list("to", flat=True)) == [
         "alice.new@sites.example.org"
     ]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_waiting_on_a_cadence_change_judges_by_the_new_cadence(alice):
+    """Staff loosen Alice's persona (its re-plan locks her) while a worker's send-time check
+    waits on that lock: the check read her persona with her, as it was when its query
+    began, and held a message the new cadence lets go (after the re-plan had run, so
+    nothing brought it forward again). The persona is read once she is locked."""
+    import threading
+    import time
+
+    from django.db import connection, connections, transaction
+
+    from cadence.models import Stakeholder
+
+    to(alice, status="sent", send_at=at(9))
+    due = to(alice)
+    reports = []
+
+    def worker():
+        try:
+            reports.append(dispatch_due())
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        Stakeholder.objects.select_for_update().get(pk=alice.pk)
+        alice.persona.max_per_day = 0  # no daily limit
+        alice.persona.save()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        with connection.cursor() as cursor:
+            for _ in range(500):  # until the worker waits on Alice's row lock
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the worker never waited on the lock")
+    thread.join(timeout=30)
+    due.refresh_from_db()
+    assert [r.sent for r in reports] == [1]
+    assert due.status == "sent", due.status_reason
