@@ -1202,7 +1202,7 @@ def _dispatch_channels(
             ),
         )
         if gate == "open":
-            report.add("deferred", reroute_to_fallback(channel=channel, now=now, frozen=frozen))
+            reroute_to_fallback(channel=channel, now=now, frozen=frozen, report=report)
             report.add("breaker_held", _due(now=now, frozen=frozen).filter(channel=channel).count())
             continue
         look_first = True  # a channel's first claim; after a full one, more is likely due
@@ -1248,20 +1248,71 @@ def next_claim_size(size: int, *, seconds: float) -> int:
     return base if seconds > 2 else size
 
 
-def reroute_to_fallback(*, channel: str, now: datetime, frozen: Q | None) -> int:
+def reroute_to_fallback(
+    *, channel: str, now: datetime, frozen: Q | None, report: DispatchReport
+) -> None:
     """While a provider's breaker is open, due deliveries that name a fallback channel go
-    there instead (email → SMS); the rest wait for the breaker to close."""
+    there instead (email → SMS); the rest wait for the breaker to close. The address checks
+    a claim runs first (`address_decisions`) are applied here too, before a copy is made: a
+    delivery to a stakeholder marked inactive or deleted is cancelled, saying why; one whose
+    addresses changed is re-addressed first, and its copy goes to the fallback address the
+    stakeholder has now (or, with none left, it waits for the breaker like the rest)."""
     breaker = breakers.breaker_key(channel, provider_of(channel))
     due = _due(now=now, frozen=frozen).filter(channel=channel).exclude(fallback_channel="")
-    moved = 0
-    for original in due.order_by("send_at", "id")[: settings.DISPATCH_BATCH_SIZE]:
+    batch = list(due.order_by("send_at", "id")[: settings.DISPATCH_BATCH_SIZE])
+    decisions = address_decisions(batch, now)
+    for original in batch:
+        decision = decisions.get(original.id)
+        reason = f"breaker {breaker} open"
+        if decision is not None and decision.action == "cancel":
+            report.add("cancelled", _cancel_waiting(original, now=now, reason=decision.reason))
+            continue
+        if decision is not None and decision.action == "readdress":
+            if not _readdress_waiting(original, now=now, decision=decision):
+                continue
+            if not original.fallback_channel:
+                continue  # no fallback left: it waits for the breaker
+        elif decision is not None:  # "fallback": no address on this channel now
+            reason = decision.reason
         other = breakers.breaker_key(
             original.fallback_channel, provider_of(original.fallback_channel)
         )
         if breakers.get_breaker(other).state == breakers.State.OPEN:
             continue
-        moved += fallback_create(original, now=now, reason=f"breaker {breaker} open")
-    return moved
+        report.add("deferred", fallback_create(original, now=now, reason=reason))
+
+
+def _cancel_waiting(delivery: Delivery, *, now: datetime, reason: str) -> int:
+    """Cancel a scheduled (unclaimed) delivery, unless someone else decided it first."""
+    with transaction.atomic():
+        done = Delivery.objects.filter(id=delivery.id, status=Status.SCHEDULED).update(
+            status=Status.CANCELLED, status_reason=reason[:300], updated_at=now
+        )
+        if done:
+            DeliveryEvent.objects.create(
+                delivery=delivery, kind="cancelled", at=now, reason=reason[:300]
+            )
+    return done
+
+
+def _readdress_waiting(delivery: Delivery, *, now: datetime, decision: SendDecision) -> bool:
+    """Write a 'readdress' decision's changes on a scheduled (unclaimed) delivery, and on
+    the object given; False when someone else decided it first."""
+    with transaction.atomic():
+        done = Delivery.objects.filter(id=delivery.id, status=Status.SCHEDULED).update(
+            status_reason=decision.reason[:300], updated_at=now, **(decision.changes or {})
+        )
+        if done:
+            DeliveryEvent.objects.create(
+                delivery=delivery,
+                kind=DeliveryEvent.Kind.READDRESSED,
+                at=now,
+                reason=decision.reason[:300],
+            )
+    for name, value in (decision.changes or {}).items():
+        setattr(delivery, name, value)
+    delivery.status_reason = decision.reason[:300]
+    return bool(done)
 
 
 def fallback_create(original: Delivery, *, now: datetime, reason: str) -> int:

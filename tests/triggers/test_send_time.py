@@ -456,3 +456,85 @@ def test_a_worker_waiting_on_a_cadence_change_judges_by_the_new_cadence(alice):
     due.refresh_from_db()
     assert [r.sent for r in reports] == [1]
     assert due.status == "sent", due.status_reason
+
+
+def _open_email_breaker(now=T):
+    from notifications import breakers
+
+    key = breakers.breaker_key("email", dispatch.provider_of("email"))
+    for _ in range(breakers.get_breaker(key).threshold):
+        breakers.record_failure(key, now=now - timedelta(seconds=5), error="503 from provider")
+    assert breakers.get_breaker(key).state == "open"
+
+
+def test_while_the_email_breaker_is_open_an_inactive_stakeholder_gets_no_sms_copy(alice):
+    """The breaker reroutes due emails that name a fallback to SMS: one to a stakeholder
+    marked inactive since was marked "sent by sms instead" though its copy was then
+    cancelled at its own claim. It is cancelled itself, saying why, with no copy."""
+    _open_email_breaker()
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice.is_active = False
+    alice.save()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.status_reason) == (
+        "cancelled",
+        "inactive: Alice was marked inactive before it could be sent",
+    )
+    assert held.events.filter(kind="cancelled").count() == 1
+    assert not held.fallbacks.exists()
+    assert (report.sent, report.cancelled, report.deferred) == (0, 1, 0)
+    assert not RecordedMessage.objects.exists()
+
+
+def test_while_the_email_breaker_is_open_a_deleted_stakeholder_gets_no_sms_copy(alice):
+    _open_email_breaker()
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice_id = alice.pk
+    alice.delete()
+    dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.status_reason) == (
+        "cancelled",
+        f"deleted: stakeholder {alice_id} was deleted before it could be sent",
+    )
+    assert not held.fallbacks.exists()
+    assert not RecordedMessage.objects.exists()
+
+
+def test_while_the_email_breaker_is_open_the_sms_copy_goes_to_the_corrected_phone(alice):
+    """Her phone was corrected while the alert waited: the copy is made for the new number
+    (it was made for the old one, and went only after a readdress round of its own), and the
+    original's timeline says it was readdressed."""
+    _open_email_breaker()
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    old = alice.phone
+    alice.phone = "+14155552671"
+    alice.save()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.fallback_address) == ("skipped", "+14155552671")
+    assert held.events.filter(kind="readdressed").get().reason == (
+        f"readdressed: Alice's address changed after it was queued "
+        f"(fallback sms {old} → +14155552671)"
+    )
+    copy = held.fallbacks.get()
+    assert (copy.address, copy.status) == ("+14155552671", "sent"), copy.last_error
+    assert report.sent == 1
+    assert list(RecordedMessage.objects.values_list("channel", "to")) == [("sms", "+14155552671")]
+
+
+def test_while_the_email_breaker_is_open_a_removed_fallback_leaves_it_waiting(alice):
+    """Her phone was removed: there is no fallback left, so the alert waits for the email
+    breaker like any without one, at its corrected (fallback-less) address."""
+    _open_email_breaker()
+    held = to(alice, fallback_channel="sms", fallback_address=alice.phone)
+    alice.phone = ""
+    alice.fallback_channel = ""
+    alice.save()
+    report = dispatch_due()
+    held.refresh_from_db()
+    assert (held.status, held.fallback_channel, held.fallback_address) == ("scheduled", "", "")
+    assert not held.fallbacks.exists()
+    assert report.breaker_held == 1
+    assert not RecordedMessage.objects.exists()
