@@ -153,8 +153,9 @@ def svg_stacked_bars(bars: list[Bar], *, width: int = 560, height: int = 180) ->
 def queued_reasons(now: datetime) -> list[tuple[str, int]]:
     """Scheduled deliveries grouped by why they wait, each counted once and, as on the
     delivery pages (holds.explain), first under what holds it: a kill switch, its batch
-    halted (aborted by the breaker: until a resume), an open provider breaker; the others
-    by the first words of their reason."""
+    halted (aborted by the breaker: until a resume), the address checks of dispatch
+    cancelling it when due (`cancelled_when_due`), an open provider breaker; the others by
+    the first words of their reason."""
     from notifications.breakers import breaker_key
     from notifications.dispatch import provider_of
     from notifications.killswitches import frozen_filter
@@ -172,6 +173,7 @@ def queued_reasons(now: datetime) -> list[tuple[str, int]]:
                 Q(workflow_run_id__in=context.halted_runs),
             )
         )
+    holds.extend(cancelled_when_due(now))
     for channel in Channel.values:
         key = breaker_key(channel, provider_of(channel))
         breaker = context.breakers.get(key)
@@ -189,6 +191,37 @@ def queued_reasons(now: datetime) -> list[tuple[str, int]]:
         reason = row["status_reason"] or "due or scheduled for later"
         reasons[reason.split(":")[0][:60]] += row["n"]
     return held_counts + sorted(reasons.items(), key=lambda kv: -kv[1])
+
+
+# An address check's cancel reason (its words before ":") as the dashboard groups it.
+CANCELLED_WHEN_DUE = {
+    "inactive": "stakeholder inactive or deleted",
+    "deleted": "stakeholder inactive or deleted",
+    "no address": "stakeholder has no address now",
+}
+
+
+def cancelled_when_due(now: datetime) -> list[tuple[str, Q]]:
+    """The scheduled stakeholder deliveries that dispatch's address checks would cancel
+    when due (`address_decisions`: their stakeholder was marked inactive, deleted or left
+    without an address since they were queued), grouped by why, each group as a filter.
+    Two queries whatever their number: the deliveries, then their stakeholders."""
+    from notifications.cadence_checks import STAKEHOLDER_PREFIX
+    from notifications.dispatch import address_decisions
+
+    waiting = list(
+        Delivery.objects.filter(
+            status=Delivery.Status.SCHEDULED, recipient_key__startswith=STAKEHOLDER_PREFIX
+        ).only("id", "recipient_key", "channel", "address", "fallback_channel", "fallback_address")
+    )
+    ids: dict[str, list[int]] = defaultdict(list)
+    for delivery_id, decision in address_decisions(waiting, now).items():
+        if decision.action == "cancel":
+            why = decision.reason.split(":")[0]
+            ids[CANCELLED_WHEN_DUE.get(why, why)].append(delivery_id)
+    return [
+        (f"will be cancelled when due: {why}", Q(id__any_of=group)) for why, group in ids.items()
+    ]
 
 
 def reminders_this_week(now: datetime) -> list[tuple[str, int]]:

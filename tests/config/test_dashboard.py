@@ -188,3 +188,71 @@ def test_queued_deliveries_of_an_aborted_batch_or_behind_an_open_breaker_say_so(
         "provider breaker sms:recording open": 1,
         "due or scheduled for later": 1,
     }
+
+
+def _to_stakeholder(person, **fields):
+    fields.setdefault("address", person.email)
+    return DeliveryFactory(
+        recipient_key=person.recipient_key,
+        status_reason="cadence: daily limit on email (1/1 today) — deferred until tomorrow",
+        send_at=timezone.now() + timedelta(hours=4),
+        **fields,
+    )
+
+
+def test_queued_deliveries_a_stakeholder_can_no_longer_get_say_they_will_be_cancelled():
+    """Queued for a stakeholder marked inactive (or deleted) since, they were counted under
+    "cadence", the reason they were queued with, while the Deliveries list says each "will
+    be cancelled when due" (holds.explain, before an open breaker); the dashboard says so too,
+    and so does it for one whose stakeholder has no address left."""
+    from config.dashboard import queued_reasons
+    from notifications.breakers import breaker_key
+    from notifications.dispatch import provider_of
+    from notifications.models import ProviderBreaker
+    from tests.cadence.factories import StakeholderFactory
+
+    alice, bob, carol, dora = (StakeholderFactory(name=n) for n in ("A", "B", "C", "D"))
+    _to_stakeholder(alice)
+    _to_stakeholder(bob)
+    _to_stakeholder(carol)
+    _to_stakeholder(dora)
+    alice.is_active = False
+    alice.save()
+    bob.delete()
+    dora.email = dora.phone = ""
+    dora.save()
+    key = breaker_key("email", provider_of("email"))
+    ProviderBreaker.objects.create(provider=key, state="open", opened_at=timezone.now())
+    DeliveryFactory(recipient_key="customer:7")  # behind the breaker
+
+    reasons = dict(queued_reasons(timezone.now()))
+
+    assert reasons == {
+        "will be cancelled when due: stakeholder inactive or deleted": 2,
+        "will be cancelled when due: stakeholder has no address now": 1,
+        f"provider breaker {key} open": 2,
+    }
+
+
+def test_queued_reasons_read_the_stakeholders_in_a_fixed_number_of_queries():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from config.dashboard import queued_reasons
+    from tests.cadence.factories import StakeholderFactory
+
+    def queries(n):
+        for person in StakeholderFactory.create_batch(n):
+            _to_stakeholder(person)
+            _to_stakeholder(person, channel="sms", address=person.phone)
+            person.is_active = False
+            person.save()
+        with CaptureQueriesContext(connection) as captured:
+            reasons = dict(queued_reasons(timezone.now()))
+        return len(captured), reasons
+
+    few, reasons = queries(1)
+    assert reasons == {"will be cancelled when due: stakeholder inactive or deleted": 2}
+    many, reasons = queries(5)
+    assert reasons == {"will be cancelled when due: stakeholder inactive or deleted": 12}
+    assert many == few
