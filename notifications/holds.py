@@ -134,6 +134,15 @@ def _waiting(delivery: Delivery, *, now: datetime, context: HoldContext, readdre
     from notifications.dispatch import provider_of
 
     suppression = None if readdressed else context.suppression(delivery)
+    if suppression and delivery.fallback_channel and delivery.fallback_address:
+        # Dispatch sends it by its fallback instead (_skip_suppressed), whatever holds its
+        # own channel; the copy's address is checked when the copy is claimed.
+        return Hold(
+            "suppressed",
+            f"its address is suppressed ({suppression.get_reason_display()}): will go by "
+            f"{delivery.fallback_channel} to {delivery.fallback_address} when due",
+            max(delivery.send_at, now),
+        )
     if suppression:
         return Hold("suppressed", f"will be skipped: {suppression.get_reason_display()}", None)
     breaker = context.breakers.get(

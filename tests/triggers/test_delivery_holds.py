@@ -156,3 +156,30 @@ def test_the_delivery_page_says_it_too(admin_client):
     assert "will be cancelled when due (Alice was marked inactive before it could be sent)" in (
         html.unescape(page)
     )
+
+
+def test_a_delivery_to_a_suppressed_email_with_a_fallback_says_it_goes_by_the_fallback(
+    admin_client,
+):
+    """Alice's email bounced: her queued alert was said to "will be skipped: Hard bounce"
+    (waiting for a person), while dispatch sends it by SMS, her fallback, when it comes
+    due."""
+    from notifications import tracking
+
+    alice = StakeholderFactory(name="Alice", fallback_channel="sms")
+    held = queued_for(alice, fallback_channel="sms", fallback_address=alice.phone)
+    tracking.suppress(
+        address=alice.email, channel="email", reason="bounce", source="test", by="test", now=NOW
+    )
+
+    assert deliveries_page(admin_client)[held.pk] == (
+        f"its address is suppressed (Hard bounce): will go by sms to {alice.phone} when due"
+        f" — expected {DUE:%Y-%m-%d %H:%M:%S}"
+    )
+
+    dispatch.dispatch_due(now=DUE, clock=ManualClock(DUE))
+    held.refresh_from_db()
+    assert held.status == "skipped"
+    assert list(held.fallbacks.values_list("channel", "address", "status")) == [
+        ("sms", alice.phone, "sent")
+    ]
