@@ -699,12 +699,7 @@ def _apply_send_time_check(check, claimed, *, now: datetime, report: DispatchRep
                     changes=decision.changes,
                 )
                 if moved:
-                    DeliveryEvent.objects.create(
-                        delivery=delivery,
-                        kind=DeliveryEvent.Kind.READDRESSED,
-                        at=now,
-                        reason=decision.reason[:300],
-                    )
+                    _readdressed(delivery, now=now, reason=decision.reason)
             report.add("deferred", moved)
         elif decision.action == "fallback":
             with transaction.atomic():  # should the fallback fail, the claim is as it was
@@ -1295,6 +1290,13 @@ def _cancel_waiting(delivery: Delivery, *, now: datetime, reason: str) -> int:
     return done
 
 
+def _readdressed(delivery: Delivery, *, now: datetime, reason: str) -> None:
+    """The event of a delivery re-addressed by a send-time check (claimed or waiting)."""
+    DeliveryEvent.objects.create(
+        delivery=delivery, kind=DeliveryEvent.Kind.READDRESSED, at=now, reason=reason[:300]
+    )
+
+
 def _readdress_waiting(delivery: Delivery, *, now: datetime, decision: SendDecision) -> bool:
     """Write a 'readdress' decision's changes on a scheduled (unclaimed) delivery, and on
     the object given; False when someone else decided it first."""
@@ -1303,12 +1305,7 @@ def _readdress_waiting(delivery: Delivery, *, now: datetime, decision: SendDecis
             status_reason=decision.reason[:300], updated_at=now, **(decision.changes or {})
         )
         if done:
-            DeliveryEvent.objects.create(
-                delivery=delivery,
-                kind=DeliveryEvent.Kind.READDRESSED,
-                at=now,
-                reason=decision.reason[:300],
-            )
+            _readdressed(delivery, now=now, reason=decision.reason)
     for name, value in (decision.changes or {}).items():
         setattr(delivery, name, value)
     delivery.status_reason = decision.reason[:300]
